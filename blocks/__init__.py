@@ -1,0 +1,50 @@
+"""Block registry, the four built-in blocks, ``ArchConfig`` and the timm-compatible ``BlockNet``.
+
+Importing this package registers the ``blocknet`` timm models.
+"""
+
+from __future__ import annotations
+
+from .arch import ACT_LAYERS, NORM_LAYERS, ArchConfig, BlockSpec, HeadConfig, StageConfig, StemConfig
+from .blocknet import BlockNet
+from .conv_blocks import ConvBlock, InvertedResidual, ReversedSeparableConv, SeparableConv, StandardConv
+from .cost import Cost, CostKnobs
+from .registry import UnknownBlockError, get_block, list_blocks, register_block
+from .resolve import ArchLike, register_arch_resolver, resolve_arch
+from .schema import ConfigError, load_yaml, parse, to_plain
+from .timm_models import arch_of, blocknet, create_blocknet, register_arch, register_arch_dir, registered_archs
+
+__all__ = [
+    "ACT_LAYERS",
+    "NORM_LAYERS",
+    "ArchConfig",
+    "ArchLike",
+    "BlockNet",
+    "BlockSpec",
+    "ConfigError",
+    "ConvBlock",
+    "Cost",
+    "CostKnobs",
+    "HeadConfig",
+    "InvertedResidual",
+    "ReversedSeparableConv",
+    "SeparableConv",
+    "StageConfig",
+    "StandardConv",
+    "StemConfig",
+    "UnknownBlockError",
+    "arch_of",
+    "blocknet",
+    "create_blocknet",
+    "get_block",
+    "list_blocks",
+    "load_yaml",
+    "parse",
+    "register_arch",
+    "register_arch_dir",
+    "register_arch_resolver",
+    "register_block",
+    "registered_archs",
+    "resolve_arch",
+    "to_plain",
+]

@@ -1,0 +1,52 @@
+"""Turn anything that names an architecture into an :class:`ArchConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+from .arch import ArchConfig
+from .schema import ConfigError
+
+__all__ = ["ArchLike", "register_arch_resolver", "resolve_arch"]
+
+ArchLike = Union[ArchConfig, Mapping[str, Any], str, Path]
+
+# Resolvers for string references other than file paths, tried in order, e.g. "runs:/<id>".
+_RESOLVERS: list[tuple[str, Callable[[str], ArchConfig]]] = []
+
+
+def register_arch_resolver(prefix: str, resolver: Callable[[str], ArchConfig]) -> None:
+    """Let :func:`resolve_arch` understand strings starting with ``prefix``."""
+    _RESOLVERS[:] = [(p, r) for p, r in _RESOLVERS if p != prefix]
+    _RESOLVERS.append((prefix, resolver))
+
+
+def resolve_arch(arch: ArchLike) -> ArchConfig:
+    """An ArchConfig from an ArchConfig, a mapping, a YAML path, or a registered reference.
+
+    String references: an existing ``.yaml`` path, a registered timm model name built from
+    an ArchConfig, or any prefix added with :func:`register_arch_resolver`
+    (``runs:/`` MLflow runs, ``<study>/<name>`` discovered configs, ...).
+    """
+    if isinstance(arch, ArchConfig):
+        return arch
+    if isinstance(arch, Mapping):
+        return ArchConfig.from_dict(arch)
+    if isinstance(arch, (str, Path)):
+        text = str(arch)
+        for prefix, resolver in _RESOLVERS:
+            if text.startswith(prefix):
+                return resolver(text)
+        if Path(text).is_file():
+            return ArchConfig.from_yaml(text)
+        from . import timm_models
+
+        if text in timm_models.registered_archs():
+            return timm_models.arch_of(text)
+        raise ConfigError(
+            f"cannot resolve architecture {text!r}: not a file, not a registered blocknet model "
+            f"and no resolver for it (known prefixes: {', '.join(p for p, _ in _RESOLVERS) or 'none'})"
+        )
+    raise TypeError(f"arch must be an ArchConfig, mapping, path or reference string, got {type(arch).__name__}")

@@ -1,0 +1,144 @@
+"""timm registration: the ``blocknet`` entry point, named presets and :func:`register_arch`.
+
+timm has no plugin discovery, so importing :mod:`blocknas.blocks` runs this module and
+makes ``timm.create_model("blocknet", arch=...)`` and ``timm.list_models("blocknet*")`` work.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from timm.models import build_model_with_cfg, register_model
+
+from .arch import ArchConfig
+from .blocknet import BlockNet
+from .presets import PRESETS
+from .resolve import ArchLike, resolve_arch
+
+__all__ = ["arch_of", "blocknet", "create_blocknet", "register_arch", "register_arch_dir", "registered_archs"]
+
+IMAGENET_FREE_MEAN = (0.5, 0.5, 0.5)
+IMAGENET_FREE_STD = (0.5, 0.5, 0.5)
+
+# timm's register_model reads pretrained cfgs from this module-level dict by entry-point name.
+default_cfgs: dict[str, dict[str, Any]] = {}
+_ARCHS: dict[str, ArchConfig] = {}
+
+
+def _cfg(arch: ArchConfig | None = None, **overrides: Any) -> dict[str, Any]:
+    """A pretrained cfg (no weights) describing the network's input and head."""
+    in_chans = arch.in_chans if arch else 3
+    input_size = arch.input_size if arch else (32, 32)
+    return dict(
+        url="",
+        num_classes=arch.num_classes if arch else 10,
+        input_size=(in_chans, *input_size),
+        pool_size=None,
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=IMAGENET_FREE_MEAN,
+        std=IMAGENET_FREE_STD,
+        first_conv="stem.conv",
+        classifier="head.fc",
+        license="apache-2.0",
+        **overrides,
+    )
+
+
+def create_blocknet(variant: str, arch: ArchLike, pretrained: bool = False, **kwargs: Any) -> BlockNet:
+    """Build a :class:`BlockNet` through ``timm.models.build_model_with_cfg``.
+
+    ``features_only=True`` / ``out_indices`` give a feature extractor over the stages.
+    """
+    config = resolve_arch(arch)
+    overlay = dict(num_classes=config.num_classes, input_size=(config.in_chans, *config.input_size))
+    overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    return build_model_with_cfg(
+        BlockNet,
+        variant,
+        pretrained,
+        arch=config,
+        pretrained_cfg_overlay=overlay,
+        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(len(config.stages)))),
+        **kwargs,
+    )
+
+
+@register_model
+def blocknet(pretrained: bool = False, arch: ArchLike | None = None, **kwargs: Any) -> BlockNet:
+    """BlockNet from any architecture: a YAML path, dict, ArchConfig or registered name."""
+    if arch is None:
+        raise TypeError(
+            'blocknet needs an architecture: timm.create_model("blocknet", arch="path/to/arch.yaml") '
+            "(or a dict, an ArchConfig, a registered name or an MLflow runs:/ URI)"
+        )
+    return create_blocknet("blocknet", arch, pretrained=pretrained, **kwargs)
+
+
+default_cfgs["blocknet"] = _cfg()
+
+
+def register_arch(name: str, arch: ArchLike, *, overwrite: bool = False) -> Callable[..., BlockNet]:
+    """Register ``arch`` as a timm model: ``timm.create_model(name)`` builds it.
+
+    Args:
+        name: timm model name (a Python identifier, e.g. ``blocknet_found_a1``).
+        arch: Anything :func:`resolve_arch` accepts.
+        overwrite: Replace an existing model of that name instead of raising.
+
+    Returns:
+        The registered entry-point function.
+    """
+    import timm
+
+    if not name.isidentifier():
+        raise ValueError(f"model name must be a Python identifier, got {name!r}")
+    if timm.is_model(name) and not overwrite:
+        raise ValueError(f"a timm model named {name!r} already exists; pass overwrite=True to replace it")
+    config = resolve_arch(arch)
+
+    def entry(pretrained: bool = False, **kwargs: Any) -> BlockNet:
+        return create_blocknet(name, config, pretrained=pretrained, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__module__ = __name__
+    entry.__doc__ = f"BlockNet {config.short_hash()} ({', '.join(s.block for s in config.stages)})"
+    default_cfgs[name] = _cfg(config)
+    _ARCHS[name] = config
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Overwriting")  # overwrite=True was asked for
+        return register_model(entry)
+
+
+def arch_of(name: str) -> ArchConfig:
+    """The architecture behind a model registered with :func:`register_arch` (or a preset)."""
+    try:
+        return _ARCHS[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not a registered blocknet architecture; known: {', '.join(sorted(_ARCHS))}") from None
+
+
+def registered_archs() -> list[str]:
+    """Names of all models registered with :func:`register_arch`, presets included."""
+    return sorted(_ARCHS)
+
+
+def register_arch_dir(folder: str | Path, *, prefix: str = "", overwrite: bool = False) -> list[str]:
+    """Register every ``*.yaml`` architecture in ``folder`` under ``prefix + file stem``."""
+    names = []
+    for path in sorted(Path(folder).glob("*.yaml")):
+        name = prefix + path.stem.replace("-", "_")
+        register_arch(name, path, overwrite=overwrite)
+        names.append(name)
+    return names
+
+
+def _register_presets(presets: Mapping[str, Mapping[str, Any]]) -> None:
+    for name, data in presets.items():
+        register_arch(name, ArchConfig.from_dict(data, source=f"preset {name}"), overwrite=True)
+
+
+_register_presets(PRESETS)
