@@ -1,0 +1,169 @@
+"""The ``blocknas`` command line: thin wrappers over the library, one subcommand each.
+
+Bad input of any kind (config, dataset, storage, tracking) prints one paragraph naming
+what and where, and exits with status 2. Ctrl-C / SIGTERM end the current trial cleanly
+(its MLflow run is marked KILLED) and exit with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from blocknas.blocks import ConfigError
+
+__all__ = ["main"]
+
+log = logging.getLogger("blocknas")
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .storage import StorageError
+    from .tracking import TrackingError
+
+    errors: list[type[BaseException]] = [*USER_ERRORS, StorageError, TrackingError]
+    try:
+        from .data import DataError  # type: ignore[attr-defined]
+
+        errors.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def add_study_overrides(parser: argparse.ArgumentParser) -> None:
+    """The flags every study-running command shares (they override the config file)."""
+    parser.add_argument("--config", required=True, help="study YAML (e.g. configs/default.yaml)")
+    parser.add_argument("--n-trials", type=int, help="total trials wanted in the study (all workers)")
+    parser.add_argument("--timeout", type=float, dest="timeout_s", help="stop starting trials after this many seconds")
+    parser.add_argument("--storage", help="Optuna storage: journal path, sqlite:///, postgresql://, redis://")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
+    parser.add_argument("--study-name", dest="name", help="override the study name")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def study_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The study config file with the command-line overrides applied."""
+    from .config import load_study_config
+
+    return load_study_config(args.config).with_overrides(
+        n_trials=args.n_trials, timeout_s=args.timeout_s, storage=args.storage,
+        tracking_uri=args.tracking_uri, name=args.name, seed=args.seed,
+    )
+
+
+def _pin_threads() -> None:
+    """Honour ``BLOCKNAS_THREADS`` (set by ``blocknas workers``) for training threads."""
+    import os
+
+    if os.environ.get("BLOCKNAS_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["BLOCKNAS_THREADS"]))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .report_text import print_search_summary
+    from .study import run_search
+
+    _pin_threads()
+    config = study_config(args)
+    result = run_search(config, progress=not args.no_progress)
+    print_search_summary(result, config)
+    return 0
+
+
+def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--workers", type=int, default=2, help="number of local worker processes")
+    add_study_overrides(parser)
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    from .workers import launch_workers
+
+    study_config(args)  # validate once here: a bad config is one error, not N
+    return launch_workers(args.workers, search_argv(args))
+
+
+def search_argv(args: argparse.Namespace) -> list[str]:
+    """The ``blocknas search`` arguments equivalent to ``args`` (for identical workers)."""
+    argv = ["--config", args.config]
+    flags = {"--n-trials": args.n_trials, "--timeout": args.timeout_s, "--storage": args.storage,
+             "--tracking-uri": args.tracking_uri, "--study-name": args.name, "--seed": args.seed}
+    for flag, value in flags.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    add_study_overrides(parser)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+    from .study import open_study
+    from .tracking import StudyTracker, resolve_tracking_uri
+
+    config = study_config(args)
+    study, _ = open_study(config)
+    tracker = StudyTracker(resolve_tracking_uri(config.tracking_uri, config.runs_dir), config.name, runs_dir=config.runs_dir)
+    diagnosis = diagnose(study, tracker)
+    print(f"study {config.name}: {diagnosis.trials} trials ({diagnosis.complete} complete), {diagnosis.children} MLflow child runs")
+    for problem in diagnosis.problems:
+        print(f"  problem: {problem}")
+    print("consistent" if diagnosis.ok else f"{len(diagnosis.problems)} problem(s)")
+    return 0 if diagnosis.ok else 1
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "search": ("run (or resume) a search study", add_study_overrides, cmd_search),
+    "workers": ("run N local worker processes on one study", add_workers_arguments, cmd_workers),
+    "doctor": ("check that the Optuna study and its MLflow runs agree", add_doctor_arguments, cmd_doctor),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blocknas", description="Architecture search and ablation of conv blocks.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, handler) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(command)
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``blocknas`` and of the thin ``scripts/*.py``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return int(args.handler(args))
+    except _user_errors() as exc:
+        print(f"blocknas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"blocknas {args.command}: interrupted; finished trials are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
