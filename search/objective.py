@@ -63,6 +63,10 @@ class Objective:
             return ArchConfig.from_dict(trial.user_attrs[ARCH_ATTR])
         return self.space.sample(trial)
 
+    def seed_for(self, trial: Trial) -> int:
+        """Seed of model init and data order; one seed for all trials so they compare fairly."""
+        return self.config.seed
+
     def __call__(self, trial: Trial) -> float | tuple[float, float]:
         trial.set_user_attr(WORKER_ATTR, worker_id())
         arch = self.architecture(trial)
@@ -103,7 +107,8 @@ class Objective:
         if predicted is not None:  # predicted mode: reject before building or exporting anything
             self.tracker.log(run_id, metrics={"latency_predicted_ms": predicted})
             self._reject_over_budget(trial, run_id, {"latency_ms": predicted})
-        seed_everything(self.config.seed)
+        seed = self.seed_for(trial)
+        seed_everything(seed)
         model = timm.create_model("blocknet", arch=arch)
         measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
         latency_ms = measured.p50_ms if predicted is None else predicted
@@ -121,7 +126,7 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
 
         try:
-            result = train_briefly(model, self.data, self.config.train, seed=self.config.seed, on_epoch=on_epoch, progress=self.progress)
+            result = train_briefly(model, self.data, self.config.train, seed=seed, on_epoch=on_epoch, progress=self.progress)
         except DivergedError:
             self.tracker.log(run_id, tags={"blocknas.state": "diverged"})
             raise

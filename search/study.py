@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -24,7 +26,7 @@ from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, 
 from .storage import fail_dead_local_trials, mask_url, open_storage
 from .tracking import StudyTracker, resolve_tracking_uri
 
-__all__ = ["SearchResult", "open_study", "run_search", "trial_counts"]
+__all__ = ["SearchResult", "open_study", "optimize_until_done", "run_search", "trial_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -150,24 +152,37 @@ def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
     tracker.close_orphans(study)
     predictor = LatencyPredictor(config.latency, cache_dir=Path(config.runs_dir) / "latency_table") if config.latency.mode == "predicted" else None
     objective = Objective(config, space, data, tracker, parent, predictor=predictor, progress=progress)
-    _optimize(study, objective, config, progress=progress)
+    optimize_until_done(study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress)
     return _finish(study, config, tracker, parent)
 
 
-def _optimize(study: optuna.Study, objective: Objective, config: StudyConfig, *, progress: bool) -> None:
-    """Run one trial at a time until the study-wide total (all workers) or the timeout is reached."""
+def optimize_until_done(
+    study: optuna.Study,
+    objective: Callable[[optuna.trial.Trial], Any],
+    *,
+    n_trials: int,
+    timeout_s: float | None = None,
+    progress: bool = True,
+) -> None:
+    """Run one trial at a time until the study holds ``n_trials`` (all workers) or ``timeout_s`` passes.
+
+    Counting the study's trials before each new one, rather than this worker's, makes
+    ``n_trials`` a study-wide total: resumes and extra workers add up to it, never past it.
+    A worker whose remaining trials are in other workers' hands waits for them (or for
+    them to be declared stale) instead of starting surplus trials.
+    """
     start = time.monotonic()
     done, _ = trial_counts(study)
-    bar = tqdm(total=config.n_trials, initial=min(done, config.n_trials), desc=f"{config.name} trials", disable=not progress, unit="trial")
+    bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=f"{study.study_name} trials", disable=not progress, unit="trial")
     try:
-        while config.timeout_s is None or time.monotonic() - start < config.timeout_s:
+        while timeout_s is None or time.monotonic() - start < timeout_s:
             optuna.storages.fail_stale_trials(study)
             done, running = trial_counts(study)
-            bar.n = min(done, config.n_trials)
+            bar.n = min(done, n_trials)
             bar.refresh()
-            if done >= config.n_trials:
+            if done >= n_trials:
                 break
-            if done + running >= config.n_trials:  # the rest are in other workers' hands
+            if done + running >= n_trials:  # the rest are in other workers' hands
                 time.sleep(1.0)
                 fail_dead_local_trials(study)
                 continue
