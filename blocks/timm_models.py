@@ -28,6 +28,11 @@ default_cfgs: dict[str, dict[str, Any]] = {}
 _ARCHS: dict[str, ArchConfig] = {}
 
 
+def _pool_size(arch: ArchConfig) -> tuple[int, int]:
+    """Spatial size of ``forward_features`` at the config's input size (timm's ``pool_size``)."""
+    return arch.block_specs()[-1].out_hw
+
+
 def _cfg(arch: ArchConfig | None = None, **overrides: Any) -> dict[str, Any]:
     """A pretrained cfg (no weights) describing the network's input and head."""
     in_chans = arch.in_chans if arch else 3
@@ -36,7 +41,7 @@ def _cfg(arch: ArchConfig | None = None, **overrides: Any) -> dict[str, Any]:
         url="",
         num_classes=arch.num_classes if arch else 10,
         input_size=(in_chans, *input_size),
-        pool_size=None,
+        pool_size=_pool_size(arch) if arch else None,
         crop_pct=1.0,
         interpolation="bilinear",
         mean=IMAGENET_FREE_MEAN,
@@ -54,7 +59,9 @@ def create_blocknet(variant: str, arch: ArchLike, pretrained: bool = False, **kw
     ``features_only=True`` / ``out_indices`` give a feature extractor over the stages.
     """
     config = resolve_arch(arch)
-    overlay = dict(num_classes=config.num_classes, input_size=(config.in_chans, *config.input_size))
+    overlay = dict(
+        num_classes=config.num_classes, input_size=(config.in_chans, *config.input_size), pool_size=_pool_size(config)
+    )
     overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
     return build_model_with_cfg(
         BlockNet,
@@ -67,6 +74,9 @@ def create_blocknet(variant: str, arch: ArchLike, pretrained: bool = False, **kw
     )
 
 
+default_cfgs["blocknet"] = _cfg()  # before @register_model, which reads it
+
+
 @register_model
 def blocknet(pretrained: bool = False, arch: ArchLike | None = None, **kwargs: Any) -> BlockNet:
     """BlockNet from any architecture: a YAML path, dict, ArchConfig or registered name."""
@@ -76,9 +86,6 @@ def blocknet(pretrained: bool = False, arch: ArchLike | None = None, **kwargs: A
             "(or a dict, an ArchConfig, a registered name or an MLflow runs:/ URI)"
         )
     return create_blocknet("blocknet", arch, pretrained=pretrained, **kwargs)
-
-
-default_cfgs["blocknet"] = _cfg()
 
 
 def register_arch(name: str, arch: ArchLike, *, overwrite: bool = False) -> Callable[..., BlockNet]:
@@ -118,7 +125,9 @@ def arch_of(name: str) -> ArchConfig:
     try:
         return _ARCHS[name]
     except KeyError:
-        raise KeyError(f"{name!r} is not a registered blocknet architecture; known: {', '.join(sorted(_ARCHS))}") from None
+        raise KeyError(
+            f"{name!r} is not a registered blocknet architecture; known: {', '.join(sorted(_ARCHS))}"
+        ) from None
 
 
 def registered_archs() -> list[str]:

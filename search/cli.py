@@ -58,8 +58,12 @@ def study_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .config import load_study_config
 
     return load_study_config(args.config).with_overrides(
-        n_trials=args.n_trials, timeout_s=args.timeout_s, storage=args.storage,
-        tracking_uri=args.tracking_uri, name=args.name, seed=args.seed,
+        n_trials=args.n_trials,
+        timeout_s=args.timeout_s,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        name=args.name,
+        seed=args.seed,
     )
 
 
@@ -99,8 +103,14 @@ def cmd_workers(args: argparse.Namespace) -> int:
 def search_argv(args: argparse.Namespace) -> list[str]:
     """The ``blocknas search`` arguments equivalent to ``args`` (for identical workers)."""
     argv = ["--config", args.config]
-    flags = {"--n-trials": args.n_trials, "--timeout": args.timeout_s, "--storage": args.storage,
-             "--tracking-uri": args.tracking_uri, "--study-name": args.name, "--seed": args.seed}
+    flags = {
+        "--n-trials": args.n_trials,
+        "--timeout": args.timeout_s,
+        "--storage": args.storage,
+        "--tracking-uri": args.tracking_uri,
+        "--study-name": args.name,
+        "--seed": args.seed,
+    }
     for flag, value in flags.items():
         if value is not None:
             argv += [flag, str(value)]
@@ -118,9 +128,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     config = study_config(args)
     study, _ = open_study(config)
-    tracker = StudyTracker(resolve_tracking_uri(config.tracking_uri, config.runs_dir), config.name, runs_dir=config.runs_dir)
+    tracker = StudyTracker(
+        resolve_tracking_uri(config.tracking_uri, config.runs_dir), config.name, runs_dir=config.runs_dir
+    )
     diagnosis = diagnose(study, tracker)
-    print(f"study {config.name}: {diagnosis.trials} trials ({diagnosis.complete} complete), {diagnosis.children} MLflow child runs")
+    print(
+        f"study {config.name}: {diagnosis.trials} trials ({diagnosis.complete} complete), {diagnosis.children} MLflow child runs"
+    )
     for problem in diagnosis.problems:
         print(f"  problem: {problem}")
     print("consistent" if diagnosis.ok else f"{len(diagnosis.problems)} problem(s)")
@@ -151,8 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("alembic", "mlflow", "urllib3", "optuna"):
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(logging.DEBUG if args.verbose else logging.WARNING)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return int(args.handler(args))
@@ -160,8 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"blocknas {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"blocknas {args.command}: interrupted; finished trials are kept, rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            f"blocknas {args.command}: interrupted; finished trials are kept, rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -71,7 +71,9 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
             continue
         run = runs[0]
         if trial.user_attrs.get(RUN_ID_ATTR) != run.info.run_id:
-            result.problems.append(f"trial {trial.number} points to run {trial.user_attrs.get(RUN_ID_ATTR)}, child is {run.info.run_id}")
+            result.problems.append(
+                f"trial {trial.number} points to run {trial.user_attrs.get(RUN_ID_ATTR)}, child is {run.info.run_id}"
+            )
         if trial.state != TrialState.RUNNING and run.info.status == "RUNNING":
             result.problems.append(f"trial {trial.number} is {trial.state.name} but its run is still RUNNING")
         if trial.state == TrialState.COMPLETE:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import timm
@@ -21,10 +21,13 @@ from blocknas.spaces import SearchSpace
 
 from .config import StudyConfig
 from .data import DataSplit
-from .latency import LatencyPredictor, LatencyResult, measure_latency
+from .latency import LatencyResult, measure_latency
 from .storage import WORKER_ATTR, worker_id
 from .tracking import StudyTracker
 from .trainer import DivergedError, EpochStats, seed_everything, train_briefly
+
+if TYPE_CHECKING:
+    from .latency_table import LatencyPredictor
 
 __all__ = ["ARCH_ATTR", "BASELINE_ATTR", "Objective", "trial_tags"]
 
@@ -46,7 +49,7 @@ class Objective:
     """Callable for ``study.optimize``; returns (accuracy, latency_ms) or accuracy alone."""
 
     config: StudyConfig
-    space: SearchSpace
+    space: SearchSpace | None  # None: a subclass overrides architecture()
     data: DataSplit
     tracker: StudyTracker
     parent_run_id: str
@@ -61,20 +64,26 @@ class Objective:
         """The baseline enqueued for this trial, or a sample from the space."""
         if BASELINE_ATTR in trial.user_attrs:
             return ArchConfig.from_dict(trial.user_attrs[ARCH_ATTR])
+        if self.space is None:
+            raise TypeError("an Objective without a space must override architecture()")
         return self.space.sample(trial)
 
     def seed_for(self, trial: Trial) -> int:
         """Seed of model init and data order; one seed for all trials so they compare fairly."""
         return self.config.seed
 
+    def run_labels(self, trial: Trial, arch: ArchConfig) -> tuple[str, dict[str, str]]:
+        """Name and tags of the trial's MLflow child run; subclasses add their own tags."""
+        tags = {**trial_tags(arch), "blocknas.study": self.config.name}
+        if BASELINE_ATTR in trial.user_attrs:
+            tags["blocknas.baseline"] = str(trial.user_attrs[BASELINE_ATTR])
+        return f"trial-{trial.number:04d}-{arch.short_hash()}", tags
+
     def __call__(self, trial: Trial) -> float | tuple[float, float]:
         trial.set_user_attr(WORKER_ATTR, worker_id())
         arch = self.architecture(trial)
         trial.set_user_attr(ARCH_ATTR, arch.to_dict())
-        run_name = f"trial-{trial.number:04d}-{arch.short_hash()}"
-        tags = {**trial_tags(arch), "blocknas.study": self.config.name}
-        if BASELINE_ATTR in trial.user_attrs:
-            tags["blocknas.baseline"] = str(trial.user_attrs[BASELINE_ATTR])
+        run_name, tags = self.run_labels(trial, arch)
         run_id = self.tracker.start_child(self.parent_run_id, trial, run_name, tags)
         status = "FAILED"
         try:
@@ -90,7 +99,9 @@ class Objective:
             interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
             reason = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
-            self.tracker.log(run_id, tags={"blocknas.state": "killed" if interrupted else "failed", "blocknas.error": reason})
+            self.tracker.log(
+                run_id, tags={"blocknas.state": "killed" if interrupted else "failed", "blocknas.error": reason}
+            )
             if not interrupted:
                 self.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
             status = "KILLED" if interrupted else "FAILED"
@@ -112,7 +123,9 @@ class Objective:
         model = timm.create_model("blocknet", arch=arch)
         measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
         latency_ms = measured.p50_ms if predicted is None else predicted
-        self.tracker.log(run_id, metrics={**measured.as_metrics(), "latency_ms": latency_ms}, tags=_fingerprint_tags(measured))
+        self.tracker.log(
+            run_id, metrics={**measured.as_metrics(), "latency_ms": latency_ms}, tags=_fingerprint_tags(measured)
+        )
         trial.set_user_attr("latency_ms", latency_ms)
         trial.set_user_attr("latency_measured_ms", measured.p50_ms)
         if predicted is None:
@@ -126,7 +139,9 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
 
         try:
-            result = train_briefly(model, self.data, self.config.train, seed=seed, on_epoch=on_epoch, progress=self.progress)
+            result = train_briefly(
+                model, self.data, self.config.train, seed=seed, on_epoch=on_epoch, progress=self.progress
+            )
         except DivergedError:
             self.tracker.log(run_id, tags={"blocknas.state": "diverged"})
             raise

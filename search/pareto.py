@@ -145,17 +145,28 @@ def plot_front(study: optuna.Study, path: str | Path) -> Path:
     on_front = sorted((t for t in complete if t.number in front), key=lambda t: t.user_attrs["latency_ms"])
     if on_front:
         ax.step(
-            [t.user_attrs["latency_ms"] for t in on_front], [_accuracy(t) for t in on_front],
-            where="post", color="tab:red", label="Pareto front",
+            [t.user_attrs["latency_ms"] for t in on_front],
+            [_accuracy(t) for t in on_front],
+            where="post",
+            color="tab:red",
+            label="Pareto front",
         )
         scatter(on_front, color="tab:red", zorder=3)
-    scatter([t for t in complete if BASELINE_ATTR in t.user_attrs], marker="*", s=160, color="gold",
-            edgecolor="black", zorder=4, label="baselines")
+    scatter(
+        [t for t in complete if BASELINE_ATTR in t.user_attrs],
+        marker="*",
+        s=160,
+        color="gold",
+        edgecolor="black",
+        zorder=4,
+        label="baselines",
+    )
     ax.set_xlabel("latency p50 (ms)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{study.study_name}: accuracy vs latency")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,18 @@ def print_search_summary(result: SearchResult, config: StudyConfig, console: Con
     for column in ("trial", "accuracy", "latency ms", "params", "MACs", "blocks per stage"):
         table.add_column(column, justify="left" if column == "blocks per stage" else "right")
     for row in result.front:
-        table.add_row(str(row.trial), f"{row.accuracy:.4f}", f"{row.latency_ms:.3f}", f"{row.params:,}", f"{row.macs:,}", row.blocks)
+        table.add_row(
+            str(row.trial),
+            f"{row.accuracy:.4f}",
+            f"{row.latency_ms:.3f}",
+            f"{row.params:,}",
+            f"{row.macs:,}",
+            row.blocks,
+        )
     console.print(table)
     uri = result.tracking_uri
     console.print(f"MLflow:    mlflow ui --backend-store-uri '{mask_url(uri)}' --host 127.0.0.1   (or: make dashboard)")
     console.print(f"Exported:  {result.export_folder}/ ({len(result.exported)} architectures, front.md, front.csv)")
     if result.exported:
-        console.print(f"Reuse:     timm.create_model(\"blocknet\", arch=\"{result.exported[0]}\")")
+        console.print(f'Reuse:     timm.create_model("blocknet", arch="{result.exported[0]}")')
     console.print(f"Resume:    the same command continues study {config.name!r} in {mask_url(config.storage_url)}")

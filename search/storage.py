@@ -19,12 +19,12 @@ import socket
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, RetryFailedTrialCallback
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
-    "StorageError",
     "WORKER_ATTR",
+    "StorageError",
     "fail_dead_local_trials",
     "mask_url",
     "open_storage",
@@ -77,7 +77,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=2 * heartbeat_interval,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retry),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             )
         if scheme == "redis":
             backend = optuna.storages.journal.JournalRedisBackend(url)
@@ -129,6 +129,6 @@ def fail_dead_local_trials(study: optuna.Study, *, max_retry: int = 1) -> list[F
             continue
         log.warning("trial %d was left RUNNING by dead worker %s; marked FAIL and re-enqueued", trial.number, owner)
         frozen = study.get_trials(deepcopy=False)[trial.number]
-        RetryFailedTrialCallback(max_retry=max_retry)(study, frozen)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
         failed.append(frozen)
     return failed

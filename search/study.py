@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from blocknas.spaces import SearchSpace
 
 from .config import StudyConfig
 from .data import load_data
-from .latency import LatencyPredictor
 from .objective import ARCH_ATTR, BASELINE_ATTR, Objective
 from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
 from .storage import fail_dead_local_trials, mask_url, open_storage
@@ -73,22 +73,30 @@ def open_study(config: StudyConfig) -> tuple[optuna.Study, bool]:
     directions = ["maximize", "minimize"] if config.objective == "multi" else ["maximize"]
     try:
         study = optuna.create_study(
-            study_name=config.name, storage=storage, directions=directions,
-            sampler=_sampler(config, config.seed), pruner=_pruner(config),
+            study_name=config.name,
+            storage=storage,
+            directions=directions,
+            sampler=_sampler(config, config.seed),
+            pruner=_pruner(config),
         )
-        study.set_metric_names(METRIC_NAMES[config.objective])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES[config.objective])
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(
-            study_name=config.name, storage=storage,
-            sampler=_sampler(config, config.seed + os.getpid()), pruner=_pruner(config),
+            study_name=config.name,
+            storage=storage,
+            sampler=_sampler(config, config.seed + os.getpid()),
+            pruner=_pruner(config),
         )
     found = [d.name.lower() for d in study.directions]
     if found != directions:
         raise ConfigError(
             f"study {config.name!r} in {mask_url(config.storage_url)} has directions {found}, but objective "
             f"{config.objective!r} needs {directions}; use another study name",
-            path="objective", source=config.source,
+            path="objective",
+            source=config.source,
         )
     return study, False
 
@@ -109,7 +117,8 @@ def _load_baselines(config: StudyConfig, space: SearchSpace) -> dict[str, ArchCo
             raise ConfigError(
                 f"baseline {ref!r} is for input {arch.input_size} and {arch.num_classes} classes, "
                 f"but the space uses {space.input_size} and {space.num_classes}",
-                path=f"baselines[{i}]", source=config.source,
+                path=f"baselines[{i}]",
+                source=config.source,
             )
         baselines[Path(str(ref)).stem] = arch
     return baselines
@@ -139,7 +148,9 @@ def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
     if data.num_classes != space.num_classes:
         raise ConfigError(
             f"dataset {config.data.name!r} has {data.num_classes} classes but the space builds "
-            f"{space.num_classes}-class networks", path="space", source=config.source,
+            f"{space.num_classes}-class networks",
+            path="space",
+            source=config.source,
         )
     tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
     tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
@@ -150,7 +161,11 @@ def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
         tracker.log_text(parent, _config_yaml(config), "study.yaml")
     fail_dead_local_trials(study)
     tracker.close_orphans(study)
-    predictor = LatencyPredictor(config.latency, cache_dir=Path(config.runs_dir) / "latency_table") if config.latency.mode == "predicted" else None
+    predictor = None
+    if config.latency.mode == "predicted":
+        from .latency import LatencyPredictor
+
+        predictor = LatencyPredictor(config.latency, cache_dir=Path(config.runs_dir) / "latency_table")
     objective = Objective(config, space, data, tracker, parent, predictor=predictor, progress=progress)
     optimize_until_done(study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress)
     return _finish(study, config, tracker, parent)
@@ -173,10 +188,18 @@ def optimize_until_done(
     """
     start = time.monotonic()
     done, _ = trial_counts(study)
-    bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=f"{study.study_name} trials", disable=not progress, unit="trial")
+    bar = tqdm(
+        total=n_trials,
+        initial=min(done, n_trials),
+        desc=f"{study.study_name} trials",
+        disable=not progress,
+        unit="trial",
+    )
     try:
         while timeout_s is None or time.monotonic() - start < timeout_s:
-            optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
             done, running = trial_counts(study)
             bar.n = min(done, n_trials)
             bar.refresh()

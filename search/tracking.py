@@ -100,7 +100,9 @@ class StudyTracker:
 
     # -- parent run ---------------------------------------------------------------------
 
-    def ensure_parent(self, study: optuna.Study, *, created_study: bool, params: Mapping[str, Any], wait_s: float = 30) -> str:
+    def ensure_parent(
+        self, study: optuna.Study, *, created_study: bool, params: Mapping[str, Any], wait_s: float = 30
+    ) -> str:
         """The study's parent run id, creating it exactly once across workers.
 
         Only the worker that created the Optuna study creates the parent run; the others
@@ -135,7 +137,9 @@ class StudyTracker:
 
     # -- child runs ---------------------------------------------------------------------
 
-    def start_child(self, parent_run_id: str, trial: optuna.trial.BaseTrial, run_name: str, tags: Mapping[str, str]) -> str:
+    def start_child(
+        self, parent_run_id: str, trial: optuna.trial.BaseTrial, run_name: str, tags: Mapping[str, str]
+    ) -> str:
         """Create the child run of ``trial`` and record each id on the other."""
         run = self.client.create_run(
             self.experiment_id,

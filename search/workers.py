@@ -27,7 +27,12 @@ def launch_workers(n_workers: int, search_args: Sequence[str], *, cores: int | N
     machine is not oversubscribed.
     """
     threads = threads_per_worker(n_workers, cores)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "BLOCKNAS_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "BLOCKNAS_THREADS": str(threads),
+    }
     command = [sys.executable, "-m", "blocknas.search.cli", "search", *search_args]
     log.info("starting %d workers with %d thread(s) each: %s", n_workers, threads, " ".join(command))
     procs = [subprocess.Popen(command + (["--no-progress"] if i else []), env=env) for i in range(n_workers)]

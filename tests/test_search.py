@@ -101,7 +101,9 @@ def test_over_budget_candidates_are_never_trained(in_tmp_dir: Path) -> None:
 
 
 def test_diverging_trial_fails_and_study_completes(in_tmp_dir: Path) -> None:
-    result = run_search(tiny_config(train={"epochs": 1, "lr": 1e12, "label_smoothing": 0.0}, n_trials=2), progress=False)
+    result = run_search(
+        tiny_config(train={"epochs": 1, "lr": 1e12, "label_smoothing": 0.0}, n_trials=2), progress=False
+    )
     study = result.study
     assert len(study.trials) == 2 and trial_counts(study) == (2, 0)
     client = MlflowClient(result.tracking_uri)
@@ -143,7 +145,10 @@ def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"name": "x", "space": "tiny", "sampler": "grid-ish"}))
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "search.py"), "--config", str(bad)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert "bad.yaml: sampler: 'grid-ish' is not one of" in proc.stderr
