@@ -23,8 +23,11 @@ NORM_LAYERS = ("batchnorm2d", "layernorm2d")
 
 
 def _check_kernel(kernel_size: int, key: str) -> None:
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ConfigError(f"{kernel_size} is not odd; kernel sizes must be odd integers >= 1 (1, 3, 5, 7, ...)", path=key)
+    allowed = "kernel sizes must be odd integers >= 1 (1, 3, 5, 7, ...)"
+    if kernel_size < 1:
+        raise ConfigError(f"{kernel_size} is < 1; {allowed}", path=key)
+    if kernel_size % 2 == 0:
+        raise ConfigError(f"{kernel_size} is not odd; {allowed}", path=key)
 
 
 def _check_stride(stride: int, key: str) -> None:
@@ -134,9 +137,13 @@ class ArchConfig:
         if not self.stages:
             raise ConfigError("at least one stage is required", path="stages")
         if self.act_layer not in ACT_LAYERS:
-            raise ConfigError(f"unknown activation {self.act_layer!r}; allowed: {', '.join(ACT_LAYERS)}", path="act_layer")
+            raise ConfigError(
+                f"unknown activation {self.act_layer!r}; allowed: {', '.join(ACT_LAYERS)}", path="act_layer"
+            )
         if self.norm_layer not in NORM_LAYERS:
-            raise ConfigError(f"unknown norm layer {self.norm_layer!r}; allowed: {', '.join(NORM_LAYERS)}", path="norm_layer")
+            raise ConfigError(
+                f"unknown norm layer {self.norm_layer!r}; allowed: {', '.join(NORM_LAYERS)}", path="norm_layer"
+            )
         _check_positive(self.in_chans, "in_chans")
         if self.num_classes < 0:
             raise ConfigError(f"{self.num_classes} must be >= 0 (0: no classifier)", path="num_classes")

@@ -53,7 +53,9 @@ class BlockNet(nn.Module):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        changes = {k: v for k, v in (("in_chans", in_chans), ("num_classes", num_classes)) if v is not None}
+        changes: dict[str, Any] = {
+            k: v for k, v in (("in_chans", in_chans), ("num_classes", num_classes)) if v is not None
+        }
         if drop_rate is not None:
             changes["head"] = {"num_features": arch.head.num_features, "drop_rate": drop_rate}
         self.arch = arch = arch.replace(**changes) if changes else arch
@@ -63,8 +65,12 @@ class BlockNet(nn.Module):
         self.grad_checkpointing = False
 
         self.stem = ConvNormAct(
-            arch.in_chans, arch.stem.out_chs, arch.stem.kernel_size, stride=arch.stem.stride,
-            norm_layer=arch.norm_layer, act_layer=arch.act_layer,
+            arch.in_chans,
+            arch.stem.out_chs,
+            arch.stem.kernel_size,
+            stride=arch.stem.stride,
+            norm_layer=arch.norm_layer,
+            act_layer=arch.act_layer,
         )
         specs = arch.block_specs()
         rates = [drop_path_rate * i / max(len(specs) - 1, 1) for i in range(len(specs))]
@@ -73,11 +79,17 @@ class BlockNet(nn.Module):
             block_cls = get_block(spec.block)
             stages[spec.stage].append(
                 block_cls(
-                    spec.in_chs, spec.out_chs,
-                    stride=spec.knobs.stride, kernel_size=spec.knobs.kernel_size,
-                    expand_ratio=spec.knobs.expand_ratio, se_ratio=spec.knobs.se_ratio,
-                    mid_norm_act=spec.knobs.mid_norm_act, skip=spec.skip,
-                    act_layer=arch.act_layer, norm_layer=arch.norm_layer, drop_path_rate=rate,
+                    spec.in_chs,
+                    spec.out_chs,
+                    stride=spec.knobs.stride,
+                    kernel_size=spec.knobs.kernel_size,
+                    expand_ratio=spec.knobs.expand_ratio,
+                    se_ratio=spec.knobs.se_ratio,
+                    mid_norm_act=spec.knobs.mid_norm_act,
+                    skip=spec.skip,
+                    act_layer=arch.act_layer,
+                    norm_layer=arch.norm_layer,
+                    drop_path_rate=rate,
                 )
             )
         self.stages = nn.Sequential(*[nn.Sequential(*blocks) for blocks in stages])
@@ -87,7 +99,9 @@ class BlockNet(nn.Module):
         ]
         self.num_features = self.head_hidden_size = arch.num_features
         self.conv_head: nn.Module = (
-            ConvNormAct(arch.stages[-1].out_chs, arch.num_features, 1, norm_layer=arch.norm_layer, act_layer=arch.act_layer)
+            ConvNormAct(
+                arch.stages[-1].out_chs, arch.num_features, 1, norm_layer=arch.norm_layer, act_layer=arch.act_layer
+            )
             if arch.head.num_features
             else nn.Identity()
         )
