@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 N ?= 2
 
-.PHONY: install test lint search dashboard
+.PHONY: install test lint search workers
 
 install: $(VENV)/.installed
 
@@ -21,3 +21,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+search: install
+	$(PY) scripts/search.py --config $(CONFIG)
+
+workers: install
+	$(VENV)/bin/blocknas workers -n $(N) --config $(CONFIG)

@@ -1,0 +1,325 @@
+"""Many workers, crashes and bad input, against real storages and a real MLflow server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from blocknas.search.cli import main
+from blocknas.search.config import load_study_config
+from blocknas.search.doctor import diagnose
+from blocknas.search.storage import mask_url, open_storage
+from blocknas.search.study import run_search, trial_counts
+from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker
+
+from .conftest import require_service
+
+TINY = {
+    "space": "tiny",
+    "data": {"name": "digits"},
+    "train": {"epochs": 1, "batch_size": 128},
+    "latency": {"time_cap_s": 0.1, "min_repeats": 5, "warmup": 2},
+    "sampler": "random",
+    "heartbeat_interval_s": 2,
+}
+
+
+def write_config(folder: Path, name: str, **overrides: object) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **TINY, **overrides}))
+    return path
+
+
+def worker(config: Path, *args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
+    command = [sys.executable, "-m", "blocknas.search.cli", "search", "--config", str(config), "--no-progress", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port, backed by SQLite."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start within 90 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def check_consistent(config_path: Path, storage: str, tracking_uri: str, n_trials: int) -> optuna.Study:
+    config = load_study_config(config_path)
+    study = optuna.load_study(study_name=config.name, storage=open_storage(storage))
+    assert trial_counts(study) == (n_trials, 0)
+    assert len(study.trials) == n_trials, "no surplus or duplicated trials"
+    tracker = StudyTracker(tracking_uri, config.name)
+    diagnosis = diagnose(study, tracker)
+    assert diagnosis.ok, diagnosis.problems
+    assert diagnosis.children == n_trials
+    return study
+
+
+@pytest.mark.services
+def test_two_workers_on_postgres_and_an_mlflow_server(tmp_path: Path, postgres_url: str, mlflow_server: str) -> None:
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, name, n_trials=6)
+    args = ("--storage", postgres_url, "--tracking-uri", mlflow_server)
+    procs = [worker(config, *args, cwd=tmp_path) for _ in range(2)]
+    for proc in procs:
+        finish(proc)
+    study = check_consistent(config, postgres_url, mlflow_server, 6)
+    workers = {t.user_attrs["blocknas.worker"] for t in study.trials}
+    assert len(workers) == 2, "both workers ran trials"
+
+
+def test_two_workers_on_a_journal_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "journal", n_trials=6)
+    procs = [worker(config, cwd=tmp_path) for _ in range(2)]
+    for proc in procs:
+        finish(proc)
+    check_consistent(
+        config, str(tmp_path / "runs" / "optuna.journal"), f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", 6
+    )
+
+
+@pytest.mark.services
+def test_redis_journal_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_service("Redis", "127.0.0.1", 6379)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = load_study_config(write_config(tmp_path, f"redis-{uuid.uuid4().hex[:8]}", n_trials=2))
+    result = run_search(config.with_overrides(storage="redis://127.0.0.1:6379/0"), progress=False)
+    assert trial_counts(result.study) == (2, 0)
+
+
+def wait_for(predicate, timeout: float = 180, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def states(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials()
+    except KeyError:
+        return []
+
+
+def _kill_mid_trial(tmp_path: Path, name: str, storage: str, sig: int) -> tuple[subprocess.Popen, list]:
+    """Start a worker, wait until one trial finished and the next is running, send ``sig``."""
+    config = write_config(tmp_path, name, n_trials=4, train={"epochs": 4, "batch_size": 64})
+    proc = worker(config, "--storage", storage, cwd=tmp_path)
+
+    def mid_trial() -> bool:
+        trials = states(storage, name)
+        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and RUN_ID_ATTR in t.user_attrs]
+        return bool(done) and bool(running)
+
+    wait_for(mid_trial, what="a finished trial and a running one")
+    before = [t for t in states(storage, name) if t.state == optuna.trial.TrialState.COMPLETE]
+    proc.send_signal(sig)
+    return proc, before
+
+
+@pytest.mark.parametrize("storage_kind", ["journal", "postgres"])
+def test_sigkill_mid_trial_then_resume_loses_nothing(
+    tmp_path: Path, storage_kind: str, request: pytest.FixtureRequest
+) -> None:
+    storage = (
+        str(tmp_path / "runs" / "optuna.journal")
+        if storage_kind == "journal"
+        else request.getfixturevalue("postgres_url")
+    )
+    name = f"kill-{uuid.uuid4().hex[:8]}"
+    proc, before = _kill_mid_trial(tmp_path, name, storage, signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed = [t for t in states(storage, name) if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(killed) == 1
+
+    finish(worker(tmp_path / f"{name}.yaml", "--storage", storage, cwd=tmp_path))
+    trials = states(storage, name)
+    for old in before:
+        assert trials[old.number].state == optuna.trial.TrialState.COMPLETE
+        assert trials[old.number].values == old.values
+    dead = trials[killed[0].number]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    assert trial_counts(study) == (4, 0)
+    tracker = StudyTracker(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", name)
+    dead_run = tracker.client.get_run(dead.user_attrs[RUN_ID_ATTR])
+    assert dead_run.info.status == "KILLED"
+    diagnosis = diagnose(study, tracker)
+    assert diagnosis.ok, diagnosis.problems
+
+
+def test_rdb_heartbeat_fails_and_retries_a_dead_workers_trial(tmp_path: Path) -> None:
+    """Without local recovery (as for a worker on another machine), heartbeats catch the death."""
+    storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+    name = "heartbeat"
+    proc, _ = _kill_mid_trial(tmp_path, name, storage, signal.SIGKILL)
+    proc.wait(timeout=30)
+    study = optuna.load_study(study_name=name, storage=open_storage(storage, heartbeat_interval=2))
+    stale = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(stale) == 1
+    time.sleep(5)  # past the grace period (2 × heartbeat interval)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert trials[stale[0].number].state == optuna.trial.TrialState.FAIL
+    assert any(
+        t.state == optuna.trial.TrialState.WAITING and t.system_attrs.get("failed_trial") == stale[0].number
+        for t in trials
+    )
+
+
+def test_sigint_fails_the_trial_cleanly_and_exits_130(tmp_path: Path) -> None:
+    storage = str(tmp_path / "runs" / "optuna.journal")
+    proc, _ = _kill_mid_trial(tmp_path, "interrupt", storage, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-2000:]
+    assert "interrupted" in out
+    trials = states(storage, "interrupt")
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1
+    run = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(failed[0].user_attrs[RUN_ID_ATTR])
+    assert run.info.status == "KILLED"
+
+
+def _run_cli(config: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["search", "--config", str(config), "--no-progress", *args])
+    return code, capsys.readouterr().err
+
+
+BAD_INPUTS = {
+    "syntax": ("name: x\ntrain: {epochs: 1\n", r"bad\.yaml: YAML syntax error: line"),
+    "unknown_key": (yaml.safe_dump({"name": "x", **TINY, "trian": {}}), r"bad\.yaml: trian: unknown key"),
+    "wrong_type": (yaml.safe_dump({"name": "x", **TINY, "n_trials": "many"}), r"n_trials: expected an integer"),
+    "unknown_dataset": (
+        yaml.safe_dump({"name": "x", **TINY, "data": {"name": "mnist"}}),
+        r"data\.name: 'mnist' is not one of",
+    ),
+    "impossible_constraint": (
+        yaml.safe_dump({"name": "x", **TINY, "constraints": {"params": 0}}),
+        r"constraints\.params: 0 is impossible",
+    ),
+    "missing_files": (
+        yaml.safe_dump({"name": "x", **TINY, "data": {"name": "imagefolder", "root": "/nonexistent/images"}}),
+        r"/nonexistent/images",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_and_writes_nothing(case: str, in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text, pattern = BAD_INPUTS[case]
+    config = in_tmp_dir / "bad.yaml"
+    config.write_text(text)
+    code, err = _run_cli(config, capsys=capsys)
+    assert code == 2
+    assert err.count("\n") == 1, "one paragraph"
+    import re
+
+    assert re.search(pattern, err), err
+    assert not (in_tmp_dir / "runs" / "optuna.journal").exists()
+
+
+def test_unknown_block_in_space_exits_2(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = in_tmp_dir / "space.yaml"
+    space.write_text(
+        yaml.safe_dump({"input_size": [16, 16], "stages": [{"blocks": ["separable", "sepconv"], "widths": [8]}]})
+    )
+    config = write_config(in_tmp_dir, "x", space=str(space))
+    code, err = _run_cli(config, capsys=capsys)
+    assert code == 2
+    assert "sepconv" in err and "separable" in err and "space.yaml" in err
+
+
+def test_unreachable_storage_exits_2(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(in_tmp_dir, "x")
+    code, err = _run_cli(config, "--storage", "postgresql://u:hunter2@127.0.0.1:1/none", capsys=capsys)
+    assert code == 2
+    assert "cannot open study storage postgresql://u:***@127.0.0.1:1/none" in err
+    assert "hunter2" not in err
+
+
+def test_unreachable_tracking_server_exits_2(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(in_tmp_dir, "x")
+    code, err = _run_cli(config, "--tracking-uri", "http://127.0.0.1:1", capsys=capsys)
+    assert code == 2
+    assert "MLflow tracking server http://127.0.0.1:1 is not reachable" in err
+    assert not (in_tmp_dir / "runs" / "optuna.journal").exists()
+
+
+def test_mask_url() -> None:
+    assert mask_url("postgresql://bob:pa:ss@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert mask_url("postgresql://bob@db/x") == "postgresql://bob@db/x"
+    assert mask_url("runs/optuna.journal") == "runs/optuna.journal"
+
+
+@pytest.mark.services
+def test_storage_password_never_reaches_mlflow_or_output(
+    in_tmp_dir: Path, postgres_url: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cr3t-pw"
+    storage = postgres_url.replace("postgres@", f"postgres:{secret}@")  # trust auth ignores the password
+    name = f"mask-{uuid.uuid4().hex[:8]}"
+    config = write_config(in_tmp_dir, name, n_trials=1)
+    code = main(["search", "--config", str(config), "--no-progress", "--storage", storage])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert secret not in out.out + out.err + caplog.text
+    client = MlflowClient(f"sqlite:///{in_tmp_dir / 'runs' / 'mlflow.db'}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    parent = client.get_run(study.user_attrs[PARENT_RUN_ATTR])
+    assert parent.data.params["storage"] == storage.replace(secret, "***")
+    texts = [str(parent.data.params), str(parent.data.tags)]
+    for run in client.search_runs([parent.info.experiment_id]):
+        texts += [str(run.data.params), str(run.data.tags)]
+    local = Path(client.download_artifacts(parent.info.run_id, "study.yaml"))
+    texts.append(local.read_text())
+    assert not any(secret in t for t in texts)
