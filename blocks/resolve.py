@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .arch import ArchConfig
+from .arch_refs import MLFLOW_PREFIX, arch_from_discovered, arch_from_mlflow_run, is_discovered_ref
 from .schema import ConfigError
 
 __all__ = ["ArchLike", "register_arch_resolver", "resolve_arch"]
@@ -14,7 +15,7 @@ __all__ = ["ArchLike", "register_arch_resolver", "resolve_arch"]
 ArchLike = Union[ArchConfig, Mapping[str, Any], str, Path]
 
 # Resolvers for string references other than file paths, tried in order, e.g. "runs:/<id>".
-_RESOLVERS: list[tuple[str, Callable[[str], ArchConfig]]] = []
+_RESOLVERS: list[tuple[str, Callable[[str], ArchConfig]]] = [(MLFLOW_PREFIX, arch_from_mlflow_run)]
 
 
 def register_arch_resolver(prefix: str, resolver: Callable[[str], ArchConfig]) -> None:
@@ -26,9 +27,10 @@ def register_arch_resolver(prefix: str, resolver: Callable[[str], ArchConfig]) -
 def resolve_arch(arch: ArchLike) -> ArchConfig:
     """An ArchConfig from an ArchConfig, a mapping, a YAML path, or a registered reference.
 
-    String references: an existing ``.yaml`` path, a registered timm model name built from
-    an ArchConfig, or any prefix added with :func:`register_arch_resolver`
-    (``runs:/`` MLflow runs, ``<study>/<name>`` discovered configs, ...).
+    String references, tried in this order: a prefix added with :func:`register_arch_resolver`
+    (built in: ``runs:/<run_id>``, an MLflow run's ``arch.yaml``), an existing ``.yaml``
+    path, a registered timm model name built from an ArchConfig, and ``<study>/<name>``,
+    a config exported under ``configs/discovered`` (see :mod:`blocknas.blocks.arch_refs`).
     """
     if isinstance(arch, ArchConfig):
         return arch
@@ -45,6 +47,8 @@ def resolve_arch(arch: ArchLike) -> ArchConfig:
 
         if text in timm_models.registered_archs():
             return timm_models.arch_of(text)
+        if is_discovered_ref(text):
+            return arch_from_discovered(text)
         raise ConfigError(
             f"cannot resolve architecture {text!r}: not a file, not a registered blocknet model "
             f"and no resolver for it (known prefixes: {', '.join(p for p, _ in _RESOLVERS) or 'none'})"

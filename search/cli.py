@@ -24,10 +24,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
     from .storage import StorageError
     from .tracking import TrackingError
 
-    errors: list[type[BaseException]] = [*USER_ERRORS, StorageError, TrackingError]
+    errors: list[type[BaseException]] = [*USER_ERRORS, StorageError, TrackingError, CheckpointError]
     try:
         from .data import DataError  # type: ignore[attr-defined]
 
@@ -141,10 +142,97 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if diagnosis.ok else 1
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="training YAML (e.g. configs/train/default.yaml); the flags override it")
+    parser.add_argument("--arch", help="YAML path, registered model name, <study>/<name> or runs:/<run_id>")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument(
+        "--dataset", help="dataset name (digits, synthetic, cifar10, ...); other data keys come from --config"
+    )
+    parser.add_argument("--out", dest="out_dir", help="checkpoint folder (default runs/train/<name>)")
+    parser.add_argument("--name", help="run name (default: from --arch)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt after a kill")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
+    parser.add_argument("--no-tracking", action="store_true", help="no MLflow run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .full_train import FullTrainConfig, load_train_config, train_full
+
+    _pin_threads()
+    config = (load_train_config(args.config) if args.config else FullTrainConfig()).with_overrides(
+        arch=args.arch,
+        epochs=args.epochs,
+        dataset=args.dataset,
+        out_dir=args.out_dir,
+        name=args.name,
+        seed=args.seed,
+        tracking_uri=args.tracking_uri,
+        tracking=False if args.no_tracking else None,
+    )
+    result = train_full(config, resume=args.resume, progress=not args.no_progress)
+    print(
+        f"best val accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch + 1}, "
+        f"final {result.final_accuracy:.4f}"
+    )
+    print(f"weights: {result.weights}  architecture: {result.arch_path}")
+    if result.run_id:
+        print(f'MLflow run: {result.run_id}  (arch="runs:/{result.run_id}")')
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from .export import FORMATS
+
+    parser.add_argument("--checkpoint", required=True, help="weights (best.safetensors) or training state (best.pt)")
+    parser.add_argument("--arch", help="architecture (default: arch.yaml beside the checkpoint)")
+    parser.add_argument("--out", dest="out_dir", help="output folder (default: <checkpoint folder>/export)")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the ONNX input and of the timing")
+    parser.add_argument("--threads", type=int, default=1, help="threads of the timing")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed difference from PyTorch outputs")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import ExportError, export_checkpoint
+    from .latency import LatencyTarget
+
+    checkpoint = Path(args.checkpoint)
+    arch = args.arch or checkpoint.parent / "arch.yaml"
+    if not args.arch and not Path(arch).is_file():
+        raise FileNotFoundError(f"no --arch given and no arch.yaml beside {checkpoint}")
+    target = LatencyTarget().replace(batch_size=args.batch_size, threads=args.threads)
+    try:
+        result = export_checkpoint(
+            arch,
+            checkpoint,
+            args.out_dir or checkpoint.parent / "export",
+            formats=args.formats,
+            target=target,
+            atol=args.atol,
+        )
+    except ExportError as exc:
+        print(f"blocknas export: verification failed: {exc}", file=sys.stderr)
+        return 1
+    for fmt, path in result.files.items():
+        print(
+            f"{fmt}: {path}  max |diff| vs PyTorch {result.max_abs_diff[fmt]:.2g}  "
+            f"latency p50 {result.latency[fmt].p50_ms:.4f} ms"
+        )
+    print(f"latency: {result.latency_path}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "search": ("run (or resume) a search study", add_study_overrides, cmd_search),
     "workers": ("run N local worker processes on one study", add_workers_arguments, cmd_workers),
     "doctor": ("check that the Optuna study and its MLflow runs agree", add_doctor_arguments, cmd_doctor),
+    "train": ("fully train one architecture, with checkpoints, resume and MLflow", add_train_arguments, cmd_train),
+    "export": ("export a checkpoint to ONNX and TorchScript, verified and timed", add_export_arguments, cmd_export),
 }
 
 

@@ -1,0 +1,123 @@
+"""The MLflow run of a full training: params, per-epoch curves, final metrics, checkpoint, architecture, model.
+
+The run logs ``arch.yaml`` at its root like a search trial's child run, so
+``arch="runs:/<run_id>"`` resolves a trained network too. The model is logged with
+``mlflow.pytorch.log_model`` (signature and input example from the validation data; two
+samples, so the exported program keeps a dynamic batch dimension).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from blocknas.blocks import ArchConfig, to_plain
+
+from .checkpoint import load_model
+from .data import DataSplit
+from .tracking import StudyTracker, resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from .full_train import FullTrainConfig, FullTrainResult
+
+__all__ = ["TrainRun"]
+
+logger = logging.getLogger(__name__)
+
+
+class TrainRun:
+    """One training's MLflow run; every method does nothing when tracking is off."""
+
+    def __init__(self, tracker: StudyTracker | None, run_id: str | None) -> None:
+        self.tracker, self.run_id = tracker, run_id
+
+    @classmethod
+    def open(cls, config: FullTrainConfig, arch: ArchConfig, out: Path, *, run_id: str | None = None) -> TrainRun:
+        """Create the run (params, ``arch.yaml``, ``train.yaml``), or reopen ``run_id`` on resume."""
+        if not config.tracking:
+            return cls(None, None)
+        uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+        tracker = StudyTracker(uri, config.experiment, runs_dir=config.runs_dir)
+        if run_id is not None:
+            tracker.client.update_run(run_id, status="RUNNING")
+            return cls(tracker, run_id)
+        run = tracker.client.create_run(
+            tracker.experiment_id,
+            run_name=out.name,
+            tags={
+                "blocknas.role": "train",
+                "blocknas.arch_hash": arch.short_hash(),
+                "blocknas.out_dir": str(out.resolve()),
+            },
+        )
+        run_id = run.info.run_id
+        tracker.log(run_id, params=_params(config, arch))
+        tracker.log_file(run_id, out / "arch.yaml")
+        tracker.log_file(run_id, out / "train.yaml")
+        logger.info("MLflow run %s in experiment %r at %s", run_id, config.experiment, uri)
+        return cls(tracker, run_id)
+
+    def log_epoch(self, record: Mapping[str, float], epoch: int) -> None:
+        if self.tracker is not None and self.run_id is not None:
+            self.tracker.log(self.run_id, metrics={f"epoch_{k}": v for k, v in record.items()}, step=epoch)
+
+    def finish(self, result: FullTrainResult, arch: ArchConfig, data: DataSplit) -> None:
+        """Final metrics, the best checkpoint and history, then the model; marks the run finished."""
+        if self.tracker is None or self.run_id is None:
+            return
+        cost = arch.cost()
+        metrics = {
+            "best_accuracy": result.best_accuracy,
+            "best_epoch": result.best_epoch,
+            "final_accuracy": result.final_accuracy,
+            "train_seconds": sum(h["seconds"] for h in result.history),
+            "params": cost.params,
+            "macs": cost.macs,
+        }
+        self.tracker.log(self.run_id, metrics=metrics)
+        self.tracker.log_file(self.run_id, result.weights, "checkpoint")
+        self.tracker.log_file(self.run_id, result.out_dir / "history.json")
+        model = load_model(arch, result.weights)
+        _log_model(self.tracker.tracking_uri, self.run_id, model, data.x_val[:2].clone())
+
+    def end(self, status: str) -> None:
+        if self.tracker is not None and self.run_id is not None:
+            self.tracker.end_run(self.run_id, status)
+
+
+def _params(config: FullTrainConfig, arch: ArchConfig) -> dict[str, Any]:
+    params: dict[str, Any] = {f"arch.{k}": v for k, v in arch.flat_params().items()}
+    for section in ("data", "train", "augment", "ema"):
+        params.update({f"{section}.{k}": v for k, v in to_plain(getattr(config, section)).items()})
+    params.update(
+        arch_ref=config.arch if isinstance(config.arch, str) else "inline",
+        seed=config.seed,
+        weights_format=config.weights_format,
+    )
+    return params
+
+
+def _log_model(tracking_uri: str, run_id: str, model: nn.Module, example: torch.Tensor) -> None:
+    """``mlflow.pytorch.log_model`` into ``run_id`` (the fluent API needs it active), which ends the run."""
+    import mlflow
+    import timm
+    from mlflow.models import infer_signature
+
+    with torch.inference_mode():
+        output = model(example).numpy()
+    signature = infer_signature(example.numpy(), output)
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(
+                model, name="model", signature=signature, input_example=example.numpy(), pip_requirements=requirements
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
