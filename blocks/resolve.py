@@ -50,7 +50,7 @@ def resolve_arch(arch: ArchLike) -> ArchConfig:
         if is_discovered_ref(text):
             return arch_from_discovered(text)
         raise ConfigError(
-            f"cannot resolve architecture {text!r}: not a file, not a registered blocknet model "
-            f"and no resolver for it (known prefixes: {', '.join(p for p, _ in _RESOLVERS) or 'none'})"
+            f"cannot resolve architecture {text!r}: not a file, not a registered blocknet model, not "
+            f"<study>/<name> and no resolver for it (known prefixes: {', '.join(p for p, _ in _RESOLVERS) or 'none'})"
         )
     raise TypeError(f"arch must be an ArchConfig, mapping, path or reference string, got {type(arch).__name__}")

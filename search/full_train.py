@@ -397,7 +397,7 @@ def _resume_state(out: Path, config: FullTrainConfig, arch: ArchConfig) -> dict[
             + (f" ({details})" if details else "")
             + "; resume with the same config, or train into another --out"
         )
-    logger.info("resuming %s after epoch %d", out, state["epoch"])
+    logger.info("resuming %s after epoch %d of %d", out, state["epoch"] + 1, config.train.epochs)
     return state
 
 
