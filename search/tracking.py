@@ -7,11 +7,13 @@ study's user attributes; the child run id in the trial's, and the trial number i
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,22 @@ def _check_reachable(uri: str) -> None:
         raise TrackingError(f"MLflow tracking server {mask_url(uri)} is not reachable: {exc}") from None
 
 
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """Serialize first use of a local SQLite store: MLflow migrates a new database on first
+    use, and two workers migrating the same file at once corrupt it ("duplicate column")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class StudyTracker:
     """MLflow bookkeeping for one study.
 
@@ -76,9 +94,10 @@ class StudyTracker:
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         try:
-            self.experiment_id = self._experiment(experiment, Path(runs_dir))
+            with _sqlite_init_lock(tracking_uri):
+                self.client = MlflowClient(tracking_uri=tracking_uri)
+                self.experiment_id = self._experiment(experiment, Path(runs_dir))
         except Exception as exc:
             raise TrackingError(f"cannot use MLflow tracking store {mask_url(tracking_uri)}: {exc}") from None
 

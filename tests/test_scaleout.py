@@ -68,7 +68,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -79,10 +79,10 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         except OSError:
             time.sleep(0.5)
     else:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("mlflow server did not start within 90 s")
     yield url
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGTERM)  # the server's own worker processes too
     proc.wait(timeout=30)
 
 
