@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
@@ -80,7 +81,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             )
         if scheme == "redis":
-            backend = optuna.storages.journal.JournalRedisBackend(url)
+            backend = JournalRedisBackend(url)
             backend._redis.ping()  # fail now, with a clear message, not at the first trial
             return optuna.storages.JournalStorage(backend)
         if scheme and scheme != "journal":
@@ -90,7 +91,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
             )
         path = Path(url.removeprefix("journal:").removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     except StorageError:
         raise
     except Exception as exc:  # SQLAlchemy / redis / OS errors all mean "cannot use this storage"

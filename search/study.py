@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -70,7 +70,9 @@ def open_study(config: StudyConfig) -> tuple[optuna.Study, bool]:
     propose identical trials.
     """
     storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
-    directions = ["maximize", "minimize"] if config.objective == "multi" else ["maximize"]
+    directions: list[Literal["minimize", "maximize"]] = (
+        ["maximize", "minimize"] if config.objective == "multi" else ["maximize"]
+    )
     try:
         study = optuna.create_study(
             study_name=config.name,

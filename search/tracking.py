@@ -206,7 +206,8 @@ class StudyTracker:
     def children(self, parent_run_id: str) -> list[Any]:
         """All child runs of a parent (any status)."""
         query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
-        runs, token = [], None
+        runs: list[Any] = []
+        token = None
         while True:
             page = self.client.search_runs([self.experiment_id], query, max_results=1000, page_token=token)
             runs.extend(page)
