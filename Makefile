@@ -3,8 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 N ?= 2
+PORT ?= 5000
 
-.PHONY: install test lint search workers
+.PHONY: install test lint search workers dashboard
 
 install: $(VENV)/.installed
 
@@ -27,3 +28,6 @@ search: install
 
 workers: install
 	$(VENV)/bin/blocknas workers -n $(N) --config $(CONFIG)
+
+dashboard: install
+	$(VENV)/bin/blocknas dashboard --port $(PORT)

@@ -142,6 +142,31 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if diagnosis.ok else 1
 
 
+def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="ablation YAML (e.g. configs/ablations/seed_blocks.yaml)")
+    parser.add_argument("--timeout", type=float, dest="timeout_s", help="stop starting trials after this many seconds")
+    parser.add_argument("--storage", help="Optuna storage: journal path, sqlite:///, postgresql://, redis://")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
+    parser.add_argument("--name", help="override the ablation (study) name")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablation import run_ablation
+    from .ablation_config import load_ablation_config
+
+    _pin_threads()
+    config = load_ablation_config(args.config).with_overrides(
+        timeout_s=args.timeout_s, storage=args.storage, tracking_uri=args.tracking_uri, name=args.name
+    )
+    result = run_ablation(config, progress=not args.no_progress)
+    print(result.markdown)
+    print(f"report: {config.report_dir}/  (MLflow parent run {result.parent_run_id} at {result.tracking_uri})")
+    if not result.complete:
+        print("incomplete: rerun the same command to run the missing cells")
+    return 0
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="training YAML (e.g. configs/train/default.yaml); the flags override it")
     parser.add_argument("--arch", help="YAML path, registered model name, <study>/<name> or runs:/<run_id>")
@@ -227,12 +252,109 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_location_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where an existing study lives: its config file, or its name and stores."""
+    parser.add_argument("--config", help="study YAML: its name, storage, tracking URI and runs_dir are used")
+    parser.add_argument("--study-name", dest="name", help="the study (needed without --config)")
+    parser.add_argument("--storage", help="Optuna storage (default <runs-dir>/optuna.journal)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<runs-dir>/mlflow.db)")
+    parser.add_argument("--runs-dir", help="runs folder (default runs, or the config's)")
+
+
+def study_location(args: argparse.Namespace) -> tuple[str | None, str, str, str]:
+    """``(study name, storage URL, tracking URI, runs dir)`` from ``--config`` and the flags."""
+    from pathlib import Path
+
+    from .tracking import resolve_tracking_uri
+
+    if args.config:
+        from .config import load_study_config
+
+        config = load_study_config(args.config).with_overrides(
+            name=args.name, storage=args.storage, tracking_uri=args.tracking_uri, runs_dir=args.runs_dir
+        )
+        uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+        return config.name, config.storage_url, uri, config.runs_dir
+    runs_dir = args.runs_dir or "runs"
+    storage = args.storage or str(Path(runs_dir) / "optuna.journal")
+    return args.name, storage, resolve_tracking_uri(args.tracking_uri, runs_dir), runs_dir
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    add_location_arguments(parser)
+    parser.add_argument("--ui-base", default="http://127.0.0.1:5000", help="MLflow UI address for run links")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_study
+
+    name, storage, tracking_uri, runs_dir = study_location(args)
+    if not name:
+        raise ConfigError("which study? give --study-name NAME or --config FILE", path="--study-name")
+    result = report_study(name, storage_url=storage, tracking_uri=tracking_uri, runs_dir=runs_dir, ui_base=args.ui_base)
+    print(f"report:  {result.html}")
+    print(f"summary: {result.markdown}")
+    print(f"figures: {', '.join(str(p) for p in result.files if p.suffix == '.png')}")
+    if result.parent_run_id:
+        print(f"logged on MLflow parent run {result.parent_run_id} (artifacts report/)")
+    return 0
+
+
+def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    add_location_arguments(parser)
+    parser.add_argument("--optuna", action="store_true", help="optuna-dashboard on the study storage instead of MLflow")
+    parser.add_argument(
+        "--port", type=int, help="port on 127.0.0.1 (default 5000 for MLflow, 8080 for optuna-dashboard)"
+    )
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .dashboard import DEFAULT_HOST, DashboardError, run_optuna_dashboard, start_mlflow_server, stop
+    from .storage import mask_url
+
+    _, storage, tracking_uri, _ = study_location(args)
+    if args.optuna:
+        port = args.port or 8080
+        print(
+            f"optuna-dashboard: http://{DEFAULT_HOST}:{port}  (storage {mask_url(storage)}; Ctrl-C stops it)",
+            flush=True,
+        )
+        run_optuna_dashboard(storage, port=port)
+        return 0
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow: {mask_url(tracking_uri)} is already a tracking server: open it in a browser")
+        return 0
+    store = Path(tracking_uri.removeprefix("sqlite:///"))
+    if tracking_uri.startswith("sqlite:///") and not store.is_file():
+        raise FileNotFoundError(f"no MLflow runs store at {store}: run a search first (make search)")
+    try:
+        process, url = start_mlflow_server(tracking_uri, port=args.port or 5000)
+    except DashboardError as exc:
+        print(
+            f"blocknas dashboard: error: mlflow server did not start ({exc}); is the port taken? try --port",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"MLflow: {url}  (runs store {mask_url(tracking_uri)}; Ctrl-C stops it)", flush=True)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(process)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "search": ("run (or resume) a search study", add_study_overrides, cmd_search),
     "workers": ("run N local worker processes on one study", add_workers_arguments, cmd_workers),
     "doctor": ("check that the Optuna study and its MLflow runs agree", add_doctor_arguments, cmd_doctor),
+    "ablate": ("run (or resume) an ablation and write its report", add_ablate_arguments, cmd_ablate),
     "train": ("fully train one architecture, with checkpoints, resume and MLflow", add_train_arguments, cmd_train),
     "export": ("export a checkpoint to ONNX and TorchScript, verified and timed", add_export_arguments, cmd_export),
+    "report": ("write the HTML/Markdown report of a study and log it on MLflow", add_report_arguments, cmd_report),
+    "dashboard": ("serve MLflow (or --optuna: optuna-dashboard) on 127.0.0.1", add_dashboard_arguments, cmd_dashboard),
 }
 
 

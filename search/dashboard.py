@@ -1,0 +1,132 @@
+"""Dashboards on loopback: ``mlflow server`` over the runs store, ``optuna-dashboard`` over the study storage.
+
+Both are the projects' own servers; this module only starts them with the project's
+stores, on 127.0.0.1, and says where to point a browser.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from .storage import mask_url, open_storage
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DashboardError",
+    "free_port",
+    "launch_mlflow_server",
+    "mlflow_server_command",
+    "run_optuna_dashboard",
+    "start_mlflow_server",
+    "stop",
+    "wait_until_up",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+class DashboardError(RuntimeError):
+    """A dashboard server did not start."""
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port that was free on ``host`` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def mlflow_server_command(
+    tracking_uri: str, *, host: str = DEFAULT_HOST, port: int = 5000, workers: int = 1
+) -> list[str]:
+    """The ``mlflow server`` command line for a local store (the venv's own mlflow)."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes] | None = None, *, timeout_s: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``process`` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise DashboardError(f"the server exited with status {process.returncode} before answering at {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise DashboardError(f"no answer from {url} within {timeout_s:.0f} s")
+
+
+def launch_mlflow_server(
+    tracking_uri: str, *, host: str = DEFAULT_HOST, port: int = 5000
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``mlflow server`` on ``tracking_uri`` without waiting for it; returns ``(process, url)``.
+
+    The caller stops it with ``stop(process)``. Its output goes to this process's stderr.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        raise DashboardError(f"{mask_url(tracking_uri)} is already a tracking server: open it in a browser")
+    command = mlflow_server_command(tracking_uri, host=host, port=port)
+    log.debug("starting %s", " ".join(command))
+    process = subprocess.Popen(command, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
+    return process, f"http://{host}:{port}"
+
+
+def start_mlflow_server(
+    tracking_uri: str, *, host: str = DEFAULT_HOST, port: int = 5000, timeout_s: float = 60.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``launch_mlflow_server``, then wait until it answers (or stop it and raise ``DashboardError``)."""
+    process, url = launch_mlflow_server(tracking_uri, host=host, port=port)
+    try:
+        wait_until_up(f"{url}/health", process, timeout_s=timeout_s)
+    except BaseException:
+        stop(process)
+        raise
+    return process, url
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """Terminate a server started here, and its workers (it leads its own process group)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def run_optuna_dashboard(storage_url: str, *, host: str = DEFAULT_HOST, port: int = 8080) -> None:
+    """Serve optuna-dashboard over the study storage until interrupted (blocks)."""
+    from optuna_dashboard import run_server
+
+    storage = open_storage(storage_url)
+    log.info("optuna-dashboard on %s at http://%s:%d", mask_url(storage_url), host, port)
+    run_server(storage, host=host, port=port)

@@ -1,0 +1,286 @@
+"""In a real browser: the MLflow UI over a tiny study's runs, and the HTML report.
+
+Uses Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them with apt) through
+Selenium; nothing is downloaded at run time. Skipped when they are missing, failed instead
+when ``BLOCKNAS_REQUIRE_SERVICES=1`` (CI). Screenshots go to ``$BLOCKNAS_SCREENSHOTS`` when set
+(``docs/img`` for the README), else to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blocknas.search.dashboard import free_port, launch_mlflow_server, stop, wait_until_up
+from blocknas.search.report import report_study
+from blocknas.search.study import SearchResult, run_search
+from blocknas.search.tracking import resolve_tracking_uri
+
+from .test_search import tiny_config
+
+pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# A closed network stalls Chromium's background services; these keep it to the page.
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+WINDOW = (1200, 800)
+WAIT_S = 30
+STUDY = "browser"
+REPORT_SECTIONS = (
+    "accuracy-vs-latency",
+    "pareto-front",
+    "blocks-on-the-front-vs-all-trials",
+    "parameter-importances",
+    "hypervolume",
+    "study-settings",
+    "device-fingerprint",
+)
+
+
+def require_browser() -> None:
+    """Skip without Chromium, its driver or Selenium; fail instead when ``BLOCKNAS_REQUIRE_SERVICES=1``."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the selenium package (pip install -e '.[dev]')")
+    if not missing:
+        return
+    message = f"browser test needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
+    if os.environ.get("BLOCKNAS_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message}, and BLOCKNAS_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(message)
+
+
+def make_driver(profile: Path, window: tuple[int, int] = WINDOW) -> Any:
+    """Headless Debian Chromium through Debian's chromedriver, with a fresh profile."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download drivers
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+
+
+def save_png(png: bytes, folder: Path, name: str) -> Path:
+    """A screenshot as a small PNG (128-colour palette, optimized)."""
+    from PIL import Image
+
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image.convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(path, optimize=True)
+    return path
+
+
+def wait_for(driver: Any, condition: Any, what: str, timeout_s: float = WAIT_S) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout_s).until(condition, f"waited {timeout_s:.0f} s for {what}")
+
+
+def xpath_present(xpath: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    def found(driver: Any) -> Any:
+        elements = [e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed()]
+        return elements[0] if elements else False
+
+    return found
+
+
+# -- the MLflow UI --------------------------------------------------------------------------
+
+
+def open_runs_page(driver: Any, base_url: str, experiment_id: str, parent_name: str, mode: str = "TABLE") -> None:
+    """The experiment's runs (ML workflow, not GenAI), the parent run expanded to show its trials."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode={mode}")
+    parent = wait_for(driver, xpath_present(f"//a[contains(., '{parent_name}')]"), f"parent run {parent_name}")
+    for close in driver.find_elements(By.XPATH, "//button[@aria-label='Close']"):  # the assistant side panel
+        if close.is_displayed():
+            close.click()
+    if not driver.find_elements(By.XPATH, "//a[contains(., 'trial-0000')]"):
+        parent.find_element(By.XPATH, "./ancestor::div[@role='gridcell']//button").click()
+    wait_for(driver, xpath_present("//a[contains(., 'trial-0000')]"), "the trial runs under the parent")
+
+
+def show_columns(driver: Any, hide: tuple[str, ...], show: tuple[str, ...]) -> None:
+    """Toggle runs-table columns in the "Columns" menu."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver.find_element(By.XPATH, "//button[contains(., 'Columns')]").click()
+    menu = wait_for(driver, xpath_present("//div[@role='dialog']"), "the columns menu")
+    for name in (*hide, *show):
+        item = menu.find_element(By.XPATH, f".//*[normalize-space(text())='{name}']")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", item)
+        item.click()
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    for name in show:
+        wait_for(driver, xpath_present(f"//div[@role='columnheader' and contains(., '{name}')]"), f"column {name}")
+
+
+def table_cells(driver: Any) -> dict[str, dict[str, str]]:
+    """``run id -> column id -> text`` of the runs table (AG Grid splits a row into pinned and centre parts)."""
+    return driver.execute_script(
+        """
+        const out = {};
+        document.querySelectorAll("div[role=row][row-id]").forEach(row => {
+            const cells = out[row.getAttribute("row-id")] = out[row.getAttribute("row-id")] || {};
+            row.querySelectorAll("div[role=gridcell]").forEach(c => { cells[c.getAttribute("col-id")] = c.innerText.trim(); });
+        });
+        return out;
+        """
+    )
+
+
+def add_scatter_chart(driver: Any, x: str, y: str) -> Any:
+    """ "Add chart" → scatter chart of metric ``x`` against metric ``y``; returns the dialog before saving."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, "//button[contains(., 'Add chart')]").click()
+    wait_for(driver, xpath_present("//*[@role='menuitem' and contains(., 'Scatter chart')]"), "chart types").click()
+    dialog = wait_for(driver, xpath_present("//div[@role='dialog' and contains(., 'X axis')]"), "the chart dialog")
+    for select_id, metric in (("dubois-select-1", x), ("dubois-select-2", y)):
+        box = dialog.find_element(By.ID, select_id)
+        box.find_element(By.XPATH, "./ancestor::div[contains(@class, 'select-selector')]").click()
+        driver.switch_to.active_element.send_keys(metric)
+        option = f"//div[contains(@class, 'select-item-option') and normalize-space(.)='{metric}']"
+        wait_for(driver, xpath_present(option), f"option {metric}").click()
+    return dialog
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(os.environ.get("BLOCKNAS_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    require_browser()
+    driver = make_driver(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The module's working directory (``runs/`` lands there)."""
+    require_browser()
+    folder = tmp_path_factory.mktemp("browser-study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(workdir: Path) -> Iterator[str]:
+    """An MLflow server over the study's store, booting while the study runs (it takes as long)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(None, workdir / "runs")
+    (workdir / "runs").mkdir()
+    MlflowClient(uri).search_experiments()  # create the tables here, so the server and the study don't race
+    process, url = launch_mlflow_server(uri, port=free_port())
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def study(workdir: Path, mlflow_ui: str) -> tuple[SearchResult, Path]:
+    """A three-trial study; returns once the MLflow server answers too."""
+    result = run_search(tiny_config(name=STUDY, n_trials=3), progress=False)
+    wait_until_up(f"{mlflow_ui}/health", timeout_s=120)
+    return result, workdir
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+def test_mlflow_ui_shows_study_and_trial_runs(
+    browser: Any, study: tuple[SearchResult, Path], mlflow_ui: str, shots: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    result, _ = study
+    client = MlflowClient(result.tracking_uri)
+    experiment_id = client.get_run(result.parent_run_id).info.experiment_id
+    open_runs_page(browser, mlflow_ui, experiment_id, f"study-{STUDY}")
+    show_columns(browser, hide=("Dataset", "Source", "Models"), show=("accuracy", "latency_ms"))
+
+    cells = table_cells(browser)
+    assert f"study-{STUDY}" in cells[result.parent_run_id]["attributes.`Run Name`"]
+    for trial in result.study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        shown = cells[run.info.run_id]
+        assert run.info.run_name.startswith(f"trial-{trial.number:04d}-")
+        assert run.info.run_name in shown["attributes.`Run Name`"]
+        for metric in ("accuracy", "latency_ms"):
+            assert float(shown[f"metrics.`{metric}`"]) == pytest.approx(run.data.metrics[metric], rel=1e-6)
+    ActionChains(browser).move_to_element(
+        browser.find_element(By.XPATH, "//*[contains(text(), 'matching runs')]")
+    ).perform()
+    save_png(browser.get_screenshot_as_png(), shots, "mlflow_runs.png")
+
+    open_runs_page(browser, mlflow_ui, experiment_id, f"study-{STUDY}", mode="CHART")
+    dialog = add_scatter_chart(browser, x="latency_ms", y="accuracy")
+    save_png(browser.get_screenshot_as_png(), shots, "mlflow_chart.png")
+    dialog.find_element(By.XPATH, ".//button[normalize-space(.)='Add chart']").click()
+    search = wait_for(browser, xpath_present("//input[@placeholder='Search metric charts']"), "the chart search")
+    search.send_keys("latency_ms")
+    wait_for(browser, xpath_present("//h4[normalize-space(.)='latency_ms vs. accuracy']"), "the scatter chart")
+
+
+def test_html_report_renders(browser: Any, study: tuple[SearchResult, Path], shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    result, folder = study
+    report = report_study(STUDY, storage_url=str(folder / "runs" / "optuna.journal"), runs_dir=folder / "runs")
+    browser.get_log("browser")  # drop the MLflow page's messages
+    browser.get(report.html.resolve().as_uri())
+    wait_for(browser, xpath_present("//h1[contains(., 'Study report')]"), "the report")
+    for section in REPORT_SECTIONS:
+        assert browser.find_elements(By.ID, section), f"section {section} missing"
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('alt'), i.complete, i.naturalWidth, i.naturalHeight])"
+    )
+    referenced = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report.markdown.read_text())
+    assert len(images) == len(referenced) >= 3
+    for alt, complete, width, height in images:
+        assert complete and width > 100 and height > 100, f"image {alt!r} did not render"
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    trial_links = browser.find_elements(By.XPATH, "//section[@id='pareto-front']//a[contains(@href, '/runs/')]")
+    assert len(trial_links) == len(result.front)
+    save_png(browser.get_screenshot_as_png(), shots, "report.png")

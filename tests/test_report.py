@@ -1,0 +1,257 @@
+"""Study reports and dashboards: the numbers by hand, the files on a real tiny study, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+import urllib.request
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from blocknas.blocks import ArchConfig
+from blocknas.search.cli import main
+from blocknas.search.dashboard import DashboardError, free_port, start_mlflow_server, wait_until_up
+from blocknas.search.report import write_report
+from blocknas.search.report_data import (
+    block_frequency,
+    hypervolume_2d,
+    hypervolume_history,
+    param_importances,
+)
+from blocknas.search.study import run_search
+from blocknas.search.tracking import StudyTracker
+
+from .test_search import tiny_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+SECTIONS = (
+    "## Accuracy vs latency",
+    "## Pareto front",
+    "## Blocks on the front vs all trials",
+    "## Parameter importances",
+    "## Hypervolume",
+    "## Study settings",
+    "## Device fingerprint",
+)
+
+
+def arch_dict(*blocks: str) -> dict:
+    stages = [{"block": b, "out_chs": 8, "stride": 2} for b in blocks]
+    return ArchConfig.from_dict({"stages": stages, "input_size": [16, 16], "num_classes": 10}).to_dict()
+
+
+def synthetic_study(points: list[tuple[float, float]], *, directions: tuple[str, ...] = ("maximize", "minimize")):
+    """An in-memory study of complete trials with the given (accuracy, latency), no training."""
+    study = optuna.create_study(directions=list(directions))
+    study.set_metric_names(["accuracy", "latency_ms"][: len(directions)])
+    for i, (acc, lat) in enumerate(points):
+        block = ("standard", "separable", "reversed")[i % 3]
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                values=[acc, lat][: len(directions)],
+                params={"s0.block": block},
+                distributions={"s0.block": CategoricalDistribution(["standard", "separable", "reversed"])},
+                user_attrs={"arch": arch_dict(block, "standard"), "latency_ms": lat},
+            )
+        )
+    return study
+
+
+# -- numbers --------------------------------------------------------------------------------
+
+
+def test_hypervolume_2d_by_hand() -> None:
+    # strips: latency 1..2 at accuracy 0.5, latency 2..4 at accuracy 0.8
+    assert hypervolume_2d([(0.5, 1.0), (0.8, 2.0)], (0.0, 4.0)) == pytest.approx(2.1)
+    # a dominated point and a point beyond the reference add nothing
+    assert hypervolume_2d([(0.5, 1.0), (0.8, 2.0), (0.4, 3.0), (0.9, 5.0)], (0.0, 4.0)) == pytest.approx(2.1)
+    assert hypervolume_2d([], (0.0, 4.0)) == 0.0
+
+
+def test_hypervolume_history_matches_optuna() -> None:
+    points = [(0.5, 2.0), (0.6, 3.0), (0.4, 1.0), (0.55, 2.5), (0.9, 4.0), (0.2, 0.5)]
+    study = synthetic_study(points)
+    hv = hypervolume_history(study)
+    assert hv is not None
+    assert hv.reference == (0.0, pytest.approx(4.4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ax = optuna.visualization.matplotlib.plot_hypervolume_history(study, reference_point=list(hv.reference))
+    expected = list(ax.lines[0].get_ydata())
+    assert hv.values == pytest.approx(expected)
+    assert hv.trials == list(range(len(points)))
+    assert hv.values == sorted(hv.values), "hypervolume never decreases"
+    assert hypervolume_history(synthetic_study([(0.5, 1.0)], directions=("maximize",))) is None
+
+
+def test_block_frequency_counts_front_and_all() -> None:
+    trials = [
+        create_trial(state=TrialState.COMPLETE, values=[0.5], user_attrs={"arch": arch_dict(*blocks)})
+        for blocks in (("standard", "separable"), ("standard", "standard"), ("reversed", "separable"))
+    ]
+    counts = {(c.stage, c.block): c for c in block_frequency(trials, trials[:1])}
+    assert (counts[0, "standard"].front, counts[0, "standard"].all, counts[0, "standard"].all_total) == (1, 2, 3)
+    assert counts[0, "reversed"].front == 0 and counts[0, "reversed"].all_share == pytest.approx(1 / 3)
+    assert counts[1, "separable"].front_share == 1.0 and counts[1, "separable"].all == 2
+    assert next((c.stage, c.block) for c in block_frequency(trials, [])) == (0, "standard")
+
+
+def test_importances_with_conditional_params_and_too_few_trials() -> None:
+    few = synthetic_study([(0.5, 1.0), (0.6, 2.0)])
+    assert all("too few trials: 2" in imp.missing for imp in param_importances(few))
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        block = trial.suggest_categorical("s0.block", ["standard", "inverted_residual"])
+        width = trial.suggest_int("s0.out_chs", 8, 64)
+        expand = trial.suggest_float("s0.inverted_residual.expand_ratio", 1, 6) if block == "inverted_residual" else 1
+        return width / 64 + 0.01 * expand, width * expand
+
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_metric_names(["accuracy", "latency_ms"])
+    study.optimize(objective, n_trials=30)
+    accuracy, latency = param_importances(study)
+    assert accuracy.objective == "accuracy" and latency.objective == "latency_ms"
+    assert not accuracy.missing and not latency.missing
+    assert "s0.inverted_residual.expand_ratio" in latency.values, "conditional parameters are assessed"
+    assert max(accuracy.values, key=accuracy.values.get) == "s0.out_chs"
+    assert sum(latency.values.values()) == pytest.approx(1.0)
+
+
+# -- reports --------------------------------------------------------------------------------
+
+
+def _images(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+def test_report_of_a_tiny_study(in_tmp_dir: Path) -> None:
+    result = run_search(tiny_config(name="rep", n_trials=4), progress=False)
+    code = main(["report", "--study-name", "rep"])
+    assert code == 0
+    folder = in_tmp_dir / "runs" / "rep" / "report"
+    markdown = (folder / "summary.md").read_text()
+    for heading in SECTIONS:
+        assert heading in markdown
+    client = MlflowClient(result.tracking_uri)
+    experiment_id = client.get_run(result.parent_run_id).info.experiment_id
+    for row in result.front:
+        assert f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{row.run_id}" in markdown
+        p90 = client.get_run(row.run_id).data.metrics["latency_p90_ms"]
+        assert f"| {p90:.4g} |" in markdown
+    assert "reference point **accuracy 0, latency" in markdown
+    assert "latency.fp.cpu_model" not in markdown and "| cpu_model |" in markdown
+    assert "| latency.runtime | onnxruntime |" in markdown
+
+    html = (folder / "report.html").read_text()
+    assert "<script" not in html and "<link" not in html and 'src="http' not in html
+    images = _images(html)
+    assert len(images) == 3 and all(img.startswith(b"\x89PNG") and len(img) > 5000 for img in images)
+    assert "accuracy: not computed, too few trials: 4 complete trial(s)" in markdown
+    for name in ("pareto_front.png", "blocks.png", "hypervolume.png"):
+        assert (folder / name).read_bytes().startswith(b"\x89PNG")
+    logged = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    assert {"report/report.html", "report/summary.md", "report/pareto_front.png"} <= logged
+
+
+def test_report_single_objective_and_empty_studies(tmp_path: Path) -> None:
+    single = synthetic_study([(0.5, 1.0), (0.7, 2.0), (0.6, 0.5)], directions=("maximize",))
+    result = write_report(single, tmp_path / "single")
+    markdown = result.markdown.read_text()
+    assert "## Best trial" in markdown and "| 1 | 0.7000 |" in markdown
+    assert "Hypervolume needs two objectives" in markdown and (tmp_path / "single" / "history.png").is_file()
+    assert "too few trials" in markdown
+
+    empty = optuna.create_study(directions=["maximize", "minimize"])
+    result = write_report(empty, tmp_path / "empty")
+    markdown = result.markdown.read_text()
+    assert "No complete trials yet" in markdown and "No complete feasible trial yet" in markdown
+    assert len(_images(result.html.read_text())) == 1, "only the (empty) scatter"
+
+
+def test_report_marks_over_budget_trials(tmp_path: Path) -> None:
+    study = synthetic_study([(0.5, 1.0), (0.6, 2.0)])
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            user_attrs={"arch": arch_dict("reversed", "reversed"), "latency_ms": 9.0, "over_budget": "params=9 > 1"},
+            system_attrs={"constraints": [8.0]},
+        )
+    )
+    markdown = write_report(study, tmp_path).markdown.read_text()
+    assert "trials: 3 (2 complete, 1 over budget)" in markdown
+    assert "| 0 | reversed | 0/2 (0%) | 1/3 (33%) |" in markdown
+
+
+def test_ablation_report_is_included(in_tmp_dir: Path) -> None:
+    from PIL import Image
+
+    study = synthetic_study([(0.5, 1.0), (0.6, 2.0)])
+    tracker = StudyTracker(f"sqlite:///{in_tmp_dir / 'mlflow.db'}", "abl", runs_dir=in_tmp_dir)
+    parent = tracker.ensure_parent(study, created_study=True, params={"design": "one_at_a_time"})
+    tracker.log(parent, tags={"blocknas.kind": "ablation"})
+    ablation_md = "# Ablation `abl`\n\nBase variant `base`.\n\n## block (base level: standard)\n"
+    tracker.log_text(parent, ablation_md, "report/report.md")
+    folder = in_tmp_dir / "runs" / "abl" / "report"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (40, 30), "red").save(folder / "accuracy_vs_latency.png")  # the ablation's own figure
+    result = write_report(study, folder, tracker=tracker)
+    markdown = result.markdown.read_text()
+    assert "- kind: ablation;" in markdown
+    assert "## Ablation `abl`" in markdown and "### block (base level: standard)" in markdown
+    assert "![ablation: accuracy vs latency](accuracy_vs_latency.png)" in markdown
+    assert (folder / "report.md").read_text() == ablation_md, "fetched from the parent run"
+    assert len(_images(result.html.read_text())) == 4, "scatter, blocks, hypervolume and the ablation figure"
+    assert "<section id='ablation-abl'>" in result.html.read_text()
+
+
+# -- command line and dashboards ------------------------------------------------------------
+
+
+def test_report_cli_errors(in_tmp_dir: Path) -> None:
+    assert main(["report"]) == 2
+    assert main(["report", "--study-name", "x"]) == 2
+    assert not (in_tmp_dir / "runs").exists(), "looking for a study creates nothing"
+    optuna.create_study(
+        study_name="other",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(in_tmp_dir / "j.log"))),
+    )
+    assert main(["report", "--study-name", "nope", "--storage", str(in_tmp_dir / "j.log")]) == 2
+    assert main(["dashboard"]) == 2, "no runs store yet"
+
+
+def test_mlflow_server_refuses_a_remote_uri() -> None:
+    with pytest.raises(DashboardError, match="already a tracking server"):
+        start_mlflow_server("http://127.0.0.1:1")
+
+
+def test_optuna_dashboard_serves_the_study(in_tmp_dir: Path) -> None:
+    journal = in_tmp_dir / "runs" / "optuna.journal"
+    journal.parent.mkdir()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    optuna.create_study(study_name="shown", storage=storage)
+    port = free_port()
+    script = Path(__file__).resolve().parent.parent / "scripts" / "dashboard.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--optuna", "--port", str(port)],
+        cwd=in_tmp_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/api/studies", proc, timeout_s=60)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+            assert b'"shown"' in response.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert f"http://127.0.0.1:{port}" in proc.stdout.read().decode()
