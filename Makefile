@@ -30,4 +30,4 @@ workers: install
 	$(VENV)/bin/blocknas workers -n $(N) --config $(CONFIG)
 
 dashboard: install
-	$(VENV)/bin/blocknas dashboard --port $(PORT)
+	$(VENV)/bin/blocknas dashboard --config $(CONFIG) --port $(PORT)

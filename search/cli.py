@@ -311,10 +311,10 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .dashboard import DEFAULT_HOST, DashboardError, run_optuna_dashboard, start_mlflow_server, stop
+    from .dashboard import DEFAULT_HOST, DashboardError, run_optuna_dashboard, runs_page_url, start_mlflow_server, stop
     from .storage import mask_url
 
-    _, storage, tracking_uri, _ = study_location(args)
+    name, storage, tracking_uri, _ = study_location(args)
     if args.optuna:
         port = args.port or 8080
         print(
@@ -338,6 +338,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"MLflow: {url}  (runs store {mask_url(tracking_uri)}; Ctrl-C stops it)", flush=True)
+    page = runs_page_url(url, tracking_uri, name) if name else None
+    print(
+        f"runs of study {name}: {page}" if page else "open an experiment, then 'Model training' for its runs",
+        flush=True,
+    )
     try:
         return process.wait()
     except KeyboardInterrupt:

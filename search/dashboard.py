@@ -10,10 +10,14 @@ import logging
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from types import FrameType
+from wsgiref.simple_server import WSGIServer, make_server
 
 from .storage import mask_url, open_storage
 
@@ -24,6 +28,7 @@ __all__ = [
     "launch_mlflow_server",
     "mlflow_server_command",
     "run_optuna_dashboard",
+    "runs_page_url",
     "start_mlflow_server",
     "stop",
     "wait_until_up",
@@ -63,6 +68,19 @@ def mlflow_server_command(
         "--workers",
         str(workers),
     ]
+
+
+def runs_page_url(ui_base: str, tracking_uri: str, experiment: str) -> str | None:
+    """The MLflow UI page of an experiment's runs table, or ``None`` if there is no such experiment.
+
+    ``workflowType=machine_learning`` opens the runs table rather than MLflow 3's GenAI overview.
+    """
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    return f"{ui_base.rstrip('/')}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes] | None = None, *, timeout_s: float = 60.0) -> None:
@@ -123,10 +141,29 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
         pass
 
 
-def run_optuna_dashboard(storage_url: str, *, host: str = DEFAULT_HOST, port: int = 8080) -> None:
-    """Serve optuna-dashboard over the study storage until interrupted (blocks)."""
-    from optuna_dashboard import run_server
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
 
-    storage = open_storage(storage_url)
-    log.info("optuna-dashboard on %s at http://%s:%d", mask_url(storage_url), host, port)
-    run_server(storage, host=host, port=port)
+
+def run_optuna_dashboard(storage_url: str, *, host: str = DEFAULT_HOST, port: int = 8080) -> None:
+    """Serve optuna-dashboard over the study storage until SIGINT or SIGTERM (blocks).
+
+    optuna-dashboard's WSGI app on the standard library's server, stopped by ``shutdown()``
+    from the signal handler: an exception raised by a signal in the middle of a request
+    would be swallowed by ``wsgiref``'s error handling and the server would keep running.
+    """
+    from optuna_dashboard import wsgi
+
+    app = wsgi(open_storage(storage_url))
+    with make_server(host, port, app, server_class=_ThreadingWSGIServer) as server:
+
+        def shut_down(signum: int, frame: FrameType | None) -> None:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGINT, signal.SIGTERM)}
+        log.info("optuna-dashboard on %s at http://%s:%d", mask_url(storage_url), host, port)
+        try:
+            server.serve_forever()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -81,8 +81,8 @@ class _Runs:
 
 
 def run_url(ui_base: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of a run."""
-    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """The MLflow UI page of a run (in the UI's "Model training" view, not its GenAI one)."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def load_study(study_name: str, storage_url: str) -> optuna.Study:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from blocknas.search.dashboard import free_port, launch_mlflow_server, stop, wait_until_up
+from blocknas.search.dashboard import free_port, launch_mlflow_server, runs_page_url, stop, wait_until_up
 from blocknas.search.report import report_study
 from blocknas.search.study import SearchResult, run_search
 from blocknas.search.tracking import resolve_tracking_uri
@@ -111,11 +111,11 @@ def xpath_present(xpath: str) -> Any:
 # -- the MLflow UI --------------------------------------------------------------------------
 
 
-def open_runs_page(driver: Any, base_url: str, experiment_id: str, parent_name: str, mode: str = "TABLE") -> None:
-    """The experiment's runs (ML workflow, not GenAI), the parent run expanded to show its trials."""
+def open_runs_page(driver: Any, page_url: str, parent_name: str, mode: str = "TABLE") -> None:
+    """The runs table (``page_url`` from ``runs_page_url``), the parent run expanded to show its trials."""
     from selenium.webdriver.common.by import By
 
-    driver.get(f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode={mode}")
+    driver.get(f"{page_url}&compareRunsMode={mode}")
     parent = wait_for(driver, xpath_present(f"//a[contains(., '{parent_name}')]"), f"parent run {parent_name}")
     for close in driver.find_elements(By.XPATH, "//button[@aria-label='Close']"):  # the assistant side panel
         if close.is_displayed():
@@ -155,8 +155,8 @@ def table_cells(driver: Any) -> dict[str, dict[str, str]]:
     )
 
 
-def add_scatter_chart(driver: Any, x: str, y: str) -> Any:
-    """ "Add chart" → scatter chart of metric ``x`` against metric ``y``; returns the dialog before saving."""
+def show_scatter_chart(driver: Any, x: str, y: str) -> Any:
+    """In the chart view: add a scatter chart of metric ``x`` against ``y`` over all runs, open it full screen."""
     from selenium.webdriver.common.by import By
 
     driver.find_element(By.XPATH, "//button[contains(., 'Add chart')]").click()
@@ -168,7 +168,21 @@ def add_scatter_chart(driver: Any, x: str, y: str) -> Any:
         driver.switch_to.active_element.send_keys(metric)
         option = f"//div[contains(@class, 'select-item-option') and normalize-space(.)='{metric}']"
         wait_for(driver, xpath_present(option), f"option {metric}").click()
-    return dialog
+    dialog.find_element(By.XPATH, ".//button[normalize-space(.)='Add chart']").click()
+    driver.find_element(
+        By.XPATH, "//button[@aria-label='Toggle visibility of runs']"
+    ).click()  # charts show 10 by default
+    wait_for(driver, xpath_present("//*[@role='menuitemradio' and normalize-space(.)='Show all runs']"), "menu").click()
+    title = f"{x} vs. {y}"
+    wait_for(driver, xpath_present("//input[@placeholder='Search metric charts']"), "chart search").send_keys(x)
+    card = wait_for(driver, xpath_present(f"//h4[normalize-space(.)='{title}']"), "the scatter chart").find_element(
+        By.XPATH, "./ancestor::div[@data-testid='experiment-view-compare-runs-card']"
+    )
+    card.find_element(By.XPATH, ".//button[@data-component-id='fullscreen_button_chartcard']").click()
+    full = f"//div[@role='dialog' and .//*[normalize-space(text())='{title}']]"
+    chart = wait_for(driver, xpath_present(full), "the full-screen chart")
+    wait_for(driver, lambda d: chart.find_elements(By.CSS_SELECTOR, ".scatterlayer .point"), "the chart's points")
+    return chart
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -235,8 +249,9 @@ def test_mlflow_ui_shows_study_and_trial_runs(
 
     result, _ = study
     client = MlflowClient(result.tracking_uri)
-    experiment_id = client.get_run(result.parent_run_id).info.experiment_id
-    open_runs_page(browser, mlflow_ui, experiment_id, f"study-{STUDY}")
+    page = runs_page_url(mlflow_ui, result.tracking_uri, STUDY)
+    assert page is not None
+    open_runs_page(browser, page, f"study-{STUDY}")
     show_columns(browser, hide=("Dataset", "Source", "Models"), show=("accuracy", "latency_ms"))
 
     cells = table_cells(browser)
@@ -253,20 +268,19 @@ def test_mlflow_ui_shows_study_and_trial_runs(
     ).perform()
     save_png(browser.get_screenshot_as_png(), shots, "mlflow_runs.png")
 
-    open_runs_page(browser, mlflow_ui, experiment_id, f"study-{STUDY}", mode="CHART")
-    dialog = add_scatter_chart(browser, x="latency_ms", y="accuracy")
+    open_runs_page(browser, page, f"study-{STUDY}", mode="CHART")
+    chart = show_scatter_chart(browser, x="latency_ms", y="accuracy")
+    points = chart.find_elements(By.CSS_SELECTOR, ".scatterlayer .point")
+    assert len(points) == len(result.study.trials), "one point per trial (the parent run has no metrics)"
     save_png(browser.get_screenshot_as_png(), shots, "mlflow_chart.png")
-    dialog.find_element(By.XPATH, ".//button[normalize-space(.)='Add chart']").click()
-    search = wait_for(browser, xpath_present("//input[@placeholder='Search metric charts']"), "the chart search")
-    search.send_keys("latency_ms")
-    wait_for(browser, xpath_present("//h4[normalize-space(.)='latency_ms vs. accuracy']"), "the scatter chart")
 
 
-def test_html_report_renders(browser: Any, study: tuple[SearchResult, Path], shots: Path) -> None:
+def test_html_report_renders(browser: Any, study: tuple[SearchResult, Path], mlflow_ui: str, shots: Path) -> None:
     from selenium.webdriver.common.by import By
 
     result, folder = study
-    report = report_study(STUDY, storage_url=str(folder / "runs" / "optuna.journal"), runs_dir=folder / "runs")
+    runs = folder / "runs"
+    report = report_study(STUDY, storage_url=str(runs / "optuna.journal"), runs_dir=runs, ui_base=mlflow_ui)
     browser.get_log("browser")  # drop the MLflow page's messages
     browser.get(report.html.resolve().as_uri())
     wait_for(browser, xpath_present("//h1[contains(., 'Study report')]"), "the report")
@@ -284,3 +298,9 @@ def test_html_report_renders(browser: Any, study: tuple[SearchResult, Path], sho
     trial_links = browser.find_elements(By.XPATH, "//section[@id='pareto-front']//a[contains(@href, '/runs/')]")
     assert len(trial_links) == len(result.front)
     save_png(browser.get_screenshot_as_png(), shots, "report.png")
+
+    first = result.front[0]
+    trial_links[0].click()  # the link opens the trial's run in the MLflow UI
+    run_name = f"trial-{first.trial:04d}-{first.arch.short_hash()}"
+    wait_for(browser, xpath_present(f"//*[normalize-space(text())='{run_name}']"), f"run page of {run_name}")
+    assert first.run_id in browser.current_url

@@ -6,6 +6,7 @@ import base64
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 import warnings
 from pathlib import Path
@@ -234,24 +235,47 @@ def test_mlflow_server_refuses_a_remote_uri() -> None:
         start_mlflow_server("http://127.0.0.1:1")
 
 
+def _serve(args: list[str], cwd: Path, port: int, ready_path: str, expect: str) -> str:
+    """Run ``scripts/dashboard.py ARGS --port PORT`` until ``ready_path`` answers and ``expect`` is printed."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "dashboard.py"
+    log_path = cwd / f"dashboard-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *args, "--port", str(port)], cwd=cwd, stdout=log, stderr=log
+        )
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}{ready_path}", proc, timeout_s=120)
+            deadline = time.monotonic() + 30
+            while expect not in log_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=5) as response:
+                body = response.read().decode()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"the dashboard ignored SIGTERM for 30 s:\n{log_path.read_text()[-2000:]}")
+    assert expect in log_path.read_text(), log_path.read_text()[-2000:]
+    return body
+
+
+def test_mlflow_dashboard_prints_the_study_runs_page(in_tmp_dir: Path) -> None:
+    uri = f"sqlite:///{in_tmp_dir / 'runs' / 'mlflow.db'}"
+    (in_tmp_dir / "runs").mkdir()
+    experiment_id = MlflowClient(uri).create_experiment("shown")
+    port = free_port()
+    page = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    _serve(["--study-name", "shown"], in_tmp_dir, port, "/health", f"runs of study shown: {page}")
+
+
 def test_optuna_dashboard_serves_the_study(in_tmp_dir: Path) -> None:
     journal = in_tmp_dir / "runs" / "optuna.journal"
     journal.parent.mkdir()
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     optuna.create_study(study_name="shown", storage=storage)
     port = free_port()
-    script = Path(__file__).resolve().parent.parent / "scripts" / "dashboard.py"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), "--optuna", "--port", str(port)],
-        cwd=in_tmp_dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/api/studies", proc, timeout_s=60)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
-            assert b'"shown"' in response.read()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert f"http://127.0.0.1:{port}" in proc.stdout.read().decode()
+    body = _serve(["--optuna"], in_tmp_dir, port, "/api/studies", f"optuna-dashboard: http://127.0.0.1:{port}")
+    assert '"shown"' in body
