@@ -6,6 +6,7 @@ stores, on 127.0.0.1, and says where to point a browser.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -128,17 +129,18 @@ def start_mlflow_server(
 
 
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """Terminate a server started here, and its workers (it leads its own process group)."""
-    if process.poll() is not None:
-        return
-    try:
+    """Terminate a server started here and all its workers (it leads its own process group).
+
+    SIGTERM first, so the server shuts down cleanly; after ``timeout_s``, or as soon as the
+    server itself is gone, SIGKILL whatever is left of the group (MLflow's job consumers).
+    """
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
+    process.wait()
 
 
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
