@@ -33,4 +33,8 @@ def print_search_summary(result: SearchResult, config: StudyConfig, console: Con
     console.print(f"Exported:  {result.export_folder}/ ({len(result.exported)} architectures, front.md, front.csv)")
     if result.exported:
         console.print(f'Reuse:     timm.create_model("blocknet", arch="{result.exported[0]}")')
+    source = f"--config {config.source}" if config.source else f"--study-name {config.name}"
+    console.print(
+        f"Report:    blocknas report {source}   (HTML + Markdown + PNGs under {config.runs_dir}/{config.name}/report/)"
+    )
     console.print(f"Resume:    the same command continues study {config.name!r} in {mask_url(config.storage_url)}")
