@@ -8,8 +8,10 @@ samples, so the exported program keeps a dynamic batch dimension).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,12 +114,28 @@ def _log_model(tracking_uri: str, run_id: str, model: nn.Module, example: torch.
         output = model(example).numpy()
     signature = infer_signature(example.numpy(), output)
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
+    with _fluent_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model, name="model", signature=signature, input_example=example.numpy(), pip_requirements=requirements
+        )
+
+
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for a while, then restore it *and* the environment.
+
+    ``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``, which child processes
+    (e.g. search workers started later) would otherwise inherit.
+    """
+    import mlflow
+
+    previous, previous_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(
-                model, name="model", signature=signature, input_example=example.numpy(), pip_requirements=requirements
-            )
+        yield
     finally:
         mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env

@@ -18,6 +18,13 @@ def _few_threads() -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without ``$MLFLOW_TRACKING_URI`` and leaves none behind for later ones
+    (``mlflow.set_tracking_uri`` sets it, and subprocesses inherit it)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Run the test with ``tmp_path`` as the working directory (``runs/`` lands there)."""

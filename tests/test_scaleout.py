@@ -149,7 +149,8 @@ def states(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 def _kill_mid_trial(tmp_path: Path, name: str, storage: str, sig: int) -> tuple[subprocess.Popen, list]:
     """Start a worker, wait until one trial finished and the next is running, send ``sig``."""
-    config = write_config(tmp_path, name, n_trials=4, train={"epochs": 4, "batch_size": 64})
+    # Long enough trials (~seconds each on an idle machine) that the signal lands mid-trial.
+    config = write_config(tmp_path, name, n_trials=3, train={"epochs": 40, "batch_size": 64})
     proc = worker(config, "--storage", storage, cwd=tmp_path)
 
     def mid_trial() -> bool:
@@ -189,7 +190,7 @@ def test_sigkill_mid_trial_then_resume_loses_nothing(
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
     study = optuna.load_study(study_name=name, storage=open_storage(storage))
-    assert trial_counts(study) == (4, 0)
+    assert trial_counts(study) == (3, 0)
     tracker = StudyTracker(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", name)
     dead_run = tracker.client.get_run(dead.user_attrs[RUN_ID_ATTR])
     assert dead_run.info.status == "KILLED"
