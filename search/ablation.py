@@ -37,7 +37,7 @@ from .ablation_report import (
     variants_csv,
 )
 from .config import StudyConfig
-from .data import load_data
+from .data import load_data_for
 from .objective import Objective
 from .storage import fail_dead_local_trials, mask_url
 from .study import open_study, optimize_until_done, trial_counts
@@ -108,14 +108,10 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     """
     base = config.base_arch()
     build_variants(config, base)  # every factor and level checked before anything is written
-    data = load_data(config.data, input_size=tuple(base.input_size), in_chans=base.in_chans)
-    if data.num_classes != base.num_classes:
-        raise ConfigError(
-            f"dataset {config.data.name!r} has {data.num_classes} classes but the base architecture has "
-            f"{base.num_classes}",
-            path="base",
-            source=config.source,
-        )
+    data = load_data_for(
+        config.data, input_size=tuple(base.input_size), in_chans=base.in_chans, num_classes=base.num_classes,
+        what="the base architecture", path="base", source=config.source,
+    )  # fmt: skip
     tracker = StudyTracker(
         resolve_tracking_uri(config.tracking_uri, config.runs_dir), config.name, runs_dir=config.runs_dir
     )

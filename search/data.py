@@ -19,7 +19,7 @@ from blocknas.blocks import ConfigError
 
 from .datasets import DataError, RawData, make_synthetic, read_cifar, read_digits, read_image_folder
 
-__all__ = ["DataConfig", "DataError", "DataSplit", "clear_data_cache", "load_data"]
+__all__ = ["DataConfig", "DataError", "DataSplit", "clear_data_cache", "load_data", "load_data_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +221,29 @@ def _normalize(x_train: torch.Tensor, x_val: torch.Tensor) -> tuple[tuple[float,
     for x in (x_train, x_val):
         x.sub_(mean.float().view(view)).div_(std.float().view(view))
     return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def load_data_for(
+    cfg: DataConfig,
+    *,
+    input_size: tuple[int, int],
+    in_chans: int,
+    num_classes: int,
+    what: str,
+    path: str,
+    source: str | None,
+) -> DataSplit:
+    """:func:`load_data`, then check the dataset's classes match the networks being built.
+
+    Args:
+        what: The networks' origin for the message, e.g. "the space" or "the base architecture".
+        path, source: Config key path and file named by the error.
+    """
+    data = load_data(cfg, input_size=input_size, in_chans=in_chans)
+    if data.num_classes != num_classes:
+        raise ConfigError(
+            f"dataset {cfg.name!r} has {data.num_classes} classes but {what} builds {num_classes}-class networks",
+            path=path,
+            source=source,
+        )
+    return data

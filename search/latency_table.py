@@ -21,12 +21,11 @@ several workers can share one table.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch import nn
 
 from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, get_block
 
+from .file_lock import file_lock
 from .fingerprint import device_fingerprint, fingerprint_id
 from .latency import LatencyTarget, measure_latency, measure_runner
 from .runtimes import create_runner, pinned_threads
@@ -163,22 +163,6 @@ def overhead_part(shape: tuple[int, ...]) -> TablePart:
 def table_parts(arch: ArchConfig) -> list[TablePart]:
     """The parts whose latencies add up to ``arch``, in order: stem, every block, head."""
     return [_stem_part(arch), *(_block_part(arch, spec) for spec in arch.block_specs()), _head_part(arch)]
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` where the OS has ``fcntl``; a no-op elsewhere."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _fit(points: Sequence[Sequence[float]]) -> tuple[float, float]:
@@ -353,7 +337,7 @@ class LatencyPredictor:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.path.with_suffix(".lock")):
+        with file_lock(self.path.with_suffix(".lock")):
             self._merge(self._read())
             scale, constant = self.calibration
             data = {

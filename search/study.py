@@ -20,7 +20,7 @@ from blocknas.blocks import ArchConfig, ConfigError, resolve_arch, to_plain
 from blocknas.spaces import SearchSpace
 
 from .config import StudyConfig
-from .data import load_data
+from .data import load_data_for
 from .objective import ARCH_ATTR, BASELINE_ATTR, Objective
 from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
 from .storage import fail_dead_local_trials, mask_url, open_storage
@@ -146,14 +146,10 @@ def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
     """
     space = SearchSpace.load(config.space_path())
     baselines = _load_baselines(config, space)
-    data = load_data(config.data, input_size=tuple(space.input_size), in_chans=space.in_chans)
-    if data.num_classes != space.num_classes:
-        raise ConfigError(
-            f"dataset {config.data.name!r} has {data.num_classes} classes but the space builds "
-            f"{space.num_classes}-class networks",
-            path="space",
-            source=config.source,
-        )
+    data = load_data_for(
+        config.data, input_size=tuple(space.input_size), in_chans=space.in_chans, num_classes=space.num_classes,
+        what="the space", path="space", source=config.source,
+    )  # fmt: skip
     tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
     tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
     study, created = open_study(config)

@@ -8,12 +8,11 @@ study's user attributes; the child run id in the trial's, and the trial number i
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from .file_lock import file_lock
 from .storage import mask_url
 
 __all__ = [
@@ -64,20 +64,12 @@ def _check_reachable(uri: str) -> None:
         raise TrackingError(f"MLflow tracking server {mask_url(uri)} is not reachable: {exc}") from None
 
 
-@contextlib.contextmanager
-def _sqlite_init_lock(uri: str) -> Iterator[None]:
+def _sqlite_init_lock(uri: str) -> contextlib.AbstractContextManager[None]:
     """Serialize first use of a local SQLite store: MLflow migrates a new database on first
     use, and two workers migrating the same file at once corrupt it ("duplicate column")."""
     if not uri.startswith("sqlite:///"):
-        yield
-        return
-    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return contextlib.nullcontext()
+    return file_lock(uri.removeprefix("sqlite:///") + ".lock")
 
 
 class StudyTracker:
