@@ -70,7 +70,9 @@ def hand_written(config: StudyConfig) -> list[float]:
         seconds.append(time.perf_counter() - start)
         return result.val_accuracy, latency.p50_ms
 
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=config.seed))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=config.seed)
+    )
     study.optimize(objective, n_trials=config.n_trials)
     return seconds
 

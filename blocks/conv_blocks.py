@@ -44,9 +44,7 @@ class ConvBlock(nn.Module):
     def _init_shortcut(self, in_chs: int, out_chs: int, stride: int, skip: bool | None, drop_path_rate: float) -> None:
         wanted = self.default_skip if skip is None else skip
         self.has_skip = bool(wanted) and stride == 1 and in_chs == out_chs
-        self.drop_path: nn.Module = (
-            DropPath(drop_path_rate) if self.has_skip and drop_path_rate > 0 else nn.Identity()
-        )
+        self.drop_path: nn.Module = DropPath(drop_path_rate) if self.has_skip and drop_path_rate > 0 else nn.Identity()
 
     def _add_shortcut(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         return self.drop_path(x) + shortcut if self.has_skip else x
@@ -97,7 +95,9 @@ class StandardConv(ConvBlock):
     @classmethod
     def cost(cls, in_chs: int, out_chs: int, in_hw: tuple[int, int], knobs: CostKnobs) -> Cost:
         hw = out_size(in_hw, knobs.stride)
-        return conv_cost(in_chs, out_chs, knobs.kernel_size, hw) + norm_params(out_chs) + se_cost(out_chs, knobs.se_ratio)
+        return (
+            conv_cost(in_chs, out_chs, knobs.kernel_size, hw) + norm_params(out_chs) + se_cost(out_chs, knobs.se_ratio)
+        )
 
 
 @register_block("separable")

@@ -25,7 +25,9 @@ def block_cost(spec: BlockSpec) -> Cost | None:
 
 
 def stem_cost(arch: ArchConfig) -> Cost:
-    return conv_cost(arch.in_chans, arch.stem.out_chs, arch.stem.kernel_size, arch.stem_hw) + norm_params(arch.stem.out_chs)
+    return conv_cost(arch.in_chans, arch.stem.out_chs, arch.stem.kernel_size, arch.stem_hw) + norm_params(
+        arch.stem.out_chs
+    )
 
 
 def head_cost(arch: ArchConfig) -> Cost:
@@ -33,7 +35,9 @@ def head_cost(arch: ArchConfig) -> Cost:
     cost = Cost()
     if arch.head.num_features:
         last_hw = arch.block_specs()[-1].out_hw
-        cost += conv_cost(arch.stages[-1].out_chs, arch.head.num_features, 1, last_hw) + norm_params(arch.head.num_features)
+        cost += conv_cost(arch.stages[-1].out_chs, arch.head.num_features, 1, last_hw) + norm_params(
+            arch.head.num_features
+        )
     if arch.num_classes:
         cost += Cost(arch.num_features * arch.num_classes + arch.num_classes, arch.num_features * arch.num_classes)
     return cost

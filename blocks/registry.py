@@ -55,9 +55,7 @@ def get_block(name: str) -> type[nn.Module]:
     try:
         return _BLOCKS[name]
     except KeyError:
-        raise UnknownBlockError(
-            f"unknown block {name!r}; registered blocks: {', '.join(list_blocks())}"
-        ) from None
+        raise UnknownBlockError(f"unknown block {name!r}; registered blocks: {', '.join(list_blocks())}") from None
 
 
 def list_blocks() -> list[str]:

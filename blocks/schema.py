@@ -124,8 +124,12 @@ def _parse_value(hint: Any, value: Any, path: str) -> Any:
                 return _parse_value(option, value, path)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{_describe(value)} matches none of: {', '.join(_hint_name(o) for o in options)}", path=path
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else ConfigError(
+                f"{_describe(value)} matches none of: {', '.join(_hint_name(o) for o in options)}", path=path
+            )
         )
     if origin is Literal:
         allowed = typing.get_args(hint)
