@@ -83,10 +83,9 @@ def with_blocknas(config: StudyConfig, workdir: Path) -> list[float]:
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        result = run_search(config, progress=False)
+        trials = run_search(config, progress=False).study.trials
     finally:
         os.chdir(cwd)
-    trials = result.study.trials
     # Per-trial wall time as Optuna saw it, plus the per-study work (parent run, export) spread over trials.
     return [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
 

@@ -70,8 +70,11 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
     scheme = _scheme(url)
     try:
         if scheme in RDB_SCHEMES:
-            if scheme == "sqlite":
-                Path(url.split(":///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+            if scheme == "sqlite" and ":///" in url and ":memory:" not in url:
+                # An absolute file, so the storage keeps working if the process changes directory.
+                db = Path(url.split(":///", 1)[1]).resolve()
+                db.parent.mkdir(parents=True, exist_ok=True)
+                url = f"{url.split(':///', 1)[0]}:///{db}"
             engine_kwargs = {"pool_pre_ping": True} if scheme != "sqlite" else {"connect_args": {"timeout": 60}}
             return optuna.storages.RDBStorage(
                 url,
@@ -89,7 +92,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
                 f"unsupported storage scheme {scheme!r} in {mask_url(url)!r}; use sqlite://, postgresql://, "
                 "mysql://, redis:// or a journal file path"
             )
-        path = Path(url.removeprefix("journal:").removeprefix("//"))
+        path = Path(url.removeprefix("journal:").removeprefix("//")).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     except StorageError:
