@@ -18,6 +18,7 @@ from typing import Any
 from .ablation_config import AblationConfig, format_level
 from .ablation_plan import PlannedVariant
 from .ablation_stats import PairedDifference, mean_std, paired_difference
+from .figures import pyplot, save_figure
 
 __all__ = [
     "CellResult",
@@ -326,10 +327,7 @@ def cells_csv(cells: Sequence[CellResult]) -> str:
 
 def plot_levels(tables: dict[str, list[LevelRow]], path: str | Path, title: str) -> Path:
     """Accuracy (mean ± std over seeds) vs latency p50, one point per level, one panel per factor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), dpi=120, squeeze=False)
     for ax, (factor, rows) in zip(axes[0], tables.items()):
@@ -351,9 +349,4 @@ def plot_levels(tables: dict[str, list[LevelRow]], path: str | Path, title: str)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from blocknas.blocks import ArchConfig
 
+from .figures import pyplot, save_figure
 from .objective import ARCH_ATTR, BASELINE_ATTR
 from .tracking import RUN_ID_ATTR
 
@@ -125,10 +126,7 @@ def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
 
 def plot_front(study: optuna.Study, path: str | Path) -> Path:
     """Accuracy vs latency of every complete trial, the front drawn, baselines marked, infeasible greyed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     trials = [t for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs]
     front = {t.number for t in front_trials(study)}
@@ -167,12 +165,7 @@ def plot_front(study: optuna.Study, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _accuracy(trial: FrozenTrial) -> float:

@@ -8,41 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .report_data import BlockCount, Hypervolume, Importances
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    pass
+
+from .figures import DPI, pyplot, save_figure
 
 __all__ = ["DPI", "plot_best_history", "plot_blocks", "plot_hypervolume", "plot_importances"]
 
-DPI = 150
 _FRONT_COLOR = "tab:red"
 _ALL_COLOR = "tab:blue"
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    _pyplot().close(fig)
-    return path
-
-
 def plot_blocks(counts: Sequence[BlockCount], path: str | Path, title: str) -> Path:
     """One panel per stage: each block type's share on the front next to its share among all trials."""
-    plt = _pyplot()
+    plt = pyplot()
     stages = sorted({c.stage for c in counts}) or [0]
     fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages) + 0.6, 3.4), squeeze=False, sharey=True)
     for ax, stage in zip(axes[0], stages):
@@ -57,12 +40,12 @@ def plot_blocks(counts: Sequence[BlockCount], path: str | Path, title: str) -> P
     axes[0][0].set_ylabel("share of trials")
     axes[0][0].legend(fontsize=7, loc="upper right")
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_importances(importances: Sequence[Importances], path: str | Path, title: str, *, top: int = 12) -> Path:
     """One horizontal bar panel per objective (the ``top`` most important parameters, or why there are none)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(importances), figsize=(4.4 * len(importances), 3.6), squeeze=False)
     for ax, imp in zip(axes[0], importances):
         ax.set_title(imp.objective, fontsize=9)
@@ -76,12 +59,12 @@ def plot_importances(importances: Sequence[Importances], path: str | Path, title
         ax.set_xlabel("importance (normalized)", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_hypervolume(hv: Hypervolume, path: str | Path, title: str) -> Path:
     """Hypervolume after each complete feasible trial (a step plot)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     if hv.trials:
         ax.step(hv.trials, hv.values, where="post", color=_FRONT_COLOR, marker="o", markersize=3)
@@ -91,12 +74,12 @@ def plot_hypervolume(hv: Hypervolume, path: str | Path, title: str) -> Path:
         f"{title}\nreference point: accuracy {hv.reference[0]:g}, latency {hv.reference[1]:.4g} ms", fontsize=9
     )
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_best_history(trials: Sequence[int], values: Sequence[float], path: str | Path, title: str) -> Path:
     """Single objective: each complete trial's accuracy and the best so far."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     best = [max(values[: i + 1]) for i in range(len(values))]
     if trials:
@@ -107,4 +90,4 @@ def plot_best_history(trials: Sequence[int], values: Sequence[float], path: str 
     ax.set_ylabel("validation accuracy")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
