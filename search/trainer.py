@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from blocknas.blocks import ConfigError
 
 from .data import DataSplit
+from .runtimes import pinned_threads
 
 __all__ = [
     "DivergedError",
@@ -57,6 +58,8 @@ class TrainConfig:
     The learning-rate schedule is planned for ``epochs``; ``time_budget_s`` (checked after
     every step, evaluation time included) ends training early and truncates it. ``amp``
     only takes effect on CUDA (bf16 where supported, else fp16 with a gradient scaler).
+    ``threads`` pins torch's intra-op threads while training (restored after): CPU results
+    depend on the thread count, so pin it when a trial must reproduce bit for bit elsewhere.
     """
 
     epochs: int = 3
@@ -73,8 +76,11 @@ class TrainConfig:
     amp: bool = True
     device: str = "auto"
     eval_batch_size: int = 256
+    threads: int | None = None
 
     def _validate(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"{self.threads} must be >= 1 (or null: the process's setting)", path="threads")
         for key in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{getattr(self, key)} must be >= 1", path=key)
@@ -249,7 +255,13 @@ def train_briefly(
     """
     cfg._validate()
     _check_classes(model, data)
-    return _BriefTrainer(model, data, cfg, seed).run(on_epoch, progress)
+    threads = (
+        contextlib.nullcontext()
+        if cfg.threads is None
+        else pinned_threads(cfg.threads, torch.get_num_interop_threads())
+    )
+    with threads:
+        return _BriefTrainer(model, data, cfg, seed).run(on_epoch, progress)
 
 
 def _check_classes(model: nn.Module, data: DataSplit) -> None:

@@ -177,3 +177,22 @@ def test_config_errors_name_the_key(data: dict, path: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse(TrainConfig, data, path="train")
     assert info.value.path == path
+
+
+def test_threads_are_pinned_for_training_and_restored() -> None:
+    data = load_data(DataConfig(name="synthetic", num_samples=128), input_size=(8, 8), in_chans=1)
+    arch = {"stages": [{"block": "separable", "out_chs": 8, "stride": 2}], "input_size": [8, 8], "in_chans": 1}
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seed_everything(0)
+        model = timm.create_model("blocknet", arch=arch)
+        cfg = parse(TrainConfig, {"epochs": 1, "batch_size": 32, "threads": 2})
+        train_briefly(model, data, cfg, seed=0, on_epoch=lambda _: seen.append(torch.get_num_threads()))
+        assert seen == [2]
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="threads: 0 must be >= 1"):
+        parse(TrainConfig, {"threads": 0})
