@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from blocknas.blocks import ArchConfig, ConfigError, StageConfig, load_yaml, parse, resolve_arch, to_plain
+from blocknas.blocks import ArchConfig, ConfigError, StageConfig, resolve_arch
 
+from .config import FileConfig
 from .data import DataConfig
 from .latency import LatencyTarget
 from .trainer import TrainConfig
@@ -112,7 +113,7 @@ class MatchConfig:
 
 
 @dataclass(frozen=True)
-class AblationConfig:
+class AblationConfig(FileConfig):
     """Everything an ablation needs: base architecture, factors, seeds, data, training, latency, budget match.
 
     Attributes:
@@ -215,19 +216,6 @@ class AblationConfig:
         digest = hashlib.sha1(json.dumps(cells, sort_keys=True, default=str).encode()).hexdigest()[:12]
         return {"cells": digest, "settings": {k: plain[k] for k in ("data", "train", "latency")}}
 
-    def with_overrides(self, **overrides: Any) -> AblationConfig:
-        """A validated copy with the given (non-None) top-level values replaced."""
-        changes = {k: v for k, v in overrides.items() if v is not None}
-        if not changes:
-            return self
-        data = {**self.to_dict(), **changes}
-        return dataclasses.replace(parse(AblationConfig, data, source=self.source), source=self.source)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = to_plain(self)
-        data.pop("source", None)
-        return data
-
 
 def definition_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """Compare two ``definition()["settings"]``: ``(changed, one_sided)`` key paths.
@@ -249,11 +237,7 @@ def definition_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) ->
 
 def load_ablation_config(path: str | Path) -> AblationConfig:
     """Load and validate an ablation YAML file; errors name the file and key path."""
-    data = load_yaml(path)
-    if isinstance(data, Mapping) and "source" in data:
-        raise ConfigError("unknown key 'source'", path="source", source=str(path))
-    config = parse(AblationConfig, data, source=str(path))
-    return dataclasses.replace(config, source=str(path))
+    return AblationConfig.load(path)
 
 
 # -- factors and variants ---------------------------------------------------------------

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from blocknas.blocks import ConfigError, load_yaml, parse, to_plain
 
@@ -13,7 +14,42 @@ from .data import DataConfig
 from .latency import LatencyTarget
 from .trainer import TrainConfig
 
-__all__ = ["Constraints", "StudyConfig", "load_study_config"]
+__all__ = ["Constraints", "FileConfig", "StudyConfig", "load_study_config"]
+
+
+FileConfigT = TypeVar("FileConfigT", bound="FileConfig")
+
+
+class FileConfig:
+    """Loading, overriding and plain export for a frozen config dataclass read from a YAML file.
+
+    The dataclass keeps the file it came from in a ``source`` field (not a YAML key), so
+    errors found later still name that file.
+    """
+
+    source: str | None
+
+    @classmethod
+    def load(cls: type[FileConfigT], path: str | Path) -> FileConfigT:
+        """Load and validate a YAML file; errors name the file and key path."""
+        data = load_yaml(path)
+        if isinstance(data, Mapping) and "source" in data:
+            raise ConfigError("unknown key 'source'", path="source", source=str(path))
+        return dataclasses.replace(parse(cls, data, source=str(path)), source=str(path))  # type: ignore[type-var]
+
+    def with_overrides(self: FileConfigT, **overrides: Any) -> FileConfigT:
+        """A validated copy with the given (non-None) top-level values replaced."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if not changes:
+            return self
+        data = {**self.to_dict(), **changes}
+        return dataclasses.replace(parse(type(self), data, source=self.source), source=self.source)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the ``source`` field left out) that parses back into an equal config."""
+        data = to_plain(self)
+        data.pop("source", None)
+        return dict(data)
 
 
 @dataclass(frozen=True)
@@ -35,7 +71,7 @@ class Constraints:
 
 
 @dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(FileConfig):
     """Everything a search needs: space, data, training budget, latency target, objectives, storage.
 
     Attributes:
@@ -93,24 +129,7 @@ class StudyConfig:
                 return str(beside)
         return self.space
 
-    def with_overrides(self, **overrides: Any) -> StudyConfig:
-        """A validated copy with the given (non-None) top-level values replaced."""
-        changes = {k: v for k, v in overrides.items() if v is not None}
-        if not changes:
-            return self
-        data = {**self.to_dict(), **changes}
-        return dataclasses.replace(parse(StudyConfig, data, source=self.source), source=self.source)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = to_plain(self)
-        data.pop("source", None)
-        return data
-
 
 def load_study_config(path: str | Path) -> StudyConfig:
     """Load and validate a study YAML file; errors name the file and key path."""
-    data = load_yaml(path)
-    if isinstance(data, dict) and "source" in data:
-        raise ConfigError("unknown key 'source'", path="source", source=str(path))
-    config = parse(StudyConfig, data, source=str(path))
-    return dataclasses.replace(config, source=str(path))
+    return StudyConfig.load(path)
