@@ -11,7 +11,7 @@ from .conv_blocks import ConvBlock, InvertedResidual, ReversedSeparableConv, Sep
 from .cost import Cost, CostKnobs
 from .registry import UnknownBlockError, get_block, list_blocks, register_block
 from .resolve import ArchLike, register_arch_resolver, resolve_arch
-from .schema import ConfigError, load_yaml, parse, to_plain
+from .schema import ConfigError, flatten, load_yaml, parse, to_plain
 from .timm_models import arch_of, blocknet, create_blocknet, register_arch, register_arch_dir, registered_archs
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "arch_of",
     "blocknet",
     "create_blocknet",
+    "flatten",
     "get_block",
     "list_blocks",
     "load_yaml",

@@ -14,7 +14,7 @@ import yaml
 
 from .cost import Cost, CostKnobs, out_size
 from .registry import UnknownBlockError, get_block
-from .schema import ConfigError, load_yaml, parse, to_plain
+from .schema import ConfigError, flatten, load_yaml, parse, to_plain
 
 __all__ = ["ACT_LAYERS", "NORM_LAYERS", "ArchConfig", "BlockSpec", "HeadConfig", "StageConfig", "StemConfig"]
 
@@ -235,22 +235,9 @@ class ArchConfig:
 
     def flat_params(self) -> dict[str, Any]:
         """Flattened ``key.path -> value`` view, e.g. for MLflow params."""
-        flat: dict[str, Any] = {}
-
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else k, v)
-            elif isinstance(value, list) and value and isinstance(value[0], dict):
-                for i, v in enumerate(value):
-                    walk(f"{prefix}.{i}", v)
-            else:
-                flat[prefix] = value
-
         plain = self.to_dict()
         plain.pop("meta", None)
-        walk("", plain)
-        return flat
+        return flatten(plain)
 
 
 def fields_of(cls: type) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-__all__ = ["ConfigError", "load_yaml", "parse", "to_plain"]
+__all__ = ["ConfigError", "flatten", "load_yaml", "parse", "to_plain"]
 
 T = TypeVar("T")
 
@@ -186,3 +186,22 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: to_plain(v) for k, v in obj.items()}
     return obj
+
+
+def flatten(plain: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested plain data → ``{"key.path": value}`` (e.g. MLflow params).
+
+    Mappings and lists of mappings are walked (list items by index: ``stages.0.block``);
+    any other value, lists of scalars included, is kept as it is.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in plain.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name))
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{name}.{i}"))
+        else:
+            flat[name] = value
+    return flat

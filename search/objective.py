@@ -16,7 +16,7 @@ import optuna
 import timm
 from optuna.trial import Trial
 
-from blocknas.blocks import ArchConfig
+from blocknas.blocks import ArchConfig, to_plain
 from blocknas.spaces import SearchSpace
 
 from .config import StudyConfig
@@ -178,8 +178,6 @@ class Objective:
 
 
 def _plain(obj: Any) -> dict[str, Any]:
-    from blocknas.blocks import to_plain
-
     return dict(to_plain(obj))
 
 

@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from blocknas.blocks import ArchConfig, ConfigError, resolve_arch, to_plain
+from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch, to_plain
 from blocknas.spaces import SearchSpace
 
 from .config import StudyConfig
@@ -238,16 +238,7 @@ def _finish(study: optuna.Study, config: StudyConfig, tracker: StudyTracker, par
 
 
 def _study_params(config: StudyConfig, space: SearchSpace) -> dict[str, object]:
-    flat: dict[str, object] = {}
-
-    def walk(prefix: str, value: object) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            flat[prefix] = value
-
-    walk("", config.to_dict())
+    flat: dict[str, object] = flatten(config.to_dict())
     flat["storage"] = mask_url(config.storage_url)
     flat["space.size"] = space.size()
     return flat
