@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch, to_plain
+from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
 from blocknas.spaces import SearchSpace
 
 from .config import StudyConfig
@@ -247,7 +247,7 @@ def _study_params(config: StudyConfig, space: SearchSpace) -> dict[str, object]:
 def _config_yaml(config: StudyConfig) -> str:
     import yaml
 
-    data = to_plain(config.to_dict())
+    data = config.to_dict()
     if data.get("storage"):
         data["storage"] = mask_url(data["storage"])
     return yaml.safe_dump(data, sort_keys=False)
