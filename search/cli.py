@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
-from types import FrameType
 
 from blocknas.blocks import ConfigError
+
+from .interrupts import install_interrupt_handlers
 
 __all__ = ["main"]
 
@@ -36,10 +36,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(errors)
-
-
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def add_study_overrides(parser: argparse.ArgumentParser) -> None:
@@ -385,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(logging.DEBUG if args.verbose else logging.WARNING)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    install_interrupt_handlers()
     try:
         return int(args.handler(args))
     except _user_errors() as exc:
