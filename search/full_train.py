@@ -31,7 +31,7 @@ from blocknas.blocks import ArchConfig, ConfigError, load_yaml, parse, resolve_a
 from .checkpoint import CheckpointError, load_training_state, save_training_state, save_weights
 from .data import DataConfig, DataSplit, load_data
 from .train_tracking import TrainRun
-from .trainer import TrainConfig, _BriefTrainer, _evaluate, seed_everything
+from .trainer import TrainConfig, _BriefTrainer, _evaluate, seed_everything, training_threads
 
 __all__ = [
     "FULL_TRAIN_DEFAULTS",
@@ -342,7 +342,8 @@ def train_full(config: FullTrainConfig, *, resume: bool = False, progress: bool 
         trainer.restore(state)
     run = TrainRun.open(config, arch, out, run_id=state.get("mlflow_run_id") if state else None)
     try:
-        result = _fit(trainer, config, arch, out, state, run, progress)
+        with training_threads(config.train):
+            result = _fit(trainer, config, arch, out, state, run, progress)
         run.finish(result, arch, data)
     except BaseException as exc:
         run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

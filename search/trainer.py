@@ -46,6 +46,7 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "train_briefly",
+    "training_threads",
 ]
 
 logger = logging.getLogger(__name__)
@@ -255,13 +256,15 @@ def train_briefly(
     """
     cfg._validate()
     _check_classes(model, data)
-    threads = (
-        contextlib.nullcontext()
-        if cfg.threads is None
-        else pinned_threads(cfg.threads, torch.get_num_interop_threads())
-    )
-    with threads:
+    with training_threads(cfg):
         return _BriefTrainer(model, data, cfg, seed).run(on_epoch, progress)
+
+
+def training_threads(cfg: TrainConfig) -> contextlib.AbstractContextManager[object]:
+    """Pin torch's intra-op threads to ``cfg.threads`` for the block (restored after); no-op when null."""
+    if cfg.threads is None:
+        return contextlib.nullcontext()
+    return pinned_threads(cfg.threads, torch.get_num_interop_threads())
 
 
 def _check_classes(model: nn.Module, data: DataSplit) -> None:

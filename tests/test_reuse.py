@@ -17,7 +17,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import blocknas.blocks  # noqa: F401  (registers the blocknet models)
-from blocknas.blocks import ArchConfig, ConfigError, register_arch, register_arch_dir, resolve_arch
+from blocknas.blocks import (
+    ArchConfig,
+    ConfigError,
+    get_block,
+    register_arch,
+    register_arch_dir,
+    register_block,
+    resolve_arch,
+)
 from blocknas.search.checkpoint import (
     CheckpointError,
     load_model,
@@ -149,6 +157,27 @@ def test_train_config_defaults_and_errors() -> None:
         FullTrainConfig.from_dict({"augment": {"crop_padding": -1}})
     with pytest.raises(ConfigError, match="no architecture"):
         train_full(FullTrainConfig(), progress=False)
+
+
+def test_full_training_pins_the_configured_threads_and_restores_them(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    @register_block("thread_probe", override=True)
+    class ThreadProbe(get_block("standard")):  # type: ignore[misc]
+        """A standard conv that records torch's intra-op thread count on every training forward."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                seen.append(torch.get_num_threads())
+            return super().forward(x)
+
+    before = torch.get_num_threads()
+    pinned = 1 if before > 1 else 2
+    arch = {**ARCH, "stages": [{"block": "thread_probe", "out_chs": 16, "stride": 2}]}
+    config = train_config(tmp_path, "threads", arch=arch, train={"epochs": 1, "batch_size": 64, "threads": pinned})
+    train_full(config, progress=False)
+    assert seen and set(seen) == {pinned}
+    assert torch.get_num_threads() == before
 
 
 def test_random_crop_flip_moves_pixels_without_changing_them() -> None:
