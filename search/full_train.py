@@ -340,7 +340,11 @@ def train_full(config: FullTrainConfig, *, resume: bool = False, progress: bool 
     trainer = _FullTrainer(timm.create_model("blocknet", arch=arch), data, config)
     if state is not None:
         trainer.restore(state)
-    run = TrainRun.open(config, arch, out, run_id=state.get("mlflow_run_id") if state else None)
+    run_id = state.get("mlflow_run_id") if state else None
+    if state is not None and int(state["epoch"]) + 1 >= config.train.epochs and TrainRun.finished(config, run_id):
+        logger.info("%s already trained all %d epochs and its run is finished: nothing to do", out, config.train.epochs)
+        return _fit(trainer, config, arch, out, state, TrainRun(None, run_id), progress=False)
+    run = TrainRun.open(config, arch, out, run_id=run_id, history=state["history"] if state else ())
     try:
         with training_threads(config.train):
             result = _fit(trainer, config, arch, out, state, run, progress)
@@ -424,7 +428,6 @@ def _fit(
             is_best = record["accuracy"] > best_acc
             if is_best:
                 best_acc, best_epoch = record["accuracy"], epoch
-            run.log_epoch(record, epoch)
             checkpoint = {
                 **trainer.state(),
                 "epoch": epoch,
@@ -438,6 +441,7 @@ def _fit(
             _save(out, LAST, checkpoint, trainer.inference_model, suffix)
             if is_best:
                 _save(out, BEST, checkpoint, trainer.inference_model, suffix)
+            run.log_epoch(record, epoch)  # after the checkpoint: a resume logs what a kill left unlogged
             bar.update()
             bar.set_postfix(acc=f"{record['accuracy']:.4f}", best=f"{best_acc:.4f}")
             logger.info(

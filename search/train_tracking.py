@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,15 +39,32 @@ class TrainRun:
         self.tracker, self.run_id = tracker, run_id
 
     @classmethod
-    def open(cls, config: FullTrainConfig, arch: ArchConfig, out: Path, *, run_id: str | None = None) -> TrainRun:
-        """Create the run (params, ``arch.yaml``, ``train.yaml``), or reopen ``run_id`` on resume."""
+    def open(
+        cls,
+        config: FullTrainConfig,
+        arch: ArchConfig,
+        out: Path,
+        *,
+        run_id: str | None = None,
+        history: Sequence[Mapping[str, float]] = (),
+    ) -> TrainRun:
+        """Create the run (params, ``arch.yaml``, ``train.yaml``), or reopen ``run_id`` on resume.
+
+        On resume, the epochs of the checkpoint's ``history`` that the run lacks (a kill
+        between checkpoint and logging) are logged, so every epoch is logged exactly once.
+        """
         if not config.tracking:
             return cls(None, None)
-        uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
-        tracker = StudyTracker(uri, config.experiment, runs_dir=config.runs_dir)
+        tracker = cls._tracker(config)
         if run_id is not None:
             tracker.client.update_run(run_id, status="RUNNING")
-            return cls(tracker, run_id)
+            reopened = cls(tracker, run_id)
+            logged = {m.step for m in tracker.client.get_metric_history(run_id, "epoch_accuracy")}
+            for record in history:
+                epoch = int(record["epoch"])
+                if epoch not in logged:
+                    reopened.log_epoch({k: v for k, v in record.items() if k != "epoch"}, epoch)
+            return reopened
         run = tracker.client.create_run(
             tracker.experiment_id,
             run_name=out.name,
@@ -61,8 +78,20 @@ class TrainRun:
         tracker.log(run_id, params=_params(config, arch))
         tracker.log_file(run_id, out / "arch.yaml")
         tracker.log_file(run_id, out / "train.yaml")
-        logger.info("MLflow run %s in experiment %r at %s", run_id, config.experiment, uri)
+        logger.info("MLflow run %s in experiment %r at %s", run_id, config.experiment, tracker.tracking_uri)
         return cls(tracker, run_id)
+
+    @classmethod
+    def finished(cls, config: FullTrainConfig, run_id: str | None) -> bool:
+        """Whether there is nothing left to log: tracking off, or ``run_id`` ended ``FINISHED``."""
+        if not config.tracking or run_id is None:
+            return True
+        return cls._tracker(config).client.get_run(run_id).info.status == "FINISHED"
+
+    @staticmethod
+    def _tracker(config: FullTrainConfig) -> StudyTracker:
+        uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+        return StudyTracker(uri, config.experiment, runs_dir=config.runs_dir)
 
     def log_epoch(self, record: Mapping[str, float], epoch: int) -> None:
         if self.tracker is not None and self.run_id is not None:

@@ -37,6 +37,7 @@ from blocknas.search.cli import main
 from blocknas.search.export import export_checkpoint
 from blocknas.search.full_train import FullTrainConfig, RandomCropFlip, train_full
 from blocknas.search.latency import LatencyTarget
+from blocknas.search.train_tracking import TrainRun
 
 from .conftest import REPO_ROOT
 
@@ -338,7 +339,8 @@ def test_training_run_is_logged_to_mlflow_and_resolvable(in_tmp_dir: Path) -> No
         assert resolve_arch(f"runs:/{result.run_id}") == ArchConfig.from_yaml(result.arch_path)
         logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
         assert [m.source_run_id for m in logged] == [result.run_id]
-        assert mlflow.models.get_model_info(logged[0].model_uri).signature is not None
+        info = mlflow.models.get_model_info(logged[0].model_uri)
+        assert info.signature is not None and info.saved_input_example_info is not None
         loaded = mlflow.pytorch.load_model(logged[0].model_uri)
     finally:
         mlflow.set_tracking_uri(previous)
@@ -347,3 +349,41 @@ def test_training_run_is_logged_to_mlflow_and_resolvable(in_tmp_dir: Path) -> No
         np.testing.assert_allclose(
             loaded(x).numpy(), load_model(result.arch_path, result.weights)(x).numpy(), atol=1e-5
         )
+
+
+def test_resuming_a_finished_training_changes_nothing(in_tmp_dir: Path) -> None:
+    config = train_config(in_tmp_dir, "done", train={"epochs": 2, "batch_size": 32}, tracking=True, experiment="done")
+    first = train_full(config, progress=False)
+    again = train_full(config, resume=True, progress=False)
+    assert (again.run_id, again.best_accuracy, again.history) == (first.run_id, first.best_accuracy, first.history)
+    client = MlflowClient(f"sqlite:///{in_tmp_dir / 'runs' / 'mlflow.db'}")
+    assert client.get_run(str(first.run_id)).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(str(first.run_id), "epoch_accuracy")] == [0, 1]
+    assert len(client.search_logged_models(experiment_ids=[client.get_run(str(first.run_id)).info.experiment_id])) == 1
+
+
+def test_a_resumed_run_logs_the_epochs_a_kill_left_unlogged_once(in_tmp_dir: Path) -> None:
+    """A kill between an epoch's checkpoint and its logging: the reopened run logs that epoch, and only it."""
+    config = train_config(in_tmp_dir, "gap", tracking=True, experiment="gap")
+    (in_tmp_dir / "gap").mkdir()
+    for name in ("arch.yaml", "train.yaml"):
+        (in_tmp_dir / "gap" / name).write_text("{}")
+    arch = ArchConfig.from_dict(ARCH)
+    history = [{"epoch": e, "accuracy": 0.5 + e / 10, "val_loss": 1.0 - e / 10} for e in range(3)]
+    run = TrainRun.open(config, arch, in_tmp_dir / "gap")
+    run.log_epoch({k: v for k, v in history[0].items() if k != "epoch"}, 0)
+    run.end("KILLED")
+    reopened = TrainRun.open(config, arch, in_tmp_dir / "gap", run_id=run.run_id, history=history)
+    assert reopened.run_id == run.run_id
+    client = MlflowClient(f"sqlite:///{in_tmp_dir / 'runs' / 'mlflow.db'}")
+    logged = client.get_metric_history(str(run.run_id), "epoch_accuracy")
+    assert sorted((m.step, m.value) for m in logged) == [(e, 0.5 + e / 10) for e in range(3)]
+    assert client.get_run(str(run.run_id)).info.status == "RUNNING"
+
+
+def test_export_command_writes_verified_files(trained: FullTrainConfig, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    checkpoint = trained.output_dir(ArchConfig.from_dict(ARCH)) / "best.safetensors"
+    code = main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--batch-size", "2"])
+    assert code == 0
+    assert {"model.onnx", "model.torchscript.pt", "latency.json"} <= {p.name for p in out.iterdir()}
