@@ -5,7 +5,7 @@ CONFIG ?= configs/default.yaml
 N ?= 2
 PORT ?= 5000
 
-.PHONY: install test lint search workers dashboard
+.PHONY: install test lint search ablate workers dashboard
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,9 @@ lint: install
 
 search: install
 	$(PY) scripts/search.py --config $(CONFIG)
+
+ablate: install
+	$(PY) scripts/ablate.py --config $(or $(ABLATION),configs/ablations/seed_blocks.yaml)
 
 workers: install
 	$(VENV)/bin/blocknas workers -n $(N) --config $(CONFIG)

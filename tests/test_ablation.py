@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -328,13 +329,14 @@ def test_definition_changes_tell_changed_from_unknown_settings() -> None:
 
 def test_interrupted_ablation_reruns_only_unfinished_cells(in_tmp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_train = objective_module.train_briefly
-    trained: list[int] = []
+    trained: list[tuple[str, int]] = []  # (block of the trained network, seed it was trained with)
 
-    def counting_train(*args: Any, **kwargs: Any) -> Any:
-        trained.append(kwargs["seed"])
+    def counting_train(model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        separable = any(type(m).__name__ == "SeparableConv" for m in model.modules())
+        trained.append(("separable" if separable else "standard", kwargs["seed"]))
         if len(trained) == 3 and interrupt:
             raise KeyboardInterrupt("simulated Ctrl-C")
-        return real_train(*args, **kwargs)
+        return real_train(model, *args, **kwargs)
 
     monkeypatch.setattr(objective_module, "train_briefly", counting_train)
     interrupt = True
@@ -351,3 +353,6 @@ def test_interrupted_ablation_reruns_only_unfinished_cells(in_tmp_dir: Path, mon
     for number, values in done_before.items():
         assert result.study.trials[number].values == values
     assert all(c.trial != 2 for c in result.cells)  # trial 2 was interrupted; its cell's result is the rerun
+    # every cell trained its own variant with its own seed (the seed fixes init and data order)
+    cells = sorted(("separable" if "separable" in c.variant else "standard", c.seed) for c in result.cells)
+    assert sorted(trained[:2] + trained[3:]) == cells == sorted({(v, s) for v in ("standard", "separable") for s in (0, 1)})
