@@ -2,8 +2,10 @@
 
 Uses Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them with apt) through
 Selenium; nothing is downloaded at run time. Skipped when they are missing, failed instead
-when ``BLOCKNAS_REQUIRE_SERVICES=1`` (CI). Screenshots go to ``$BLOCKNAS_SCREENSHOTS`` when set
-(``docs/img`` for the README), else to a temporary folder.
+when ``BLOCKNAS_REQUIRE_SERVICES=1`` (CI). Screenshots go to ``$BLOCKNAS_SCREENSHOTS`` when set,
+else to a temporary folder. With ``BLOCKNAS_SCREENSHOT_CONFIG=configs/default.yaml`` the tests
+run over that study in ``./runs`` instead of a tiny one (resuming it, so a finished study runs
+no trial): that is how the README's images in ``docs/img`` are made.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from blocknas.search.config import load_study_config
 from blocknas.search.dashboard import free_port, launch_mlflow_server, runs_page_url, stop, wait_until_up
 from blocknas.search.report import report_study
 from blocknas.search.study import SearchResult, run_search
@@ -41,15 +44,28 @@ CHROME_FLAGS = (
 WINDOW = (1200, 800)
 WAIT_S = 30
 STUDY = "browser"
-REPORT_SECTIONS = (
-    "accuracy-vs-latency",
-    "pareto-front",
-    "blocks-on-the-front-vs-all-trials",
-    "parameter-importances",
-    "hypervolume",
-    "study-settings",
-    "device-fingerprint",
-)
+SHOT_CONFIG = os.environ.get("BLOCKNAS_SCREENSHOT_CONFIG")  # a study config to shoot instead of the tiny study
+REPORT_SECTIONS = {  # section id in report.html -> its screenshot (README)
+    "accuracy-vs-latency": None,  # in report.png, the page's first screen
+    "pareto-front": "report_front.png",
+    "blocks-on-the-front-vs-all-trials": "report_blocks.png",
+    "parameter-importances": "report_importances.png",
+    "hypervolume": "report_hypervolume.png",
+    "study-settings": "report_settings.png",
+    "device-fingerprint": "report_fingerprint.png",
+}
+
+
+IMAGE_COLOURS_JS = """
+return Array.from(document.images).map(img => {
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext('2d'); ctx.drawImage(img, 0, 0);
+  const px = ctx.getImageData(0, 0, canvas.width, canvas.height).data, seen = new Set();
+  for (let i = 0; i < px.length; i += 4 * 53) seen.add(px[i] + ',' + px[i + 1] + ',' + px[i + 2]);
+  return seen.size;
+});
+"""  # distinct colours in a sample of each image's pixels: a blank figure has one or two
 
 
 def require_browser() -> None:
@@ -205,9 +221,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The module's working directory (``runs/`` lands there)."""
+    """The module's working directory (``runs/`` lands there); the current one in screenshot mode."""
     require_browser()
-    folder = tmp_path_factory.mktemp("browser-study")
+    folder = Path.cwd() if SHOT_CONFIG else tmp_path_factory.mktemp("browser-study")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -220,7 +236,7 @@ def mlflow_ui(workdir: Path) -> Iterator[str]:
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(None, workdir / "runs")
-    (workdir / "runs").mkdir()
+    (workdir / "runs").mkdir(exist_ok=True)
     MlflowClient(uri).search_experiments()  # create the tables here, so the server and the study don't race
     process, url = launch_mlflow_server(uri, port=free_port())
     try:
@@ -231,8 +247,9 @@ def mlflow_ui(workdir: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def study(workdir: Path, mlflow_ui: str) -> tuple[SearchResult, Path]:
-    """A three-trial study; returns once the MLflow server answers too."""
-    result = run_search(tiny_config(name=STUDY, n_trials=3), progress=False)
+    """A six-trial study (enough for parameter importances) (or ``$BLOCKNAS_SCREENSHOT_CONFIG``'s); returns once the MLflow server answers too."""
+    config = load_study_config(SHOT_CONFIG) if SHOT_CONFIG else tiny_config(name=STUDY, n_trials=6)
+    result = run_search(config, progress=False)
     wait_until_up(f"{mlflow_ui}/health", timeout_s=120)
     return result, workdir
 
@@ -248,30 +265,34 @@ def test_mlflow_ui_shows_study_and_trial_runs(
     from selenium.webdriver.common.by import By
 
     result, _ = study
+    name = result.study.study_name
     client = MlflowClient(result.tracking_uri)
-    page = runs_page_url(mlflow_ui, result.tracking_uri, STUDY)
+    page = runs_page_url(mlflow_ui, result.tracking_uri, name)
     assert page is not None
-    open_runs_page(browser, page, f"study-{STUDY}")
+    open_runs_page(browser, page, f"study-{name}")
     show_columns(browser, hide=("Dataset", "Source", "Models"), show=("accuracy", "latency_ms"))
 
     cells = table_cells(browser)
-    assert f"study-{STUDY}" in cells[result.parent_run_id]["attributes.`Run Name`"]
+    assert f"study-{name}" in cells[result.parent_run_id]["attributes.`Run Name`"]
+    plotted = 0
     for trial in result.study.trials:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         shown = cells[run.info.run_id]
         assert run.info.run_name.startswith(f"trial-{trial.number:04d}-")
         assert run.info.run_name in shown["attributes.`Run Name`"]
-        for metric in ("accuracy", "latency_ms"):
+        metrics = [m for m in ("accuracy", "latency_ms") if m in run.data.metrics]  # over budget: never trained
+        for metric in metrics:
             assert float(shown[f"metrics.`{metric}`"]) == pytest.approx(run.data.metrics[metric], rel=1e-6)
+        plotted += len(metrics) == 2
     ActionChains(browser).move_to_element(
         browser.find_element(By.XPATH, "//*[contains(text(), 'matching runs')]")
     ).perform()
     save_png(browser.get_screenshot_as_png(), shots, "mlflow_runs.png")
 
-    open_runs_page(browser, page, f"study-{STUDY}", mode="CHART")
+    open_runs_page(browser, page, f"study-{name}", mode="CHART")
     chart = show_scatter_chart(browser, x="latency_ms", y="accuracy")
     points = chart.find_elements(By.CSS_SELECTOR, ".scatterlayer .point")
-    assert len(points) == len(result.study.trials), "one point per trial (the parent run has no metrics)"
+    assert len(points) == plotted > 0, "one point per trained trial (the parent run has no metrics)"
     save_png(browser.get_screenshot_as_png(), shots, "mlflow_chart.png")
 
 
@@ -280,12 +301,15 @@ def test_html_report_renders(browser: Any, study: tuple[SearchResult, Path], mlf
 
     result, folder = study
     runs = folder / "runs"
-    report = report_study(STUDY, storage_url=str(runs / "optuna.journal"), runs_dir=runs, ui_base=mlflow_ui)
+    name = result.study.study_name
+    report = report_study(name, storage_url=str(runs / "optuna.journal"), runs_dir=runs, ui_base=mlflow_ui)
     browser.get_log("browser")  # drop the MLflow page's messages
     browser.get(report.html.resolve().as_uri())
     wait_for(browser, xpath_present("//h1[contains(., 'Study report')]"), "the report")
     for section in REPORT_SECTIONS:
         assert browser.find_elements(By.ID, section), f"section {section} missing"
+    for figure in ("accuracy-vs-latency", "blocks-on-the-front-vs-all-trials", "parameter-importances", "hypervolume"):
+        assert browser.find_elements(By.XPATH, f"//section[@id='{figure}']//img"), f"no figure in {figure}"
     images = browser.execute_script(
         "return Array.from(document.images).map(i => [i.getAttribute('alt'), i.complete, i.naturalWidth, i.naturalHeight])"
     )
@@ -293,11 +317,16 @@ def test_html_report_renders(browser: Any, study: tuple[SearchResult, Path], mlf
     assert len(images) == len(referenced) >= 3
     for alt, complete, width, height in images:
         assert complete and width > 100 and height > 100, f"image {alt!r} did not render"
+    colours = browser.execute_script(IMAGE_COLOURS_JS)
+    assert all(n >= 3 for n in colours), f"a blank figure: distinct colours per image {colours}"
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
     trial_links = browser.find_elements(By.XPATH, "//section[@id='pareto-front']//a[contains(@href, '/runs/')]")
     assert len(trial_links) == len(result.front)
     save_png(browser.get_screenshot_as_png(), shots, "report.png")
+    for section, file_name in REPORT_SECTIONS.items():
+        if file_name:
+            save_png(browser.find_element(By.ID, section).screenshot_as_png, shots, file_name)
 
     first = result.front[0]
     trial_links[0].click()  # the link opens the trial's run in the MLflow UI
