@@ -9,14 +9,18 @@ A standalone part pays what the network pays only once per call: the runtime's c
 overhead and materialising its output for the caller (an ONNX Runtime output is copied
 into a NumPy array). ``overhead(shape)`` measures exactly that, as a one-op model (ReLU)
 on a tensor of the part's output shape; the head, the network's last part, keeps its
-overhead. ``scale`` and ``constant`` are fitted by :meth:`LatencyPredictor.calibrate` on a
-few fully measured networks (1 and 0 until then).
+overhead. ``scale`` and ``constant`` are fitted on whole networks measured end to end:
+:meth:`LatencyPredictor.calibrate` measures a few on purpose, and a search in predicted
+mode adds every candidate it measures anyway with :meth:`LatencyPredictor.add_calibration_point`.
+Until ``min_calibration_points`` different networks are stored they stay 1 and 0 (a fit
+through one or two noisy measurements would shift every prediction by their noise); after
+that every new point refits them.
 
 The table is a JSON file per device fingerprint under ``cache_dir``; every key also names
 the runtime, threads, batch size, dtype and fingerprint id, so entries from different
 machines or settings never mix. Writes merge with what is on disk and replace the file
 atomically (temp file + ``os.replace``, under a lock file where ``fcntl`` exists), so
-several workers can share one table.
+several workers can share one table and its calibration points.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from .runtimes import create_runner, pinned_threads
 __all__ = [
     "ENTRY_MIN_TIME_S",
     "ENTRY_TIME_CAP_S",
+    "MIN_CALIBRATION_POINTS",
     "TABLE_VERSION",
     "LatencyPredictor",
     "TablePart",
@@ -58,6 +63,7 @@ log = logging.getLogger(__name__)
 TABLE_VERSION = 1
 ENTRY_TIME_CAP_S = 0.5  # per table entry and round; entries are measured once and reused
 ENTRY_MIN_TIME_S = 0.1
+MIN_CALIBRATION_POINTS = 5  # networks measured end to end before the fitted correction is used
 
 
 @dataclass(frozen=True)
@@ -188,10 +194,21 @@ class LatencyPredictor:
             at most ``ENTRY_TIME_CAP_S`` and a minimum time of at most ``ENTRY_MIN_TIME_S``, twice
             (the lower median is kept).
         cache_dir: Folder of the JSON tables (one file per device fingerprint).
+        min_calibration_points: Different networks measured end to end before predictions
+            use the fitted correction; raw sums until then.
     """
 
-    def __init__(self, target: LatencyTarget, *, cache_dir: str | Path = "runs/latency_table") -> None:
+    def __init__(
+        self,
+        target: LatencyTarget,
+        *,
+        cache_dir: str | Path = "runs/latency_table",
+        min_calibration_points: int = MIN_CALIBRATION_POINTS,
+    ) -> None:
+        if min_calibration_points < 1:
+            raise ValueError(f"min_calibration_points must be >= 1, got {min_calibration_points}")
         self.target = target
+        self.min_calibration_points = min_calibration_points
         self.entry_target = target.replace(
             isolate=False,
             reference=False,
@@ -225,8 +242,9 @@ class LatencyPredictor:
 
     def predict(self, arch: ArchConfig) -> float:
         """Predicted latency of ``arch`` in ms; measures and stores any table entries still missing."""
+        raw = self.raw_sum(arch)  # first: storing new entries also merges other workers' points
         scale, constant = self.calibration
-        return scale * self.raw_sum(arch) + constant
+        return scale * raw + constant
 
     def raw_sum(self, arch: ArchConfig) -> float:
         """Uncalibrated prediction in ms: Σ (part − overhead) over stem and blocks, plus the head."""
@@ -246,8 +264,9 @@ class LatencyPredictor:
         """Measure whole networks and fit ``scale`` and ``constant``; stored with the table.
 
         Points accumulate across calls and processes sharing the table, so calibrating
-        again on more networks refines the fit. Use networks that are not the ones being
-        evaluated when judging the predictor.
+        again on more networks refines the fit; it is used from ``min_calibration_points``
+        networks on. Use networks that are not the ones being evaluated when judging the
+        predictor.
         """
         target = self.target.replace(reference=False)
         for arch in archs:
@@ -260,16 +279,38 @@ class LatencyPredictor:
         self._save()
         scale, constant = self.calibration
         log.info(
-            "latency predictor calibrated on %d networks: scale %.3f, constant %.4f ms",
+            "latency predictor: %d calibration networks (%d needed), scale %.3f, constant %.4f ms",
             len(self._points),
+            self.min_calibration_points,
             scale,
             constant,
         )
 
+    def add_calibration_point(self, arch: ArchConfig, measured_ms: float) -> None:
+        """Store a whole-network measurement of ``arch`` (p50, ms, same target) and refit.
+
+        A search in predicted mode measures every candidate it does not reject, so each one
+        calibrates the predictions of the candidates after it, in this worker and in every
+        other worker sharing the table. A network already stored keeps its first point.
+        """
+        raw = self.raw_sum(arch)  # may store new entries, which replaces self._points with the merged points
+        self._points.setdefault(arch.short_hash(), [raw, float(measured_ms)])
+        self._save()
+
     @property
     def calibration(self) -> tuple[float, float]:
-        """``(scale, constant_ms)`` of the fitted correction; ``(1, 0)`` before any calibration."""
+        """``(scale, constant_ms)`` of the fitted correction; ``(1, 0)`` until :attr:`calibrated`."""
         return self._calibration
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether predictions use the fitted correction (enough networks are stored)."""
+        return len(self._points) >= self.min_calibration_points
+
+    @property
+    def n_calibration_points(self) -> int:
+        """Different networks measured end to end and stored with the table (all workers)."""
+        return len(self._points)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -333,7 +374,7 @@ class LatencyPredictor:
         self._entries = {**self._entries, **data.get("entries", {})}
         points = data.get("calibration", {}).get(self._calibration_key, {}).get("points", {})
         self._points = {**self._points, **points}
-        self._calibration = _fit(list(self._points.values())) if self._points else (1.0, 0.0)
+        self._calibration = _fit(list(self._points.values())) if self.calibrated else (1.0, 0.0)
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

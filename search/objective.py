@@ -2,7 +2,9 @@
 
 Cheap first: parameters and MACs are analytic, latency is measured (or predicted) on the
 untrained network before any training, and a candidate over a budget is recorded as
-infeasible with ``trial.set_constraint`` and never trained.
+infeasible with ``trial.set_constraint`` and never trained. In predicted mode a candidate
+predicted over the latency budget is not even built; every other one is measured, and that
+measurement calibrates the predictions of later candidates.
 """
 
 from __future__ import annotations
@@ -114,14 +116,16 @@ class Objective:
         self.tracker.log(run_id, params=self._params(arch), metrics={"params": cost.params, "macs": cost.macs})
         self.tracker.log_text(run_id, arch.to_yaml(), "arch.yaml")
         self._reject_over_budget(trial, run_id, {"params": cost.params, "macs": cost.macs})
-        predicted = self.predictor.predict(arch) if self.predictor is not None else None
-        if predicted is not None:  # predicted mode: reject before building or exporting anything
-            self.tracker.log(run_id, metrics={"latency_predicted_ms": predicted})
+        predicted = None
+        if self.predictor is not None:  # predicted mode: reject before building or exporting anything
+            predicted = self._predict(self.predictor, trial, run_id, arch)
             self._reject_over_budget(trial, run_id, {"latency_ms": predicted})
         seed = self.seed_for(trial)
         seed_everything(seed)
         model = timm.create_model("blocknet", arch=arch)
         measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
+        if self.predictor is not None:
+            self.predictor.add_calibration_point(arch, measured.p50_ms)
         latency_ms = measured.p50_ms if predicted is None else predicted
         self.tracker.log(
             run_id, metrics={**measured.as_metrics(), "latency_ms": latency_ms}, tags=_fingerprint_tags(measured)
@@ -149,6 +153,24 @@ class Objective:
         self.tracker.log(run_id, metrics=metrics, tags={"blocknas.state": "complete"})
         trial.set_user_attr("train_seconds", result.train_seconds)
         return (result.val_accuracy, latency_ms) if self.multi else result.val_accuracy
+
+    def _predict(self, predictor: LatencyPredictor, trial: Trial, run_id: str, arch: ArchConfig) -> float:
+        """The table's prediction for ``arch``, logged with its raw sum and whether it was calibrated."""
+        predicted = predictor.predict(arch)
+        raw = predictor.raw_sum(arch)  # the table is warm now: nothing is measured
+        calibrated = predictor.calibrated
+        self.tracker.log(
+            run_id,
+            metrics={"latency_predicted_ms": predicted, "latency_predicted_raw_ms": raw},
+            tags={
+                "latency.calibrated": str(calibrated).lower(),
+                "latency.calibration_points": predictor.n_calibration_points,
+            },
+        )
+        trial.set_user_attr("latency_ms", predicted)
+        trial.set_user_attr("latency_predicted_ms", predicted)
+        trial.set_user_attr("latency_calibrated", calibrated)
+        return predicted
 
     def _reject_over_budget(self, trial: Trial, run_id: str, values: dict[str, float]) -> None:
         """Record constraints on ``values`` with ``trial.set_constraint``; prune the trial if any is violated.

@@ -1,13 +1,19 @@
-"""The Pareto front of a study: which trials, as a table, a plot, and exported architecture files."""
+"""The Pareto front of a study: which trials, as a table, a plot, and exported architecture files.
+
+A trial's ``latency_ms`` is its latency objective: the measured p50, or in predicted mode
+(``latency.mode: predicted``) the lookup table's prediction. ``latency_measured_ms`` is the
+measured p50 either way, so the front also says what its networks measured.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -18,7 +24,7 @@ from .figures import pyplot, save_figure
 from .objective import ARCH_ATTR, BASELINE_ATTR
 from .tracking import RUN_ID_ATTR
 
-__all__ = ["FrontRow", "export_front", "front_rows", "front_table", "plot_front"]
+__all__ = ["FrontRow", "draw_front", "export_front", "front_rows", "front_table", "latency_source", "plot_front"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,8 @@ class FrontRow:
     trial: int
     name: str
     accuracy: float
-    latency_ms: float
+    latency_ms: float  # the latency objective: measured, or predicted in predicted mode
+    latency_measured_ms: float  # measured p50 (NaN for a trial that has none)
     params: int
     macs: int
     blocks: str
@@ -41,6 +48,7 @@ class FrontRow:
         return {
             "accuracy": self.accuracy,
             "latency_ms": self.latency_ms,
+            "latency_measured_ms": self.latency_measured_ms,
             "params": self.params,
             "macs": self.macs,
             "trial": self.trial,
@@ -71,6 +79,7 @@ def front_rows(study: optuna.Study) -> list[FrontRow]:
                 name=f"t{trial.number:04d}_{arch.short_hash()}",
                 accuracy=accuracy,
                 latency_ms=float(trial.user_attrs.get("latency_ms", float("nan"))),
+                latency_measured_ms=_measured_latency(trial),
                 params=cost.params,
                 macs=cost.macs,
                 blocks=" / ".join(s.block for s in arch.stages),
@@ -84,22 +93,27 @@ def front_rows(study: optuna.Study) -> list[FrontRow]:
 def front_table(rows: list[FrontRow]) -> str:
     """The front as a Markdown table."""
     lines = [
-        "| trial | name | accuracy | latency ms | params | MACs | blocks per stage |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "| trial | name | accuracy | latency ms | measured ms | params | MACs | blocks per stage |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.trial} | {r.name} | {r.accuracy:.4f} | {r.latency_ms:.3f} | {r.params:,} | {r.macs:,} | {r.blocks} |"
+            f"| {r.trial} | {r.name} | {r.accuracy:.4f} | {r.latency_ms:.3f} | {r.latency_measured_ms:.3f} "
+            f"| {r.params:,} | {r.macs:,} | {r.blocks} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def front_csv(rows: list[FrontRow]) -> str:
+    """The front as CSV; ``latency_measured_ms`` comes last so earlier columns keep their positions."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["trial", "name", "accuracy", "latency_ms", "params", "macs", "blocks", "mlflow_run_id"])
+    header = ["trial", "name", "accuracy", "latency_ms", "params", "macs", "blocks", "mlflow_run_id"]
+    writer.writerow([*header, "latency_measured_ms"])
     for r in rows:
-        writer.writerow([r.trial, r.name, r.accuracy, r.latency_ms, r.params, r.macs, r.blocks, r.run_id])
+        writer.writerow(
+            [r.trial, r.name, r.accuracy, r.latency_ms, r.params, r.macs, r.blocks, r.run_id, r.latency_measured_ms]
+        )
     return out.getvalue()
 
 
@@ -124,13 +138,39 @@ def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
     return written
 
 
+def latency_source(trials: Iterable[FrozenTrial]) -> Literal["predicted", "measured", "mixed", "none"]:
+    """Where the ``latency_ms`` of ``trials`` came from: the lookup table, a measurement, both or neither."""
+    sources = {"predicted" if "latency_predicted_ms" in t.user_attrs else "measured" for t in trials}
+    if len(sources) > 1:
+        return "mixed"
+    return "none" if not sources else "predicted" if "predicted" in sources else "measured"
+
+
+LATENCY_AXIS = {
+    "predicted": "predicted latency (ms, lookup table)",
+    "measured": "measured latency p50 (ms)",
+    "mixed": "latency (ms): predicted for some trials, measured p50 for others",
+    "none": "latency p50 (ms)",
+}
+
+
 def plot_front(study: optuna.Study, path: str | Path) -> Path:
     """Accuracy vs latency of every complete trial, the front drawn, baselines marked, infeasible greyed."""
-    plt = pyplot()
+    fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
+    draw_front(study, ax)
+    return save_figure(fig, path)
 
-    trials = [t for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs]
+
+def draw_front(study: optuna.Study, ax: Any) -> None:
+    """Draw :func:`plot_front`'s scatter on the matplotlib axes ``ax``.
+
+    Over-budget trials are grey crosses at accuracy 0 and their latency (predicted or
+    measured); those rejected before any latency existed (on parameters or MACs) cannot be
+    placed on the x-axis, so the legend counts them.
+    """
+    every = study.get_trials(deepcopy=False)
+    trials = [t for t in every if "latency_ms" in t.user_attrs]
     front = {t.number for t in front_trials(study)}
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
 
     def scatter(selected: list[FrozenTrial], **style: Any) -> None:
         if selected:
@@ -138,8 +178,15 @@ def plot_front(study: optuna.Study, path: str | Path) -> Path:
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     over = [t for t in trials if "over_budget" in t.user_attrs]
+    n_unplaced = sum("over_budget" in t.user_attrs and "latency_ms" not in t.user_attrs for t in every)
     scatter([t for t in complete if t.number not in front], color="tab:blue", alpha=0.5, label="trials")
-    scatter(over, color="lightgrey", marker="x", label="over budget (not trained)")
+    if over or n_unplaced:  # drawn even empty, for the legend's count
+        label = "over budget (not trained)"
+        if n_unplaced:
+            label += f"; {n_unplaced} more without latency, not drawn"
+        ax.scatter(
+            [t.user_attrs["latency_ms"] for t in over], [0.0] * len(over), color="lightgrey", marker="x", label=label
+        )
     on_front = sorted((t for t in complete if t.number in front), key=lambda t: t.user_attrs["latency_ms"])
     if on_front:
         ax.step(
@@ -159,13 +206,21 @@ def plot_front(study: optuna.Study, path: str | Path) -> Path:
         zorder=4,
         label="baselines",
     )
-    ax.set_xlabel("latency p50 (ms)")
+    ax.set_xlabel(LATENCY_AXIS[latency_source(trials)])
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{study.study_name}: accuracy vs latency")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
-    return save_figure(fig, path)
+
+
+def _measured_latency(trial: FrozenTrial) -> float:
+    """The measured p50 of a trial; its ``latency_ms`` when that was measured (older studies)."""
+    if "latency_measured_ms" in trial.user_attrs:
+        return float(trial.user_attrs["latency_measured_ms"])
+    if "latency_predicted_ms" not in trial.user_attrs:
+        return float(trial.user_attrs.get("latency_ms", float("nan")))
+    return float("nan")
 
 
 def _accuracy(trial: FrozenTrial) -> float:

@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .pareto import FrontRow, front_rows, front_trials, plot_front
+from .pareto import FrontRow, front_rows, front_trials, latency_source, plot_front
 from .report_data import (
     REFERENCE_LATENCY_FACTOR,
     BlockCount,
@@ -259,13 +259,22 @@ def _header(study: optuna.Study, runs: _Runs, ui_base: str, storage_url: str | N
 
 
 def _scatter_section(study: optuna.Study) -> str:
-    failed = sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    unplaced = sum("over_budget" in t.user_attrs and "latency_ms" not in t.user_attrs for t in trials)
     note = f" {failed} failed trial(s) are not drawn." if failed else ""
+    if unplaced:
+        note += f" {unplaced} candidate(s) rejected on parameters or MACs have no latency: counted in the legend."
+    source = latency_source(t for t in trials if "latency_ms" in t.user_attrs)
+    latency = {
+        "predicted": "the lookup table's prediction (each trial's run logs the measured p50; `front.csv` has it)",
+        "mixed": "predicted for some trials, the measured median (p50) for others",
+    }.get(source, "the measured median (p50)")
     return (
         "## Accuracy vs latency\n\n"
         "![accuracy vs latency](pareto_front.png)\n\n"
         "Every complete trial (blue), the Pareto front (red), baselines (gold stars) and candidates over a "
-        f"budget (grey ×: infeasible, never trained, drawn at accuracy 0).{note} Latency is the median (p50).\n"
+        f"budget (grey ×: infeasible, never trained, drawn at accuracy 0).{note} Latency is {latency}.\n"
     )
 
 

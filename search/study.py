@@ -163,7 +163,14 @@ def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
     if config.latency.mode == "predicted":
         from .latency import LatencyPredictor
 
+        # Calibrates itself: every candidate the objective measures is stored as a calibration point.
         predictor = LatencyPredictor(config.latency, cache_dir=Path(config.runs_dir) / "latency_table")
+        log.info(
+            "latency predictor %s: %d calibration networks stored, calibrated from %d on",
+            predictor.path,
+            predictor.n_calibration_points,
+            predictor.min_calibration_points,
+        )
     objective = Objective(config, space, data, tracker, parent, predictor=predictor, progress=progress)
     optimize_until_done(study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress)
     return _finish(study, config, tracker, parent)

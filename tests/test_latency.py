@@ -327,9 +327,34 @@ def test_predictor_persists_and_is_reused_without_measuring(tiny_arch: ArchConfi
     assert second.n_measurements == 0
 
     second.calibrate([tiny_arch])
-    third = LatencyPredictor(FAST, cache_dir=tmp_path)
-    assert third.calibration == second.calibration != (1.0, 0.0)
+    assert not second.calibrated and second.calibration == (1.0, 0.0), "one network is below the default minimum"
+    third = LatencyPredictor(FAST, cache_dir=tmp_path, min_calibration_points=1)
+    assert third.calibrated and third.calibration != (1.0, 0.0)
     assert third.n_measurements == 0
+
+
+def test_calibration_points_accumulate_and_refit_once_enough(tiny_arch: ArchConfig, tmp_path: Path) -> None:
+    archs = [
+        tiny_arch.replace(stages=[{"block": b, "out_chs": 8, "depth": 1, "stride": 2}])
+        for b in ("separable", "standard", "reversed", "inverted_residual")
+    ]
+    a = LatencyPredictor(FAST, cache_dir=tmp_path, min_calibration_points=3)
+    b = LatencyPredictor(FAST, cache_dir=tmp_path, min_calibration_points=3)  # another worker
+    raw = [a.raw_sum(arch) for arch in archs]
+    assert len(set(raw)) == len(raw)
+    a.add_calibration_point(archs[0], 2 * raw[0] + 0.01)
+    b.add_calibration_point(archs[1], 2 * raw[1] + 0.01)
+    assert b.n_calibration_points == 2 and not b.calibrated
+    assert b.predict(archs[3]) == raw[3], "raw sums until enough networks are stored"
+    a.add_calibration_point(archs[1], 99.0)  # b stored this network first: its point stays
+    a.add_calibration_point(archs[2], 2 * raw[2] + 0.01)
+    assert a.calibrated and a.calibration == (pytest.approx(2.0), pytest.approx(0.01))
+    assert a.predict(archs[3]) == pytest.approx(2 * raw[3] + 0.01)
+    fresh = LatencyPredictor(FAST, cache_dir=tmp_path, min_calibration_points=3)
+    assert fresh.n_calibration_points == 3 and fresh.calibration == a.calibration
+    assert fresh.n_measurements == 0
+    with pytest.raises(ValueError, match="min_calibration_points must be >= 1, got 0"):
+        LatencyPredictor(FAST, cache_dir=tmp_path, min_calibration_points=0)
 
 
 def test_concurrent_writers_merge(tiny_arch: ArchConfig, tmp_path: Path) -> None:

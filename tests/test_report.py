@@ -19,7 +19,9 @@ from optuna.trial import TrialState, create_trial
 
 from blocknas.blocks import ArchConfig
 from blocknas.search.cli import main
-from blocknas.search.dashboard import DashboardError, free_port, start_mlflow_server, wait_until_up
+from blocknas.search.dashboard import DashboardError, check_host, free_port, start_mlflow_server, wait_until_up
+from blocknas.search.figures import pyplot
+from blocknas.search.pareto import draw_front
 from blocknas.search.report import write_report
 from blocknas.search.report_data import (
     block_frequency,
@@ -193,6 +195,32 @@ def test_report_marks_over_budget_trials(tmp_path: Path) -> None:
     assert "| 0 | reversed | 0/2 (0%) | 1/3 (33%) |" in markdown
 
 
+def test_scatter_counts_over_budget_trials_without_latency(tmp_path: Path) -> None:
+    study = synthetic_study([(0.5, 1.0), (0.6, 2.0)])
+    over = {"arch": arch_dict("reversed", "reversed"), "over_budget": "params=9 > 1"}
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={**over, "latency_ms": 9.0}))
+    for _ in range(2):  # rejected on params before any latency was measured
+        study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs=over))
+    fig, ax = pyplot().subplots()
+    draw_front(study, ax)
+    handles, labels = ax.get_legend_handles_labels()
+    crosses = handles[labels.index("over budget (not trained); 2 more without latency, not drawn")]
+    assert crosses.get_offsets().tolist() == [[9.0, 0.0]]
+    assert ax.get_xlabel() == "measured latency p50 (ms)"
+    pyplot().close(fig)
+
+    markdown = write_report(study, tmp_path).markdown.read_text()
+    assert "2 candidate(s) rejected on parameters or MACs have no latency: counted in the legend." in markdown
+    assert "Latency is the measured median (p50)." in markdown
+
+    only_unplaced = synthetic_study([])
+    only_unplaced.add_trial(create_trial(state=TrialState.PRUNED, user_attrs=over))
+    fig, ax = pyplot().subplots()
+    draw_front(only_unplaced, ax)
+    assert ax.get_legend_handles_labels()[1] == ["over budget (not trained); 1 more without latency, not drawn"]
+    pyplot().close(fig)
+
+
 def test_ablation_report_is_included(in_tmp_dir: Path) -> None:
     from PIL import Image
 
@@ -235,21 +263,46 @@ def test_mlflow_server_refuses_a_remote_uri() -> None:
         start_mlflow_server("http://127.0.0.1:1")
 
 
-def _serve(args: list[str], cwd: Path, port: int, ready_path: str, expect: str) -> str:
-    """Run ``scripts/dashboard.py ARGS --port PORT`` until ``ready_path`` answers and ``expect`` is printed."""
+def test_dashboard_refuses_a_host_it_cannot_listen_on(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dashboard", "--optuna", "--host", "192.0.2.1"]) == 2, "TEST-NET-1: never an address here"
+    err = capsys.readouterr().err
+    assert "blocknas dashboard: error: --host: cannot listen on '192.0.2.1'" in err and err.count("\n") == 1, err
+
+
+# None: the default host. 127.0.0.2 is loopback too (Linux routes all of 127/8 to lo), but a
+# server there does not answer on 127.0.0.1, so the flag demonstrably reached the server.
+HOSTS = [None, "127.0.0.2"]
+
+
+def _host(host: str | None) -> str:
+    if host is None:
+        return "127.0.0.1"
+    try:
+        return check_host(host)
+    except ValueError:
+        pytest.skip(f"{host} is not a local address on this system")
+
+
+def _serve(args: list[str], cwd: Path, port: int, ready_path: str, expect: str, host: str | None = None) -> str:
+    """Run ``scripts/dashboard.py ARGS [--host HOST] --port PORT`` until ``ready_path`` answers and ``expect`` is printed."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "dashboard.py"
     log_path = cwd / f"dashboard-{port}.log"
+    base = f"http://{_host(host)}:{port}"
+    host_args = [] if host is None else ["--host", host]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(script), *args, "--port", str(port)], cwd=cwd, stdout=log, stderr=log
+            [sys.executable, str(script), *args, *host_args, "--port", str(port)], cwd=cwd, stdout=log, stderr=log
         )
         try:
-            wait_until_up(f"http://127.0.0.1:{port}{ready_path}", proc, timeout_s=120)
+            wait_until_up(f"{base}{ready_path}", proc, timeout_s=120)
             deadline = time.monotonic() + 30
             while expect not in log_path.read_text() and time.monotonic() < deadline:
                 time.sleep(0.2)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=5) as response:
+            with urllib.request.urlopen(f"{base}{ready_path}", timeout=5) as response:
                 body = response.read().decode()
+            if host is not None:
+                with pytest.raises(OSError):
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=5)
         finally:
             proc.terminate()
             try:
@@ -262,20 +315,23 @@ def _serve(args: list[str], cwd: Path, port: int, ready_path: str, expect: str) 
     return body
 
 
-def test_mlflow_dashboard_prints_the_study_runs_page(in_tmp_dir: Path) -> None:
+@pytest.mark.parametrize("host", HOSTS, ids=["default-host", "--host"])
+def test_mlflow_dashboard_prints_the_study_runs_page(in_tmp_dir: Path, host: str | None) -> None:
     uri = f"sqlite:///{in_tmp_dir / 'runs' / 'mlflow.db'}"
     (in_tmp_dir / "runs").mkdir()
     experiment_id = MlflowClient(uri).create_experiment("shown")
     port = free_port()
-    page = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    _serve(["--study-name", "shown"], in_tmp_dir, port, "/health", f"runs of study shown: {page}")
+    page = f"http://{_host(host)}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    _serve(["--study-name", "shown"], in_tmp_dir, port, "/health", f"runs of study shown: {page}", host)
 
 
-def test_optuna_dashboard_serves_the_study(in_tmp_dir: Path) -> None:
+@pytest.mark.parametrize("host", HOSTS, ids=["default-host", "--host"])
+def test_optuna_dashboard_serves_the_study(in_tmp_dir: Path, host: str | None) -> None:
     journal = in_tmp_dir / "runs" / "optuna.journal"
     journal.parent.mkdir()
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     optuna.create_study(study_name="shown", storage=storage)
     port = free_port()
-    body = _serve(["--optuna"], in_tmp_dir, port, "/api/studies", f"optuna-dashboard: http://127.0.0.1:{port}")
+    expect = f"optuna-dashboard: http://{_host(host)}:{port}"
+    body = _serve(["--optuna"], in_tmp_dir, port, "/api/studies", expect, host)
     assert '"shown"' in body
