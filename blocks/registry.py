@@ -6,8 +6,9 @@ so a search space can put any block in any slot.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -16,6 +17,20 @@ __all__ = ["UnknownBlockError", "get_block", "list_blocks", "register_block"]
 _BLOCKS: dict[str, type[nn.Module]] = {}
 
 T = TypeVar("T", bound=type[nn.Module])
+
+# The keywords BlockNet passes to every block, with the documented defaults (DESIGN.md, README).
+_BLOCK_KEYWORDS: dict[str, Any] = {
+    "stride": 1,
+    "kernel_size": 3,
+    "expand_ratio": 1.0,
+    "se_ratio": 0.0,
+    "mid_norm_act": True,
+    "skip": None,
+    "act_layer": "relu",
+    "norm_layer": "batchnorm2d",
+    "drop_path_rate": 0.0,
+}
+_BLOCK_SIGNATURE = "(in_chs, out_chs, *, " + ", ".join(f"{k}={v!r}" for k, v in _BLOCK_KEYWORDS.items()) + ")"
 
 
 class UnknownBlockError(KeyError):
@@ -34,11 +49,17 @@ def register_block(name: str, *, override: bool = False) -> Callable[[T], T]:
 
     Returns:
         A class decorator that returns the class unchanged.
+
+    Raises:
+        TypeError: The class's constructor cannot take the uniform block signature, which
+            every network build passes in full; checked here so the error names the block
+            instead of surfacing later inside ``timm.create_model``.
     """
 
     def decorator(cls: T) -> T:
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"block name must be an identifier, got {name!r}")
+        _check_signature(name, cls)
         if name in _BLOCKS and not override and _BLOCKS[name] is not cls:
             raise ValueError(
                 f"block {name!r} is already registered to {_BLOCKS[name].__qualname__}; "
@@ -48,6 +69,28 @@ def register_block(name: str, *, override: bool = False) -> Callable[[T], T]:
         return cls
 
     return decorator
+
+
+def _check_signature(name: str, cls: type[nn.Module]) -> None:
+    """Raise ``TypeError`` unless ``cls(in_chs, out_chs, **every block keyword)`` binds."""
+    where = f"block {name!r} ({cls.__module__}.{cls.__qualname__})"
+    expected = (
+        f"every block takes {_BLOCK_SIGNATURE}: BlockNet passes all of these keywords, "
+        "and a block may ignore the ones it does not use"
+    )
+    if cls.__init__ is nn.Module.__init__:
+        raise TypeError(f"{where} defines no __init__; {expected}")
+    signature = inspect.signature(cls)
+    params = signature.parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        missing = [k for k in _BLOCK_KEYWORDS if k not in named]
+        if missing:
+            raise TypeError(f"{where}: __init__{signature} lacks the keyword(s) {', '.join(missing)}; {expected}")
+    try:
+        signature.bind(1, 1, **_BLOCK_KEYWORDS)
+    except TypeError as exc:
+        raise TypeError(f"{where}: __init__{signature} cannot be called as a block ({exc}); {expected}") from None
 
 
 def get_block(name: str) -> type[nn.Module]:

@@ -93,6 +93,8 @@ def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_workers(args: argparse.Namespace) -> int:
     from .workers import launch_workers
 
+    if args.workers < 1:
+        raise ConfigError(f"{args.workers} workers requested; give -n 1 or more", path="--workers")
     study_config(args)  # validate once here: a bad config is one error, not N
     return launch_workers(args.workers, search_argv(args))
 
@@ -111,26 +113,22 @@ def search_argv(args: argparse.Namespace) -> list[str]:
     for flag, value in flags.items():
         if value is not None:
             argv += [flag, str(value)]
-    return argv
+    return [*argv, "--no-progress"] if args.no_progress else argv
 
 
 def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
-    add_study_overrides(parser)
+    add_location_arguments(parser)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import diagnose
-    from .study import open_study
-    from .tracking import StudyTracker, resolve_tracking_uri
+    from .doctor import check_study
 
-    config = study_config(args)
-    study, _ = open_study(config)
-    tracker = StudyTracker(
-        resolve_tracking_uri(config.tracking_uri, config.runs_dir), config.name, runs_dir=config.runs_dir
-    )
-    diagnosis = diagnose(study, tracker)
+    name, storage, tracking_uri, runs_dir = study_location(args)
+    if not name:
+        raise ConfigError("which study? give --study-name NAME or --config FILE", path="--study-name")
+    diagnosis = check_study(name, storage_url=storage, tracking_uri=tracking_uri, runs_dir=runs_dir)
     print(
-        f"study {config.name}: {diagnosis.trials} trials ({diagnosis.complete} complete), {diagnosis.children} MLflow child runs"
+        f"study {name}: {diagnosis.trials} trials ({diagnosis.complete} complete), {diagnosis.children} MLflow child runs"
     )
     for problem in diagnosis.problems:
         print(f"  problem: {problem}")
@@ -300,24 +298,32 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
     add_location_arguments(parser)
     parser.add_argument("--optuna", action="store_true", help="optuna-dashboard on the study storage instead of MLflow")
     parser.add_argument(
-        "--port", type=int, help="port on 127.0.0.1 (default 5000 for MLflow, 8080 for optuna-dashboard)"
+        "--host",
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)",
     )
+    parser.add_argument("--port", type=int, help="port (default 5000 for MLflow, 8080 for optuna-dashboard)")
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .dashboard import DEFAULT_HOST, DashboardError, run_optuna_dashboard, runs_page_url, start_mlflow_server, stop
+    from .dashboard import (
+        DEFAULT_HOST,
+        DashboardError,
+        check_host,
+        run_optuna_dashboard,
+        runs_page_url,
+        start_mlflow_server,
+        stop,
+    )
     from .storage import mask_url
 
+    host = check_host(DEFAULT_HOST if args.host is None else args.host)
     name, storage, tracking_uri, _ = study_location(args)
     if args.optuna:
         port = args.port or 8080
-        print(
-            f"optuna-dashboard: http://{DEFAULT_HOST}:{port}  (storage {mask_url(storage)}; Ctrl-C stops it)",
-            flush=True,
-        )
-        run_optuna_dashboard(storage, port=port)
+        print(f"optuna-dashboard: http://{host}:{port}  (storage {mask_url(storage)}; Ctrl-C stops it)", flush=True)
+        run_optuna_dashboard(storage, host=host, port=port)
         return 0
     if tracking_uri.startswith(("http://", "https://")):
         print(f"MLflow: {mask_url(tracking_uri)} is already a tracking server: open it in a browser")
@@ -326,7 +332,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if tracking_uri.startswith("sqlite:///") and not store.is_file():
         raise FileNotFoundError(f"no MLflow runs store at {store}: run a search first (make search)")
     try:
-        process, url = start_mlflow_server(tracking_uri, port=args.port or 5000)
+        process, url = start_mlflow_server(tracking_uri, host=host, port=args.port or 5000)
     except DashboardError as exc:
         print(
             f"blocknas dashboard: error: mlflow server did not start ({exc}); is the port taken? try --port",
@@ -355,7 +361,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "train": ("fully train one architecture, with checkpoints, resume and MLflow", add_train_arguments, cmd_train),
     "export": ("export a checkpoint to ONNX and TorchScript, verified and timed", add_export_arguments, cmd_export),
     "report": ("write the HTML/Markdown report of a study and log it on MLflow", add_report_arguments, cmd_report),
-    "dashboard": ("serve MLflow (or --optuna: optuna-dashboard) on 127.0.0.1", add_dashboard_arguments, cmd_dashboard),
+    "dashboard": (
+        "serve MLflow (or --optuna: optuna-dashboard) on 127.0.0.1 (or --host)",
+        add_dashboard_arguments,
+        cmd_dashboard,
+    ),
 }
 
 

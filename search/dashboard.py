@@ -1,7 +1,7 @@
-"""Dashboards on loopback: ``mlflow server`` over the runs store, ``optuna-dashboard`` over the study storage.
+"""Dashboards: ``mlflow server`` over the runs store, ``optuna-dashboard`` over the study storage.
 
 Both are the projects' own servers; this module only starts them with the project's
-stores, on 127.0.0.1, and says where to point a browser.
+stores, on 127.0.0.1 unless told another host, and says where to point a browser.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ import urllib.request
 from types import FrameType
 from wsgiref.simple_server import WSGIServer, make_server
 
+from blocknas.blocks import ConfigError
+
 from .storage import mask_url, open_storage
 
 __all__ = [
     "DEFAULT_HOST",
     "DashboardError",
+    "check_host",
     "free_port",
     "launch_mlflow_server",
     "mlflow_server_command",
@@ -42,6 +45,27 @@ DEFAULT_HOST = "127.0.0.1"
 
 class DashboardError(RuntimeError):
     """A dashboard server did not start."""
+
+
+def check_host(host: str) -> str:
+    """``host`` if a server can listen on it here (an IPv4 address or name of this machine).
+
+    Raises:
+        ConfigError: It does not resolve, or is not an address of this machine, so the
+            server would die at start with a traceback instead.
+    """
+    try:
+        if not host.strip():
+            raise OSError("empty address")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host!r} ({exc.strerror or exc}); give an IPv4 address or name of this machine: "
+            "127.0.0.1 (this machine only, the default) or 0.0.0.0 (every network interface)",
+            path="--host",
+        ) from None
+    return host
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:

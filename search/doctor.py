@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from .tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker
+from .report import load_study
+from .storage import mask_url
+from .tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, TrackingError, _check_reachable
 
-__all__ = ["Diagnosis", "diagnose"]
+__all__ = ["Diagnosis", "check_study", "diagnose"]
 
 
 @dataclass
@@ -83,3 +87,39 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
                 if logged is None or not _close(logged, value):
                     result.problems.append(f"trial {trial.number}: {name} is {value} in Optuna but {logged} in MLflow")
     return result
+
+
+def _local_file(url: str, what: str) -> None:
+    """A ``sqlite:///`` store must exist already: opening a missing one would create it."""
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise FileNotFoundError(f"no {what} at {path}: check the path, or run a search first")
+
+
+def check_study(study_name: str, *, storage_url: str, tracking_uri: str, runs_dir: str | Path = "runs") -> Diagnosis:
+    """Load a study and its MLflow experiment, creating neither, and ``diagnose`` them.
+
+    Args:
+        study_name: The Optuna study, which is also the MLflow experiment name.
+        storage_url: Where the study is (journal path, ``sqlite:///``, ``postgresql://``, ...).
+        tracking_uri: Where its MLflow runs are.
+        runs_dir: The study's runs folder (MLflow artifacts of a local store).
+
+    Raises:
+        FileNotFoundError: No journal file or SQLite database at the given path.
+        StorageError: No study of that name; the message lists the studies there are.
+    """
+    _local_file(storage_url, "study storage")
+    study = load_study(study_name, storage_url)
+    _local_file(tracking_uri, "MLflow runs store")
+    _check_reachable(tracking_uri)
+    try:
+        experiment = MlflowClient(tracking_uri).get_experiment_by_name(study_name)
+    except Exception as exc:
+        raise TrackingError(f"cannot read MLflow tracking store {mask_url(tracking_uri)}: {exc}") from None
+    if experiment is None or experiment.lifecycle_stage != "active":
+        state = "no" if experiment is None else "only a deleted"
+        problem = f"{state} MLflow experiment {study_name!r} in {mask_url(tracking_uri)}"
+        return Diagnosis(trials=len(study.trials), problems=[problem])
+    return diagnose(study, StudyTracker(tracking_uri, study_name, runs_dir=runs_dir))

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def threads_per_worker(n_workers: int, cores: int | None = None) -> int:
-    """Threads each worker may use so that ``n_workers × threads <= cores``."""
+    """Threads each worker may use so that ``n_workers × threads <= cores``, but at least 1
+    (so more workers than cores do oversubscribe, one thread each)."""
     cores = cores or os.cpu_count() or 1
     return max(1, cores // max(1, n_workers))
 

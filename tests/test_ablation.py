@@ -355,4 +355,8 @@ def test_interrupted_ablation_reruns_only_unfinished_cells(in_tmp_dir: Path, mon
     assert all(c.trial != 2 for c in result.cells)  # trial 2 was interrupted; its cell's result is the rerun
     # every cell trained its own variant with its own seed (the seed fixes init and data order)
     cells = sorted(("separable" if "separable" in c.variant else "standard", c.seed) for c in result.cells)
-    assert sorted(trained[:2] + trained[3:]) == cells == sorted({(v, s) for v in ("standard", "separable") for s in (0, 1)})
+    assert (
+        sorted(trained[:2] + trained[3:])
+        == cells
+        == sorted({(v, s) for v in ("standard", "separable") for s in (0, 1)})
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Iterator
@@ -120,6 +121,81 @@ def test_builtin_name_cannot_be_taken_silently() -> None:
 def test_block_name_must_be_an_identifier(name: str) -> None:
     with pytest.raises(ValueError, match="identifier"):
         register_block(name)(PlainBlock)
+
+
+class ShortSignature(nn.Module):
+    """Written to an older, shorter signature: no ``mid_norm_act``, no ``skip``."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        *,
+        stride: int = 1,
+        kernel_size: int = 3,
+        expand_ratio: float = 1.0,
+        se_ratio: float = 0.0,
+        act_layer: str = "relu",
+        norm_layer: str = "batchnorm2d",
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+
+
+class ExtraRequiredKeyword(PlainBlock):
+    def __init__(self, in_chs: int, out_chs: int, *, groups: int, **kwargs: Any) -> None:
+        super().__init__(in_chs, out_chs, **kwargs)
+
+
+class NoInit(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize(
+    ("cls", "problem"),
+    [
+        (ShortSignature, "lacks the keyword(s) mid_norm_act, skip"),
+        (ExtraRequiredKeyword, "missing a required argument: 'groups'"),
+        (NoInit, "defines no __init__"),
+    ],
+)
+def test_block_without_the_uniform_signature_is_rejected_at_registration(cls: type[nn.Module], problem: str) -> None:
+    with pytest.raises(TypeError) as info:
+        register_block("bad_block")(cls)
+    message = str(info.value)
+    assert f"block 'bad_block' ({__name__}.{cls.__qualname__})" in message
+    assert problem in message
+    assert registry._BLOCK_SIGNATURE in message
+    assert "mid_norm_act=True, skip=None" in registry._BLOCK_SIGNATURE
+    assert "bad_block" not in list_blocks()
+
+
+@pytest.mark.parametrize("name", BUILTIN_BLOCKS)
+def test_builtin_blocks_have_exactly_the_checked_signature(name: str) -> None:
+    params = list(inspect.signature(get_block(name)).parameters.values())
+    assert [p.name for p in params[:2]] == ["in_chs", "out_chs"]
+    assert [p.name for p in params[2:]] == list(registry._BLOCK_KEYWORDS)  # defaults may differ (expand_ratio)
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[2:])
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_block_taking_kwargs_registers_and_gets_every_checked_keyword() -> None:
+    seen: list[dict[str, Any]] = []
+
+    @register_block("kwargs_block")
+    class KwargsBlock(nn.Module):
+        def __init__(self, in_chs: int, out_chs: int, **kwargs: Any) -> None:
+            super().__init__()
+            seen.append(kwargs)
+            self.conv = nn.Conv2d(in_chs, out_chs, 1, stride=kwargs["stride"])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    BlockNet(ArchConfig.from_dict({"stages": [{"block": "kwargs_block", "out_chs": 8, "stride": 2}]}))
+    assert len(seen) == 1 and set(seen[0]) == set(registry._BLOCK_KEYWORDS)  # what BlockNet passes is what is checked
 
 
 # -- shapes ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from blocknas.search.doctor import diagnose
 from blocknas.search.storage import mask_url, open_storage
 from blocknas.search.study import run_search, trial_counts
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker
+from blocknas.search.workers import threads_per_worker
 
 from .conftest import require_service
 
@@ -120,14 +121,38 @@ def test_two_workers_on_postgres_and_an_mlflow_server(tmp_path: Path, postgres_u
     assert len(workers) == 2, "both workers ran trials"
 
 
-def test_two_workers_on_a_journal_file(tmp_path: Path) -> None:
-    config = write_config(tmp_path, "journal", n_trials=6)
-    procs = [worker(config, cwd=tmp_path) for _ in range(2)]
-    for proc in procs:
-        finish(proc)
-    check_consistent(
-        config, str(tmp_path / "runs" / "optuna.journal"), f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", 6
-    )
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize(("storage_kind", "n_trials"), [("journal", 6), ("sqlite", 4)])
+def test_blocknas_workers_share_one_study(tmp_path: Path, storage_kind: str, n_trials: int) -> None:
+    """``blocknas workers -n 2`` on the default journal file and on a SQLite Optuna storage."""
+    config = write_config(tmp_path, storage_kind, n_trials=n_trials)
+    if storage_kind == "journal":
+        storage, flags = str(tmp_path / "runs" / "optuna.journal"), []
+    else:
+        storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+        flags = ["--storage", storage]
+    command = [sys.executable, "-m", "blocknas.search.cli", "workers", "-n", "2", "--config", str(config), *flags]
+    done = subprocess.run(
+        [*command, "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=500,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    study = check_consistent(config, storage, f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", n_trials)
+    assert len({t.user_attrs["blocknas.worker"] for t in study.trials}) <= 2
+
+
+@pytest.mark.parametrize(("n_workers", "cores", "threads"), [(1, 8, 8), (2, 8, 4), (3, 8, 2), (2, 2, 1), (4, 2, 1)])
+def test_threads_per_worker_never_oversubscribes(n_workers: int, cores: int, threads: int) -> None:
+    assert threads_per_worker(n_workers, cores) == threads
+    assert n_workers * threads <= cores or threads == 1, "more workers than cores still get one thread each"
+
+
+def test_workers_needs_at_least_one(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(in_tmp_dir, "x")
+    assert main(["workers", "-n", "0", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "--workers: 0 workers requested; give -n 1 or more" in err and err.count("\n") == 1
+    assert not (in_tmp_dir / "runs").exists()
 
 
 @pytest.mark.services
@@ -226,9 +251,10 @@ def test_rdb_heartbeat_fails_and_retries_a_dead_workers_trial(tmp_path: Path) ->
     )
 
 
-def test_sigint_fails_the_trial_cleanly_and_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_fails_the_trial_cleanly_and_exits_130(tmp_path: Path, sig: signal.Signals) -> None:
     storage = str(tmp_path / "runs" / "optuna.journal")
-    proc, _ = _kill_mid_trial(tmp_path, "interrupt", storage, signal.SIGINT)
+    proc, _ = _kill_mid_trial(tmp_path, "interrupt", storage, sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out[-2000:]
     assert "interrupted" in out
@@ -238,6 +264,42 @@ def test_sigint_fails_the_trial_cleanly_and_exits_130(tmp_path: Path) -> None:
     assert len(failed) == 1
     run = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(failed[0].user_attrs[RUN_ID_ATTR])
     assert run.info.status == "KILLED"
+
+
+def test_doctor_checks_a_study_and_writes_nothing(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(in_tmp_dir, "checked", n_trials=2)
+    study = run_search(load_study_config(config), progress=False).study
+    storage = str(in_tmp_dir / "runs" / "optuna.journal")
+    capsys.readouterr()
+    assert main(["doctor", "--config", str(config)]) == 0
+    assert main(["doctor", "--study-name", "checked"]) == 0, "no study YAML needed"
+    out = capsys.readouterr().out
+    assert out.count("study checked: 2 trials (2 complete), 2 MLflow child runs\nconsistent\n") == 2, out
+
+    assert main(["doctor", "--study-name", "typo", "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert f"no study named 'typo' in {storage}; studies there: checked" in err and err.count("\n") == 1, err
+    assert optuna.get_all_study_names(open_storage(storage)) == ["checked"], "the unknown name was not created"
+    client = MlflowClient(f"sqlite:///{in_tmp_dir / 'runs' / 'mlflow.db'}")
+    assert client.get_experiment_by_name("typo") is None
+    missing = in_tmp_dir / "elsewhere.db"
+    assert main(["doctor", "--study-name", "checked", "--storage", f"sqlite:///{missing}"]) == 2
+    assert not missing.exists()
+
+    client.delete_run(study.trials[1].user_attrs[RUN_ID_ATTR])
+    assert main(["doctor", "--study-name", "checked"]) == 1
+    assert "problem: trial 1 (COMPLETE) has 0 MLflow child runs" in capsys.readouterr().out
+
+
+def test_doctor_checks_an_ablation_by_name(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from blocknas.search.ablation import run_ablation
+
+    from .test_ablation import ablation
+
+    assert run_ablation(ablation(seeds=1), progress=False).complete
+    capsys.readouterr()
+    assert main(["doctor", "--study-name", "abl"]) == 0
+    assert "study abl: 2 trials (2 complete), 2 MLflow child runs\nconsistent" in capsys.readouterr().out
 
 
 def _run_cli(config: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

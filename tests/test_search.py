@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import timm
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 import blocknas.blocks  # noqa: F401  (registers blocknet)
-from blocknas.blocks import ArchConfig, ConfigError
+from blocknas.blocks import ArchConfig, ConfigError, get_block, register_block, registry
 from blocknas.search.config import StudyConfig, load_study_config
 from blocknas.search.study import open_study, run_search, trial_counts
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
@@ -35,6 +37,20 @@ def tiny_config(**overrides: object) -> StudyConfig:
     from blocknas.blocks import parse
 
     return parse(StudyConfig, data)
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Blocks registered inside the test disappear afterwards."""
+    monkeypatch.setattr(registry, "_BLOCKS", dict(registry._BLOCKS))
+    yield
+
+
+def tiny_arch(path: Path, *blocks: str) -> str:
+    """Write an architecture for the tiny space (16×16 grey digits, 10 classes), one stage per block."""
+    stages = [{"block": block, "out_chs": 16, "stride": 2} for block in blocks]
+    ArchConfig.from_dict({"stages": stages, "in_chans": 1, "input_size": [16, 16], "num_classes": 10}).to_yaml(path)
+    return str(path)
 
 
 def children(client: MlflowClient, parent_id: str) -> list:
@@ -61,9 +77,21 @@ def test_study_end_to_end_and_resume(in_tmp_dir: Path) -> None:
         assert run.info.status == "FINISHED"
         assert run.data.metrics["accuracy"] == pytest.approx(trial.values[0])
         assert run.data.metrics["latency_ms"] == pytest.approx(trial.values[1])
+        assert run.data.metrics["latency_p50_ms"] == pytest.approx(trial.values[1])  # measured, not predicted
         for key in ("latency_p90_ms", "params", "macs", "train_seconds"):
             assert key in run.data.metrics
         assert "arch.stages.0.block" in run.data.params
+        assert run.data.params["train.epochs"] == "1" and run.data.params["train.batch_size"] == "128"
+        assert run.data.params["data.name"] == "digits"
+        arch = ArchConfig.from_dict(trial.user_attrs["arch"])
+        assert run.data.tags["blocknas.arch_hash"] == arch.short_hash()
+        assert run.data.tags["blocknas.blocks"] == ",".join(s.block for s in arch.stages)
+        assert [run.data.tags[f"blocknas.block.s{i}"] for i in range(len(arch.stages))] == [
+            s.block for s in arch.stages
+        ]
+        assert run.data.tags["blocknas.state"] == "complete"
+        logged = client.download_artifacts(run.info.run_id, "arch.yaml", str(in_tmp_dir))
+        assert ArchConfig.from_yaml(logged) == arch
     history = client.get_metric_history(runs[0].info.run_id, "epoch_val_accuracy")
     assert len(history) == 1
 
@@ -165,3 +193,107 @@ def test_objective_mismatch_on_existing_study_is_an_error(in_tmp_dir: Path) -> N
     open_study(tiny_config())
     with pytest.raises(ConfigError, match="directions"):
         open_study(tiny_config(objective="accuracy"))
+
+
+class ZeroedConv(get_block("standard")):  # type: ignore[misc]
+    """A standard conv whose output is all zeros: the network can only learn class priors."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 0
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_single_objective_study_prunes_and_exports_its_best(in_tmp_dir: Path) -> None:
+    # Three ordinary baselines complete first (the median pruner's startup trials; ~0.5
+    # accuracy after epoch 0 at batch 32). The fourth cannot beat chance (~0.1), so it is
+    # below their median after epoch 0 and is pruned. Trial 4 is sampled: either state.
+    register_block("zeroed")(ZeroedConv)
+    baselines = [
+        tiny_arch(in_tmp_dir / "plain.yaml", "standard", "standard"),
+        tiny_arch(in_tmp_dir / "sep.yaml", "separable", "standard"),
+        tiny_arch(in_tmp_dir / "ir.yaml", "standard", "inverted_residual"),
+        tiny_arch(in_tmp_dir / "dead.yaml", "standard", "zeroed"),
+    ]
+    config = tiny_config(
+        objective="accuracy", pruner="median", train={"epochs": 2, "batch_size": 32}, baselines=baselines, n_trials=5
+    )
+    result = run_search(config, progress=False)
+    study = result.study
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
+    assert len(study.trials) == 5 and trial_counts(study) == (5, 0)
+    states = [t.state for t in study.trials]
+    assert states[:4] == [optuna.trial.TrialState.COMPLETE] * 3 + [optuna.trial.TrialState.PRUNED]
+    pruned = study.trials[3]
+    assert pruned.user_attrs["baseline"] == "dead" and list(pruned.intermediate_values) == [0]
+    startup_at_0 = sorted(t.intermediate_values[0] for t in study.trials[:3])
+    assert pruned.intermediate_values[0] < startup_at_0[1]
+
+    client = MlflowClient(result.tracking_uri)
+    assert len(children(client, result.parent_run_id)) == 5
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
+        assert run.info.status == "FINISHED"
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "epoch_val_accuracy")}
+        assert history == pytest.approx(trial.intermediate_values)
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            assert run.data.tags["blocknas.state"] == "pruned"
+            assert "accuracy" not in run.data.metrics and "train_seconds" not in run.data.metrics
+        else:
+            assert run.data.tags["blocknas.state"] == "complete"
+            assert run.data.metrics["accuracy"] == pytest.approx(trial.value) == trial.intermediate_values[1]
+            assert run.data.metrics["latency_ms"] == pytest.approx(trial.user_attrs["latency_ms"])
+            for key in ("latency_p50_ms", "params", "macs", "train_seconds", "val_loss"):
+                assert key in run.data.metrics
+
+    best = study.best_trial
+    assert [row.trial for row in result.front] == [best.number]
+    assert len(result.exported) == 1
+    saved = ArchConfig.from_yaml(result.exported[0])
+    assert saved.meta["trial"] == best.number and saved.meta["accuracy"] == pytest.approx(best.value)
+    assert saved == ArchConfig.from_dict(best.user_attrs["arch"])
+    parent_artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"pareto.png", "pareto_front.md", "pareto_front.csv"} <= parent_artifacts
+
+
+class BoomConv(get_block("standard")):  # type: ignore[misc]
+    """A user block with a bug: every forward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_trial_whose_block_raises_fails_and_study_goes_on(in_tmp_dir: Path) -> None:
+    register_block("boom")(BoomConv)
+    config = tiny_config(
+        baselines=[tiny_arch(in_tmp_dir / "boom.yaml", "standard", "boom")],
+        latency={"runtime": "torch", "time_cap_s": 0.1, "min_repeats": 5, "warmup": 2},  # ONNX export wraps errors
+        n_trials=3,
+    )
+    result = run_search(config, progress=False)
+    study = result.study
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
+    assert trial_counts(study) == (3, 0)
+    failed = study.trials[0]
+    assert failed.user_attrs["fail_reason"] == "RuntimeError: boom"
+    assert all(s["block"] != "boom" for t in study.trials[1:] for s in t.user_attrs["arch"]["stages"])
+
+    client = MlflowClient(result.tracking_uri)
+    run = client.get_run(failed.user_attrs[RUN_ID_ATTR])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["blocknas.error"] == "RuntimeError: boom"
+    assert run.data.tags["blocknas.state"] == "failed"
+    error = Path(client.download_artifacts(run.info.run_id, "error.txt", str(in_tmp_dir))).read_text()
+    assert "Traceback" in error and "RuntimeError: boom" in error
+    assert "params" in run.data.metrics and "accuracy" not in run.data.metrics  # cost came before the failure
+    assert {row.trial for row in result.front} <= {1, 2} and result.front
+
+
+@pytest.mark.parametrize("args", [["--help"], ["search", "--help"]])
+def test_console_script_runs(args: list[str]) -> None:
+    script = Path(sys.executable).parent / "blocknas"
+    assert script.is_file(), f"{script} is missing: install the project (pip install -e .)"
+    proc = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: blocknas {' '.join(args[:-1])}".rstrip())
+    assert ("--config" in proc.stdout) == (args[0] == "search")
