@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 N ?= 2
 PORT ?= 5000
+HOST ?= 127.0.0.1
 
 .PHONY: install test lint search ablate workers dashboard
 
@@ -33,4 +34,4 @@ workers: install
 	$(VENV)/bin/blocknas workers -n $(N) --config $(CONFIG)
 
 dashboard: install
-	$(VENV)/bin/blocknas dashboard --config $(CONFIG) --port $(PORT)
+	$(VENV)/bin/blocknas dashboard --config $(CONFIG) --port $(PORT) --host $(HOST)

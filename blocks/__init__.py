@@ -6,7 +6,7 @@ Importing this package registers the ``blocknet`` timm models.
 from __future__ import annotations
 
 from .arch import ACT_LAYERS, NORM_LAYERS, ArchConfig, BlockSpec, HeadConfig, StageConfig, StemConfig
-from .blocknet import BlockNet
+from .blocknet import BlockNet, build_block
 from .conv_blocks import ConvBlock, InvertedResidual, ReversedSeparableConv, SeparableConv, StandardConv
 from .cost import Cost, CostKnobs
 from .registry import UnknownBlockError, get_block, list_blocks, register_block
@@ -35,6 +35,7 @@ __all__ = [
     "UnknownBlockError",
     "arch_of",
     "blocknet",
+    "build_block",
     "create_blocknet",
     "flatten",
     "get_block",

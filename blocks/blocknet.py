@@ -9,10 +9,11 @@ from timm.layers import ClassifierHead, ConvNormAct
 from timm.models import checkpoint_seq
 from torch import nn
 
-from .arch import ArchConfig
-from .registry import get_block
+from .arch import ArchConfig, BlockSpec
+from .registry import OPTIONAL_BLOCK_KEYWORDS, accepted_options, get_block
+from .schema import ConfigError
 
-__all__ = ["BlockNet"]
+__all__ = ["BlockNet", "build_block"]
 
 
 def _take_indices(num_stages: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[list[int], int]:
@@ -28,6 +29,41 @@ def _take_indices(num_stages: int, indices: int | list[int] | tuple[int, ...] | 
         if any(not 0 <= i < num_stages for i in take):
             raise ValueError(f"indices {list(indices)} out of range for {num_stages} stages")
     return take, max(take)
+
+
+def _options(name: str, block_cls: type[nn.Module], stage: int, **values: Any) -> dict[str, Any]:
+    """The optional keywords (``mid_norm_act``, ``skip``) to pass: those the block takes.
+
+    A block without one of them can only build at its default; asking for another value is
+    an error naming the stage rather than a silently different network.
+    """
+    accepted = accepted_options(block_cls)
+    for key, value in values.items():
+        if key not in accepted and value != OPTIONAL_BLOCK_KEYWORDS[key]:
+            raise ConfigError(
+                f"block {name!r} ({block_cls.__qualname__}) takes no {key!r} keyword, so only the default "
+                f"{OPTIONAL_BLOCK_KEYWORDS[key]!r} is possible; got {value!r}",
+                path=f"stages[{stage}].{key}",
+            )
+    return {key: value for key, value in values.items() if key in accepted}
+
+
+def build_block(spec: BlockSpec, act_layer: str, norm_layer: str, *, drop_path_rate: float = 0.0) -> nn.Module:
+    """One block of a network, built from its spec with the uniform block signature."""
+    block_cls = get_block(spec.block)
+    k = spec.knobs
+    return block_cls(
+        spec.in_chs,
+        spec.out_chs,
+        stride=k.stride,
+        kernel_size=k.kernel_size,
+        expand_ratio=k.expand_ratio,
+        se_ratio=k.se_ratio,
+        act_layer=act_layer,
+        norm_layer=norm_layer,
+        drop_path_rate=drop_path_rate,
+        **_options(spec.block, block_cls, spec.stage, mid_norm_act=k.mid_norm_act, skip=spec.skip),
+    )
 
 
 class BlockNet(nn.Module):
@@ -76,22 +112,7 @@ class BlockNet(nn.Module):
         rates = [drop_path_rate * i / max(len(specs) - 1, 1) for i in range(len(specs))]
         stages: list[list[nn.Module]] = [[] for _ in arch.stages]
         for spec, rate in zip(specs, rates):
-            block_cls = get_block(spec.block)
-            stages[spec.stage].append(
-                block_cls(
-                    spec.in_chs,
-                    spec.out_chs,
-                    stride=spec.knobs.stride,
-                    kernel_size=spec.knobs.kernel_size,
-                    expand_ratio=spec.knobs.expand_ratio,
-                    se_ratio=spec.knobs.se_ratio,
-                    mid_norm_act=spec.knobs.mid_norm_act,
-                    skip=spec.skip,
-                    act_layer=arch.act_layer,
-                    norm_layer=arch.norm_layer,
-                    drop_path_rate=rate,
-                )
-            )
+            stages[spec.stage].append(build_block(spec, arch.act_layer, arch.norm_layer, drop_path_rate=rate))
         self.stages = nn.Sequential(*[nn.Sequential(*blocks) for blocks in stages])
         self.feature_info = [
             dict(num_chs=stage.out_chs, reduction=red, module=f"stages.{i}")

@@ -12,24 +12,31 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["UnknownBlockError", "get_block", "list_blocks", "register_block"]
+__all__ = [
+    "OPTIONAL_BLOCK_KEYWORDS",
+    "UnknownBlockError",
+    "accepted_options",
+    "get_block",
+    "list_blocks",
+    "register_block",
+]
 
 _BLOCKS: dict[str, type[nn.Module]] = {}
 
 T = TypeVar("T", bound=type[nn.Module])
 
-# The keywords BlockNet passes to every block, with the documented defaults (DESIGN.md, README).
+# The keywords every block takes (DESIGN.md's contract), with their documented defaults.
 _BLOCK_KEYWORDS: dict[str, Any] = {
     "stride": 1,
     "kernel_size": 3,
     "expand_ratio": 1.0,
     "se_ratio": 0.0,
-    "mid_norm_act": True,
-    "skip": None,
     "act_layer": "relu",
     "norm_layer": "batchnorm2d",
     "drop_path_rate": 0.0,
 }
+# Keywords a block may also take (the built-in ones do); BlockNet passes them only to blocks that do.
+OPTIONAL_BLOCK_KEYWORDS: dict[str, Any] = {"mid_norm_act": True, "skip": None}
 _BLOCK_SIGNATURE = "(in_chs, out_chs, *, " + ", ".join(f"{k}={v!r}" for k, v in _BLOCK_KEYWORDS.items()) + ")"
 
 
@@ -76,7 +83,9 @@ def _check_signature(name: str, cls: type[nn.Module]) -> None:
     where = f"block {name!r} ({cls.__module__}.{cls.__qualname__})"
     expected = (
         f"every block takes {_BLOCK_SIGNATURE}: BlockNet passes all of these keywords, "
-        "and a block may ignore the ones it does not use"
+        "and a block may ignore the ones it does not use (optionally also "
+        + ", ".join(f"{k}={v!r}" for k, v in OPTIONAL_BLOCK_KEYWORDS.items())
+        + ")"
     )
     if cls.__init__ is nn.Module.__init__:
         raise TypeError(f"{where} defines no __init__; {expected}")
@@ -91,6 +100,14 @@ def _check_signature(name: str, cls: type[nn.Module]) -> None:
         signature.bind(1, 1, **_BLOCK_KEYWORDS)
     except TypeError as exc:
         raise TypeError(f"{where}: __init__{signature} cannot be called as a block ({exc}); {expected}") from None
+
+
+def accepted_options(cls: type[nn.Module]) -> frozenset[str]:
+    """Which of :data:`OPTIONAL_BLOCK_KEYWORDS` the block class's constructor takes."""
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return frozenset(OPTIONAL_BLOCK_KEYWORDS)
+    return frozenset(p.name for p in params if p.name in OPTIONAL_BLOCK_KEYWORDS)
 
 
 def get_block(name: str) -> type[nn.Module]:

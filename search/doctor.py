@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from .report import load_study
 from .storage import mask_url
-from .tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, TrackingError, _check_reachable
+from .tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, TrackingError, check_reachable
 
 __all__ = ["Diagnosis", "check_study", "diagnose"]
 
@@ -113,7 +113,7 @@ def check_study(study_name: str, *, storage_url: str, tracking_uri: str, runs_di
     _local_file(storage_url, "study storage")
     study = load_study(study_name, storage_url)
     _local_file(tracking_uri, "MLflow runs store")
-    _check_reachable(tracking_uri)
+    check_reachable(tracking_uri)
     try:
         experiment = MlflowClient(tracking_uri).get_experiment_by_name(study_name)
     except Exception as exc:

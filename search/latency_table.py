@@ -40,7 +40,7 @@ import torch
 from timm.layers import ClassifierHead, ConvNormAct
 from torch import nn
 
-from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, get_block
+from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, build_block
 
 from .file_lock import file_lock
 from .fingerprint import device_fingerprint, fingerprint_id
@@ -121,19 +121,7 @@ def _block_part(arch: ArchConfig, spec: BlockSpec) -> TablePart:
     )
 
     def build() -> nn.Module:
-        return get_block(spec.block)(
-            spec.in_chs,
-            spec.out_chs,
-            stride=k.stride,
-            kernel_size=k.kernel_size,
-            expand_ratio=k.expand_ratio,
-            se_ratio=k.se_ratio,
-            mid_norm_act=k.mid_norm_act,
-            skip=spec.skip,
-            act_layer=arch.act_layer,
-            norm_layer=arch.norm_layer,
-            drop_path_rate=0.0,
-        )
+        return build_block(spec, arch.act_layer, arch.norm_layer)
 
     return TablePart(fields, (spec.in_chs, *spec.in_hw), (spec.out_chs, *spec.out_hw), build)
 

@@ -123,6 +123,8 @@ def export_onnx(model: nn.Module, x: torch.Tensor) -> tuple[bytes, str]:
         The model bytes and ``"torchscript"`` or ``"dynamo"``.
     """
     model = _frozen_copy(model, _dtype_name(x.dtype))
+    with torch.inference_mode():
+        model(x)  # a forward that fails is the network's error, not an exporter's: raise it as it is
     kwargs: dict[str, Any] = dict(input_names=["input"], output_names=["output"], opset_version=ONNX_OPSET)
     with tempfile.TemporaryDirectory(prefix="blocknas-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"

@@ -30,6 +30,7 @@ __all__ = [
     "RUN_ID_ATTR",
     "StudyTracker",
     "TrackingError",
+    "check_reachable",
     "resolve_tracking_uri",
 ]
 
@@ -54,7 +55,7 @@ def resolve_tracking_uri(configured: str | None, runs_dir: str | Path = "runs") 
     return f"sqlite:///{path}"
 
 
-def _check_reachable(uri: str) -> None:
+def check_reachable(uri: str) -> None:
     """Fail fast on an unreachable server (MLflow itself retries for minutes)."""
     if not uri.startswith(("http://", "https://")):
         return
@@ -83,7 +84,7 @@ class StudyTracker:
     """
 
     def __init__(self, tracking_uri: str, experiment: str, *, runs_dir: str | Path = "runs") -> None:
-        _check_reachable(tracking_uri)
+        check_reachable(tracking_uri)
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from blocknas.blocks import registry
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,6 +25,13 @@ def _no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts without ``$MLFLOW_TRACKING_URI`` and leaves none behind for later ones
     (``mlflow.set_tracking_uri`` sets it, and subprocesses inherit it)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Blocks registered inside the test disappear afterwards."""
+    monkeypatch.setattr(registry, "_BLOCKS", dict(registry._BLOCKS))
+    yield
 
 
 @pytest.fixture

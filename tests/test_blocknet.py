@@ -6,7 +6,6 @@ import math
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +17,12 @@ from timm.layers import DropPath
 from timm.models import FeatureInfo, group_parameters, load_checkpoint
 from torch import nn
 
-from blocknas.blocks import ArchConfig, BlockNet, arch_of, registry
+from blocknas.blocks import ArchConfig, BlockNet, arch_of
 from blocknas.blocks.presets import PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS = [name for name in timm.list_models("blocknet*") if name != "blocknet"]
 FEATURE_SIZE = (33, 40)  # not the default 32×32, odd and not square: exercises ceil(H / reduction)
-
-
-@pytest.fixture
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Blocks registered inside the test disappear afterwards."""
-    monkeypatch.setattr(registry, "_BLOCKS", dict(registry._BLOCKS))
-    yield
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

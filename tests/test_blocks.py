@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from blocknas.blocks import (
     ArchConfig,
     BlockNet,
+    ConfigError,
     ConvBlock,
     Cost,
     CostKnobs,
@@ -27,16 +28,10 @@ from blocknas.blocks import (
 )
 from blocknas.blocks.network_cost import block_cost, measured_cost
 from blocknas.blocks.presets import PRESETS
+from blocknas.blocks.registry import OPTIONAL_BLOCK_KEYWORDS
 
 BUILTIN_BLOCKS = ("inverted_residual", "reversed", "separable", "standard")
 TWO_CONV_BLOCKS = ("separable", "reversed")  # the blocks where mid_norm_act means something
-
-
-@pytest.fixture
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Blocks registered inside the test disappear afterwards."""
-    monkeypatch.setattr(registry, "_BLOCKS", dict(registry._BLOCKS))
-    yield
 
 
 class PlainBlock(nn.Module):
@@ -123,8 +118,8 @@ def test_block_name_must_be_an_identifier(name: str) -> None:
         register_block(name)(PlainBlock)
 
 
-class ShortSignature(nn.Module):
-    """Written to an older, shorter signature: no ``mid_norm_act``, no ``skip``."""
+class DesignSignature(nn.Module):
+    """Written to DESIGN.md's signature exactly: no ``mid_norm_act``, no ``skip`` (both optional)."""
 
     def __init__(
         self,
@@ -133,6 +128,26 @@ class ShortSignature(nn.Module):
         *,
         stride: int = 1,
         kernel_size: int = 3,
+        expand_ratio: float = 1.0,
+        se_ratio: float = 0.0,
+        act_layer: str = "relu",
+        norm_layer: str = "batchnorm2d",
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class NoKernelSize(nn.Module):
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        *,
+        stride: int = 1,
         expand_ratio: float = 1.0,
         se_ratio: float = 0.0,
         act_layer: str = "relu",
@@ -156,7 +171,7 @@ class NoInit(nn.Module):
 @pytest.mark.parametrize(
     ("cls", "problem"),
     [
-        (ShortSignature, "lacks the keyword(s) mid_norm_act, skip"),
+        (NoKernelSize, "lacks the keyword(s) kernel_size"),
         (ExtraRequiredKeyword, "missing a required argument: 'groups'"),
         (NoInit, "defines no __init__"),
     ],
@@ -167,21 +182,31 @@ def test_block_without_the_uniform_signature_is_rejected_at_registration(cls: ty
     message = str(info.value)
     assert f"block 'bad_block' ({__name__}.{cls.__qualname__})" in message
     assert problem in message
-    assert registry._BLOCK_SIGNATURE in message
-    assert "mid_norm_act=True, skip=None" in registry._BLOCK_SIGNATURE
+    assert registry._BLOCK_SIGNATURE in message and "optionally also mid_norm_act=True, skip=None" in message
     assert "bad_block" not in list_blocks()
 
 
+@pytest.mark.usefixtures("isolated_registry")
+def test_block_with_design_signature_builds_and_refuses_options_it_lacks() -> None:
+    register_block("design_block")(DesignSignature)
+    stage = {"block": "design_block", "out_chs": 8, "stride": 2}
+    net = BlockNet(ArchConfig.from_dict({"stages": [stage]}))
+    assert net(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+    for key, value in (("mid_norm_act", False), ("skip", True)):
+        with pytest.raises(ConfigError, match=rf"stages\[0\]\.{key}: block 'design_block' .* takes no '{key}'"):
+            BlockNet(ArchConfig.from_dict({"stages": [{**stage, key: value}]}))
+
+
 @pytest.mark.parametrize("name", BUILTIN_BLOCKS)
-def test_builtin_blocks_have_exactly_the_checked_signature(name: str) -> None:
+def test_builtin_blocks_take_every_keyword_including_the_optional_ones(name: str) -> None:
     params = list(inspect.signature(get_block(name)).parameters.values())
     assert [p.name for p in params[:2]] == ["in_chs", "out_chs"]
-    assert [p.name for p in params[2:]] == list(registry._BLOCK_KEYWORDS)  # defaults may differ (expand_ratio)
+    assert {p.name for p in params[2:]} == set(registry._BLOCK_KEYWORDS) | set(OPTIONAL_BLOCK_KEYWORDS)
     assert all(p.kind is p.KEYWORD_ONLY for p in params[2:])
 
 
 @pytest.mark.usefixtures("isolated_registry")
-def test_block_taking_kwargs_registers_and_gets_every_checked_keyword() -> None:
+def test_block_taking_kwargs_registers_and_gets_every_keyword() -> None:
     seen: list[dict[str, Any]] = []
 
     @register_block("kwargs_block")
@@ -195,7 +220,7 @@ def test_block_taking_kwargs_registers_and_gets_every_checked_keyword() -> None:
             return self.conv(x)
 
     BlockNet(ArchConfig.from_dict({"stages": [{"block": "kwargs_block", "out_chs": 8, "stride": 2}]}))
-    assert len(seen) == 1 and set(seen[0]) == set(registry._BLOCK_KEYWORDS)  # what BlockNet passes is what is checked
+    assert len(seen) == 1 and set(seen[0]) == set(registry._BLOCK_KEYWORDS) | set(OPTIONAL_BLOCK_KEYWORDS)
 
 
 # -- shapes ---------------------------------------------------------------------------

@@ -160,6 +160,7 @@ def test_train_config_defaults_and_errors() -> None:
         train_full(FullTrainConfig(), progress=False)
 
 
+@pytest.mark.usefixtures("isolated_registry")
 def test_full_training_pins_the_configured_threads_and_restores_them(tmp_path: Path) -> None:
     seen: list[int] = []
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -15,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import blocknas.blocks  # noqa: F401  (registers blocknet)
-from blocknas.blocks import ArchConfig, ConfigError, get_block, register_block, registry
+from blocknas.blocks import ArchConfig, ConfigError, get_block, register_block
 from blocknas.search.config import StudyConfig, load_study_config
 from blocknas.search.study import open_study, run_search, trial_counts
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
@@ -37,13 +36,6 @@ def tiny_config(**overrides: object) -> StudyConfig:
     from blocknas.blocks import parse
 
     return parse(StudyConfig, data)
-
-
-@pytest.fixture
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Blocks registered inside the test disappear afterwards."""
-    monkeypatch.setattr(registry, "_BLOCKS", dict(registry._BLOCKS))
-    yield
 
 
 def tiny_arch(path: Path, *blocks: str) -> str:
@@ -267,7 +259,7 @@ def test_trial_whose_block_raises_fails_and_study_goes_on(in_tmp_dir: Path) -> N
     register_block("boom")(BoomConv)
     config = tiny_config(
         baselines=[tiny_arch(in_tmp_dir / "boom.yaml", "standard", "boom")],
-        latency={"runtime": "torch", "time_cap_s": 0.1, "min_repeats": 5, "warmup": 2},  # ONNX export wraps errors
+        latency={"time_cap_s": 0.1, "min_repeats": 5, "warmup": 2},  # the default runtime: ONNX Runtime
         n_trials=3,
     )
     result = run_search(config, progress=False)
