@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -284,10 +285,14 @@ def _front_section(study: optuna.Study, rows: Sequence[FrontRow], runs: _Runs, u
     )
     if not rows:
         return title + "\nNo complete feasible trial yet.\n"
+    # predicted mode: the latency objective is the table's prediction, shown beside the measurement
+    predicted = any(r.latency_ms != r.latency_measured_ms and not math.isnan(r.latency_measured_ms) for r in rows)
     lines = [
         title,
-        "| trial | accuracy | latency p50 ms | latency p90 ms | params | MACs | blocks per stage | MLflow run |",
-        "|---:|---:|---:|---:|---:|---:|---|---|",
+        "| trial | accuracy | "
+        + ("predicted ms | " if predicted else "")
+        + "latency p50 ms | latency p90 ms | params | MACs | blocks per stage | MLflow run |",
+        "|---:|---:|---:|---:|---:|---:|---|---|" + ("---:|" if predicted else ""),
     ]
     for r in rows:
         run = (runs.children or {}).get(r.run_id)
@@ -298,7 +303,9 @@ def _front_section(study: optuna.Study, rows: Sequence[FrontRow], runs: _Runs, u
             else r.name
         )
         lines.append(
-            f"| {r.trial} | {r.accuracy:.4f} | {r.latency_ms:.4g} | {_num(p90, '.4g')} | {r.params:,} | {r.macs:,} "
+            f"| {r.trial} | {r.accuracy:.4f} | "
+            + (f"{r.latency_ms:.4g} | " if predicted else "")
+            + f"{_num(r.latency_measured_ms, '.4g')} | {_num(p90, '.4g')} | {r.params:,} | {r.macs:,} "
             f"| {r.blocks} | {link} |"
         )
     return "\n".join(lines) + "\n"
@@ -417,7 +424,7 @@ def _fingerprint_section(runs: _Runs) -> str:
 
 
 def _num(value: float | None, fmt: str) -> str:
-    return "—" if value is None else format(value, fmt)
+    return "—" if value is None or math.isnan(value) else format(value, fmt)
 
 
 def _cell(value: Any) -> str:

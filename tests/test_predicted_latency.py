@@ -20,6 +20,7 @@ from blocknas.search.figures import pyplot
 from blocknas.search.latency import LatencyPredictor
 from blocknas.search.latency_table import MIN_CALIBRATION_POINTS, _fit
 from blocknas.search.pareto import draw_front
+from blocknas.search.report import report_study
 from blocknas.search.study import run_search
 from blocknas.search.tracking import RUN_ID_ATTR
 
@@ -108,3 +109,12 @@ def test_predicted_mode_calibrates_itself_from_measured_trials(in_tmp_dir: Path)
     assert [float(r["latency_measured_ms"]) for r in rows] == [r.latency_measured_ms for r in result.front]
     assert "| measured ms |" in (result.export_folder / "front.md").read_text()
     assert all(math.isfinite(r.latency_measured_ms) for r in result.front)
+
+    report = report_study(result.study.study_name, storage_url="runs/optuna.journal", runs_dir="runs")
+    summary = report.markdown.read_text()
+    assert "| trial | accuracy | predicted ms | latency p50 ms | latency p90 ms |" in summary
+    first = result.front[0]
+    assert (
+        f"| {first.trial} | {first.accuracy:.4f} | {first.latency_ms:.4g} | {first.latency_measured_ms:.4g} |"
+        in summary
+    )
