@@ -74,7 +74,7 @@ def test_signal_in_ordinary_code_raises_keyboard_interrupt_at_once(handlers: Non
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signum)
         _busy(5)
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 2  # at once, not after the 5 s busy loop
     assert not interrupt_pending()
 
 
@@ -95,7 +95,9 @@ def test_signal_inside_a_storage_write_waits_until_the_write_returns(handlers: N
         write(signum, 0.5, committed)
         _busy(5)
     assert len(committed) == 1, "the signal interrupted the write"
-    assert time.monotonic() - committed[0] < 0.1, "the signal came late, not as the write returned"
+    assert time.monotonic() - committed[0] < 2, (
+        "the signal came late: not as the write returned (the busy loop runs 5 s)"
+    )
     assert not interrupt_pending()
 
 

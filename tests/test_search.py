@@ -113,9 +113,23 @@ def test_over_budget_candidates_are_never_trained(in_tmp_dir: Path) -> None:
         assert trial.state == optuna.trial.TrialState.PRUNED
         assert "params=" in trial.user_attrs["over_budget"]
         assert trial.constraints["params"] > 0
-        assert (trial.datetime_complete - trial.datetime_start).total_seconds() < 1.0
         run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
         assert run.data.tags["blocknas.state"] == "over_budget"
+        assert "latency_p50_ms" not in run.data.metrics  # rejected before it was built or measured
+        assert "accuracy" not in run.data.metrics and "epoch_train_loss" not in run.data.metrics
+    assert result.front == []
+
+
+def test_over_latency_budget_is_measured_once_and_never_trained(in_tmp_dir: Path) -> None:
+    result = run_search(tiny_config(constraints={"latency_ms": 1e-6}, n_trials=2), progress=False)
+    client = MlflowClient(result.tracking_uri)
+    for trial in result.study.trials:
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert "latency_ms=" in trial.user_attrs["over_budget"]
+        assert trial.constraints["latency_ms"] > 0
+        run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
+        assert run.data.tags["blocknas.state"] == "over_budget"
+        assert run.data.metrics["latency_p50_ms"] == run.data.metrics["latency_ms"] > 1e-6
         assert "accuracy" not in run.data.metrics and "epoch_train_loss" not in run.data.metrics
     assert result.front == []
 
