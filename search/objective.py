@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
 import timm
-from optuna.trial import Trial
+from optuna.trial import FrozenTrial, Trial
 
 from blocknas.blocks import ArchConfig, to_plain
 from blocknas.spaces import SearchSpace
@@ -31,12 +33,18 @@ from .trainer import DivergedError, EpochStats, seed_everything, train_briefly
 if TYPE_CHECKING:
     from .latency_table import LatencyPredictor
 
-__all__ = ["ARCH_ATTR", "BASELINE_ATTR", "Objective", "trial_tags"]
+__all__ = ["ARCH_ATTR", "BASELINE_ATTR", "FINGERPRINT_ATTR", "Objective", "latency_fingerprints", "trial_tags"]
 
 log = logging.getLogger(__name__)
 
 ARCH_ATTR = "arch"  # user attr: the architecture (plain dict) a trial evaluated
 BASELINE_ATTR = "baseline"  # user attr: the baseline's name, for enqueued baseline trials
+FINGERPRINT_ATTR = "latency_fingerprint_id"  # user attr: the device/settings the latency was measured on
+
+
+def latency_fingerprints(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """How many of ``trials`` had their latency measured under each device fingerprint id."""
+    return dict(Counter(t.user_attrs[FINGERPRINT_ATTR] for t in trials if FINGERPRINT_ATTR in t.user_attrs))
 
 
 def trial_tags(arch: ArchConfig) -> dict[str, str]:
@@ -132,6 +140,7 @@ class Objective:
         )
         trial.set_user_attr("latency_ms", latency_ms)
         trial.set_user_attr("latency_measured_ms", measured.p50_ms)
+        trial.set_user_attr(FINGERPRINT_ATTR, measured.fingerprint_id)
         if predicted is None:
             self._reject_over_budget(trial, run_id, {"latency_ms": latency_ms})
 

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import StudyConfig
+from .objective import latency_fingerprints
 from .storage import mask_url
 from .study import SearchResult
 
@@ -38,3 +39,10 @@ def print_search_summary(result: SearchResult, config: StudyConfig, console: Con
         f"Report:    blocknas report {source}   (HTML + Markdown + PNGs under {config.runs_dir}/{config.name}/report/)"
     )
     console.print(f"Resume:    the same command continues study {config.name!r} in {mask_url(config.storage_url)}")
+    fingerprints = latency_fingerprints(result.study.trials)
+    if len(fingerprints) > 1:
+        counts = ", ".join(f"{fp} ({n} trials)" for fp, n in fingerprints.items())
+        console.print(
+            f"[bold red]Warning:[/] latencies were measured on {len(fingerprints)} different devices or latency "
+            f"settings ({counts}); they are not comparable across fingerprints. The report's device section has details."
+        )

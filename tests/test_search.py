@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +304,24 @@ def test_console_script_runs(args: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"usage: blocknas {' '.join(args[:-1])}".rstrip())
     assert ("--config" in proc.stdout) == (args[0] == "search")
+
+
+def test_summary_warns_when_latencies_come_from_different_fingerprints(in_tmp_dir: Path) -> None:
+    from rich.console import Console
+
+    from blocknas.search.objective import FINGERPRINT_ATTR
+    from blocknas.search.report_text import print_search_summary
+
+    one = tiny_config(n_trials=2, latency={"threads": 1, "time_cap_s": 0.1, "min_repeats": 5, "warmup": 2})
+    console = Console(record=True, width=300)
+    print_search_summary(run_search(one, progress=False), one, console)
+    assert "Warning" not in console.export_text()
+
+    two = dataclasses.replace(one, n_trials=4, latency=one.latency.replace(threads=2))
+    result = run_search(two, progress=False)
+    ids = [t.user_attrs[FINGERPRINT_ATTR] for t in result.study.trials]
+    assert ids[0] == ids[1] != ids[2] == ids[3]  # threads are part of the fingerprint
+    print_search_summary(result, two, console)
+    text = console.export_text()
+    assert "latencies were measured on 2 different devices or latency settings" in text
+    assert f"{ids[0]} (2 trials)" in text and f"{ids[2]} (2 trials)" in text
