@@ -34,10 +34,12 @@ from blocknas.search.checkpoint import (
     save_weights,
 )
 from blocknas.search.cli import main
+from blocknas.search.data import load_data
 from blocknas.search.export import export_checkpoint
 from blocknas.search.full_train import FullTrainConfig, RandomCropFlip, train_full
 from blocknas.search.latency import LatencyTarget
 from blocknas.search.train_tracking import TrainRun
+from blocknas.search.trainer import evaluate
 
 from .conftest import REPO_ROOT
 
@@ -248,6 +250,11 @@ def test_checkpoint_loads_back_through_timm_with_identical_outputs(trained: Full
     with torch.inference_mode():
         outputs = [m(x) for m in (via_timm, via_state, manual.eval(), load_model(arch, out / "best.safetensors"))]
     assert all(torch.equal(outputs[0], o) for o in outputs[1:])
+
+    # and they are the trained network: its validation accuracy is the one training recorded as best
+    data = load_data(trained.data, input_size=(16, 16))
+    _, accuracy = evaluate(via_timm, data.x_val, data.y_val, batch_size=64, device="cpu")
+    assert accuracy == pytest.approx(state["best_accuracy"], abs=1e-9)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

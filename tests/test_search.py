@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import blocknas.blocks  # noqa: F401  (registers blocknet)
-from blocknas.blocks import ArchConfig, ConfigError, get_block, register_block
+from blocknas.blocks import ArchConfig, ConfigError, get_block, register_block, resolve_arch
 from blocknas.search.config import StudyConfig, load_study_config
 from blocknas.search.study import open_study, run_search, trial_counts
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
@@ -51,7 +51,7 @@ def children(client: MlflowClient, parent_id: str) -> list:
     return client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
-def test_study_end_to_end_and_resume(in_tmp_dir: Path) -> None:
+def test_study_end_to_end_and_resume(in_tmp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tiny_config()
     result = run_search(config, progress=False)
     study = result.study
@@ -95,6 +95,14 @@ def test_study_end_to_end_and_resume(in_tmp_dir: Path) -> None:
         model = timm.create_model("blocknet", arch=str(path))
         assert sum(p.numel() for p in model.parameters()) == saved.params() == saved.meta["params"]
         assert saved == ArchConfig.from_dict(trial.user_attrs["arch"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", result.tracking_uri)
+    for row in result.front:  # a front trial's MLflow child run is an architecture reference too
+        assert (
+            resolve_arch(f"runs:/{row.run_id}")
+            == row.arch
+            == ArchConfig.from_yaml(result.exported[0].parent / f"{row.name}.yaml")
+        )
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     parent_artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"pareto.png", "pareto_front.md", "study.yaml"} <= parent_artifacts
 
