@@ -394,4 +394,10 @@ def test_storage_password_never_reaches_mlflow_or_output(
         texts += [str(run.data.params), str(run.data.tags)]
     local = Path(client.download_artifacts(parent.info.run_id, "study.yaml"))
     texts.append(local.read_text())
+    code = main(["report", "--config", str(config), "--storage", storage])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    report = in_tmp_dir / "runs" / name / "report"
+    texts += [out.out + out.err, (report / "summary.md").read_text(), (report / "report.html").read_text()]
+    assert f"study storage: `{storage.replace(secret, '***')}`" in texts[-2]  # the report names it, masked
     assert not any(secret in t for t in texts)
