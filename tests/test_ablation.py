@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,9 @@ from blocknas.search.ablation_plan import cost_measure, make_plan
 from blocknas.search.ablation_report import CellResult, factor_rows
 from blocknas.search.ablation_stats import mean_std, paired_difference
 from blocknas.search.budget_match import match_width, scale_widths, widths
+from blocknas.search.doctor import diagnose
 from blocknas.search.storage import open_storage
-from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
+from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker
 
 from .conftest import REPO_ROOT
 
@@ -319,6 +321,33 @@ def test_ablation_end_to_end_and_resume(in_tmp_dir: Path) -> None:
         run_ablation(ablation(seeds=3), progress=False)
     with pytest.raises(ConfigError, match=r"started with other settings \(train.epochs: 1 -> 2\)"):
         run_ablation(ablation(train={"epochs": 2, "batch_size": 256}), progress=False)
+
+
+def test_two_processes_share_one_ablation(tmp_path: Path) -> None:
+    """Two terminals running the same ablation: every cell done, one parent run, Optuna and MLflow agree."""
+    path = tmp_path / "abl.yaml"
+    path.write_text(yaml.safe_dump(ablation().to_dict()))
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "ablate.py"), "--config", str(path), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    study = optuna.load_study(study_name="abl", storage=open_storage(str(tmp_path / "runs" / "optuna.journal")))
+    done = {
+        (t.params["variant"], t.params["seed"]) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    assert done == {(v, s) for v in ("block=standard", "block=separable") for s in (0, 1)}
+    tracker = StudyTracker(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "abl")
+    parents = tracker.client.search_runs([tracker.experiment_id], "tags.`blocknas.role` = 'study'")
+    assert [r.info.run_id for r in parents] == [study.user_attrs[PARENT_RUN_ATTR]]
+    diagnosis = diagnose(study, tracker)
+    assert diagnosis.ok, diagnosis.problems
+    assert "| separable | 2 |" in (tmp_path / "runs" / "abl" / "report" / "report.md").read_text()
 
 
 def test_definition_changes_tell_changed_from_unknown_settings() -> None:
