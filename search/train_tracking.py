@@ -157,13 +157,16 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
     (e.g. search workers started later) would otherwise inherit.
     """
     import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    previous, previous_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    # The explicitly set URI (None: follow $MLFLOW_TRACKING_URI), not mlflow.get_tracking_uri()'s
+    # resolved value: restoring that would pin it and ignore later changes of the variable.
+    previous, previous_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None is accepted: unset
         if previous_env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:

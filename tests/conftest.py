@@ -22,9 +22,12 @@ def _few_threads() -> None:
 
 @pytest.fixture(autouse=True)
 def _no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts without ``$MLFLOW_TRACKING_URI`` and leaves none behind for later ones
-    (``mlflow.set_tracking_uri`` sets it, and subprocesses inherit it)."""
+    """Each test starts without a tracking URI (``$MLFLOW_TRACKING_URI`` or set in-process) and leaves
+    none behind for later ones (``mlflow.set_tracking_uri`` sets both, and subprocesses inherit it)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)  # nor a URI set with mlflow.set_tracking_uri
 
 
 @pytest.fixture
@@ -38,7 +41,6 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Run the test with ``tmp_path`` as the working directory (``runs/`` lands there)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield tmp_path
 
 

@@ -323,7 +323,7 @@ def test_export_onnx_and_torchscript_match_pytorch(trained: FullTrainConfig, tmp
 # -- MLflow ------------------------------------------------------------------------------
 
 
-def test_training_run_is_logged_to_mlflow_and_resolvable(in_tmp_dir: Path) -> None:
+def test_training_run_is_logged_to_mlflow_and_resolvable(in_tmp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
     config = train_config(
@@ -341,17 +341,17 @@ def test_training_run_is_logged_to_mlflow_and_resolvable(in_tmp_dir: Path) -> No
     }
     assert {"arch.yaml", "train.yaml", "history.json", "checkpoint/best.safetensors"} <= artifacts
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
-        assert resolve_arch(f"runs:/{result.run_id}") == ArchConfig.from_yaml(result.arch_path)
-        logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-        assert [m.source_run_id for m in logged] == [result.run_id]
-        info = mlflow.models.get_model_info(logged[0].model_uri)
-        assert info.signature is not None and info.saved_input_example_info is not None
-        loaded = mlflow.pytorch.load_model(logged[0].model_uri)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    # training used MLflow's fluent API on its store and left the process's tracking URI as it was:
+    # unset, so MLflow still follows $MLFLOW_TRACKING_URI
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    assert mlflow.get_tracking_uri() == client.tracking_uri
+    assert resolve_arch(f"runs:/{result.run_id}") == ArchConfig.from_yaml(result.arch_path)
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert [m.source_run_id for m in logged] == [result.run_id]
+    info = mlflow.models.get_model_info(logged[0].model_uri)
+    assert info.signature is not None and info.saved_input_example_info is not None
+    loaded = mlflow.pytorch.load_model(logged[0].model_uri)
     x = torch.randn(3, 3, 16, 16)
     with torch.inference_mode():
         np.testing.assert_allclose(
