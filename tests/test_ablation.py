@@ -323,6 +323,27 @@ def test_ablation_end_to_end_and_resume(in_tmp_dir: Path) -> None:
         run_ablation(ablation(train={"epochs": 2, "batch_size": 256}), progress=False)
 
 
+def test_latency_matched_ablation_measures_real_networks(in_tmp_dir: Path) -> None:
+    """``match: latency`` bisects on real ONNX Runtime measurements; the plan is stored, so a rerun measures nothing."""
+    config = ablation(match={"metric": "latency", "tolerance": 0.25, "max_steps": 4}, seeds=1)
+    result = run_ablation(config, progress=False)
+    assert result.complete and len(result.cells) == 2
+    base, separable = (next(v for v in result.plan if v.name == f"block={b}") for b in ("standard", "separable"))
+    assert (base.is_base and base.match is None) or base.match.multiplier == 1.0
+    match = separable.match
+    assert match is not None and 1 <= match.evaluations <= 4
+    assert match.target > 0 and match.achieved > 0  # measured milliseconds, not a formula
+    assert separable.arch == ArchConfig.from_dict(
+        next(t for t in result.study.trials if t.params["variant"] == separable.name).user_attrs["arch"]
+    )
+    verdict = "matched (" if match.matched else "not matched ("
+    assert verdict in result.markdown
+
+    rerun = run_ablation(config, progress=False)
+    assert [v.match for v in rerun.plan] == [v.match for v in result.plan]  # read back, not re-measured
+    assert len(rerun.study.trials) == 2
+
+
 def test_two_processes_share_one_ablation(tmp_path: Path) -> None:
     """Two terminals running the same ablation: every cell done, one parent run, Optuna and MLflow agree."""
     path = tmp_path / "abl.yaml"
