@@ -7,7 +7,8 @@ half released or a write half done, and the error that surfaces is then no longe
 installed here looks at where the main thread is: inside one of the :data:`PROTECTED_MODULES`
 it only records the signal and watches (with ``sys.setprofile``, only until then) for the
 outermost protected call to return; the ``KeyboardInterrupt`` is raised right there, back
-in ordinary code (training, latency measurement, the search loop).
+in ordinary code (training, latency measurement, the search loop). A second Ctrl-C while
+the first waits stops at once.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ PROTECTED_MODULES: tuple[str, ...] = (
 )
 """Module name prefixes whose code a ``KeyboardInterrupt`` must not interrupt."""
 
-_deferred: list[int] = []  # the signal waiting for protected code to return, if any
+_deferred: list[_Delivery] = []  # the signal waiting for protected code to return, if any
 
 
 def in_protected_code(frame: FrameType | None) -> bool:
@@ -82,25 +83,30 @@ class _Delivery:
             self.target = frame
             sys.setprofile(self.until_return)
             return
+        self.cancel()
+        raise KeyboardInterrupt(f"signal {self.signum}")
+
+    def cancel(self) -> None:
+        """Stop watching: the previous profile function back, nothing deferred."""
         sys.setprofile(self.previous)
         _deferred.clear()
-        raise KeyboardInterrupt(f"signal {self.signum}")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    if _deferred:  # already on its way out of protected code; a repeated Ctrl-C adds nothing
-        return
+    if _deferred:  # a second signal while the first waits (a call that hangs?): stop now, wherever
+        _deferred[0].cancel()
+        raise KeyboardInterrupt(f"signal {signum} (repeated)")
     protected = _outermost_protected(frame)
     if protected is None:
         raise KeyboardInterrupt(f"signal {signum}")
-    _deferred.append(signum)
-    _Delivery(signum, protected)
+    _deferred.append(_Delivery(signum, protected))
 
 
 def install_interrupt_handlers() -> None:
     """Make SIGINT and SIGTERM raise ``KeyboardInterrupt``, but never inside a storage write.
 
-    Call from the main thread (the ``blocknas`` entry point does); starts with nothing deferred.
+    A second signal while the first waits for a write raises at once (the way out of a
+    storage call that hangs, e.g. an unreachable server being retried). Call from the main thread (the ``blocknas`` entry point does); starts with nothing deferred.
     """
     _deferred.clear()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -6,6 +6,7 @@ import _thread
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -99,6 +100,32 @@ def test_signal_inside_a_storage_write_waits_until_the_write_returns(handlers: N
         "the signal came late: not as the write returned (the busy loop runs 5 s)"
     )
     assert not interrupt_pending()
+
+
+def test_a_second_signal_while_the_first_waits_stops_at_once(handlers: None) -> None:
+    """The way out of a storage call that hangs (e.g. retrying an unreachable server): Ctrl-C twice."""
+    hang: Callable[[list], None] = _as_module(
+        "mlflow.blocknas_test_hang",
+        "import os, signal, time\n"
+        "def busy(seconds):\n"
+        "    end = time.monotonic() + seconds\n"
+        "    while time.monotonic() < end:\n"
+        "        pass\n"
+        "def hang(log):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    busy(0.3)\n"
+        "    log.append('first deferred')\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    busy(5)\n"
+        "    log.append('returned')\n",
+    )["hang"]
+    log: list[str] = []
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt, match="repeated"):
+        hang(log)
+    assert log == ["first deferred"], "the second signal must stop the call, not wait for it"
+    assert time.monotonic() - start < 3
+    assert not interrupt_pending() and sys.getprofile() is None
 
 
 def test_interrupts_hammering_a_journal_storage_never_land_inside_it(handlers: None, tmp_path: Path) -> None:
