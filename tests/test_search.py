@@ -115,30 +115,21 @@ def test_study_end_to_end_and_resume(in_tmp_dir: Path, monkeypatch: pytest.Monke
     assert len(parents) == 1
 
 
-def test_over_budget_candidates_are_never_trained(in_tmp_dir: Path) -> None:
-    result = run_search(tiny_config(constraints={"params": 10}, n_trials=3), progress=False)
+@pytest.mark.parametrize(("constraint", "limit"), [("params", 10), ("latency_ms", 1e-6)])
+def test_over_budget_candidates_are_never_trained(in_tmp_dir: Path, constraint: str, limit: float) -> None:
+    """Over a params budget: never built; over a latency budget: measured once; neither is trained."""
+    result = run_search(tiny_config(constraints={constraint: limit}, n_trials=2), progress=False)
     client = MlflowClient(result.tracking_uri)
     for trial in result.study.trials:
         assert trial.state == optuna.trial.TrialState.PRUNED
-        assert "params=" in trial.user_attrs["over_budget"]
-        assert trial.constraints["params"] > 0
+        assert f"{constraint}=" in trial.user_attrs["over_budget"]
+        assert trial.constraints[constraint] > 0
         run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
         assert run.data.tags["blocknas.state"] == "over_budget"
-        assert "latency_p50_ms" not in run.data.metrics  # rejected before it was built or measured
-        assert "accuracy" not in run.data.metrics and "epoch_train_loss" not in run.data.metrics
-    assert result.front == []
-
-
-def test_over_latency_budget_is_measured_once_and_never_trained(in_tmp_dir: Path) -> None:
-    result = run_search(tiny_config(constraints={"latency_ms": 1e-6}, n_trials=2), progress=False)
-    client = MlflowClient(result.tracking_uri)
-    for trial in result.study.trials:
-        assert trial.state == optuna.trial.TrialState.PRUNED
-        assert "latency_ms=" in trial.user_attrs["over_budget"]
-        assert trial.constraints["latency_ms"] > 0
-        run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
-        assert run.data.tags["blocknas.state"] == "over_budget"
-        assert run.data.metrics["latency_p50_ms"] == run.data.metrics["latency_ms"] > 1e-6
+        if constraint == "params":
+            assert "latency_p50_ms" not in run.data.metrics  # rejected before it was built or measured
+        else:
+            assert run.data.metrics["latency_p50_ms"] == run.data.metrics["latency_ms"] > limit
         assert "accuracy" not in run.data.metrics and "epoch_train_loss" not in run.data.metrics
     assert result.front == []
 
