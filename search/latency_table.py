@@ -230,9 +230,12 @@ class LatencyPredictor:
 
     def predict(self, arch: ArchConfig) -> float:
         """Predicted latency of ``arch`` in ms; measures and stores any table entries still missing."""
-        raw = self.raw_sum(arch)  # first: storing new entries also merges other workers' points
+        return self.corrected(self.raw_sum(arch))  # raw sum first: storing entries merges others' points
+
+    def corrected(self, raw_ms: float) -> float:
+        """A raw sum with the current fitted correction applied (unchanged until :attr:`calibrated`)."""
         scale, constant = self.calibration
-        return scale * raw + constant
+        return scale * raw_ms + constant
 
     def raw_sum(self, arch: ArchConfig) -> float:
         """Uncalibrated prediction in ms: Σ (part − overhead) over stem and blocks, plus the head."""

@@ -165,8 +165,8 @@ class Objective:
 
     def _predict(self, predictor: LatencyPredictor, trial: Trial, run_id: str, arch: ArchConfig) -> float:
         """The table's prediction for ``arch``, logged with its raw sum and whether it was calibrated."""
-        predicted = predictor.predict(arch)
-        raw = predictor.raw_sum(arch)  # the table is warm now: nothing is measured
+        raw = predictor.raw_sum(arch)  # measures and stores any missing table entries
+        predicted = predictor.corrected(raw)
         calibrated = predictor.calibrated
         self.tracker.log(
             run_id,

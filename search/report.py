@@ -285,8 +285,9 @@ def _front_section(study: optuna.Study, rows: Sequence[FrontRow], runs: _Runs, u
     )
     if not rows:
         return title + "\nNo complete feasible trial yet.\n"
-    # predicted mode: the latency objective is the table's prediction, shown beside the measurement
-    predicted = any(r.latency_ms != r.latency_measured_ms and not math.isnan(r.latency_measured_ms) for r in rows)
+    # predicted (or mixed) latency: the objective is the table's prediction, shown beside the measurement
+    trials = study.trials  # one fetch from the storage
+    predicted = latency_source(trials[r.trial] for r in rows) != "measured"
     lines = [
         title,
         "| trial | accuracy | "
