@@ -35,12 +35,10 @@ from scipy import stats
 
 import blocknas.blocks  # noqa: F401  (registers the blocknet models)
 from blocknas.blocks import ArchConfig, StageConfig
-from blocknas.search.config import StudyConfig, load_study_config
 from blocknas.search.data import load_data
-from blocknas.search.objective import ARCH_ATTR, BASELINE_ATTR
-from blocknas.search.pareto import front_trials
-from blocknas.search.storage import mask_url, open_storage
-from blocknas.search.trainer import TrainConfig, seed_everything, train_briefly
+from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, StudyConfig, front_trials, load_study_config
+from blocknas.search.tracking import mask_url, open_storage
+from blocknas.search.training import TrainConfig, seed_everything, train_briefly
 
 log = logging.getLogger("fidelity")
 RESULTS = Path(__file__).resolve().parent / "results"

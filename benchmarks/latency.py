@@ -104,8 +104,8 @@ def noise_trace(arch_dict: dict[str, Any], target: LatencyTarget, seconds: float
     Medians over ~50 ms windows show how often, and by how much, co-running processes slow
     a measurement down, and whether the reference network slows down in step (drift control).
     """
-    from blocknas.search.latency import reference_model
-    from blocknas.search.runtimes import create_runner, pinned_threads
+    from blocknas.search.latency import create_runner, reference_model
+    from blocknas.search.threads import pinned_threads
 
     arch = ArchConfig.from_dict(arch_dict)
     shape = (arch.in_chans, *arch.input_size)

@@ -28,11 +28,10 @@ import torch
 
 import blocknas.blocks  # noqa: F401
 from blocknas.blocks import parse
-from blocknas.search.config import StudyConfig, load_study_config
 from blocknas.search.data import load_data
 from blocknas.search.latency import measure_latency
-from blocknas.search.study import run_search
-from blocknas.search.trainer import seed_everything, train_briefly
+from blocknas.search.study import StudyConfig, load_study_config, run_search
+from blocknas.search.training import seed_everything, train_briefly
 from blocknas.spaces import SearchSpace
 
 RESULTS = Path(__file__).parent / "results" / "overhead.md"

@@ -24,11 +24,8 @@ from pathlib import Path
 import optuna
 import yaml
 
-from blocknas.search.config import load_study_config
-from blocknas.search.doctor import diagnose
-from blocknas.search.storage import open_storage
-from blocknas.search.study import trial_counts
-from blocknas.search.tracking import StudyTracker
+from blocknas.search.study import load_study_config, trial_counts
+from blocknas.search.tracking import StudyTracker, diagnose, open_storage
 
 RESULTS = Path(__file__).parent / "results" / "scaling.md"
 

@@ -48,7 +48,7 @@ class StemConfig:
     kernel_size: int = 3
     stride: int = 1
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         _check_positive(self.out_chs, "out_chs")
         _check_kernel(self.kernel_size, "kernel_size")
         _check_stride(self.stride, "stride")
@@ -68,7 +68,7 @@ class StageConfig:
     mid_norm_act: bool = True
     skip: bool | None = None
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         try:
             get_block(self.block)
         except UnknownBlockError as exc:
@@ -90,7 +90,7 @@ class HeadConfig:
     num_features: int = 0
     drop_rate: float = 0.0
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.num_features < 0:
             raise ConfigError(f"{self.num_features} must be >= 0 (0 means no head conv)", path="num_features")
         if not 0 <= self.drop_rate < 1:
@@ -133,7 +133,7 @@ class ArchConfig:
     input_size: tuple[int, int] = (32, 32)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         if not self.stages:
             raise ConfigError("at least one stage is required", path="stages")
         if self.act_layer not in ACT_LAYERS:

@@ -65,7 +65,7 @@ def load_yaml(path: str | Path) -> Any:
 def parse(cls: type[T], data: Any, *, source: str | None = None, path: str = "") -> T:
     """Build dataclass ``cls`` from plain ``data``, checking keys, types and values.
 
-    A dataclass may define ``_validate(self)`` raising :class:`ConfigError` with a path
+    A dataclass may check itself in ``__post_init__``, raising :class:`ConfigError` with a path
     relative to itself; it is re-raised with the full key path.
     """
     try:
@@ -98,14 +98,10 @@ def _parse_dataclass(cls: type, data: Any, path: str) -> Any:
                 raise ConfigError(f"missing required key {name!r}", path=path or "")
             continue
         kwargs[name] = _parse_value(hints[name], data[name], _join(path, name))
-    obj = cls(**kwargs)
-    validate = getattr(obj, "_validate", None)
-    if validate is not None:
-        try:
-            validate()
-        except ConfigError as exc:
-            raise exc.within(path) from None
-    return obj
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # raised by the dataclass's own __post_init__ checks
+        raise exc.within(path) from None
 
 
 def _parse_value(hint: Any, value: Any, path: str) -> Any:

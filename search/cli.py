@@ -13,8 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from blocknas.blocks import ConfigError
-
-from .interrupts import install_interrupt_handlers
+from blocknas.search.interrupts import install_interrupt_handlers
 
 __all__ = ["main"]
 
@@ -24,13 +23,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .storage import StorageError
-    from .tracking import TrackingError
+    from blocknas.search.tracking import StorageError, TrackingError
+    from blocknas.search.training import CheckpointError
 
     errors: list[type[BaseException]] = [*USER_ERRORS, StorageError, TrackingError, CheckpointError]
     try:
-        from .data import DataError  # type: ignore[attr-defined]
+        from blocknas.search.data import DataError
 
         errors.append(DataError)
     except ImportError:
@@ -52,7 +50,7 @@ def add_study_overrides(parser: argparse.ArgumentParser) -> None:
 
 def study_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The study config file with the command-line overrides applied."""
-    from .config import load_study_config
+    from blocknas.search.study import load_study_config
 
     return load_study_config(args.config).with_overrides(
         n_trials=args.n_trials,
@@ -75,8 +73,8 @@ def _pin_threads() -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .report_text import print_search_summary
-    from .study import run_search
+    from blocknas.search.report import print_search_summary
+    from blocknas.search.study import run_search
 
     _pin_threads()
     config = study_config(args)
@@ -91,7 +89,7 @@ def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    from .workers import launch_workers
+    from blocknas.search.study import launch_workers
 
     if args.workers < 1:
         raise ConfigError(f"{args.workers} workers requested; give -n 1 or more", path="--workers")
@@ -121,7 +119,7 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import check_study
+    from blocknas.search.tracking import check_study
 
     name, storage, tracking_uri, runs_dir = study_location(args)
     if not name:
@@ -146,8 +144,7 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablation import run_ablation
-    from .ablation_config import load_ablation_config
+    from blocknas.search.ablation import load_ablation_config, run_ablation
 
     _pin_threads()
     config = load_ablation_config(args.config).with_overrides(
@@ -178,7 +175,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .full_train import FullTrainConfig, load_train_config, train_full
+    from blocknas.search.training import FullTrainConfig, load_train_config, train_full
 
     _pin_threads()
     config = (load_train_config(args.config) if args.config else FullTrainConfig()).with_overrides(
@@ -203,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    from .export import FORMATS
+    from blocknas.search.training import FORMATS
 
     parser.add_argument("--checkpoint", required=True, help="weights (best.safetensors) or training state (best.pt)")
     parser.add_argument("--arch", help="architecture (default: arch.yaml beside the checkpoint)")
@@ -217,8 +214,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .export import ExportError, export_checkpoint
-    from .latency import LatencyTarget
+    from blocknas.search.latency import LatencyTarget
+    from blocknas.search.training import ExportError, export_checkpoint
 
     checkpoint = Path(args.checkpoint)
     arch = args.arch or checkpoint.parent / "arch.yaml"
@@ -259,10 +256,10 @@ def study_location(args: argparse.Namespace) -> tuple[str | None, str, str, str]
     """``(study name, storage URL, tracking URI, runs dir)`` from ``--config`` and the flags."""
     from pathlib import Path
 
-    from .tracking import resolve_tracking_uri
+    from blocknas.search.tracking import resolve_tracking_uri
 
     if args.config:
-        from .config import load_study_config
+        from blocknas.search.study import load_study_config
 
         config = load_study_config(args.config).with_overrides(
             name=args.name, storage=args.storage, tracking_uri=args.tracking_uri, runs_dir=args.runs_dir
@@ -280,7 +277,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import report_study
+    from blocknas.search.report import report_study
 
     name, storage, tracking_uri, runs_dir = study_location(args)
     if not name:
@@ -307,16 +304,16 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .dashboard import (
+    from blocknas.search.tracking import (
         DEFAULT_HOST,
         DashboardError,
         check_host,
+        mask_url,
         run_optuna_dashboard,
         runs_page_url,
         start_mlflow_server,
         stop,
     )
-    from .storage import mask_url
 
     host = check_host(DEFAULT_HOST if args.host is None else args.host)
     name, storage, tracking_uri, _ = study_location(args)

@@ -29,7 +29,7 @@ PROTECTED_MODULES: tuple[str, ...] = (
     "redis",
     "sqlite3",
     "mlflow",
-    "blocknas.search.file_lock",
+    "blocknas.search.files",
 )
 """Module name prefixes whose code a ``KeyboardInterrupt`` must not interrupt."""
 

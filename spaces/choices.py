@@ -106,7 +106,7 @@ class DepthRange:
     min: int = 1
     max: int = 1
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         for bound in ("min", "max"):
             check_value(StageConfig, "depth", getattr(self, bound), bound, _stage_base())
         if self.min > self.max:
@@ -132,7 +132,7 @@ class BlockChoices:
     expand_ratios: tuple[float, ...] | None = None
     mid_norm_acts: tuple[bool, ...] | None = None
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         try:
             get_block(self.name)
         except KeyError as exc:
@@ -164,7 +164,7 @@ class StageChoices:
     kernel_sizes: tuple[int, ...] = (3,)
     se_ratios: tuple[float, ...] = (0.0,)
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         if not self.blocks:
             raise ConfigError(f"no choices; list at least one of: {', '.join(list_blocks())}", path="blocks")
         names = [b.name for b in self.blocks]
@@ -189,7 +189,7 @@ class StemChoices:
     kernel_size: int = 3
     stride: int = 1
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         check_choices(StemConfig, "out_chs", self.widths, "widths")
         parse(StemConfig, {"kernel_size": self.kernel_size, "stride": self.stride})
 
@@ -201,7 +201,7 @@ class HeadChoices:
     widths: tuple[int, ...] = (0,)
     drop_rate: float = 0.0
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         check_choices(HeadConfig, "num_features", self.widths, "widths")
         parse(HeadConfig, {"drop_rate": self.drop_rate})
 

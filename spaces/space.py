@@ -121,7 +121,7 @@ class SearchSpace:
     input_size: tuple[int, int] = (32, 32)
     name: str = ""
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         if not self.stages:
             raise ConfigError("no stages; list at least one", path="stages")
         base = {"stages": [{"block": list_blocks()[0], "out_chs": 1}]}

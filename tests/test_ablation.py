@@ -16,18 +16,26 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import blocknas.blocks  # noqa: F401  (registers blocknet)
-import blocknas.search.objective as objective_module
+import blocknas.search.study.objective as objective_module
 from blocknas.blocks import ArchConfig, ConfigError, list_blocks, parse
 from blocknas.blocks.presets import family_preset
-from blocknas.search.ablation import run_ablation
-from blocknas.search.ablation_config import AblationConfig, build_variants, definition_changes, load_ablation_config
-from blocknas.search.ablation_plan import cost_measure, make_plan
-from blocknas.search.ablation_report import CellResult, factor_rows
-from blocknas.search.ablation_stats import mean_std, paired_difference
-from blocknas.search.budget_match import match_width, scale_widths, widths
-from blocknas.search.doctor import diagnose
-from blocknas.search.storage import open_storage
-from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker
+from blocknas.search.ablation import (
+    AblationConfig,
+    CellResult,
+    build_variants,
+    cost_measure,
+    definition_changes,
+    factor_rows,
+    load_ablation_config,
+    make_plan,
+    match_width,
+    mean_std,
+    paired_difference,
+    run_ablation,
+    scale_widths,
+    widths,
+)
+from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, diagnose, open_storage
 
 from .conftest import REPO_ROOT
 

@@ -19,11 +19,16 @@ from typing import Any
 
 import pytest
 
-from blocknas.search.config import load_study_config
-from blocknas.search.dashboard import free_port, launch_mlflow_server, runs_page_url, stop, wait_until_up
 from blocknas.search.report import report_study
-from blocknas.search.study import SearchResult, run_search
-from blocknas.search.tracking import resolve_tracking_uri
+from blocknas.search.study import SearchResult, load_study_config, run_search
+from blocknas.search.tracking import (
+    free_port,
+    launch_mlflow_server,
+    resolve_tracking_uri,
+    runs_page_url,
+    stop,
+    wait_until_up,
+)
 
 from .test_search import tiny_config
 

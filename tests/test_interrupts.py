@@ -21,7 +21,7 @@ from blocknas.search.interrupts import (
     install_interrupt_handlers,
     interrupt_pending,
 )
-from blocknas.search.storage import open_storage
+from blocknas.search.tracking import open_storage
 
 
 @pytest.fixture

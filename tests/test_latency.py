@@ -18,10 +18,16 @@ import torch
 
 import blocknas.blocks  # noqa: F401 - registers the blocknet models
 from blocknas.blocks import ArchConfig, ConfigError, parse
-from blocknas.search.fingerprint import fingerprint_id
-from blocknas.search.latency import LatencyPredictor, LatencyResult, LatencyTarget, device_fingerprint, measure_latency
-from blocknas.search.latency_stats import (
+from blocknas.search.latency import (
+    LatencyPredictor,
+    LatencyResult,
+    LatencyTarget,
     StopRule,
+    create_runner,
+    device_fingerprint,
+    example_input,
+    fingerprint_id,
+    measure_latency,
     median_ci,
     median_ci_ranks,
     next_chunk_size,
@@ -31,8 +37,7 @@ from blocknas.search.latency_stats import (
     summarize,
     summarize_chunks,
 )
-from blocknas.search.latency_table import _fit, overhead_part, table_parts
-from blocknas.search.runtimes import create_runner, example_input
+from blocknas.search.latency.table import _fit, overhead_part, table_parts
 
 FAST = LatencyTarget(warmup=1, min_repeats=6, max_repeats=20, time_cap_s=0.02)
 TINY_ARCH = {

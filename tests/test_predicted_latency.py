@@ -18,10 +18,9 @@ from mlflow.tracking import MlflowClient
 from blocknas.blocks import ArchConfig
 from blocknas.search.figures import pyplot
 from blocknas.search.latency import LatencyPredictor
-from blocknas.search.latency_table import MIN_CALIBRATION_POINTS, _fit
-from blocknas.search.pareto import draw_front
+from blocknas.search.latency.table import MIN_CALIBRATION_POINTS, _fit
 from blocknas.search.report import report_study
-from blocknas.search.study import run_search
+from blocknas.search.study import draw_front, run_search
 from blocknas.search.tracking import RUN_ID_ATTR
 
 from .test_search import tiny_config

@@ -19,18 +19,23 @@ from optuna.trial import TrialState, create_trial
 
 from blocknas.blocks import ArchConfig
 from blocknas.search.cli import main
-from blocknas.search.dashboard import DashboardError, check_host, free_port, start_mlflow_server, wait_until_up
 from blocknas.search.figures import pyplot
-from blocknas.search.pareto import draw_front
-from blocknas.search.report import write_report
-from blocknas.search.report_data import (
+from blocknas.search.report import (
     block_frequency,
     hypervolume_2d,
     hypervolume_history,
     param_importances,
+    write_report,
 )
-from blocknas.search.study import run_search
-from blocknas.search.tracking import StudyTracker
+from blocknas.search.study import draw_front, run_search
+from blocknas.search.tracking import (
+    DashboardError,
+    StudyTracker,
+    check_host,
+    free_port,
+    start_mlflow_server,
+    wait_until_up,
+)
 
 from .test_search import tiny_config
 

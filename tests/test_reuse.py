@@ -26,20 +26,22 @@ from blocknas.blocks import (
     register_block,
     resolve_arch,
 )
-from blocknas.search.checkpoint import (
+from blocknas.search.cli import main
+from blocknas.search.data import load_data
+from blocknas.search.latency import LatencyTarget
+from blocknas.search.training import (
     CheckpointError,
+    FullTrainConfig,
+    RandomCropFlip,
+    TrainRun,
+    evaluate,
+    export_checkpoint,
     load_model,
     load_training_state,
     load_weights,
     save_weights,
+    train_full,
 )
-from blocknas.search.cli import main
-from blocknas.search.data import load_data
-from blocknas.search.export import export_checkpoint
-from blocknas.search.full_train import FullTrainConfig, RandomCropFlip, train_full
-from blocknas.search.latency import LatencyTarget
-from blocknas.search.train_tracking import TrainRun
-from blocknas.search.trainer import evaluate
 
 from .conftest import REPO_ROOT
 

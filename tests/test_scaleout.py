@@ -18,12 +18,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from blocknas.search.cli import main
-from blocknas.search.config import load_study_config
-from blocknas.search.doctor import diagnose
-from blocknas.search.storage import mask_url, open_storage
-from blocknas.search.study import run_search, trial_counts
-from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker
-from blocknas.search.workers import threads_per_worker
+from blocknas.search.study import load_study_config, run_search, threads_per_worker, trial_counts
+from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, diagnose, mask_url, open_storage
 
 from .conftest import require_service
 

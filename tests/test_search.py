@@ -16,8 +16,7 @@ from mlflow.tracking import MlflowClient
 
 import blocknas.blocks  # noqa: F401  (registers blocknet)
 from blocknas.blocks import ArchConfig, ConfigError, get_block, register_block, resolve_arch
-from blocknas.search.config import StudyConfig, load_study_config
-from blocknas.search.study import open_study, run_search, trial_counts
+from blocknas.search.study import StudyConfig, load_study_config, open_study, run_search, trial_counts
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
 
 from .conftest import REPO_ROOT
@@ -308,8 +307,8 @@ def test_console_script_runs(args: list[str]) -> None:
 def test_summary_warns_when_latencies_come_from_different_fingerprints(in_tmp_dir: Path) -> None:
     from rich.console import Console
 
-    from blocknas.search.objective import FINGERPRINT_ATTR
-    from blocknas.search.report_text import print_search_summary
+    from blocknas.search.report import print_search_summary
+    from blocknas.search.study import FINGERPRINT_ATTR
 
     one = tiny_config(n_trials=2, latency={"threads": 1, "time_cap_s": 0.1, "min_repeats": 5, "warmup": 2})
     console = Console(record=True, width=300)

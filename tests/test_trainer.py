@@ -13,7 +13,7 @@ from torch import nn
 import blocknas.blocks  # noqa: F401  (registers the blocknet models)
 from blocknas.blocks import ConfigError, parse
 from blocknas.search.data import DataConfig, DataSplit, load_data
-from blocknas.search.trainer import (
+from blocknas.search.training import (
     DivergedError,
     EpochStats,
     TrainConfig,

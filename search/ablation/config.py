@@ -1,0 +1,364 @@
+"""``AblationConfig``: one YAML file describing an ablation, and the variants it defines.
+
+An ablation holds everything fixed except its *factors*. A factor is named by the
+architecture key it changes:
+
+* a stage field (``block``, ``kernel_size``, ``expand_ratio``, ``se_ratio``,
+  ``mid_norm_act``, ``depth``, ...) changes that field in every stage;
+* ``s<i>.<field>`` (``s1.kernel_size``) changes it in stage ``i`` only;
+* ``act_layer`` / ``norm_layer`` change the whole network's activation / norm.
+
+Each factor lists its levels and a *base level* (the reference every other level is
+compared against). The *base variant* has every factor at its base level; with a budget
+match, every other variant's widths are scaled to its params / MACs / latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from blocknas.blocks import ArchConfig, ConfigError, StageConfig, resolve_arch
+from blocknas.search.data import DataConfig
+from blocknas.search.latency import LatencyTarget
+from blocknas.search.study import FileConfig
+from blocknas.search.training import TrainConfig
+
+__all__ = [
+    "ARCH_FACTORS",
+    "STAGE_FACTORS",
+    "AblationConfig",
+    "FactorConfig",
+    "Level",
+    "MatchConfig",
+    "Variant",
+    "apply_level",
+    "build_variants",
+    "definition_changes",
+    "format_level",
+    "load_ablation_config",
+]
+
+Level = Union[str, int, float, bool]
+STAGE_FACTORS = tuple(f.name for f in dataclasses.fields(StageConfig))
+ARCH_FACTORS = ("act_layer", "norm_layer")
+MatchMetric = Literal["params", "macs", "latency"]
+MATCH_METRICS = typing.get_args(MatchMetric)
+
+
+@dataclass(frozen=True)
+class FactorConfig:
+    """The levels of one factor.
+
+    Attributes:
+        levels: The values the factor takes, at least two, all different.
+        base: The reference level; default: the base architecture's value when it is one
+            of the levels, else the first level.
+    """
+
+    levels: tuple[Level, ...]
+    base: Level | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.levels) < 2:
+            raise ConfigError(f"a factor needs at least two levels, got {list(self.levels)}", path="levels")
+        for i, level in enumerate(self.levels):
+            if any(_same(level, other) for other in self.levels[:i]):
+                raise ConfigError(f"{level!r} is listed twice", path=f"levels[{i}]")
+        if self.base is not None and not any(_same(self.base, level) for level in self.levels):
+            raise ConfigError(f"{self.base!r} is not one of the levels {list(self.levels)}", path="base")
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Budget matching: scale each variant's widths until ``metric`` is within ``tolerance`` of the base variant.
+
+    Attributes:
+        metric: ``params`` and ``macs`` are analytic (exact, instant); ``latency`` is measured
+            with the ablation's latency target (noisy, seconds per step).
+        tolerance: Allowed relative error, e.g. 0.05 for ±5 %.
+        max_steps: Most evaluations per variant; default 40 for params/MACs, 8 for latency.
+        min_multiplier: Smallest width multiplier tried.
+        max_multiplier: Largest width multiplier tried.
+    """
+
+    metric: MatchMetric
+    tolerance: float = 0.05
+    max_steps: int | None = None
+    min_multiplier: float = 0.125
+    max_multiplier: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tolerance < 1:
+            raise ConfigError(f"{self.tolerance} must be in (0, 1), e.g. 0.05 for ±5 %", path="tolerance")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"{self.max_steps} must be >= 1", path="max_steps")
+        if not 0 < self.min_multiplier < 1 < self.max_multiplier:
+            raise ConfigError(
+                f"need 0 < min_multiplier < 1 < max_multiplier, got {self.min_multiplier} and {self.max_multiplier}",
+                path="min_multiplier",
+            )
+
+    @property
+    def steps(self) -> int:
+        return self.max_steps or (8 if self.metric == "latency" else 40)
+
+
+@dataclass(frozen=True)
+class AblationConfig(FileConfig):
+    """Everything an ablation needs: base architecture, factors, seeds, data, training, latency, budget match.
+
+    Attributes:
+        name: The Optuna study, the MLflow experiment and the report folder ``<runs_dir>/<name>/report``.
+        base: The base architecture: a YAML path (relative to this file or the working
+            directory), a registered ``blocknet_*`` name, or an inline mapping.
+        factors: Factor name → levels; see the module docstring for the names.
+        design: ``grid`` (every combination of levels) or ``one_at_a_time`` (the base
+            variant plus each non-base level of each factor, the others at base).
+        seeds: How many seeds (``3`` → 0, 1, 2) or the list of seeds. A seed fixes weight
+            initialisation and data order, the same for every variant, so differences pair.
+        match: Optional budget match: ``params``, ``macs``, ``latency`` or a mapping
+            (``{metric: params, tolerance: 0.05}``).
+        on_unmatched: ``train`` a variant that cannot be matched anyway (flagged in the
+            report) or ``skip`` it (listed as not matched, never trained).
+        confidence: Confidence level of the paired-difference intervals.
+    """
+
+    name: str
+    base: Union[str, dict[str, Any]]
+    factors: dict[str, FactorConfig]
+    design: Literal["grid", "one_at_a_time"] = "grid"
+    seeds: Union[int, tuple[int, ...]] = 3
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    latency: LatencyTarget = LatencyTarget()
+    match: Union[str, MatchConfig, None] = None
+    on_unmatched: Literal["train", "skip"] = "train"
+    confidence: float = 0.95
+    storage: str | None = None
+    tracking_uri: str | None = None
+    timeout_s: float | None = None
+    runs_dir: str = "runs"
+    heartbeat_interval_s: int = 60
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\ "):
+            raise ConfigError(f"{self.name!r} must be non-empty without '/', '\\' or spaces", path="name")
+        if not self.factors:
+            raise ConfigError("at least one factor is required", path="factors")
+        if isinstance(self.seeds, int) and self.seeds < 1:
+            raise ConfigError(f"{self.seeds} must be >= 1", path="seeds")
+        if isinstance(self.seeds, tuple) and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ConfigError(f"{list(self.seeds)} must be a non-empty list of distinct seeds", path="seeds")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"{self.confidence} must be in (0, 1), e.g. 0.95", path="confidence")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ConfigError(f"{self.timeout_s} must be > 0", path="timeout_s")
+        if isinstance(self.match, str) and self.match not in MATCH_METRICS:
+            raise ConfigError(
+                f"{self.match!r} is not one of {', '.join(map(repr, MATCH_METRICS))} "
+                "(or a mapping such as {metric: params, tolerance: 0.05})",
+                path="match",
+            )
+        for name in self.factors:
+            _check_factor_name(name)
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(range(self.seeds)) if isinstance(self.seeds, int) else self.seeds
+
+    @property
+    def matching(self) -> MatchConfig | None:
+        """The budget match as a :class:`MatchConfig` (the string shorthand expanded)."""
+        if isinstance(self.match, str):
+            return MatchConfig(metric=typing.cast(MatchMetric, self.match))
+        return self.match
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or str(Path(self.runs_dir) / "optuna.journal")
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name / "report"
+
+    def base_arch(self) -> ArchConfig:
+        """The base architecture; a relative path is looked up beside this config file first."""
+        ref: Any = self.base
+        if isinstance(ref, str) and self.source and not Path(ref).is_absolute():
+            beside = Path(self.source).parent / ref
+            if beside.is_file() and not Path(ref).is_file():
+                ref = str(beside)
+        try:
+            return resolve_arch(ref)
+        except ConfigError as exc:
+            raise exc.within("base", self.source) from None
+
+    def definition(self, base: ArchConfig) -> dict[str, Any]:
+        """What a resumed study must share with its first run.
+
+        ``cells`` hashes what decides the variants and seeds (base, factors, design, seeds,
+        budget match); ``settings`` keeps data, training and latency target as plain values,
+        so a resume can name a changed setting (see :func:`definition_changes`).
+        """
+        plain = self.to_dict()
+        cells = {k: plain[k] for k in ("factors", "design", "match", "on_unmatched")}
+        cells.update(base=base.to_dict(), seeds=list(self.seed_list))
+        digest = hashlib.sha1(json.dumps(cells, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return {"cells": digest, "settings": {k: plain[k] for k in ("data", "train", "latency")}}
+
+
+def definition_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Compare two ``definition()["settings"]``: ``(changed, one_sided)`` key paths.
+
+    ``changed`` lists settings both know with different values (``train.epochs: 4 -> 3``);
+    ``one_sided`` lists keys only one side has: a newer or older blocknas added or removed a
+    setting, whose default then applies.
+    """
+    changed, one_sided = [], []
+    for section in sorted(set(stored) | set(current)):
+        old, new = stored.get(section, {}), current.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if key not in old or key not in new:
+                one_sided.append(f"{section}.{key}")
+            elif old[key] != new[key]:
+                changed.append(f"{section}.{key}: {old[key]!r} -> {new[key]!r}")
+    return changed, one_sided
+
+
+def load_ablation_config(path: str | Path) -> AblationConfig:
+    """Load and validate an ablation YAML file; errors name the file and key path."""
+    return AblationConfig.load(path)
+
+
+# -- factors and variants ---------------------------------------------------------------
+
+
+def _factor_help() -> str:
+    return (
+        f"a factor is a stage field ({', '.join(STAGE_FACTORS)}) applied to every stage, "
+        f"'s<i>.<field>' for stage i only, or one of {', '.join(ARCH_FACTORS)}"
+    )
+
+
+def _split_factor(name: str) -> tuple[int | None, str]:
+    """``'s1.kernel_size'`` → ``(1, 'kernel_size')``; ``'block'`` → ``(None, 'block')``."""
+    head, dot, tail = name.partition(".")
+    if dot and head.startswith("s") and head[1:].isdigit():
+        return int(head[1:]), tail
+    return None, name
+
+
+def _check_factor_name(name: str) -> None:
+    stage, key = _split_factor(name)
+    if key in STAGE_FACTORS and (stage is not None or "." not in name):
+        return
+    if stage is None and key in ARCH_FACTORS:
+        return
+    raise ConfigError(f"unknown factor {name!r}; {_factor_help()}", path=f"factors.{name}")
+
+
+def format_level(level: Level) -> str:
+    """A level as text: ``true``/``false`` for booleans, ``str()`` otherwise."""
+    return str(level).lower() if isinstance(level, bool) else str(level)
+
+
+def _same(a: Level, b: Level) -> bool:
+    """Equal as config values: ``True`` is not ``1``, but ``3`` is ``3.0``."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def apply_level(arch: ArchConfig, factor: str, level: Level) -> ArchConfig:
+    """``arch`` with one factor set to ``level`` (validated: a bad level raises :class:`ConfigError`)."""
+    stage, key = _split_factor(factor)
+    plain = arch.to_dict()
+    if key in ARCH_FACTORS:
+        plain[key] = level
+    else:
+        if stage is not None and not 0 <= stage < len(arch.stages):
+            raise ConfigError(
+                f"stage {stage} does not exist; the base architecture has stages 0..{len(arch.stages) - 1}"
+            )
+        for i in range(len(arch.stages)) if stage is None else (stage,):
+            plain["stages"][i][key] = level
+    return ArchConfig.from_dict(plain)
+
+
+def _current_level(arch: ArchConfig, factor: str) -> Any:
+    """The base architecture's value of a factor, or ``None`` when stages disagree."""
+    stage, key = _split_factor(factor)
+    if key in ARCH_FACTORS:
+        return getattr(arch, key)
+    values = {repr(getattr(s, key)) for s in (arch.stages if stage is None else arch.stages[stage : stage + 1])}
+    return getattr(arch.stages[stage or 0], key) if len(values) == 1 else None
+
+
+def base_levels(config: AblationConfig, arch: ArchConfig) -> dict[str, Level]:
+    """The base level of every factor (explicit, else the architecture's own value if listed, else the first)."""
+    levels = {}
+    for name, factor in config.factors.items():
+        if factor.base is not None:
+            levels[name] = factor.base
+            continue
+        current = _current_level(arch, name)
+        levels[name] = next(
+            (lv for lv in factor.levels if current is not None and _same(lv, current)), factor.levels[0]
+        )
+    return levels
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One network of the ablation: its factor levels and its (unscaled) architecture."""
+
+    name: str
+    levels: dict[str, Level]
+    arch: ArchConfig
+    is_base: bool
+
+
+def variant_name(levels: Mapping[str, Level]) -> str:
+    """``block=separable,kernel_size=5``: every factor's level, in factor order."""
+    return ",".join(f"{k}={format_level(v)}" for k, v in levels.items())
+
+
+def _level_combinations(config: AblationConfig, base: dict[str, Level]) -> list[dict[str, Level]]:
+    names = list(config.factors)
+    if config.design == "grid":
+        return [dict(zip(names, combo)) for combo in itertools.product(*(config.factors[n].levels for n in names))]
+    combos = [dict(base)]
+    for name in names:
+        combos += [{**base, name: lv} for lv in config.factors[name].levels if not _same(lv, base[name])]
+    return combos
+
+
+def build_variants(config: AblationConfig, arch: ArchConfig) -> list[Variant]:
+    """Every variant the design defines, base variant first; bad levels raise with their key path."""
+    base = base_levels(config, arch)
+    for name, factor in config.factors.items():  # check each level alone, so the error names it
+        for i, level in enumerate(factor.levels):
+            try:
+                apply_level(arch, name, level)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"{format_level(level)!r} does not give a valid network: {exc}",
+                    path=f"factors.{name}.levels[{i}]",
+                    source=config.source,
+                ) from None
+    variants = []
+    for levels in _level_combinations(config, base):
+        variant_arch = arch
+        for name, level in levels.items():
+            variant_arch = apply_level(variant_arch, name, level)
+        is_base = all(_same(levels[n], base[n]) for n in levels)
+        variants.append(Variant(variant_name(levels), levels, variant_arch, is_base))
+    variants.sort(key=lambda v: not v.is_base)
+    return variants

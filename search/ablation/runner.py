@@ -1,0 +1,396 @@
+"""Run an ablation: every variant × seed as one cell of an Optuna grid study, then the report.
+
+The study, its storage, the MLflow parent/child runs, the per-trial pipeline and the
+study-wide trial loop are the search's own (:func:`open_study`, :class:`Objective`,
+:func:`optimize_until_done`); an ablation only changes where each trial's architecture
+and seed come from. The trial parameters ``variant`` and ``seed`` name the cell, and
+Optuna's ``GridSampler`` hands each new trial a cell nobody has finished or started, so
+a resumed ablation or an extra worker only fills the missing cells.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from blocknas.blocks import ArchConfig, ConfigError, parse, to_plain
+from blocknas.search.data import load_data_for
+from blocknas.search.study import Objective, StudyConfig, open_study, optimize_until_done, trial_counts
+from blocknas.search.tracking import StudyTracker, fail_dead_local_trials, mask_url, resolve_tracking_uri
+
+from .config import AblationConfig, build_variants, definition_changes, format_level
+from .plan import PlannedVariant, make_plan, plan_from_json, plan_to_json
+from .tables import (
+    CellResult,
+    LevelRow,
+    cells_csv,
+    factor_rows,
+    factors_csv,
+    plot_levels,
+    report_markdown,
+    variants_csv,
+)
+
+__all__ = ["AblationObjective", "AblationResult", "collect_cells", "run_ablation"]
+
+log = logging.getLogger(__name__)
+
+VARIANT_PARAM = "variant"
+SEED_PARAM = "seed"
+PLAN_ATTR = "ablation.plan"
+DEFINITION_ATTR = "ablation.definition"
+DONE = ("COMPLETE", "PRUNED", "FAIL")  # cell states that need no (re)run
+_PREFERENCE = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "INTERRUPTED")
+
+
+@dataclass
+class AblationObjective(Objective):
+    """The search objective with the architecture and seed taken from the trial's cell."""
+
+    variants: dict[str, PlannedVariant] = field(default_factory=dict)
+    seeds: tuple[int, ...] = ()
+
+    def architecture(self, trial: Trial) -> ArchConfig:
+        name = trial.suggest_categorical(VARIANT_PARAM, list(self.variants))
+        trial.suggest_categorical(SEED_PARAM, list(self.seeds))
+        return self.variants[str(name)].arch
+
+    def seed_for(self, trial: Trial) -> int:
+        """The cell's seed: the same initialisation and data order for every variant."""
+        return int(trial.params[SEED_PARAM])
+
+    def run_labels(self, trial: Trial, arch: ArchConfig) -> tuple[str, dict[str, str]]:
+        _, tags = super().run_labels(trial, arch)
+        variant, seed = self.variants[trial.params[VARIANT_PARAM]], trial.params[SEED_PARAM]
+        tags.update({f"ablation.{k}": format_level(v) for k, v in variant.levels.items()})
+        tags.update(
+            {"ablation.variant": variant.name, "ablation.seed": str(seed), "ablation.is_base": str(variant.is_base)}
+        )
+        return f"{variant.name}|seed={seed}", tags
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    """What an ablation produced and where to look."""
+
+    study: optuna.Study
+    plan: list[PlannedVariant]
+    cells: list[CellResult]
+    tables: dict[str, list[LevelRow]]
+    markdown: str
+    files: list[Path]
+    parent_run_id: str
+    tracking_uri: str
+
+    @property
+    def complete(self) -> bool:
+        return all(c.state in DONE for c in self.cells if c.state != "NOT_TRAINED")
+
+
+def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationResult:
+    """Run (or resume) the ablation until every variant × seed cell is finished, then write the report.
+
+    The base architecture, the factors and levels, and the dataset are checked before
+    anything is written. The report goes to ``<runs_dir>/<name>/report/`` and onto the
+    MLflow parent run.
+    """
+    base = config.base_arch()
+    build_variants(config, base)  # every factor and level checked before anything is written
+    data = load_data_for(
+        config.data, input_size=tuple(base.input_size), in_chans=base.in_chans, num_classes=base.num_classes,
+        what="the base architecture", path="base", source=config.source,
+    )  # fmt: skip
+    tracker = StudyTracker(
+        resolve_tracking_uri(config.tracking_uri, config.runs_dir), config.name, runs_dir=config.runs_dir
+    )
+    study_config = _study_config(config)
+    study, created = open_study(study_config)
+    _check_definition(study, config, base, created)
+    parent = tracker.ensure_parent(study, created_study=created, params=_flat(_config_plain(config)))
+    if created:
+        tracker.log(parent, tags={"blocknas.kind": "ablation"})
+        tracker.log_text(parent, _config_yaml(config), "ablation.yaml")
+    plan = _plan(study, config, base, created)
+    trained = {v.name: v for v in plan if v.trained}
+    # the grid is shuffled by its seed: every worker and resume must use the same one to agree on cell ids
+    study.sampler = optuna.samplers.GridSampler(
+        {VARIANT_PARAM: list(trained), SEED_PARAM: list(config.seed_list)}, seed=0
+    )
+    fail_dead_local_trials(study)
+    tracker.close_orphans(study)
+    objective = AblationObjective(
+        study_config, None, data, tracker, parent, progress=progress, variants=trained, seeds=config.seed_list
+    )
+    cells = {(name, seed) for name in trained for seed in config.seed_list}
+    _run_cells(study, objective, cells, timeout_s=config.timeout_s, progress=progress)
+    return _finish(study, config, plan, tracker, parent)
+
+
+def _study_config(config: AblationConfig) -> StudyConfig:
+    """The study settings an ablation shares with a search (two objectives, no pruning, no constraints)."""
+    plain = {
+        "name": config.name,
+        "data": to_plain(config.data),
+        "train": to_plain(config.train),
+        "latency": to_plain(config.latency),
+        "objective": "multi",
+        "pruner": "none",
+        "sampler": "random",
+        "storage": config.storage,
+        "tracking_uri": config.tracking_uri,
+        "runs_dir": config.runs_dir,
+        "heartbeat_interval_s": config.heartbeat_interval_s,
+    }
+    return parse(StudyConfig, plain, source=config.source)
+
+
+def _wait_for_attr(study: optuna.Study, key: str, wait_s: float) -> Any:
+    deadline = time.monotonic() + wait_s
+    while True:
+        value = study.user_attrs.get(key)
+        if value is not None or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.5)
+
+
+def _check_definition(study: optuna.Study, config: AblationConfig, base: ArchConfig, created: bool) -> None:
+    """A resumed study must be the same ablation: same cells, same data, training and latency settings."""
+    current = config.definition(base)
+    if created:
+        study.set_user_attr(DEFINITION_ATTR, current)
+        return
+    stored = _wait_for_attr(study, DEFINITION_ATTR, 30)
+    where = f"study {config.name!r} in {mask_url(config.storage_url)}"
+    if not isinstance(stored, dict) or "cells" not in stored:
+        raise ConfigError(f"{where} exists but is not an ablation; use another name", path="name", source=config.source)
+    advice = "use another name to start a new ablation, or restore the original config to resume"
+    if stored["cells"] != current["cells"]:
+        raise ConfigError(
+            f"{where} was started with other variants or seeds (base, factors, design, seeds or budget match "
+            f"changed); {advice}",
+            path="name",
+            source=config.source,
+        )
+    changed, one_sided = definition_changes(stored["settings"], current["settings"])
+    if changed:
+        raise ConfigError(
+            f"{where} was started with other settings ({'; '.join(changed)}); {advice}", source=config.source
+        )
+    if one_sided:
+        log.warning("settings known to only one blocknas version, defaults apply: %s", ", ".join(one_sided))
+
+
+def _plan(study: optuna.Study, config: AblationConfig, base: ArchConfig, created: bool) -> list[PlannedVariant]:
+    """The stored plan, or (for the creating worker) a new one, budget-matched and stored.
+
+    A worker that finds no plan waits for the creator (latency matching takes a while);
+    if none appears (the creator died), it makes and stores the plan itself.
+    """
+    matching = config.matching
+    slow = matching is not None and matching.metric == "latency"
+    stored = _wait_for_attr(study, PLAN_ATTR, 0 if created else (900 if slow else 30))
+    if stored is not None:
+        return plan_from_json(stored)
+    plan = make_plan(config, base, latency_measure=_latency_measure(config) if slow else None)
+    study.set_user_attr(PLAN_ATTR, plan_to_json(plan))
+    return plan
+
+
+def _latency_measure(config: AblationConfig) -> Callable[[ArchConfig], float]:
+    import timm
+
+    from blocknas.search.latency import measure_latency
+
+    def measure(arch: ArchConfig) -> float:
+        model = timm.create_model("blocknet", arch=arch)
+        return measure_latency(model, (arch.in_chans, *arch.input_size), config.latency).p50_ms
+
+    return measure
+
+
+def _cell(trial: FrozenTrial) -> tuple[str, int] | None:
+    """The trial's ``(variant, seed)``; for a queued trial, the cell it is queued for."""
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    if VARIANT_PARAM not in params or SEED_PARAM not in params:
+        return None
+    return str(params[VARIANT_PARAM]), int(params[SEED_PARAM])
+
+
+def _state(trial: FrozenTrial) -> str:
+    """The trial's state name, with ``INTERRUPTED`` for a trial stopped by Ctrl-C / SIGTERM."""
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == "interrupted":
+        return "INTERRUPTED"
+    return trial.state.name
+
+
+def _finished_cells(study: optuna.Study) -> set[tuple[str, int]]:
+    """Cells with a finished trial; an interrupted one, or one retried after its worker died, is not finished."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return {cell for t in trials if (cell := _cell(t)) and _state(t) in DONE and t.number not in retried}
+
+
+def _requeue_interrupted(study: optuna.Study, cells: set[tuple[str, int]]) -> None:
+    """Retry every cell whose trial was interrupted, as Optuna retries a failed trial (same params and grid id)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    taken = _finished_cells(study) | {
+        cell for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING) and (cell := _cell(t))
+    }
+    for trial in trials:
+        cell = _cell(trial)
+        if cell in cells and cell not in taken and _state(trial) == "INTERRUPTED" and trial.number not in retried:
+            log.info("re-running interrupted cell %s seed %d (trial %d)", cell[0], cell[1], trial.number)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
+            taken.add(cell)
+
+
+def _run_cells(
+    study: optuna.Study,
+    objective: AblationObjective,
+    cells: set[tuple[str, int]],
+    *,
+    timeout_s: float | None,
+    progress: bool,
+) -> None:
+    """Run trials until every cell is finished (by any worker) or ``timeout_s`` passes.
+
+    Normally one pass of :func:`optimize_until_done` does it; a cell run twice by racing
+    workers counts toward the study total without filling a gap, so the total is
+    recomputed until no cell is missing.
+    """
+    start = time.monotonic()
+    while True:
+        _requeue_interrupted(study, cells)
+        missing = len(cells - _finished_cells(study))
+        done, _ = trial_counts(study)
+        remaining = None if timeout_s is None else timeout_s - (time.monotonic() - start)
+        if missing == 0 or (remaining is not None and remaining <= 0):
+            return
+        optimize_until_done(study, objective, n_trials=done + missing, timeout_s=remaining, progress=progress)
+        if trial_counts(study)[0] == done:  # timed out without finishing anything
+            return
+
+
+def collect_cells(study: optuna.Study, plan: list[PlannedVariant], seeds: tuple[int, ...]) -> list[CellResult]:
+    """One result per variant × seed; a cell run more than once keeps its first complete trial."""
+    chosen: dict[tuple[str, int], FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False):
+        cell = _cell(trial)
+        kept = chosen.get(cell) if cell else None
+        if cell and (kept is None or _PREFERENCE.index(_state(trial)) < _PREFERENCE.index(_state(kept))):
+            chosen[cell] = trial
+    out = []
+    for variant in plan:
+        for seed in seeds:
+            found = chosen.get((variant.name, seed))
+            if not variant.trained:
+                out.append(CellResult(variant.name, seed, None, None, "NOT_TRAINED"))
+            elif found is None:
+                out.append(CellResult(variant.name, seed, None, None, "MISSING"))
+            else:
+                accuracy = found.values[0] if found.state == TrialState.COMPLETE else None
+                latency = found.user_attrs.get("latency_measured_ms")
+                out.append(CellResult(variant.name, seed, accuracy, latency, _state(found), found.number))
+    return out
+
+
+def _finish(
+    study: optuna.Study, config: AblationConfig, plan: list[PlannedVariant], tracker: StudyTracker, parent: str
+) -> AblationResult:
+    cells = collect_cells(study, plan, config.seed_list)
+    tables = {factor: factor_rows(config, plan, cells, factor) for factor in config.factors}
+    markdown = report_markdown(config, tables, _notes(config, plan, cells))
+    metric = config.matching.metric if config.matching else None
+    folder = config.report_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "report.md": markdown,
+        "factors.csv": factors_csv(tables, metric),
+        "variants.csv": variants_csv(plan, cells, metric),
+        "cells.csv": cells_csv(cells),
+    }
+    files = []
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+        files.append(folder / name)
+    files.append(plot_levels(tables, folder / "accuracy_vs_latency.png", f"{config.name}: accuracy vs latency"))
+    for path in files:
+        tracker.log_file(parent, path, "report")
+    finished = sum(c.state in DONE for c in cells)
+    wanted = sum(c.state != "NOT_TRAINED" for c in cells)
+    tracker.log(parent, metrics={"cells_done": finished, "cells_total": wanted})
+    tracker.close_orphans(study)
+    result = AblationResult(study, plan, cells, tables, markdown, files, parent, tracker.tracking_uri)
+    if result.complete and trial_counts(study)[1] == 0:
+        tracker.finish_parent(parent)
+    return result
+
+
+def _notes(config: AblationConfig, plan: list[PlannedVariant], cells: list[CellResult]) -> list[str]:
+    """The report's preamble: what was held fixed, how budgets were matched, what is missing."""
+    base = next(v for v in plan if v.is_base)
+    t = config.train
+    lat = config.latency
+    notes = [
+        f"Base variant `{base.name}` (arch {base.arch.short_hash()}); design: {config.design}; "
+        f"seeds: {', '.join(map(str, config.seed_list))} (same initialisation and data order for every variant). "
+        f"Data: {config.data.name}, input {base.arch.input_size[0]}×{base.arch.input_size[1]}; training: "
+        f"{t.epochs} epochs, batch {t.batch_size}, {t.optimizer} lr {t.lr}. Latency: {lat.runtime}, batch {lat.batch_size}, "
+        f"threads {lat.threads}, median of repeated runs."
+    ]
+    matching = config.matching
+    if matching is not None:
+        unmatched = [v for v in plan if v.match is not None and not v.match.matched]
+        notes.append(
+            f"Budget: every variant's widths (stem, stages, head; one multiplier, multiples of 8) were scaled until "
+            f"its {matching.metric} came within ±{matching.tolerance:.0%} of the base variant's."
+            + (
+                f" Not matched: {', '.join(f'`{v.name}`' for v in unmatched)} "
+                f"({'trained at the closest width and flagged' if config.on_unmatched == 'train' else 'not trained'})."
+                if unmatched
+                else " Every variant matched."
+            )
+        )
+    failed = [c for c in cells if c.state in ("FAIL", "PRUNED")]
+    missing = [c for c in cells if c.state not in (*DONE, "NOT_TRAINED")]
+    if failed:
+        notes.append(f"Failed cells (excluded): {', '.join(f'`{c.variant}` seed {c.seed}' for c in failed)}.")
+    if missing:
+        notes.append(
+            f"Incomplete: {len(missing)} cell(s) not finished (not run, interrupted or still running); rerun the same command to finish."
+        )
+    return notes
+
+
+def _config_plain(config: AblationConfig) -> dict[str, Any]:
+    plain = config.to_dict()
+    if plain.get("storage"):
+        plain["storage"] = mask_url(plain["storage"])
+    return plain
+
+
+def _config_yaml(config: AblationConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(_config_plain(config), sort_keys=False)
+
+
+def _flat(plain: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in plain.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(_flat(value, name) if isinstance(value, Mapping) else {name: value})
+    return flat

@@ -1,0 +1,248 @@
+"""Datasets for brief training: ``DataConfig`` → in-memory, resized, normalized ``DataSplit``.
+
+Search trials train for seconds, so every dataset is decoded once into tensors and
+mini-batches are slices of them: no per-sample decoding, no DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from blocknas.blocks import ConfigError
+
+from .sources import DataError, RawData, make_synthetic, read_cifar, read_digits, read_image_folder
+
+__all__ = ["DataConfig", "DataError", "DataSplit", "clear_data_cache", "load_data", "load_data_for"]
+
+logger = logging.getLogger(__name__)
+
+DatasetName = Literal["digits", "synthetic", "imagefolder", "cifar10", "cifar100"]
+_NEEDS_ROOT = ("imagefolder", "cifar10", "cifar100")
+_RESIZE_CHUNK = 4096  # images per interpolate call, bounds the temporary memory
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to train on and how to split it.
+
+    ``digits`` (the default) is scikit-learn's bundled 8×8 digits, real and offline;
+    ``synthetic`` is a generated toy problem for tests; ``imagefolder`` reads a user's
+    folder; ``cifar10``/``cifar100`` read torchvision's files under ``root`` and only
+    download when ``download: true`` is set explicitly.
+    """
+
+    name: DatasetName = "digits"
+    root: str | None = None
+    val_fraction: float = 0.2
+    download: bool = False
+    num_samples: int = 512
+    num_classes: int = 10
+    seed: int = 0
+    max_train_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name in _NEEDS_ROOT and not self.root:
+            raise ConfigError(
+                f"dataset {self.name!r} needs a root folder (the directory holding its files)", path="root"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"{self.val_fraction} must be strictly between 0 and 1", path="val_fraction")
+        if self.download and self.name not in ("cifar10", "cifar100"):
+            raise ConfigError(f"download applies only to cifar10/cifar100, not {self.name!r}", path="download")
+        if self.num_classes < 2:
+            raise ConfigError(f"{self.num_classes} must be >= 2", path="num_classes")
+        if self.num_samples < 2 * self.num_classes:
+            raise ConfigError(
+                f"{self.num_samples} is too few for {self.num_classes} classes; need >= {2 * self.num_classes}",
+                path="num_samples",
+            )
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ConfigError(f"{self.max_train_samples} must be >= 1 (or null for all)", path="max_train_samples")
+
+
+@dataclass(frozen=True, eq=False)
+class DataSplit:
+    """Train and validation tensors in memory, already resized to the input size and normalized.
+
+    ``x_*`` are N×C×H×W float32, ``y_*`` int64 class indices. ``mean``/``std`` are the
+    per-channel statistics of the training images in ``[0, 1]`` scale, used for both
+    splits. The tensors may be shared through the cache: treat them as read-only.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    num_classes: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+    classes: tuple[str, ...] = ()
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (int(self.x_train.shape[-2]), int(self.x_train.shape[-1]))
+
+    def __repr__(self) -> str:
+        return (
+            f"DataSplit(name={self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
+            f"num_classes={self.num_classes}, in_chans={self.in_chans}, input_size={self.input_size})"
+        )
+
+
+def load_data(cfg: DataConfig, *, input_size: tuple[int, int] | list[int], in_chans: int = 3) -> DataSplit:
+    """Load, resize, split and normalize a dataset; cached in-process per (config, size, channels).
+
+    Args:
+        cfg: which dataset and split.
+        input_size: (height, width) every image is resized to (bilinear).
+        in_chans: channels of the network input; grayscale sources are replicated,
+            RGB sources are converted to luminance when ``in_chans`` is 1.
+
+    Raises:
+        ConfigError: the config is invalid (checked here too, for configs built in code).
+        DataError: the dataset's files are missing, empty or unreadable.
+    """
+    size = (int(input_size[0]), int(input_size[1]))
+    if min(size) < 1 or in_chans < 1:
+        raise DataError(f"input_size {size} and in_chans {in_chans} must be positive")
+    return _load_cached(cfg, size, in_chans)
+
+
+def clear_data_cache() -> None:
+    """Forget cached datasets (e.g. after files under an image folder changed)."""
+    _load_cached.cache_clear()
+
+
+@lru_cache(maxsize=4)
+def _load_cached(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> DataSplit:
+    start = time.perf_counter()
+    raw = _read(cfg, size, in_chans)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x_train, y_train, x_val, y_val = _split(raw, cfg.val_fraction, size, in_chans, g)
+    if cfg.max_train_samples is not None and cfg.max_train_samples < len(y_train):
+        keep = torch.sort(stratified_sample(y_train, cfg.max_train_samples, generator=g)).values
+        x_train, y_train = x_train[keep], y_train[keep]
+    mean, std = _normalize(x_train, x_val)
+    split = DataSplit(x_train, y_train, x_val, y_val, raw.num_classes, in_chans, mean, std, cfg.name, raw.classes)
+    logger.info("loaded %r in %.2f s", split, time.perf_counter() - start)
+    return split
+
+
+def _split(
+    raw: RawData, val_fraction: float, size: tuple[int, int], in_chans: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Resized (x_train, y_train, x_val, y_val): the source's own split, or a stratified one."""
+    x, y = _to_shape(raw.x_train, size, in_chans), raw.y_train
+    if raw.x_val is not None and raw.y_val is not None:
+        return x, y, _to_shape(raw.x_val, size, in_chans), raw.y_val
+    val_idx = stratified_sample(y, round(len(y) * val_fraction), generator=g)
+    train_idx = _complement(val_idx, len(y))
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+
+def _read(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> RawData:
+    if cfg.name == "digits":
+        return read_digits()
+    if cfg.name == "synthetic":
+        return make_synthetic(
+            num_samples=cfg.num_samples, num_classes=cfg.num_classes, input_size=size, in_chans=in_chans, seed=cfg.seed
+        )
+    assert cfg.root is not None  # checked by DataConfig.__post_init__
+    if cfg.name == "imagefolder":
+        return read_image_folder(cfg.root, input_size=size, in_chans=in_chans)
+    return read_cifar(cfg.name, cfg.root, download=cfg.download)
+
+
+def stratified_sample(y: torch.Tensor, n: int, *, generator: torch.Generator) -> torch.Tensor:
+    """Indices of ``n`` samples drawn per class in proportion to class sizes (largest remainder).
+
+    Each class contributes ``n * n_c / N`` rounded so the total is exactly ``n``; within a
+    class the samples are a random choice under ``generator``.
+    """
+    counts = torch.bincount(y)
+    quota = counts.double() * n / len(y)
+    take = quota.floor().long()
+    remainder = n - int(take.sum())
+    if remainder > 0:
+        order = torch.argsort(quota - take.double(), descending=True, stable=True)
+        take[order[:remainder]] += 1
+    chosen = []
+    for c in range(len(counts)):
+        members = torch.nonzero(y == c).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[: int(take[c])]])
+    return torch.cat(chosen)
+
+
+def _complement(idx: torch.Tensor, n: int) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[idx] = False
+    return torch.nonzero(mask).flatten()
+
+
+def _to_shape(x: torch.Tensor, size: tuple[int, int], in_chans: int) -> torch.Tensor:
+    """Resize (bilinear, in chunks) and match the channel count."""
+    if tuple(x.shape[-2:]) != size:
+        x = torch.cat(
+            [F.interpolate(chunk, size=size, mode="bilinear", align_corners=False) for chunk in x.split(_RESIZE_CHUNK)]
+        )
+    channels = x.shape[1]
+    if channels == in_chans:
+        return x
+    if channels == 1:
+        return x.expand(-1, in_chans, -1, -1).contiguous()
+    if channels == 3 and in_chans == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True)
+    raise DataError(f"cannot turn {channels}-channel images into {in_chans} channels (supported: 1→N, 3→1)")
+
+
+def _normalize(x_train: torch.Tensor, x_val: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Standardize both splits in place with the training split's per-channel mean and std."""
+    total = torch.zeros(x_train.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in x_train.split(_RESIZE_CHUNK):  # float64 sums, chunked to bound the memory
+        chunk = chunk.double()
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square().sum(dim=(0, 2, 3))
+    count = x_train.numel() // x_train.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    view = (1, -1, 1, 1)
+    for x in (x_train, x_val):
+        x.sub_(mean.float().view(view)).div_(std.float().view(view))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def load_data_for(
+    cfg: DataConfig,
+    *,
+    input_size: tuple[int, int],
+    in_chans: int,
+    num_classes: int,
+    what: str,
+    path: str,
+    source: str | None,
+) -> DataSplit:
+    """:func:`load_data`, then check the dataset's classes match the networks being built.
+
+    Args:
+        what: The networks' origin for the message, e.g. "the space" or "the base architecture".
+        path, source: Config key path and file named by the error.
+    """
+    data = load_data(cfg, input_size=input_size, in_chans=in_chans)
+    if data.num_classes != num_classes:
+        raise ConfigError(
+            f"dataset {cfg.name!r} has {data.num_classes} classes but {what} builds {num_classes}-class networks",
+            path=path,
+            source=source,
+        )
+    return data

@@ -1,0 +1,46 @@
+"""Terminal output of the commands: the Pareto front as a table and where to look next."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from blocknas.search.study import SearchResult, StudyConfig, latency_fingerprints
+from blocknas.search.tracking import mask_url
+
+__all__ = ["print_search_summary"]
+
+
+def print_search_summary(result: SearchResult, config: StudyConfig, console: Console | None = None) -> None:
+    """Print the front (accuracy, latency, params, MACs, blocks) and the next commands to run."""
+    console = console or Console()
+    table = Table(title=f"Pareto front of {result.study.study_name} ({len(result.study.trials)} trials)")
+    for column in ("trial", "accuracy", "latency ms", "params", "MACs", "blocks per stage"):
+        table.add_column(column, justify="left" if column == "blocks per stage" else "right")
+    for row in result.front:
+        table.add_row(
+            str(row.trial),
+            f"{row.accuracy:.4f}",
+            f"{row.latency_ms:.3f}",
+            f"{row.params:,}",
+            f"{row.macs:,}",
+            row.blocks,
+        )
+    console.print(table)
+    uri = result.tracking_uri
+    console.print(f"MLflow:    mlflow ui --backend-store-uri '{mask_url(uri)}' --host 127.0.0.1   (or: make dashboard)")
+    console.print(f"Exported:  {result.export_folder}/ ({len(result.exported)} architectures, front.md, front.csv)")
+    if result.exported:
+        console.print(f'Reuse:     timm.create_model("blocknet", arch="{result.exported[0]}")')
+    source = f"--config {config.source}" if config.source else f"--study-name {config.name}"
+    console.print(
+        f"Report:    blocknas report {source}   (HTML + Markdown + PNGs under {config.runs_dir}/{config.name}/report/)"
+    )
+    console.print(f"Resume:    the same command continues study {config.name!r} in {mask_url(config.storage_url)}")
+    fingerprints = latency_fingerprints(result.study.trials)
+    if len(fingerprints) > 1:
+        counts = ", ".join(f"{fp} ({n} trials)" for fp, n in fingerprints.items())
+        console.print(
+            f"[bold red]Warning:[/] latencies were measured on {len(fingerprints)} different devices or latency "
+            f"settings ({counts}); they are not comparable across fingerprints. The report's device section has details."
+        )

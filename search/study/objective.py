@@ -1,0 +1,227 @@
+"""The Optuna objective: architecture → cost checks → brief training → (accuracy, latency).
+
+Cheap first: parameters and MACs are analytic, latency is measured (or predicted) on the
+untrained network before any training, and a candidate over a budget is recorded as
+infeasible with ``trial.set_constraint`` and never trained. In predicted mode a candidate
+predicted over the latency budget is not even built; every other one is measured, and that
+measurement calibrates the predictions of later candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import timm
+from optuna.trial import FrozenTrial, Trial
+
+from blocknas.blocks import ArchConfig, to_plain
+from blocknas.search.data import DataSplit
+from blocknas.search.latency import LatencyResult, measure_latency
+from blocknas.search.tracking import WORKER_ATTR, StudyTracker, worker_id
+from blocknas.search.training import DivergedError, EpochStats, seed_everything, train_briefly
+from blocknas.spaces import SearchSpace
+
+from .config import StudyConfig
+
+if TYPE_CHECKING:
+    from blocknas.search.latency import LatencyPredictor
+
+__all__ = ["ARCH_ATTR", "BASELINE_ATTR", "FINGERPRINT_ATTR", "Objective", "latency_fingerprints", "trial_tags"]
+
+log = logging.getLogger(__name__)
+
+ARCH_ATTR = "arch"  # user attr: the architecture (plain dict) a trial evaluated
+BASELINE_ATTR = "baseline"  # user attr: the baseline's name, for enqueued baseline trials
+FINGERPRINT_ATTR = "latency_fingerprint_id"  # user attr: the device/settings the latency was measured on
+
+
+def latency_fingerprints(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """How many of ``trials`` had their latency measured under each device fingerprint id."""
+    return dict(Counter(t.user_attrs[FINGERPRINT_ATTR] for t in trials if FINGERPRINT_ATTR in t.user_attrs))
+
+
+def trial_tags(arch: ArchConfig) -> dict[str, str]:
+    """Tags describing an architecture: its hash and the block of each stage."""
+    tags = {"blocknas.arch_hash": arch.short_hash(), "blocknas.blocks": ",".join(s.block for s in arch.stages)}
+    tags.update({f"blocknas.block.s{i}": s.block for i, s in enumerate(arch.stages)})
+    return tags
+
+
+@dataclass
+class Objective:
+    """Callable for ``study.optimize``; returns (accuracy, latency_ms) or accuracy alone."""
+
+    config: StudyConfig
+    space: SearchSpace | None  # None: a subclass overrides architecture()
+    data: DataSplit
+    tracker: StudyTracker
+    parent_run_id: str
+    predictor: LatencyPredictor | None = None
+    progress: bool = False
+
+    @property
+    def multi(self) -> bool:
+        return self.config.objective == "multi"
+
+    def architecture(self, trial: Trial) -> ArchConfig:
+        """The baseline enqueued for this trial, or a sample from the space."""
+        if BASELINE_ATTR in trial.user_attrs:
+            return ArchConfig.from_dict(trial.user_attrs[ARCH_ATTR])
+        if self.space is None:
+            raise TypeError("an Objective without a space must override architecture()")
+        return self.space.sample(trial)
+
+    def seed_for(self, trial: Trial) -> int:
+        """Seed of model init and data order; one seed for all trials so they compare fairly."""
+        return self.config.seed
+
+    def run_labels(self, trial: Trial, arch: ArchConfig) -> tuple[str, dict[str, str]]:
+        """Name and tags of the trial's MLflow child run; subclasses add their own tags."""
+        tags = {**trial_tags(arch), "blocknas.study": self.config.name}
+        if BASELINE_ATTR in trial.user_attrs:
+            tags["blocknas.baseline"] = str(trial.user_attrs[BASELINE_ATTR])
+        return f"trial-{trial.number:04d}-{arch.short_hash()}", tags
+
+    def __call__(self, trial: Trial) -> float | tuple[float, float]:
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        arch = self.architecture(trial)
+        trial.set_user_attr(ARCH_ATTR, arch.to_dict())
+        run_name, tags = self.run_labels(trial, arch)
+        run_id = self.tracker.start_child(self.parent_run_id, trial, run_name, tags)
+        status = "FAILED"
+        try:
+            values = self._evaluate(trial, arch, run_id)
+            status = "FINISHED"
+            return values
+        except optuna.TrialPruned:
+            state = "over_budget" if "over_budget" in trial.user_attrs else "pruned"
+            self.tracker.log(run_id, tags={"blocknas.state": state})
+            status = "FINISHED"
+            raise
+        except BaseException as exc:
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            reason = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason)
+            self.tracker.log(
+                run_id, tags={"blocknas.state": "killed" if interrupted else "failed", "blocknas.error": reason}
+            )
+            if not interrupted:
+                self.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
+            status = "KILLED" if interrupted else "FAILED"
+            raise
+        finally:
+            self.tracker.end_run(run_id, status)
+
+    def _evaluate(self, trial: Trial, arch: ArchConfig, run_id: str) -> float | tuple[float, float]:
+        cost = arch.cost()
+        self.tracker.log(run_id, params=self._params(arch), metrics={"params": cost.params, "macs": cost.macs})
+        self.tracker.log_text(run_id, arch.to_yaml(), "arch.yaml")
+        self._reject_over_budget(trial, run_id, {"params": cost.params, "macs": cost.macs})
+        predicted = None
+        if self.predictor is not None:  # predicted mode: reject before building or exporting anything
+            predicted = self._predict(self.predictor, trial, run_id, arch)
+            self._reject_over_budget(trial, run_id, {"latency_ms": predicted})
+        seed = self.seed_for(trial)
+        seed_everything(seed)
+        model = timm.create_model("blocknet", arch=arch)
+        measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
+        if self.predictor is not None:
+            self.predictor.add_calibration_point(arch, measured.p50_ms)
+        latency_ms = measured.p50_ms if predicted is None else predicted
+        self.tracker.log(
+            run_id, metrics={**measured.as_metrics(), "latency_ms": latency_ms}, tags=_fingerprint_tags(measured)
+        )
+        trial.set_user_attr("latency_ms", latency_ms)
+        trial.set_user_attr("latency_measured_ms", measured.p50_ms)
+        trial.set_user_attr(FINGERPRINT_ATTR, measured.fingerprint_id)
+        if predicted is None:
+            self._reject_over_budget(trial, run_id, {"latency_ms": latency_ms})
+
+        def on_epoch(stats: EpochStats) -> None:
+            self.tracker.log(run_id, metrics=_epoch_metrics(stats), step=stats.epoch)
+            if not self.multi:
+                trial.report(stats.val_accuracy, stats.epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
+
+        try:
+            result = train_briefly(
+                model, self.data, self.config.train, seed=seed, on_epoch=on_epoch, progress=self.progress
+            )
+        except DivergedError:
+            self.tracker.log(run_id, tags={"blocknas.state": "diverged"})
+            raise
+        metrics = {"accuracy": result.val_accuracy, "val_loss": result.val_loss, "train_seconds": result.train_seconds}
+        self.tracker.log(run_id, metrics=metrics, tags={"blocknas.state": "complete"})
+        trial.set_user_attr("train_seconds", result.train_seconds)
+        return (result.val_accuracy, latency_ms) if self.multi else result.val_accuracy
+
+    def _predict(self, predictor: LatencyPredictor, trial: Trial, run_id: str, arch: ArchConfig) -> float:
+        """The table's prediction for ``arch``, logged with its raw sum and whether it was calibrated."""
+        raw = predictor.raw_sum(arch)  # measures and stores any missing table entries
+        predicted = predictor.corrected(raw)
+        calibrated = predictor.calibrated
+        self.tracker.log(
+            run_id,
+            metrics={"latency_predicted_ms": predicted, "latency_predicted_raw_ms": raw},
+            tags={
+                "latency.calibrated": str(calibrated).lower(),
+                "latency.calibration_points": predictor.n_calibration_points,
+            },
+        )
+        trial.set_user_attr("latency_ms", predicted)
+        trial.set_user_attr("latency_predicted_ms", predicted)
+        trial.set_user_attr("latency_calibrated", calibrated)
+        return predicted
+
+    def _reject_over_budget(self, trial: Trial, run_id: str, values: dict[str, float]) -> None:
+        """Record constraints on ``values`` with ``trial.set_constraint``; prune the trial if any is violated.
+
+        An over-budget candidate ends as PRUNED (never trained, no made-up accuracy), tagged
+        ``over_budget`` in MLflow, with its constraint values recorded for the samplers.
+        """
+        violated = []
+        for key, limit in self.config.constraints.active().items():
+            if key in values:
+                excess = values[key] - limit
+                trial.set_constraint(key, excess)
+                if excess > 0:
+                    violated.append(f"{key}={values[key]:.4g} > {limit:.4g}")
+        if violated:
+            reason = ", ".join(violated)
+            trial.set_user_attr("over_budget", reason)
+            self.tracker.log(run_id, tags={"blocknas.over_budget": reason})
+            raise optuna.TrialPruned(f"over budget: {reason}")
+
+    def _params(self, arch: ArchConfig) -> dict[str, Any]:
+        params: dict[str, Any] = {f"arch.{k}": v for k, v in arch.flat_params().items()}
+        params.update({f"train.{k}": v for k, v in _plain(self.config.train).items()})
+        params.update({f"latency.{k}": v for k, v in _plain(self.config.latency).items()})
+        params["data.name"] = self.config.data.name
+        return params
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return dict(to_plain(obj))
+
+
+def _epoch_metrics(stats: EpochStats) -> dict[str, float]:
+    return {
+        "epoch_train_loss": stats.train_loss,
+        "epoch_train_accuracy": stats.train_accuracy,
+        "epoch_val_loss": stats.val_loss,
+        "epoch_val_accuracy": stats.val_accuracy,
+        "epoch_lr": stats.lr,
+    }
+
+
+def _fingerprint_tags(result: LatencyResult) -> dict[str, str]:
+    tags = {f"latency.fp.{k}": v for k, v in result.fingerprint.items()}
+    tags["latency.fingerprint_id"] = result.fingerprint_id
+    return tags

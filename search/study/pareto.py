@@ -1,0 +1,236 @@
+"""The Pareto front of a study: which trials, as a table, a plot, and exported architecture files.
+
+A trial's ``latency_ms`` is its latency objective: the measured p50, or in predicted mode
+(``latency.mode: predicted``) the lookup table's prediction. ``latency_measured_ms`` is the
+measured p50 either way, so the front also says what its networks measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from blocknas.blocks import ArchConfig
+from blocknas.search.figures import pyplot, save_figure
+from blocknas.search.tracking import RUN_ID_ATTR
+
+from .objective import ARCH_ATTR, BASELINE_ATTR
+
+__all__ = [
+    "FrontRow",
+    "draw_front",
+    "export_front",
+    "front_rows",
+    "front_table",
+    "front_trials",
+    "latency_source",
+    "plot_front",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrontRow:
+    """One Pareto-optimal trial, as shown in tables and written next to its exported file."""
+
+    trial: int
+    name: str
+    accuracy: float
+    latency_ms: float  # the latency objective: measured, or predicted in predicted mode
+    latency_measured_ms: float  # measured p50 (NaN for a trial that has none)
+    params: int
+    macs: int
+    blocks: str
+    run_id: str
+    arch: ArchConfig
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "latency_ms": self.latency_ms,
+            "latency_measured_ms": self.latency_measured_ms,
+            "params": self.params,
+            "macs": self.macs,
+            "trial": self.trial,
+            "mlflow_run_id": self.run_id,
+        }
+
+
+def front_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Feasible, complete, non-dominated trials (the best trial for a single objective)."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return []
+    try:
+        trials = study.best_trials if len(study.directions) > 1 else [study.best_trial]
+    except ValueError:  # no feasible trial yet
+        return []
+    return sorted(trials, key=lambda t: float(t.user_attrs.get("latency_ms", 0.0)))
+
+
+def front_rows(study: optuna.Study) -> list[FrontRow]:
+    rows = []
+    for trial in front_trials(study):
+        arch = ArchConfig.from_dict(trial.user_attrs[ARCH_ATTR])
+        cost = arch.cost()
+        accuracy = trial.values[0]
+        rows.append(
+            FrontRow(
+                trial=trial.number,
+                name=f"t{trial.number:04d}_{arch.short_hash()}",
+                accuracy=accuracy,
+                latency_ms=float(trial.user_attrs.get("latency_ms", float("nan"))),
+                latency_measured_ms=_measured_latency(trial),
+                params=cost.params,
+                macs=cost.macs,
+                blocks=" / ".join(s.block for s in arch.stages),
+                run_id=str(trial.user_attrs.get(RUN_ID_ATTR, "")),
+                arch=arch,
+            )
+        )
+    return rows
+
+
+def front_table(rows: list[FrontRow]) -> str:
+    """The front as a Markdown table."""
+    lines = [
+        "| trial | name | accuracy | latency ms | measured ms | params | MACs | blocks per stage |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.trial} | {r.name} | {r.accuracy:.4f} | {r.latency_ms:.3f} | {r.latency_measured_ms:.3f} "
+            f"| {r.params:,} | {r.macs:,} | {r.blocks} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def front_csv(rows: list[FrontRow]) -> str:
+    """The front as CSV; ``latency_measured_ms`` comes last so earlier columns keep their positions."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    header = ["trial", "name", "accuracy", "latency_ms", "params", "macs", "blocks", "mlflow_run_id"]
+    writer.writerow([*header, "latency_measured_ms"])
+    for r in rows:
+        writer.writerow(
+            [r.trial, r.name, r.accuracy, r.latency_ms, r.params, r.macs, r.blocks, r.run_id, r.latency_measured_ms]
+        )
+    return out.getvalue()
+
+
+def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
+    """Write each front architecture to ``<export_dir>/<study>/<name>.yaml`` (metrics in ``meta``).
+
+    Files of trials no longer on the front are removed, so the folder is the current front.
+    """
+    folder = Path(export_dir) / study.study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = front_rows(study)
+    written = []
+    for row in rows:
+        path = folder / f"{row.name}.yaml"
+        meta = {"study": study.study_name, **row.metrics()}
+        row.arch.replace(meta=meta).to_yaml(path)
+        written.append(path)
+    for stale in set(folder.glob("t*.yaml")) - set(written):
+        stale.unlink()
+    (folder / "front.md").write_text(front_table(rows))
+    (folder / "front.csv").write_text(front_csv(rows))
+    return written
+
+
+def latency_source(trials: Iterable[FrozenTrial]) -> Literal["predicted", "measured", "mixed", "none"]:
+    """Where the ``latency_ms`` of ``trials`` came from: the lookup table, a measurement, both or neither."""
+    sources = {"predicted" if "latency_predicted_ms" in t.user_attrs else "measured" for t in trials}
+    if len(sources) > 1:
+        return "mixed"
+    return "none" if not sources else "predicted" if "predicted" in sources else "measured"
+
+
+LATENCY_AXIS = {
+    "predicted": "predicted latency (ms, lookup table)",
+    "measured": "measured latency p50 (ms)",
+    "mixed": "latency (ms): predicted for some trials, measured p50 for others",
+    "none": "latency p50 (ms)",
+}
+
+
+def plot_front(study: optuna.Study, path: str | Path) -> Path:
+    """Accuracy vs latency of every complete trial, the front drawn, baselines marked, infeasible greyed."""
+    fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
+    draw_front(study, ax)
+    return save_figure(fig, path)
+
+
+def draw_front(study: optuna.Study, ax: Any) -> None:
+    """Draw :func:`plot_front`'s scatter on the matplotlib axes ``ax``.
+
+    Over-budget trials are grey crosses at accuracy 0 and their latency (predicted or
+    measured); those rejected before any latency existed (on parameters or MACs) cannot be
+    placed on the x-axis, so the legend counts them.
+    """
+    every = study.get_trials(deepcopy=False)
+    trials = [t for t in every if "latency_ms" in t.user_attrs]
+    front = {t.number for t in front_trials(study)}
+
+    def scatter(selected: list[FrozenTrial], **style: Any) -> None:
+        if selected:
+            ax.scatter([t.user_attrs["latency_ms"] for t in selected], [_accuracy(t) for t in selected], **style)
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    over = [t for t in trials if "over_budget" in t.user_attrs]
+    n_unplaced = sum("over_budget" in t.user_attrs and "latency_ms" not in t.user_attrs for t in every)
+    scatter([t for t in complete if t.number not in front], color="tab:blue", alpha=0.5, label="trials")
+    if over or n_unplaced:  # drawn even empty, for the legend's count
+        label = "over budget (not trained)"
+        if n_unplaced:
+            label += f"; {n_unplaced} more without latency, not drawn"
+        ax.scatter(
+            [t.user_attrs["latency_ms"] for t in over], [0.0] * len(over), color="lightgrey", marker="x", label=label
+        )
+    on_front = sorted((t for t in complete if t.number in front), key=lambda t: t.user_attrs["latency_ms"])
+    if on_front:
+        ax.step(
+            [t.user_attrs["latency_ms"] for t in on_front],
+            [_accuracy(t) for t in on_front],
+            where="post",
+            color="tab:red",
+            label="Pareto front",
+        )
+        scatter(on_front, color="tab:red", zorder=3)
+    scatter(
+        [t for t in complete if BASELINE_ATTR in t.user_attrs],
+        marker="*",
+        s=160,
+        color="gold",
+        edgecolor="black",
+        zorder=4,
+        label="baselines",
+    )
+    ax.set_xlabel(LATENCY_AXIS[latency_source(trials)])
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{study.study_name}: accuracy vs latency")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+
+
+def _measured_latency(trial: FrozenTrial) -> float:
+    """The measured p50 of a trial; its ``latency_ms`` when that was measured (older studies)."""
+    if "latency_measured_ms" in trial.user_attrs:
+        return float(trial.user_attrs["latency_measured_ms"])
+    if "latency_predicted_ms" not in trial.user_attrs:
+        return float(trial.user_attrs.get("latency_ms", float("nan")))
+    return float("nan")
+
+
+def _accuracy(trial: FrozenTrial) -> float:
+    return trial.values[0] if trial.values else 0.0

@@ -1,0 +1,259 @@
+"""Run a search: open (or resume) the Optuna study and its MLflow parent run, run trials until
+the study-wide total is reached, then export the Pareto front."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
+from blocknas.search.data import load_data_for
+from blocknas.search.tracking import StudyTracker, fail_dead_local_trials, mask_url, open_storage, resolve_tracking_uri
+from blocknas.spaces import SearchSpace
+
+from .config import StudyConfig
+from .objective import ARCH_ATTR, BASELINE_ATTR, Objective
+from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
+
+__all__ = ["SearchResult", "open_study", "optimize_until_done", "run_search", "trial_counts"]
+
+log = logging.getLogger(__name__)
+
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+METRIC_NAMES = {"multi": ["accuracy", "latency_ms"], "accuracy": ["accuracy"]}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search produced and where to look."""
+
+    study: optuna.Study
+    front: list[FrontRow]
+    exported: list[Path]
+    parent_run_id: str
+    tracking_uri: str
+    export_folder: Path
+
+
+def _sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)))
+
+
+def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    if config.objective == "multi" or config.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.train.epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def open_study(config: StudyConfig) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it if it exists; returns ``(study, created_here)``.
+
+    Creation is atomic in Optuna's storage, so among many workers exactly one creates it.
+    That worker samples with ``config.seed``; the others add their pid so they don't
+    propose identical trials.
+    """
+    storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
+    directions: list[Literal["minimize", "maximize"]] = (
+        ["maximize", "minimize"] if config.objective == "multi" else ["maximize"]
+    )
+    try:
+        study = optuna.create_study(
+            study_name=config.name,
+            storage=storage,
+            directions=directions,
+            sampler=_sampler(config, config.seed),
+            pruner=_pruner(config),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES[config.objective])
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(
+            study_name=config.name,
+            storage=storage,
+            sampler=_sampler(config, config.seed + os.getpid()),
+            pruner=_pruner(config),
+        )
+    found = [d.name.lower() for d in study.directions]
+    if found != directions:
+        raise ConfigError(
+            f"study {config.name!r} in {mask_url(config.storage_url)} has directions {found}, but objective "
+            f"{config.objective!r} needs {directions}; use another study name",
+            path="objective",
+            source=config.source,
+        )
+    return study, False
+
+
+def _enqueue_baselines(study: optuna.Study, baselines: dict[str, ArchConfig]) -> None:
+    for name, arch in baselines.items():
+        study.enqueue_trial({}, user_attrs={BASELINE_ATTR: name, ARCH_ATTR: arch.to_dict()})
+
+
+def _load_baselines(config: StudyConfig, space: SearchSpace) -> dict[str, ArchConfig]:
+    baselines = {}
+    for i, ref in enumerate(config.baselines):
+        try:
+            arch = resolve_arch(ref)
+        except (ConfigError, KeyError) as exc:
+            raise ConfigError(str(exc), path=f"baselines[{i}]", source=config.source) from None
+        if tuple(arch.input_size) != tuple(space.input_size) or arch.num_classes != space.num_classes:
+            raise ConfigError(
+                f"baseline {ref!r} is for input {arch.input_size} and {arch.num_classes} classes, "
+                f"but the space uses {space.input_size} and {space.num_classes}",
+                path=f"baselines[{i}]",
+                source=config.source,
+            )
+        baselines[Path(str(ref)).stem] = arch
+    return baselines
+
+
+def trial_counts(study: optuna.Study) -> tuple[int, int]:
+    """``(done, running)``: trials that count toward the total, and trials in progress.
+
+    Complete, pruned (incl. over budget) and failed trials count; a failed trial that was
+    re-enqueued for retry (its worker died) does not, its retry does.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    done = sum(t.state in DONE_STATES or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
+    return done, sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
+    """Run (or resume) the study until it holds ``config.n_trials`` finished trials.
+
+    Everything that can be wrong with the config is checked before anything is written:
+    the space, the dataset, the baselines, the storage and the tracking store.
+    """
+    space = SearchSpace.load(config.space_path())
+    baselines = _load_baselines(config, space)
+    data = load_data_for(
+        config.data, input_size=tuple(space.input_size), in_chans=space.in_chans, num_classes=space.num_classes,
+        what="the space", path="space", source=config.source,
+    )  # fmt: skip
+    tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+    tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
+    study, created = open_study(config)
+    parent = tracker.ensure_parent(study, created_study=created, params=_study_params(config, space))
+    if created:
+        _enqueue_baselines(study, baselines)
+        tracker.log_text(parent, _config_yaml(config), "study.yaml")
+    fail_dead_local_trials(study)
+    tracker.close_orphans(study)
+    predictor = None
+    if config.latency.mode == "predicted":
+        from blocknas.search.latency import LatencyPredictor
+
+        # Calibrates itself: every candidate the objective measures is stored as a calibration point.
+        predictor = LatencyPredictor(config.latency, cache_dir=Path(config.runs_dir) / "latency_table")
+        log.info(
+            "latency predictor %s: %d calibration networks stored, calibrated from %d on",
+            predictor.path,
+            predictor.n_calibration_points,
+            predictor.min_calibration_points,
+        )
+    objective = Objective(config, space, data, tracker, parent, predictor=predictor, progress=progress)
+    optimize_until_done(study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress)
+    return _finish(study, config, tracker, parent)
+
+
+def optimize_until_done(
+    study: optuna.Study,
+    objective: Callable[[optuna.trial.Trial], Any],
+    *,
+    n_trials: int,
+    timeout_s: float | None = None,
+    progress: bool = True,
+) -> None:
+    """Run one trial at a time until the study holds ``n_trials`` (all workers) or ``timeout_s`` passes.
+
+    Counting the study's trials before each new one, rather than this worker's, makes
+    ``n_trials`` a study-wide total: resumes and extra workers add up to it, never past it.
+    A worker whose remaining trials are in other workers' hands waits for them (or for
+    them to be declared stale) instead of starting surplus trials.
+    """
+    start = time.monotonic()
+    done, _ = trial_counts(study)
+    bar = tqdm(
+        total=n_trials,
+        initial=min(done, n_trials),
+        desc=f"{study.study_name} trials",
+        disable=not progress,
+        unit="trial",
+    )
+    try:
+        while timeout_s is None or time.monotonic() - start < timeout_s:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            done, running = trial_counts(study)
+            bar.n = min(done, n_trials)
+            bar.refresh()
+            if done >= n_trials:
+                break
+            if done + running >= n_trials:  # the rest are in other workers' hands
+                time.sleep(1.0)
+                fail_dead_local_trials(study)
+                continue
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            bar.set_postfix(_progress_postfix(study), refresh=False)
+    finally:
+        bar.close()
+
+
+def _progress_postfix(study: optuna.Study) -> dict[str, str]:
+    rows = front_rows(study)
+    if not rows:
+        return {"front": "0"}
+    best = max(rows, key=lambda r: r.accuracy)
+    return {"best_acc": f"{best.accuracy:.3f}", "front": str(len(rows))}
+
+
+def _finish(study: optuna.Study, config: StudyConfig, tracker: StudyTracker, parent: str) -> SearchResult:
+    exported = export_front(study, config.export_dir)
+    rows = front_rows(study)
+    folder = Path(config.export_dir) / study.study_name
+    plot = plot_front(study, Path(config.runs_dir) / study.study_name / "pareto.png")
+    tracker.log_file(parent, plot)
+    tracker.log_text(parent, front_table(rows), "pareto_front.md")
+    tracker.log_text(parent, front_csv(rows), "pareto_front.csv")
+    done, running = trial_counts(study)
+    tracker.log(parent, metrics={"n_trials_done": done, "front_size": len(rows)})
+    tracker.close_orphans(study)
+    if done >= config.n_trials and running == 0:
+        tracker.finish_parent(parent)
+    return SearchResult(study, rows, exported, parent, tracker.tracking_uri, folder)
+
+
+def _study_params(config: StudyConfig, space: SearchSpace) -> dict[str, object]:
+    flat: dict[str, object] = flatten(config.to_dict())
+    flat["storage"] = mask_url(config.storage_url)
+    flat["space.size"] = space.size()
+    return flat
+
+
+def _config_yaml(config: StudyConfig) -> str:
+    import yaml
+
+    data = config.to_dict()
+    if data.get("storage"):
+        data["storage"] = mask_url(data["storage"])
+    return yaml.safe_dump(data, sort_keys=False)

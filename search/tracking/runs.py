@@ -1,0 +1,233 @@
+"""MLflow tracking: one experiment per study, one parent run per study, one child run per trial.
+
+Manual logging through ``MlflowClient`` (not optuna-integration's deprecated callback), so
+many workers can attach children to the same parent. The parent run id lives in the Optuna
+study's user attributes; the child run id in the trial's, and the trial number in the run's tags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from blocknas.search.files import file_lock
+
+from .storage import mask_url
+
+__all__ = [
+    "PARENT_RUN_ATTR",
+    "RUN_ID_ATTR",
+    "StudyTracker",
+    "TrackingError",
+    "check_reachable",
+    "resolve_tracking_uri",
+]
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+RUN_ID_ATTR = "mlflow_run_id"
+_BATCH = 100  # MLflow's log_batch limit per kind
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking server or store cannot be used."""
+
+
+def resolve_tracking_uri(configured: str | None, runs_dir: str | Path = "runs") -> str:
+    """Configured URI, else ``$MLFLOW_TRACKING_URI``, else a SQLite store under ``runs_dir``."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    path = Path(runs_dir).resolve() / "mlflow.db"
+    return f"sqlite:///{path}"
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast on an unreachable server (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+            response.read()
+    except OSError as exc:
+        raise TrackingError(f"MLflow tracking server {mask_url(uri)} is not reachable: {exc}") from None
+
+
+def _sqlite_init_lock(uri: str) -> contextlib.AbstractContextManager[None]:
+    """Serialize first use of a local SQLite store: MLflow migrates a new database on first
+    use, and two workers migrating the same file at once corrupt it ("duplicate column")."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return file_lock(uri.removeprefix("sqlite:///") + ".lock")
+
+
+class StudyTracker:
+    """MLflow bookkeeping for one study.
+
+    Args:
+        tracking_uri: Where runs go (a ``sqlite:///`` store, a server URL, ...).
+        experiment: Experiment name (the study name).
+        runs_dir: Local folder for artifacts when the store is a local SQLite file.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, *, runs_dir: str | Path = "runs") -> None:
+        check_reachable(tracking_uri)
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        try:
+            with _sqlite_init_lock(tracking_uri):
+                self.client = MlflowClient(tracking_uri=tracking_uri)
+                self.experiment_id = self._experiment(experiment, Path(runs_dir))
+        except Exception as exc:
+            raise TrackingError(f"cannot use MLflow tracking store {mask_url(tracking_uri)}: {exc}") from None
+
+    def _experiment(self, name: str, runs_dir: Path) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return str(found.experiment_id)
+        local = self.tracking_uri.startswith("sqlite:")
+        location = (runs_dir.resolve() / "artifacts").as_uri() if local else None
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except Exception:  # another worker created it between our lookup and create
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    # -- parent run ---------------------------------------------------------------------
+
+    def ensure_parent(
+        self, study: optuna.Study, *, created_study: bool, params: Mapping[str, Any], wait_s: float = 30
+    ) -> str:
+        """The study's parent run id, creating it exactly once across workers.
+
+        Only the worker that created the Optuna study creates the parent run; the others
+        wait for its id to appear in the study's user attributes.
+        """
+        deadline = time.monotonic() + (0 if created_study else wait_s)
+        while True:
+            run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+            if run_id:
+                self._reopen(run_id)
+                return str(run_id)
+            if created_study or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"study-{study.study_name}",
+            tags={"blocknas.role": "study", "blocknas.study": study.study_name},
+        )
+        run_id = run.info.run_id
+        study.set_user_attr(PARENT_RUN_ATTR, run_id)
+        self.log(run_id, params=params)
+        log.info("created MLflow parent run %s for study %s", run_id, study.study_name)
+        return run_id
+
+    def _reopen(self, run_id: str) -> None:
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+
+    def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # -- child runs ---------------------------------------------------------------------
+
+    def start_child(
+        self, parent_run_id: str, trial: optuna.trial.BaseTrial, run_name: str, tags: Mapping[str, str]
+    ) -> str:
+        """Create the child run of ``trial`` and record each id on the other."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={
+                MLFLOW_PARENT_RUN_ID: parent_run_id,
+                MLFLOW_RUN_NAME: run_name,
+                "optuna.trial_number": str(trial.number),
+                **tags,
+            },
+        )
+        trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        step: int = 0,
+    ) -> None:
+        """Log params, metrics (at ``step``) and tags in batches."""
+        now = int(time.time() * 1000)
+        param_list = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
+        metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if v is not None]
+        tag_list = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+        # One round trip per 100 of each kind: a store transaction costs more than its rows.
+        for params_, metrics_, tags_ in itertools.zip_longest(
+            _chunks(param_list), _chunks(metric_list), _chunks(tag_list)
+        ):
+            self.client.log_batch(run_id, metrics=metrics_ or [], params=params_ or [], tags=tags_ or [])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def children(self, parent_run_id: str) -> list[Any]:
+        """All child runs of a parent (any status)."""
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], query, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def close_orphans(self, study: optuna.Study) -> int:
+        """Mark children of trials that are no longer running (killed workers) as KILLED."""
+        closed = 0
+        for trial in study.get_trials(deepcopy=False):
+            run_id = trial.user_attrs.get(RUN_ID_ATTR)
+            if not run_id or trial.state == optuna.trial.TrialState.RUNNING:
+                continue
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_tag(run_id, "blocknas.state", "killed")
+                self.client.set_terminated(run_id, status="KILLED")
+                closed += 1
+        return closed
+
+
+def _param_text(value: Any) -> str:
+    text = mask_url(str(value)) if isinstance(value, str) else str(value)
+    return text[:6000]
+
+
+def _chunks(items: list[Any]) -> Iterable[list[Any]]:
+    for i in range(0, len(items), _BATCH):
+        yield items[i : i + _BATCH]

@@ -1,0 +1,155 @@
+"""Optuna storage from one URL string, with crash recovery, and credential masking.
+
+Accepted forms:
+
+* ``sqlite:///runs/optuna.db``, ``postgresql://user:pw@host/db``, ``mysql://…`` — Optuna's
+  RDB storage with heartbeats: a trial whose worker stops beating is failed and retried.
+* ``redis://host:6379/0`` — Optuna's journal storage on Redis.
+* a file path (``runs/optuna.journal``) or ``journal:PATH`` — Optuna's journal file storage.
+  Journal storage has no heartbeat, so each worker records ``host:pid`` on its trials and,
+  on start, fails (and retries) RUNNING trials of this host whose process is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = [
+    "load_study",
+    "WORKER_ATTR",
+    "StorageError",
+    "fail_dead_local_trials",
+    "mask_url",
+    "open_storage",
+    "worker_id",
+]
+
+log = logging.getLogger(__name__)
+
+WORKER_ATTR = "blocknas.worker"
+RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]+:)(?P<pw>[^@]*)(?P<tail>@)", re.IGNORECASE)
+
+
+class StorageError(RuntimeError):
+    """The study storage cannot be opened or reached."""
+
+
+def mask_url(url: str) -> str:
+    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``; other text unchanged."""
+    return _PASSWORD.sub(r"\g<head>***\g<tail>", url)
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on every trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _scheme(url: str) -> str:
+    match = re.match(r"^([a-z][a-z0-9+.-]*)://", url, re.IGNORECASE)
+    return match.group(1).split("+")[0].lower() if match else ""
+
+
+def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) -> BaseStorage:
+    """Open (and create if needed) the Optuna storage named by ``url``.
+
+    Args:
+        url: See the module docstring.
+        heartbeat_interval: Seconds between heartbeats on RDB storage; a trial silent for
+            twice that long is failed and retried.
+        max_retry: How many times a trial whose worker died is retried.
+    """
+    scheme = _scheme(url)
+    try:
+        if scheme in RDB_SCHEMES:
+            if scheme == "sqlite" and ":///" in url and ":memory:" not in url:
+                # An absolute file, so the storage keeps working if the process changes directory.
+                db = Path(url.split(":///", 1)[1]).resolve()
+                db.parent.mkdir(parents=True, exist_ok=True)
+                url = f"{url.split(':///', 1)[0]}:///{db}"
+            engine_kwargs = {"pool_pre_ping": True} if scheme != "sqlite" else {"connect_args": {"timeout": 60}}
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=2 * heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
+        if scheme == "redis":
+            backend = JournalRedisBackend(url)
+            backend._redis.ping()  # fail now, with a clear message, not at the first trial
+            return optuna.storages.JournalStorage(backend)
+        if scheme and scheme != "journal":
+            raise StorageError(
+                f"unsupported storage scheme {scheme!r} in {mask_url(url)!r}; use sqlite://, postgresql://, "
+                "mysql://, redis:// or a journal file path"
+            )
+        path = Path(url.removeprefix("journal:").removeprefix("//")).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except StorageError:
+        raise
+    except Exception as exc:  # SQLAlchemy / redis / OS errors all mean "cannot use this storage"
+        raise StorageError(f"cannot open study storage {mask_url(url)}: {type(exc).__name__}: {exc}") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_local_trials(study: optuna.Study, *, max_retry: int = 1) -> list[FrozenTrial]:
+    """Fail and re-enqueue RUNNING trials started on this host by a process that no longer exists.
+
+    This is how journal storage (no heartbeats) recovers from a killed worker; on RDB storage
+    it makes recovery immediate instead of waiting for the heartbeat grace period.
+    """
+    host = socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
+        owner_host, _, pid_text = owner.rpartition(":")
+        if owner_host != host or not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):  # another worker got there first
+            continue
+        log.warning("trial %d was left RUNNING by dead worker %s; marked FAIL and re-enqueued", trial.number, owner)
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
+        failed.append(frozen)
+    return failed
+
+
+def load_study(study_name: str, storage_url: str) -> optuna.Study:
+    """Load an existing study; a missing one is a ``StorageError`` naming the studies that exist."""
+    journal = Path(storage_url.removeprefix("journal:"))
+    if "://" not in storage_url and not journal.is_file():  # don't create an empty journal by looking
+        raise FileNotFoundError(f"no study storage at {journal}: run a search first, or pass --storage")
+    storage = open_storage(storage_url)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        raise StorageError(
+            f"no study named {study_name!r} in {mask_url(storage_url)}; "
+            f"studies there: {', '.join(names) if names else 'none'}"
+        ) from None
