@@ -21,14 +21,14 @@ import itertools
 import json
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
 from blocknas.blocks import ArchConfig, ConfigError, StageConfig, resolve_arch
 from blocknas.search.data import DataConfig
 from blocknas.search.latency import LatencyTarget
-from blocknas.search.study import FileConfig
+from blocknas.search.study import StudyBase
 from blocknas.search.training import TrainConfig
 
 __all__ = [
@@ -112,11 +112,13 @@ class MatchConfig:
 
 
 @dataclass(frozen=True)
-class AblationConfig(FileConfig):
+class AblationConfig(StudyBase):
     """Everything an ablation needs: base architecture, factors, seeds, data, training, latency, budget match.
 
+    The study's name and stores are :class:`~blocknas.search.study.StudyBase`'s; the report
+    goes to ``<runs_dir>/<name>/report``.
+
     Attributes:
-        name: The Optuna study, the MLflow experiment and the report folder ``<runs_dir>/<name>/report``.
         base: The base architecture: a YAML path (relative to this file or the working
             directory), a registered ``blocknet_*`` name, or an inline mapping.
         factors: Factor name → levels; see the module docstring for the names.
@@ -131,7 +133,6 @@ class AblationConfig(FileConfig):
         confidence: Confidence level of the paired-difference intervals.
     """
 
-    name: str
     base: Union[str, dict[str, Any]]
     factors: dict[str, FactorConfig]
     design: Literal["grid", "one_at_a_time"] = "grid"
@@ -142,16 +143,9 @@ class AblationConfig(FileConfig):
     match: Union[str, MatchConfig, None] = None
     on_unmatched: Literal["train", "skip"] = "train"
     confidence: float = 0.95
-    storage: str | None = None
-    tracking_uri: str | None = None
-    timeout_s: float | None = None
-    runs_dir: str = "runs"
-    heartbeat_interval_s: int = 60
-    source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/\\ "):
-            raise ConfigError(f"{self.name!r} must be non-empty without '/', '\\' or spaces", path="name")
+        super().__post_init__()
         if not self.factors:
             raise ConfigError("at least one factor is required", path="factors")
         if isinstance(self.seeds, int) and self.seeds < 1:
@@ -160,8 +154,6 @@ class AblationConfig(FileConfig):
             raise ConfigError(f"{list(self.seeds)} must be a non-empty list of distinct seeds", path="seeds")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"{self.confidence} must be in (0, 1), e.g. 0.95", path="confidence")
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise ConfigError(f"{self.timeout_s} must be > 0", path="timeout_s")
         if isinstance(self.match, str) and self.match not in MATCH_METRICS:
             raise ConfigError(
                 f"{self.match!r} is not one of {', '.join(map(repr, MATCH_METRICS))} "
@@ -181,10 +173,6 @@ class AblationConfig(FileConfig):
         if isinstance(self.match, str):
             return MatchConfig(metric=typing.cast(MatchMetric, self.match))
         return self.match
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or str(Path(self.runs_dir) / "optuna.journal")
 
     @property
     def report_dir(self) -> Path:

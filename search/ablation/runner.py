@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from blocknas.blocks import ArchConfig, ConfigError, parse, to_plain
+from blocknas.blocks import ArchConfig, ConfigError, flatten
 from blocknas.search.data import load_data_for
 from blocknas.search.study import Objective, StudyConfig, open_study, optimize_until_done, trial_counts
 from blocknas.search.tracking import StudyTracker, fail_dead_local_trials, mask_url, resolve_tracking_uri
@@ -115,7 +115,7 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     study_config = _study_config(config)
     study, created = open_study(study_config)
     _check_definition(study, config, base, created)
-    parent = tracker.ensure_parent(study, created_study=created, params=_flat(_config_plain(config)))
+    parent = tracker.ensure_parent(study, created_study=created, params=flatten(_config_plain(config)))
     if created:
         tracker.log(parent, tags={"blocknas.kind": "ablation"})
         tracker.log_text(parent, _config_yaml(config), "ablation.yaml")
@@ -137,20 +137,15 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
 
 def _study_config(config: AblationConfig) -> StudyConfig:
     """The study settings an ablation shares with a search (two objectives, no pruning, no constraints)."""
-    plain = {
-        "name": config.name,
-        "data": to_plain(config.data),
-        "train": to_plain(config.train),
-        "latency": to_plain(config.latency),
-        "objective": "multi",
-        "pruner": "none",
-        "sampler": "random",
-        "storage": config.storage,
-        "tracking_uri": config.tracking_uri,
-        "runs_dir": config.runs_dir,
-        "heartbeat_interval_s": config.heartbeat_interval_s,
-    }
-    return parse(StudyConfig, plain, source=config.source)
+    return StudyConfig(
+        **config.stores(),
+        data=config.data,
+        train=config.train,
+        latency=config.latency,
+        objective="multi",
+        pruner="none",
+        sampler="random",
+    )
 
 
 def _wait_for_attr(study: optuna.Study, key: str, wait_s: float) -> Any:
@@ -386,11 +381,3 @@ def _config_yaml(config: AblationConfig) -> str:
 
     return yaml.safe_dump(_config_plain(config), sort_keys=False)
 
-
-def _flat(plain: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists stay values)."""
-    flat: dict[str, Any] = {}
-    for key, value in plain.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        flat.update(_flat(value, name) if isinstance(value, Mapping) else {name: value})
-    return flat

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import Constraints, FileConfig, StudyConfig, load_study_config
+from .config import Constraints, StudyBase, StudyConfig, default_storage_url, load_study_config
 from .objective import ARCH_ATTR, BASELINE_ATTR, FINGERPRINT_ATTR, Objective, latency_fingerprints, trial_tags
 from .pareto import (
     FrontRow,
@@ -22,11 +22,12 @@ __all__ = [
     "BASELINE_ATTR",
     "Constraints",
     "FINGERPRINT_ATTR",
-    "FileConfig",
     "FrontRow",
     "Objective",
     "SearchResult",
+    "StudyBase",
     "StudyConfig",
+    "default_storage_url",
     "draw_front",
     "export_front",
     "front_rows",

@@ -5,14 +5,14 @@ Kept apart from the trainer so the MLflow run (:mod:`.run`) and the trainer both
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from blocknas.blocks import ConfigError, load_yaml, parse, to_plain
+from blocknas.blocks import ArchConfig, ConfigError
 from blocknas.search.data import DataConfig
+from blocknas.search.yaml_config import FileConfig
 
 from .brief import TrainConfig
 
@@ -73,7 +73,7 @@ class EmaConfig:
 
 
 @dataclass(frozen=True)
-class FullTrainConfig:
+class FullTrainConfig(FileConfig):
     """One full training run (``configs/train/*.yaml``).
 
     Attributes:
@@ -110,16 +110,14 @@ class FullTrainConfig:
             raise ConfigError(f"{self.name!r} must be non-empty without '/' or '\\'", path="name")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> FullTrainConfig:
+    def from_dict(cls, data: Any, *, source: str | None = None) -> FullTrainConfig:
         """Parse a mapping; its ``train:`` keys override :data:`FULL_TRAIN_DEFAULTS`."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"expected a mapping, got {type(data).__name__}", source=source)
-        if "source" in data:
-            raise ConfigError("unknown key 'source'", path="source", source=source)
         train = data.get("train") or {}
         if isinstance(train, Mapping):
             data = {**data, "train": {**FULL_TRAIN_DEFAULTS, **train}}
-        return dataclasses.replace(parse(cls, data, source=source), source=source)
+        return super().from_dict(data, source=source)
 
     def with_overrides(self, **overrides: Any) -> FullTrainConfig:
         """A validated copy with non-None values replaced (``epochs``, ``batch_size``, ``lr`` in ``train``; ``dataset`` is ``data.name``)."""
@@ -134,11 +132,6 @@ class FullTrainConfig:
             else:
                 data[key] = value
         return self.from_dict(data, source=self.source)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = to_plain(self)
-        data.pop("source", None)
-        return data
 
     def run_name(self, arch: ArchConfig) -> str:
         """``name``, else the file or config name in ``arch``, else the architecture's hash."""
@@ -155,7 +148,7 @@ class FullTrainConfig:
 
 def load_train_config(path: str | Path) -> FullTrainConfig:
     """Load and validate a training YAML file; errors name the file and key path."""
-    return FullTrainConfig.from_dict(load_yaml(path), source=str(path))
+    return FullTrainConfig.load(path)
 
 
 @dataclass(frozen=True)
