@@ -16,6 +16,7 @@ from .dashboard import (
     wait_until_up,
 )
 from .doctor import Diagnosis, check_study, diagnose
+from .journal import open_journal_backend, repair_torn_tail
 from .runs import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, TrackingError, check_reachable, resolve_tracking_uri
 from .storage import WORKER_ATTR, StorageError, fail_dead_local_trials, load_study, mask_url, open_storage, worker_id
 
@@ -39,7 +40,9 @@ __all__ = [
     "load_study",
     "mask_url",
     "mlflow_server_command",
+    "open_journal_backend",
     "open_storage",
+    "repair_torn_tail",
     "resolve_tracking_uri",
     "run_optuna_dashboard",
     "runs_page_url",

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
+
+from .journal import open_journal_backend
 
 __all__ = [
     "load_study",
@@ -95,7 +97,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
             )
         path = Path(url.removeprefix("journal:").removeprefix("//")).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return optuna.storages.JournalStorage(open_journal_backend(path))
     except StorageError:
         raise
     except Exception as exc:  # SQLAlchemy / redis / OS errors all mean "cannot use this storage"
