@@ -5,17 +5,21 @@ Importing this package registers the ``blocknet`` timm models.
 
 from __future__ import annotations
 
-from .arch import ACT_LAYERS, NORM_LAYERS, ArchConfig, BlockSpec, HeadConfig, StageConfig, StemConfig
-from .blocknet import BlockNet, build_block
+from .arch import ArchConfig
+from .blocknet import BlockNet
 from .conv_blocks import ConvBlock, InvertedResidual, ReversedSeparableConv, SeparableConv, StandardConv
 from .cost import Cost, CostKnobs
+from .layers import build_block, build_head, build_stem
+from .named_archs import arch_of, registered_archs
+from .parts import ACT_LAYERS, NORM_LAYERS, BlockSpec, HeadConfig, StageConfig, StemConfig
 from .registry import UnknownBlockError, get_block, list_blocks, register_block
 from .resolve import ArchLike, register_arch_resolver, resolve_arch
 from .schema import ConfigError, flatten, load_yaml, parse, to_plain
-from .timm_models import arch_of, blocknet, create_blocknet, register_arch, register_arch_dir, registered_archs
+from .timm_models import DEFAULT_ARCH, blocknet, create_blocknet, register_arch, register_arch_dir
 
 __all__ = [
     "ACT_LAYERS",
+    "DEFAULT_ARCH",
     "NORM_LAYERS",
     "ArchConfig",
     "ArchLike",
@@ -36,6 +40,8 @@ __all__ = [
     "arch_of",
     "blocknet",
     "build_block",
+    "build_head",
+    "build_stem",
     "create_blocknet",
     "flatten",
     "get_block",

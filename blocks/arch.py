@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -11,108 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 from .cost import Cost, CostKnobs, out_size
-from .registry import UnknownBlockError, get_block
+from .layers import build_block, build_head, build_stem
+from .network_cost import block_cost, head_cost, meta_cost, stem_cost
+from .parts import ACT_LAYERS, NORM_LAYERS, BlockSpec, HeadConfig, StageConfig, StemConfig, check_positive
 from .schema import ConfigError, flatten, load_yaml, parse, to_plain
 
-__all__ = ["ACT_LAYERS", "NORM_LAYERS", "ArchConfig", "BlockSpec", "HeadConfig", "StageConfig", "StemConfig"]
-
-ACT_LAYERS = ("relu", "relu6", "silu", "swish", "hard_swish", "gelu", "leaky_relu", "mish", "elu")
-NORM_LAYERS = ("batchnorm2d", "layernorm2d")
-
-
-def _check_kernel(kernel_size: int, key: str) -> None:
-    allowed = "kernel sizes must be odd integers >= 1 (1, 3, 5, 7, ...)"
-    if kernel_size < 1:
-        raise ConfigError(f"{kernel_size} is < 1; {allowed}", path=key)
-    if kernel_size % 2 == 0:
-        raise ConfigError(f"{kernel_size} is not odd; {allowed}", path=key)
-
-
-def _check_stride(stride: int, key: str) -> None:
-    if stride not in (1, 2):
-        raise ConfigError(f"{stride} is not allowed; stride must be 1 or 2", path=key)
-
-
-def _check_positive(value: float, key: str) -> None:
-    if value <= 0:
-        raise ConfigError(f"{value} must be > 0", path=key)
-
-
-@dataclass(frozen=True)
-class StemConfig:
-    """The first conv → norm → act, from ``in_chans`` to ``out_chs``."""
-
-    out_chs: int = 16
-    kernel_size: int = 3
-    stride: int = 1
-
-    def __post_init__(self) -> None:
-        _check_positive(self.out_chs, "out_chs")
-        _check_kernel(self.kernel_size, "kernel_size")
-        _check_stride(self.stride, "stride")
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    """``depth`` blocks of one type; the first block applies ``stride``, the rest stride 1."""
-
-    block: str
-    out_chs: int
-    depth: int = 1
-    stride: int = 1
-    kernel_size: int = 3
-    expand_ratio: float = 1.0
-    se_ratio: float = 0.0
-    mid_norm_act: bool = True
-    skip: bool | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            get_block(self.block)
-        except UnknownBlockError as exc:
-            raise ConfigError(str(exc), path="block") from None
-        _check_positive(self.out_chs, "out_chs")
-        if self.depth < 1:
-            raise ConfigError(f"{self.depth} must be >= 1", path="depth")
-        _check_stride(self.stride, "stride")
-        _check_kernel(self.kernel_size, "kernel_size")
-        _check_positive(self.expand_ratio, "expand_ratio")
-        if not 0 <= self.se_ratio < 1:
-            raise ConfigError(f"{self.se_ratio} must be in [0, 1); 0 disables squeeze-excite", path="se_ratio")
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Optional 1×1 conv to ``num_features`` (0: none, use the last stage's width), then the classifier."""
-
-    num_features: int = 0
-    drop_rate: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.num_features < 0:
-            raise ConfigError(f"{self.num_features} must be >= 0 (0 means no head conv)", path="num_features")
-        if not 0 <= self.drop_rate < 1:
-            raise ConfigError(f"{self.drop_rate} must be in [0, 1)", path="drop_rate")
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """One block of a network, fully resolved: what to build and at which input size."""
-
-    stage: int
-    index: int
-    block: str
-    in_chs: int
-    out_chs: int
-    in_hw: tuple[int, int]
-    knobs: CostKnobs
-    skip: bool | None
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        return out_size(self.in_hw, self.knobs.stride)
+__all__ = ["ArchConfig"]
 
 
 @dataclass(frozen=True)
@@ -144,11 +50,11 @@ class ArchConfig:
             raise ConfigError(
                 f"unknown norm layer {self.norm_layer!r}; allowed: {', '.join(NORM_LAYERS)}", path="norm_layer"
             )
-        _check_positive(self.in_chans, "in_chans")
+        check_positive(self.in_chans, "in_chans")
         if self.num_classes < 0:
             raise ConfigError(f"{self.num_classes} must be >= 0 (0: no classifier)", path="num_classes")
         for i, size in enumerate(self.input_size):
-            _check_positive(size, f"input_size[{i}]")
+            check_positive(size, f"input_size[{i}]")
 
     # -- construction and persistence -------------------------------------------------
 
@@ -223,9 +129,28 @@ class ArchConfig:
 
     def cost(self) -> Cost:
         """Parameters and MACs of the network, analytic where every block has a formula."""
-        from .network_cost import arch_cost
+        specs = self.block_specs()
+        total = stem_cost(self.in_chans, self.stem, self.stem_hw)
+        total += head_cost(self.stages[-1].out_chs, specs[-1].out_hw, self.head, self.num_classes)
+        for spec in specs:
+            cost = block_cost(spec)
+            if cost is None:
+                return self.measured_cost()
+            total += cost
+        return total
 
-        return arch_cost(self)
+    def measured_cost(self) -> Cost:
+        """Parameters and MACs counted on the network's layers built on the meta device."""
+        return meta_cost(self._layers, (self.in_chans, *self.input_size))
+
+    def _layers(self) -> nn.Module:
+        """Stem, blocks and head in one ``nn.Sequential``, built as ``BlockNet`` builds them."""
+        act, norm = self.act_layer, self.norm_layer
+        return nn.Sequential(
+            build_stem(self.in_chans, self.stem, act_layer=act, norm_layer=norm),
+            *(build_block(spec, act, norm) for spec in self.block_specs()),
+            *build_head(self.stages[-1].out_chs, self.head, self.num_classes, act_layer=act, norm_layer=norm),
+        )
 
     def params(self) -> int:
         return self.cost().params
@@ -238,8 +163,3 @@ class ArchConfig:
         plain = self.to_dict()
         plain.pop("meta", None)
         return flatten(plain)
-
-
-def fields_of(cls: type) -> list[str]:
-    """Names of a config dataclass's keys."""
-    return [f.name for f in dataclasses.fields(cls)]

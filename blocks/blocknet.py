@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.layers import ClassifierHead, ConvNormAct
 from timm.models import checkpoint_seq
 from torch import nn
 
-from .arch import ArchConfig, BlockSpec
-from .registry import OPTIONAL_BLOCK_KEYWORDS, accepted_options, get_block
-from .schema import ConfigError
+from .arch import ArchConfig
+from .layers import build_block, build_head, build_stem
 
-__all__ = ["BlockNet", "build_block"]
+__all__ = ["BlockNet"]
 
 
 def _take_indices(num_stages: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[list[int], int]:
@@ -29,41 +27,6 @@ def _take_indices(num_stages: int, indices: int | list[int] | tuple[int, ...] | 
         if any(not 0 <= i < num_stages for i in take):
             raise ValueError(f"indices {list(indices)} out of range for {num_stages} stages")
     return take, max(take)
-
-
-def _options(name: str, block_cls: type[nn.Module], stage: int, **values: Any) -> dict[str, Any]:
-    """The optional keywords (``mid_norm_act``, ``skip``) to pass: those the block takes.
-
-    A block without one of them can only build at its default; asking for another value is
-    an error naming the stage rather than a silently different network.
-    """
-    accepted = accepted_options(block_cls)
-    for key, value in values.items():
-        if key not in accepted and value != OPTIONAL_BLOCK_KEYWORDS[key]:
-            raise ConfigError(
-                f"block {name!r} ({block_cls.__qualname__}) takes no {key!r} keyword, so only the default "
-                f"{OPTIONAL_BLOCK_KEYWORDS[key]!r} is possible; got {value!r}",
-                path=f"stages[{stage}].{key}",
-            )
-    return {key: value for key, value in values.items() if key in accepted}
-
-
-def build_block(spec: BlockSpec, act_layer: str, norm_layer: str, *, drop_path_rate: float = 0.0) -> nn.Module:
-    """One block of a network, built from its spec with the uniform block signature."""
-    block_cls = get_block(spec.block)
-    k = spec.knobs
-    return block_cls(
-        spec.in_chs,
-        spec.out_chs,
-        stride=k.stride,
-        kernel_size=k.kernel_size,
-        expand_ratio=k.expand_ratio,
-        se_ratio=k.se_ratio,
-        act_layer=act_layer,
-        norm_layer=norm_layer,
-        drop_path_rate=drop_path_rate,
-        **_options(spec.block, block_cls, spec.stage, mid_norm_act=k.mid_norm_act, skip=spec.skip),
-    )
 
 
 class BlockNet(nn.Module):
@@ -100,33 +63,27 @@ class BlockNet(nn.Module):
         self.drop_rate = arch.head.drop_rate
         self.grad_checkpointing = False
 
-        self.stem = ConvNormAct(
-            arch.in_chans,
-            arch.stem.out_chs,
-            arch.stem.kernel_size,
-            stride=arch.stem.stride,
-            norm_layer=arch.norm_layer,
-            act_layer=arch.act_layer,
-        )
+        act, norm = arch.act_layer, arch.norm_layer
+        self.stem = build_stem(arch.in_chans, arch.stem, act_layer=act, norm_layer=norm)
         specs = arch.block_specs()
         rates = [drop_path_rate * i / max(len(specs) - 1, 1) for i in range(len(specs))]
         stages: list[list[nn.Module]] = [[] for _ in arch.stages]
         for spec, rate in zip(specs, rates):
-            stages[spec.stage].append(build_block(spec, arch.act_layer, arch.norm_layer, drop_path_rate=rate))
+            stages[spec.stage].append(build_block(spec, act, norm, drop_path_rate=rate))
         self.stages = nn.Sequential(*[nn.Sequential(*blocks) for blocks in stages])
         self.feature_info = [
             dict(num_chs=stage.out_chs, reduction=red, module=f"stages.{i}")
             for i, (stage, red) in enumerate(zip(arch.stages, arch.reductions()))
         ]
         self.num_features = self.head_hidden_size = arch.num_features
-        self.conv_head: nn.Module = (
-            ConvNormAct(
-                arch.stages[-1].out_chs, arch.num_features, 1, norm_layer=arch.norm_layer, act_layer=arch.act_layer
-            )
-            if arch.head.num_features
-            else nn.Identity()
+        self.conv_head, self.head = build_head(
+            arch.stages[-1].out_chs,
+            arch.head,
+            arch.num_classes,
+            act_layer=act,
+            norm_layer=norm,
+            global_pool=global_pool,
         )
-        self.head = ClassifierHead(self.num_features, self.num_classes, pool_type=global_pool, drop_rate=self.drop_rate)
 
     # -- timm model surface ----------------------------------------------------------
 

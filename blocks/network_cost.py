@@ -1,16 +1,19 @@
-"""Parameters and MACs of a whole :class:`ArchConfig` without building its weights."""
+"""Parameters and MACs of a network's parts, analytic or counted on the meta device."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .arch import ArchConfig, BlockSpec
 from .conv_blocks import ConvBlock
 from .cost import Cost, conv_cost, norm_params
+from .parts import BlockSpec, HeadConfig, StemConfig
 from .registry import get_block
 
-__all__ = ["arch_cost", "block_cost", "measured_cost"]
+__all__ = ["block_cost", "head_cost", "meta_cost", "stem_cost"]
 
 
 def block_cost(spec: BlockSpec) -> Cost | None:
@@ -24,43 +27,27 @@ def block_cost(spec: BlockSpec) -> Cost | None:
         return None
 
 
-def stem_cost(arch: ArchConfig) -> Cost:
-    return conv_cost(arch.in_chans, arch.stem.out_chs, arch.stem.kernel_size, arch.stem_hw) + norm_params(
-        arch.stem.out_chs
-    )
+def stem_cost(in_chans: int, stem: StemConfig, out_hw: tuple[int, int]) -> Cost:
+    """The stem conv and its norm, with ``out_hw`` its output size."""
+    return conv_cost(in_chans, stem.out_chs, stem.kernel_size, out_hw) + norm_params(stem.out_chs)
 
 
-def head_cost(arch: ArchConfig) -> Cost:
+def head_cost(in_chs: int, in_hw: tuple[int, int], head: HeadConfig, num_classes: int) -> Cost:
     """Optional 1×1 head conv plus the linear classifier."""
     cost = Cost()
-    if arch.head.num_features:
-        last_hw = arch.block_specs()[-1].out_hw
-        cost += conv_cost(arch.stages[-1].out_chs, arch.head.num_features, 1, last_hw) + norm_params(
-            arch.head.num_features
-        )
-    if arch.num_classes:
-        cost += Cost(arch.num_features * arch.num_classes + arch.num_classes, arch.num_features * arch.num_classes)
+    if head.num_features:
+        cost += conv_cost(in_chs, head.num_features, 1, in_hw) + norm_params(head.num_features)
+    num_features = head.num_features or in_chs
+    if num_classes:
+        cost += Cost(num_features * num_classes + num_classes, num_features * num_classes)
     return cost
 
 
-def arch_cost(arch: ArchConfig) -> Cost:
-    """Analytic when every block has a cost formula; otherwise counted on the meta device."""
-    total = stem_cost(arch) + head_cost(arch)
-    for spec in arch.block_specs():
-        cost = block_cost(spec)
-        if cost is None:
-            return measured_cost(arch)
-        total += cost
-    return total
-
-
-def measured_cost(arch: ArchConfig) -> Cost:
-    """Build the network on the meta device and count parameters and conv/linear MACs."""
-    from .blocknet import BlockNet
-
+def meta_cost(build: Callable[[], nn.Module], input_shape: tuple[int, ...]) -> Cost:
+    """Build a module on the meta device and count its parameters and conv/linear MACs on one input."""
     with torch.device("meta"):
-        model = BlockNet(arch).eval()
-        x = torch.empty(1, arch.in_chans, *arch.input_size)
+        model = build().eval()
+        x = torch.empty(1, *input_shape)
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             model(x)

@@ -8,6 +8,7 @@ from typing import Any, Union
 
 from .arch import ArchConfig
 from .arch_refs import MLFLOW_PREFIX, arch_from_discovered, arch_from_mlflow_run, is_discovered_ref
+from .named_archs import arch_of, registered_archs
 from .schema import ConfigError
 
 __all__ = ["ArchLike", "register_arch_resolver", "resolve_arch"]
@@ -43,10 +44,8 @@ def resolve_arch(arch: ArchLike) -> ArchConfig:
                 return resolver(text)
         if Path(text).is_file():
             return ArchConfig.from_yaml(text)
-        from . import timm_models
-
-        if text in timm_models.registered_archs():
-            return timm_models.arch_of(text)
+        if text in registered_archs():
+            return arch_of(text)
         if is_discovered_ref(text):
             return arch_from_discovered(text)
         raise ConfigError(

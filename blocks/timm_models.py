@@ -2,6 +2,8 @@
 
 timm has no plugin discovery, so importing :mod:`blocknas.blocks` runs this module and
 makes ``timm.create_model("blocknet", arch=...)`` and ``timm.list_models("blocknet*")`` work.
+Every listed name builds without arguments, as timm's own model tests expect: ``blocknet``
+alone builds :data:`DEFAULT_ARCH`.
 """
 
 from __future__ import annotations
@@ -11,21 +13,26 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from timm.models import build_model_with_cfg, register_model
+from timm.models import build_model_with_cfg, is_model, register_model
 
 from .arch import ArchConfig
 from .blocknet import BlockNet
+from .named_archs import add_named_arch
 from .presets import PRESETS
 from .resolve import ArchLike, resolve_arch
 
-__all__ = ["arch_of", "blocknet", "create_blocknet", "register_arch", "register_arch_dir", "registered_archs"]
+__all__ = ["DEFAULT_ARCH", "blocknet", "create_blocknet", "register_arch", "register_arch_dir"]
 
 IMAGENET_FREE_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_FREE_STD = (0.5, 0.5, 0.5)
 
 # timm's register_model reads pretrained cfgs from this module-level dict by entry-point name.
 default_cfgs: dict[str, dict[str, Any]] = {}
-_ARCHS: dict[str, ArchConfig] = {}
+
+# What timm.create_model("blocknet") builds: the mixed preset (a separable stage, then
+# inverted residuals with squeeze-excite), a copy kept apart from the registered name so
+# that overwriting "blocknet_mobile" does not change it.
+DEFAULT_ARCH = ArchConfig.from_dict(PRESETS["blocknet_mobile"], source="preset blocknet_mobile")
 
 
 def _pool_size(arch: ArchConfig) -> tuple[int, int]:
@@ -33,15 +40,13 @@ def _pool_size(arch: ArchConfig) -> tuple[int, int]:
     return arch.block_specs()[-1].out_hw
 
 
-def _cfg(arch: ArchConfig | None = None, **overrides: Any) -> dict[str, Any]:
+def _cfg(arch: ArchConfig, **overrides: Any) -> dict[str, Any]:
     """A pretrained cfg (no weights) describing the network's input and head."""
-    in_chans = arch.in_chans if arch else 3
-    input_size = arch.input_size if arch else (32, 32)
     return dict(
         url="",
-        num_classes=arch.num_classes if arch else 10,
-        input_size=(in_chans, *input_size),
-        pool_size=_pool_size(arch) if arch else None,
+        num_classes=arch.num_classes,
+        input_size=(arch.in_chans, *arch.input_size),
+        pool_size=_pool_size(arch),
         crop_pct=1.0,
         interpolation="bilinear",
         mean=IMAGENET_FREE_MEAN,
@@ -74,18 +79,17 @@ def create_blocknet(variant: str, arch: ArchLike, pretrained: bool = False, **kw
     )
 
 
-default_cfgs["blocknet"] = _cfg()  # before @register_model, which reads it
+default_cfgs["blocknet"] = _cfg(DEFAULT_ARCH)  # before @register_model, which reads it
 
 
 @register_model
 def blocknet(pretrained: bool = False, arch: ArchLike | None = None, **kwargs: Any) -> BlockNet:
-    """BlockNet from any architecture: a YAML path, dict, ArchConfig or registered name."""
-    if arch is None:
-        raise TypeError(
-            'blocknet needs an architecture: timm.create_model("blocknet", arch="path/to/arch.yaml") '
-            "(or a dict, an ArchConfig, a registered name or an MLflow runs:/ URI)"
-        )
-    return create_blocknet("blocknet", arch, pretrained=pretrained, **kwargs)
+    """BlockNet from any architecture: a YAML path, dict, ArchConfig, registered name or ``runs:/`` URI.
+
+    Without ``arch``, :data:`DEFAULT_ARCH`: the ``blocknet_mobile`` preset (32×32 inputs, 10
+    classes), so ``timm.create_model("blocknet")`` builds like every other timm model name.
+    """
+    return create_blocknet("blocknet", DEFAULT_ARCH if arch is None else arch, pretrained=pretrained, **kwargs)
 
 
 def register_arch(name: str, arch: ArchLike, *, overwrite: bool = False) -> Callable[..., BlockNet]:
@@ -99,11 +103,9 @@ def register_arch(name: str, arch: ArchLike, *, overwrite: bool = False) -> Call
     Returns:
         The registered entry-point function.
     """
-    import timm
-
     if not name.isidentifier():
         raise ValueError(f"model name must be a Python identifier, got {name!r}")
-    if timm.is_model(name) and not overwrite:
+    if is_model(name) and not overwrite:
         raise ValueError(f"a timm model named {name!r} already exists; pass overwrite=True to replace it")
     config = resolve_arch(arch)
 
@@ -114,25 +116,10 @@ def register_arch(name: str, arch: ArchLike, *, overwrite: bool = False) -> Call
     entry.__module__ = __name__
     entry.__doc__ = f"BlockNet {config.short_hash()} ({', '.join(s.block for s in config.stages)})"
     default_cfgs[name] = _cfg(config)
-    _ARCHS[name] = config
+    add_named_arch(name, config)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Overwriting")  # overwrite=True was asked for
         return register_model(entry)
-
-
-def arch_of(name: str) -> ArchConfig:
-    """The architecture behind a model registered with :func:`register_arch` (or a preset)."""
-    try:
-        return _ARCHS[name]
-    except KeyError:
-        raise KeyError(
-            f"{name!r} is not a registered blocknet architecture; known: {', '.join(sorted(_ARCHS))}"
-        ) from None
-
-
-def registered_archs() -> list[str]:
-    """Names of all models registered with :func:`register_arch`, presets included."""
-    return sorted(_ARCHS)
 
 
 def register_arch_dir(folder: str | Path, *, prefix: str = "", overwrite: bool = False) -> list[str]:

@@ -17,8 +17,9 @@ from timm.layers import DropPath
 from timm.models import FeatureInfo, group_parameters, load_checkpoint
 from torch import nn
 
-from blocknas.blocks import ArchConfig, BlockNet, arch_of
+from blocknas.blocks import DEFAULT_ARCH, ArchConfig, BlockNet, arch_of
 from blocknas.blocks.presets import PRESETS
+from blocknas.search.latency import table_parts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS = [name for name in timm.list_models("blocknet*") if name != "blocknet"]
@@ -74,9 +75,25 @@ def test_arch_as_path_dict_or_config_builds_the_same_network(tmp_path: Path) -> 
         torch.testing.assert_close(model(x), reference(x))
 
 
-def test_blocknet_without_arch_says_how_to_call_it() -> None:
-    with pytest.raises(TypeError, match=re.escape('timm.create_model("blocknet", arch=')):
-        timm.create_model("blocknet")
+def test_blocknet_without_arch_builds_the_default() -> None:
+    model = timm.create_model("blocknet")
+    assert model.arch == DEFAULT_ARCH == ArchConfig.from_dict(PRESETS["blocknet_mobile"])
+    reference = create("blocknet_mobile")
+    model.load_state_dict(reference.state_dict())
+    x = inputs(reference)
+    torch.testing.assert_close(model.eval()(x), reference(x))
+    assert model.pretrained_cfg["input_size"] == (DEFAULT_ARCH.in_chans, *DEFAULT_ARCH.input_size)
+    assert model.pretrained_cfg["pool_size"] == DEFAULT_ARCH.block_specs()[-1].out_hw
+
+
+@pytest.mark.parametrize("name", timm.list_models("blocknet*"))
+def test_every_listed_model_builds_without_arguments(name: str) -> None:
+    """timm's own tests/test_models.py creates every listed name with no arguments."""
+    model = timm.create_model(name).eval()
+    channels, *size = model.pretrained_cfg["input_size"]
+    with torch.no_grad():
+        out = model(torch.randn(2, channels, *size))
+    assert out.shape == (2, model.pretrained_cfg["num_classes"])
 
 
 def test_constructor_kwargs() -> None:
@@ -93,6 +110,20 @@ def test_constructor_kwargs() -> None:
     assert rates == pytest.approx([0.1, 0.2])
     model.eval()
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", [*MODELS, "odd"])
+def test_latency_table_parts_are_the_networks_layers(name: str) -> None:
+    """The table times the stem, blocks and head the network is made of, from the same builders."""
+    odd = {"stages": [{"block": "standard", "out_chs": 8}], "head": {"num_features": 12, "drop_rate": 0.2}}
+    arch = ArchConfig.from_dict(odd) if name == "odd" else arch_of(name)
+    model = BlockNet(arch)
+    layers = [
+        model.stem,
+        *(block for stage in model.stages for block in stage),
+        nn.Sequential(model.conv_head, model.head),
+    ]
+    assert [repr(part.build()) for part in table_parts(arch)] == [repr(layer) for layer in layers]
 
 
 def test_global_pool_changes_the_pooled_features() -> None:

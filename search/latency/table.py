@@ -37,10 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.layers import ClassifierHead, ConvNormAct
 from torch import nn
 
-from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, build_block
+from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, build_block, build_head, build_stem
 from blocknas.search.files import file_lock
 from blocknas.search.threads import pinned_threads
 
@@ -92,14 +91,7 @@ def _stem_part(arch: ArchConfig) -> TablePart:
     )
 
     def build() -> nn.Module:
-        return ConvNormAct(
-            arch.in_chans,
-            stem.out_chs,
-            stem.kernel_size,
-            stride=stem.stride,
-            norm_layer=arch.norm_layer,
-            act_layer=arch.act_layer,
-        )
+        return build_stem(arch.in_chans, stem, act_layer=arch.act_layer, norm_layer=arch.norm_layer)
 
     return TablePart(fields, (arch.in_chans, *arch.input_size), (stem.out_chs, *arch.stem_hw), build)
 
@@ -141,12 +133,8 @@ def _head_part(arch: ArchConfig) -> TablePart:
     )
 
     def build() -> nn.Module:
-        conv: nn.Module = (
-            ConvNormAct(last_chs, arch.num_features, 1, norm_layer=arch.norm_layer, act_layer=arch.act_layer)
-            if arch.head.num_features
-            else nn.Identity()
-        )
-        return nn.Sequential(conv, ClassifierHead(arch.num_features, arch.num_classes, pool_type="avg"))
+        head = build_head(last_chs, arch.head, arch.num_classes, act_layer=arch.act_layer, norm_layer=arch.norm_layer)
+        return nn.Sequential(*head)
 
     return TablePart(fields, (last_chs, *last_hw), (arch.num_classes or arch.num_features,), build)
 
