@@ -1,12 +1,36 @@
-"""An exclusive advisory file lock shared by processes on one machine."""
+"""Files shared by processes on one machine: an exclusive advisory lock, and writes readers never see half done."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["file_lock"]
+__all__ = ["atomic_write", "file_lock"]
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    A reader sees the old file or the new one, never a partial one, and a kill mid-write
+    leaves ``path`` as it was. The folder is created if needed; the temporary file is
+    removed when ``write`` fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # unique per writer, so two processes writing one path never share a temporary file;
+    # created by ``write`` itself, so it gets the usual permissions (mkstemp's are 0600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 @contextlib.contextmanager

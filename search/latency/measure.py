@@ -27,20 +27,19 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
+from blocknas.search.seeding import seeded_rng
 from blocknas.search.threads import pinned_threads
 
 from .fingerprint import device_fingerprint, fingerprint_id
 from .runtimes import Runner, check_runtime, create_runner, example_input, export_onnx
-from .stats import sample_adaptively, summarize_chunks
+from .stats import TimingSummary, sample_adaptively, summarize_chunks
 from .target import LatencyTarget
 
 __all__ = [
     "REFERENCE_MODEL",
     "LatencyResult",
-    "device_fingerprint",
     "measure_latency",
     "measure_runner",
     "reference_model",
@@ -51,44 +50,28 @@ log = logging.getLogger(__name__)
 REFERENCE_MODEL = "blocknet_separable"
 
 
-@dataclass(frozen=True)
-class LatencyResult:
-    """One latency measurement: robust statistics of per-call times, the target and the device.
+@dataclass(frozen=True, kw_only=True)
+class LatencyResult(TimingSummary):
+    """One latency measurement: the robust statistics of its per-call times, the target and the device.
+
+    The statistics are :class:`~.stats.TimingSummary`'s (``p50_ms``, the number to optimise,
+    is the median of the quiet chunks of the run).
 
     Attributes:
-        p50_ms: Median per-call latency in the quiet chunks of the run (the number to
-            optimise; see :mod:`.latency_stats`).
-        p90_ms: 90th percentile of all calls.
-        mean_ms: Mean of all calls (sensitive to interruptions; compare with the median).
-        iqr_ms: Interquartile range of all calls.
-        cv: Coefficient of variation (standard deviation / mean) of all calls.
-        n_samples: Timed calls.
-        ci_rel: Achieved 95% CI half-width of ``p50_ms``, relative to it.
         target: What was measured.
         fingerprint: Device, software and runtime settings.
         fingerprint_id: Short stable hash of ``fingerprint``.
         relative_to_reference: Candidate p50 / reference p50 (drift control only).
         reference_p50_ms: The reference network's median (drift control only).
         stop_reason: ``precision``, ``time_cap`` or ``max_repeats``.
-        p50_all_ms: Plain median of all calls, slow phases included.
-        quiet_share: Fraction of the calls in the quiet chunks (1.0 on an idle machine).
     """
 
-    p50_ms: float
-    p90_ms: float
-    mean_ms: float
-    iqr_ms: float
-    cv: float
-    n_samples: int
-    ci_rel: float
     target: LatencyTarget
     fingerprint: dict[str, str]
     fingerprint_id: str
     relative_to_reference: float | None = None
     reference_p50_ms: float | None = None
     stop_reason: str = ""
-    p50_all_ms: float = math.nan
-    quiet_share: float = 1.0
 
     def as_metrics(self) -> dict[str, float]:
         """MLflow metrics: ``latency_p50_ms``, ``latency_p90_ms``, ``latency_mean_ms``, ``latency_iqr_ms``,
@@ -118,8 +101,7 @@ def reference_model(in_chans: int = 3) -> nn.Module:
 
     import blocknas.blocks  # noqa: F401 - registers the blocknet models with timm
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded_rng(0):
         return timm.create_model(REFERENCE_MODEL, in_chans=in_chans)
 
 

@@ -217,8 +217,6 @@ def check_runtime(target: LatencyTarget) -> None:
         raise ValueError(f"unknown latency dtype {target.dtype!r}; choose one of: {', '.join(_DTYPES)}")
     if target.runtime == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("cuda latency target requested but torch.cuda.is_available() is False")
-    if target.runtime == "onnxruntime" and target.dtype == "bfloat16":
-        raise ValueError("onnxruntime on the CPU has no bfloat16 convolutions; use float32/float16 or runtime 'torch'")
 
 
 def create_runner(model: nn.Module | bytes, input_shape: tuple[int, ...], target: LatencyTarget) -> Runner:

@@ -11,7 +11,6 @@ Two kinds of file, both loaded with ``weights_only=True`` (no pickled code is ev
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from blocknas.blocks import ArchLike, BlockNet
+from blocknas.search.files import atomic_write
 
 __all__ = [
     "STATE_FORMAT",
@@ -40,15 +40,6 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, of the wrong kind, or does not fit the architecture."""
 
 
-def _atomic_write(path: Path, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
         beside = (
@@ -60,7 +51,7 @@ def _require_file(path: Path, what: str) -> None:
 
 def save_training_state(path: str | Path, state: Mapping[str, Any]) -> Path:
     """Write a resumable training state (tensors and plain values only) atomically."""
-    return _atomic_write(Path(path), lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
 
 
 def load_training_state(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -100,8 +91,8 @@ def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> Pa
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        return _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    return _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
