@@ -9,9 +9,12 @@ from typing import Any, Literal
 
 from blocknas.blocks import ConfigError
 from blocknas.search.data import DataConfig
+from blocknas.search.files import check_safe_name
 from blocknas.search.latency import LatencyTarget
 from blocknas.search.training import TrainConfig
 from blocknas.search.yaml_config import FileConfig
+
+from .pruning import PruningConfig
 
 __all__ = ["Constraints", "StudyBase", "StudyConfig", "default_storage_url", "load_study_config"]
 
@@ -44,8 +47,9 @@ class StudyBase(FileConfig):
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/\\ "):
-            raise ConfigError(f"{self.name!r} must be non-empty without '/', '\\' or spaces", path="name")
+        check_safe_name(self.name)
+        if " " in self.name:
+            raise ConfigError(f"{self.name!r} must be without spaces", path="name")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigError(f"{self.timeout_s} must be > 0", path="timeout_s")
         if self.heartbeat_interval_s < 1:
@@ -89,6 +93,9 @@ class StudyConfig(StudyBase):
             this config file or the working directory).
         objective: ``multi`` (accuracy ↑, latency ↓) or ``accuracy`` (single objective,
             latency only as a constraint; Optuna's pruners work).
+        pruner: ``median`` | ``hyperband`` | ``none`` (Optuna's, single objective only) or
+            ``pareto_asha`` (multi objective only: Pareto-aware successive halving).
+        pruning: Settings of ``pareto_asha`` (:class:`PruningConfig`).
         n_trials: Total trials wanted for the study (all workers together, resumes included).
         baselines: Architectures (paths or preset names) evaluated first, marked as baselines.
     """
@@ -100,7 +107,8 @@ class StudyConfig(StudyBase):
     objective: Literal["multi", "accuracy"] = "multi"
     constraints: Constraints = Constraints()
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["median", "hyperband", "none", "pareto_asha"] = "median"
+    pruning: PruningConfig = PruningConfig()
     seed: int = 0
     n_trials: int = 20
     baselines: tuple[str, ...] = ()
@@ -110,6 +118,24 @@ class StudyConfig(StudyBase):
         super().__post_init__()
         if self.n_trials < 1:
             raise ConfigError(f"{self.n_trials} must be >= 1", path="n_trials")
+        self._check_pruner()
+
+    def _check_pruner(self) -> None:
+        """``pareto_asha`` needs the multi objective and a first rung inside the training budget."""
+        if self.pruner == "pareto_asha" and self.objective != "multi":
+            raise ConfigError(
+                "pareto_asha ranks accuracy against latency and needs objective: multi; a single-objective "
+                "study uses median, hyperband or none",
+                path="pruner",
+            )
+        if self.pruning != PruningConfig() and self.pruner != "pareto_asha":
+            raise ConfigError(f"settings for pruner: pareto_asha, but pruner is {self.pruner!r}", path="pruning")
+        if self.pruner == "pareto_asha" and self.pruning.min_epochs >= self.train.epochs:
+            raise ConfigError(
+                f"{self.pruning.min_epochs} leaves no rung below the training budget of "
+                f"train.epochs={self.train.epochs}; use fewer, or more epochs",
+                path="pruning.min_epochs",
+            )
 
     def space_path(self) -> str:
         """The space reference, resolved against the config file's folder when it is a relative path."""

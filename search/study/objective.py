@@ -28,6 +28,7 @@ from blocknas.search.training import DivergedError, EpochStats, seed_everything,
 from blocknas.spaces import SearchSpace
 
 from .config import StudyConfig
+from .pruning import PRUNED_BY, ParetoAsha, TrialRungs
 
 if TYPE_CHECKING:
     from blocknas.search.latency import LatencyPredictor
@@ -143,9 +144,13 @@ class Objective:
         if predicted is None:
             self._reject_over_budget(trial, run_id, {"latency_ms": latency_ms})
 
+        rungs = self._pareto_rungs(trial, latency_ms)
+
         def on_epoch(stats: EpochStats) -> None:
             self.tracker.log(run_id, metrics=_epoch_metrics(stats), step=stats.epoch)
-            if not self.multi:
+            if rungs is not None:
+                self._check_rungs(rungs, run_id, stats)
+            elif not self.multi:
                 trial.report(stats.val_accuracy, stats.epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
@@ -161,6 +166,25 @@ class Objective:
         self.tracker.log(run_id, metrics=metrics, tags={"blocknas.state": "complete"})
         trial.set_user_attr("train_seconds", result.train_seconds)
         return (result.val_accuracy, latency_ms) if self.multi else result.val_accuracy
+
+    def _pareto_rungs(self, trial: Trial, latency_ms: float) -> TrialRungs | None:
+        """``pruner: pareto_asha``'s follower of this trial's rungs; None under any other pruner."""
+        if self.config.pruner != "pareto_asha" or not self.multi:
+            return None
+        train, pruning = self.config.train, self.config.pruning
+        tie = self.config.latency.rel_precision if pruning.latency_tie_rel is None else pruning.latency_tie_rel
+        return ParetoAsha(pruning, train.epochs, train.time_budget_s, tie).start(trial, latency_ms)
+
+    def _check_rungs(self, rungs: TrialRungs, run_id: str, stats: EpochStats) -> None:
+        """Record and decide the rungs this epoch reached (MLflow ``rung_accuracy``, step = rung); stop if pruned."""
+        n_before = len(rungs.decisions)
+        stop = rungs.after_epoch(stats.epoch + 1, stats.seconds, stats.val_accuracy)
+        for decision in rungs.decisions[n_before:]:
+            self.tracker.log(run_id, metrics={"rung_accuracy": stats.val_accuracy}, step=decision.rung)
+        if stop is not None:
+            tags = {"pruned_by": PRUNED_BY, "pruned_at_epoch": stats.epoch + 1, "pruned_rung": rungs.decisions[-1].rung}
+            self.tracker.log(run_id, tags={f"blocknas.{k}": v for k, v in tags.items()})
+            raise stop
 
     def _predict(self, predictor: LatencyPredictor, trial: Trial, run_id: str, arch: ArchConfig) -> float:
         """The table's prediction for ``arch``, logged with its raw sum and whether it was calibrated."""

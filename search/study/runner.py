@@ -54,7 +54,9 @@ def _sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    if config.objective == "multi" or config.pruner == "none":
+    """Optuna's pruner for a single-objective study; a multi-objective one has none (Optuna cannot
+    prune those: ``pareto_asha`` is run by the objective itself, see :mod:`.pruning`)."""
+    if config.objective == "multi" or config.pruner in ("none", "pareto_asha"):
         return optuna.pruners.NopPruner()
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.train.epochs)
