@@ -254,16 +254,18 @@ def add_location_arguments(parser: argparse.ArgumentParser) -> None:
 
 def study_location(args: argparse.Namespace) -> tuple[str | None, str, str, str]:
     """``(study name, storage URL, tracking URI, runs dir)`` from ``--config`` and the flags."""
+    from blocknas.search.files import check_safe_name
     from blocknas.search.study import default_storage_url, load_study_config
     from blocknas.search.tracking import resolve_tracking_uri
 
     if args.config:
-
         config = load_study_config(args.config).with_overrides(
             name=args.name, storage=args.storage, tracking_uri=args.tracking_uri, runs_dir=args.runs_dir
         )
         uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
         return config.name, config.storage_url, uri, config.runs_dir
+    if args.name:  # used as a folder name as it is, with no config to check it
+        check_safe_name(args.name, path="--study-name")
     runs_dir = args.runs_dir or "runs"
     storage = args.storage or default_storage_url(runs_dir)
     return args.name, storage, resolve_tracking_uri(args.tracking_uri, runs_dir), runs_dir

@@ -1,4 +1,5 @@
-"""Files shared by processes on one machine: an exclusive advisory lock, and writes readers never see half done."""
+"""Files shared by processes on one machine: an exclusive advisory lock, writes readers never see half done,
+and names that are safe as one path component."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "file_lock"]
+from blocknas.blocks import ConfigError
+
+__all__ = ["atomic_write", "atomic_write_text", "check_safe_name", "file_lock"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -31,6 +34,28 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` with :func:`atomic_write`: the old file or the new one, never half of it."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def check_safe_name(name: str, *, path: str = "name") -> None:
+    """Refuse a name that is not exactly one folder or file name, since names become paths.
+
+    Raises:
+        ConfigError: ``name`` is empty, ``.`` or ``..``, or has a ``/``, ``\\`` or control
+            character; ``path`` is the key path reported.
+    """
+    bad = [c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127]
+    if name in ("", ".", "..") or bad:
+        why = f"contains {bad[0]!r}" if bad else "is empty" if not name else "names no folder of its own"
+        raise ConfigError(
+            f"{name!r} {why}: a name becomes a folder, so it must be non-empty, not '.' or '..', "
+            "and without '/', '\\' or control characters",
+            path=path,
+        )
 
 
 @contextlib.contextmanager

@@ -17,7 +17,14 @@ import pytest
 from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import TrialState
 
+from blocknas.blocks import ConfigError
+from blocknas.search.cli import main
+from blocknas.search.files import check_safe_name
+from blocknas.search.study import StudyConfig
 from blocknas.search.tracking import open_storage, repair_torn_tail
+from blocknas.search.training import FullTrainConfig
+
+from .conftest import REPO_ROOT
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -110,3 +117,32 @@ def test_a_last_line_that_is_not_json_is_removed(journal: Path, tmp_path: Path) 
     assert repair_torn_tail(path) is not None
     assert path.read_bytes() == journal.read_bytes()
     assert repair_torn_tail(path) is None
+
+
+UNSAFE_NAMES = ["..", ".", "a/b", "a\\b", "a\x00", ""]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_unsafe_names_are_config_errors(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"name: .*a name becomes a folder"):
+        check_safe_name(name)
+    with pytest.raises(ConfigError, match=r"^name: "):
+        StudyConfig.from_dict({"name": name, "space": "tiny"})
+    with pytest.raises(ConfigError, match=r"^name: "):
+        FullTrainConfig.from_dict({"name": name})
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+@pytest.mark.parametrize(
+    "command", [["search", "--config", str(REPO_ROOT / "configs" / "tiny.yaml"), "--n-trials", "1"], ["report"]]
+)
+def test_cli_refuses_unsafe_study_names(
+    command: list[str], name: str, in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = in_tmp_dir / "runs" / "optuna.journal"
+    if name:  # a study of that name exists, so only the name check stops the command
+        optuna.create_study(study_name=name, storage=open_storage(str(journal)))
+    written = sorted(in_tmp_dir.rglob("*"))
+    assert main([*command, "--study-name", name]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert sorted(in_tmp_dir.rglob("*")) == written  # nothing written, inside or (through '..') outside

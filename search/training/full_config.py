@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from blocknas.blocks import ArchConfig, ConfigError
 from blocknas.search.data import DataConfig
+from blocknas.search.files import check_safe_name
 from blocknas.search.yaml_config import FileConfig
 
 from .brief import TrainConfig
@@ -106,8 +107,8 @@ class FullTrainConfig(FileConfig):
             raise ConfigError(
                 "full training runs for a number of epochs; remove time_budget_s", path="train.time_budget_s"
             )
-        if self.name is not None and (not self.name or any(c in self.name for c in "/\\")):
-            raise ConfigError(f"{self.name!r} must be non-empty without '/' or '\\'", path="name")
+        if self.name is not None:
+            check_safe_name(self.name)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str | None = None) -> FullTrainConfig:
