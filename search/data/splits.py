@@ -17,14 +17,16 @@ import torch.nn.functional as F
 
 from blocknas.blocks import ConfigError
 
+from .idx import IDX_DATASETS, read_idx_dataset
 from .sources import DataError, RawData, make_synthetic, read_cifar, read_digits, read_image_folder
 
 __all__ = ["DataConfig", "DataError", "DataSplit", "clear_data_cache", "load_data", "load_data_for"]
 
 logger = logging.getLogger(__name__)
 
-DatasetName = Literal["digits", "synthetic", "imagefolder", "cifar10", "cifar100"]
+DatasetName = Literal["digits", "synthetic", "imagefolder", "cifar10", "cifar100", "fashion_mnist", "mnist", "kmnist"]
 _NEEDS_ROOT = ("imagefolder", "cifar10", "cifar100")
+_DOWNLOADABLE = ("cifar10", "cifar100", *IDX_DATASETS)
 _RESIZE_CHUNK = 4096  # images per interpolate call, bounds the temporary memory
 
 
@@ -34,8 +36,10 @@ class DataConfig:
 
     ``digits`` (the default) is scikit-learn's bundled 8×8 digits, real and offline;
     ``synthetic`` is a generated toy problem for tests; ``imagefolder`` reads a user's
-    folder; ``cifar10``/``cifar100`` read torchvision's files under ``root`` and only
-    download when ``download: true`` is set explicitly.
+    folder; ``cifar10``/``cifar100`` read torchvision's files under ``root``;
+    ``fashion_mnist``/``mnist``/``kmnist`` read idx files from ``root`` or, without it, from
+    the standard places (:func:`blocknas.search.data.standard_places`). Nothing is
+    downloaded unless ``download: true`` is set explicitly.
     """
 
     name: DatasetName = "digits"
@@ -54,8 +58,10 @@ class DataConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"{self.val_fraction} must be strictly between 0 and 1", path="val_fraction")
-        if self.download and self.name not in ("cifar10", "cifar100"):
-            raise ConfigError(f"download applies only to cifar10/cifar100, not {self.name!r}", path="download")
+        if self.download and self.name not in _DOWNLOADABLE:
+            raise ConfigError(
+                f"download applies only to {', '.join(_DOWNLOADABLE)}, not {self.name!r}", path="download"
+            )
         if self.num_classes < 2:
             raise ConfigError(f"{self.num_classes} must be >= 2", path="num_classes")
         if self.num_samples < 2 * self.num_classes:
@@ -127,10 +133,12 @@ def _load_cached(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> DataS
     start = time.perf_counter()
     raw = _read(cfg, size, in_chans)
     g = torch.Generator().manual_seed(cfg.seed)
-    x_train, y_train, x_val, y_val = _split(raw, cfg.val_fraction, size, in_chans, g)
-    if cfg.max_train_samples is not None and cfg.max_train_samples < len(y_train):
-        keep = torch.sort(stratified_sample(y_train, cfg.max_train_samples, generator=g)).values
-        x_train, y_train = x_train[keep], y_train[keep]
+    train_idx, val_idx = _split(raw, cfg.val_fraction, cfg.max_train_samples, g)
+    x_train, y_train = _to_shape(raw.x_train[train_idx], size, in_chans), raw.y_train[train_idx]
+    if raw.x_val is not None and raw.y_val is not None:
+        x_val, y_val = _to_shape(raw.x_val, size, in_chans), raw.y_val
+    else:
+        x_val, y_val = _to_shape(raw.x_train[val_idx], size, in_chans), raw.y_train[val_idx]
     mean, std = _normalize(x_train, x_val)
     split = DataSplit(x_train, y_train, x_val, y_val, raw.num_classes, in_chans, mean, std, cfg.name, raw.classes)
     logger.info("loaded %r in %.2f s", split, time.perf_counter() - start)
@@ -138,15 +146,24 @@ def _load_cached(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> DataS
 
 
 def _split(
-    raw: RawData, val_fraction: float, size: tuple[int, int], in_chans: int, g: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Resized (x_train, y_train, x_val, y_val): the source's own split, or a stratified one."""
-    x, y = _to_shape(raw.x_train, size, in_chans), raw.y_train
+    raw: RawData, val_fraction: float, max_train_samples: int | None, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices into ``raw.x_train`` of the (train, val) images, chosen before any resizing.
+
+    A pre-split source keeps its validation set (the val indices are empty); otherwise a
+    stratified ``val_fraction`` is held out. ``max_train_samples`` then takes a stratified
+    subsample of the training indices, so a large dataset is only resized where it is used.
+    """
+    y = raw.y_train
     if raw.x_val is not None and raw.y_val is not None:
-        return x, y, _to_shape(raw.x_val, size, in_chans), raw.y_val
-    val_idx = stratified_sample(y, round(len(y) * val_fraction), generator=g)
-    train_idx = _complement(val_idx, len(y))
-    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+        train_idx, val_idx = torch.arange(len(y)), torch.zeros(0, dtype=torch.long)
+    else:
+        val_idx = stratified_sample(y, round(len(y) * val_fraction), generator=g)
+        train_idx = _complement(val_idx, len(y))
+    if max_train_samples is not None and max_train_samples < len(train_idx):
+        keep = torch.sort(stratified_sample(y[train_idx], max_train_samples, generator=g)).values
+        train_idx = train_idx[keep]
+    return train_idx, val_idx
 
 
 def _read(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> RawData:
@@ -156,6 +173,8 @@ def _read(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> RawData:
         return make_synthetic(
             num_samples=cfg.num_samples, num_classes=cfg.num_classes, input_size=size, in_chans=in_chans, seed=cfg.seed
         )
+    if cfg.name in IDX_DATASETS:
+        return read_idx_dataset(cfg.name, cfg.root, download=cfg.download)
     assert cfg.root is not None  # checked by DataConfig.__post_init__
     if cfg.name == "imagefolder":
         return read_image_folder(cfg.root, input_size=size, in_chans=in_chans)
