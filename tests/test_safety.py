@@ -17,10 +17,10 @@ import pytest
 from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import TrialState
 
-from blocknas.blocks import ConfigError
+from blocknas.blocks import ConfigError, arch_of, registered_archs
 from blocknas.search.cli import main
 from blocknas.search.files import check_safe_name
-from blocknas.search.study import StudyConfig
+from blocknas.search.study import ARCH_ATTR, StudyConfig, export_front
 from blocknas.search.tracking import open_storage, repair_torn_tail
 from blocknas.search.training import FullTrainConfig
 
@@ -146,3 +146,60 @@ def test_cli_refuses_unsafe_study_names(
     assert main([*command, "--study-name", name]) == 2
     assert "error:" in capsys.readouterr().err
     assert sorted(in_tmp_dir.rglob("*")) == written  # nothing written, inside or (through '..') outside
+
+
+def _front_study(*points: tuple[float, float]) -> optuna.Study:
+    """A two-objective study whose complete trials have ``(accuracy, latency_ms)`` = ``points``."""
+    study = optuna.create_study(study_name="s", directions=["maximize", "minimize"])
+    for i, (accuracy, latency) in enumerate(points):
+        arch = arch_of(registered_archs()[i % len(registered_archs())])
+        user_attrs = {ARCH_ATTR: arch.to_dict(), "latency_ms": latency}
+        study.add_trial(optuna.trial.create_trial(values=[accuracy, latency], user_attrs=user_attrs))
+    return study
+
+
+def test_export_removes_only_its_own_files(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    mine = {"tuned_by_hand.yaml": "stages: []\n", "t9999_mine.yaml": "kept\n", "notes.md": "mine\n"}
+    for name, text in mine.items():
+        (folder / name).write_text(text)
+    study = _front_study((0.9, 2.0), (0.8, 1.0))
+    first = export_front(study, tmp_path)
+    assert len(first) == 2
+    study.add_trial(  # dominates both: they leave the front and their files are removed
+        optuna.trial.create_trial(values=[0.95, 0.5], user_attrs=study.trials[0].user_attrs)
+    )
+    second = export_front(study, tmp_path)
+    assert [p.name[:6] for p in second] == ["t0002_"]
+    assert not any(p.exists() for p in first)
+    assert {n: (folder / n).read_text() for n in mine} == mine  # the user's files survive both exports
+    assert {p.name for p in folder.iterdir() if not p.name.startswith(".")} == {
+        *mine,
+        second[0].name,
+        "front.md",
+        "front.csv",
+    }
+
+
+def test_a_kill_mid_export_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = _front_study((0.9, 2.0), (0.8, 1.0))
+    before = {p.name: p.read_bytes() for p in export_front(study, tmp_path)}
+    real_write_text = Path.write_text
+    writes = []
+
+    def killed_midway(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        writes.append(self)
+        if len(writes) == 3:  # the second architecture file, half written
+            real_write_text(self, text[: len(text) // 2])
+            raise KeyboardInterrupt
+        return real_write_text(self, text)
+
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        export_front(study, tmp_path)
+    monkeypatch.undo()
+    folder = tmp_path / "s"
+    assert {p.name: p.read_bytes() for p in folder.glob("t*.yaml")} == before  # the old versions, whole
+    assert all(w.parent == folder and w.name.startswith(".") for w in writes)  # only temporary files written
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from blocknas.blocks import ArchConfig
 from blocknas.search.figures import pyplot, save_figure
+from blocknas.search.files import atomic_write_text, file_lock
 from blocknas.search.tracking import RUN_ID_ATTR
 
 from .objective import ARCH_ATTR, BASELINE_ATTR
@@ -126,25 +128,56 @@ def front_csv(rows: list[FrontRow]) -> str:
     return out.getvalue()
 
 
+_EXPORT_MANIFEST = ".blocknas-export.json"  # the files an export wrote; only those are ever removed
+
+
 def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
     """Write each front architecture to ``<export_dir>/<study>/<name>.yaml`` (metrics in ``meta``).
 
-    Files of trials no longer on the front are removed, so the folder is the current front.
+    Files an earlier export wrote for trials no longer on the front are removed, so the
+    export is the current front; any other file in the folder (a hand-tuned copy, notes) is
+    left alone. What the export owns is listed in ``.blocknas-export.json`` there, which always
+    covers every file it may have written, even after a kill mid-export. Each file is
+    written under a temporary name and renamed, so a reader never sees a partial one.
     """
     folder = Path(export_dir) / study.study_name
     folder.mkdir(parents=True, exist_ok=True)
     rows = front_rows(study)
-    written = []
-    for row in rows:
-        path = folder / f"{row.name}.yaml"
-        meta = {"study": study.study_name, **row.metrics()}
-        row.arch.replace(meta=meta).to_yaml(path)
-        written.append(path)
-    for stale in set(folder.glob("t*.yaml")) - set(written):
-        stale.unlink()
-    (folder / "front.md").write_text(front_table(rows))
-    (folder / "front.csv").write_text(front_csv(rows))
-    return written
+    files = {
+        f"{row.name}.yaml": row.arch.replace(meta={"study": study.study_name, **row.metrics()}).to_yaml()
+        for row in rows
+    }
+    files |= {"front.md": front_table(rows), "front.csv": front_csv(rows)}
+    with file_lock(folder / ".blocknas-export.lock"):  # workers finishing together export one at a time
+        owned = _exported_files(folder)
+        _record_exports(folder, owned | set(files))  # before writing, so a kill cannot orphan a file
+        for name, text in files.items():
+            atomic_write_text(folder / name, text)
+        for stale in owned - set(files):
+            (folder / stale).unlink(missing_ok=True)
+        _record_exports(folder, set(files))
+    return [folder / f"{row.name}.yaml" for row in rows]
+
+
+def _exported_files(folder: Path) -> set[str]:
+    """Names listed in the folder's export manifest (none without one)."""
+    manifest = folder / _EXPORT_MANIFEST
+    try:
+        names = json.loads(manifest.read_text())["files"]
+    except FileNotFoundError:
+        return set()
+    except (ValueError, KeyError, TypeError) as exc:
+        names = exc
+    if not isinstance(names, list):
+        log.warning("ignoring unreadable %s (%s); no earlier export will be removed", manifest, names)
+        return set()
+    # a plain name in this folder only: a doctored manifest cannot point elsewhere
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
+
+
+def _record_exports(folder: Path, names: set[str]) -> None:
+    text = json.dumps({"written_by": "blocknas export_front", "files": sorted(names)}, indent=1) + "\n"
+    atomic_write_text(folder / _EXPORT_MANIFEST, text)
 
 
 def latency_source(trials: Iterable[FrozenTrial]) -> Literal["predicted", "measured", "mixed", "none"]:
