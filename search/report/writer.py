@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from blocknas.search.study import FrontRow, front_rows, front_trials, latency_source, plot_front
+from blocknas.search.study import FrontRow, front_rows, front_trials, latency_source, plot_front, rung_table
 from blocknas.search.tracking import (
     PARENT_RUN_ATTR,
     StudyTracker,
@@ -214,6 +214,7 @@ def _sections(
     sections = [
         _header(study, runs, ui_base, storage_url),
         _scatter_section(study),
+        *_rung_section(trials),
         _front_section(study, rows, runs, ui_base),
         _blocks_section(counts),
         _importance_section(importances),
@@ -267,6 +268,25 @@ def _scatter_section(study: optuna.Study) -> str:
         "Every complete trial (blue), the Pareto front (red), baselines (gold stars) and candidates over a "
         f"budget (grey ×: infeasible, never trained, drawn at accuracy 0).{note} Latency is {latency}.\n"
     )
+
+
+def _rung_section(trials: Sequence[optuna.trial.FrozenTrial]) -> list[str]:
+    """``pareto_asha``'s rungs: how many trials entered each and how many went on (none without rung records)."""
+    rows = rung_table(trials)
+    if not rows:
+        return []
+    lines = [
+        "## Early stopping (pareto_asha)\n",
+        "Trials ranked at each rung by non-dominated sorting on (accuracy at the rung, latency), the top 1/η "
+        "going on; the stopped ones are the hollow triangles of the scatter, at the accuracy of their last rung. "
+        "They are never on the front.\n",
+        "| rung | epochs | entered | went on |",
+        "|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        epochs = ", ".join(map(str, row.epochs)) or "—"
+        lines.append(f"| {row.rung} | {epochs} | {row.entered} | {row.went_on} |")
+    return ["\n".join(lines) + "\n"]
 
 
 def _front_section(study: optuna.Study, rows: Sequence[FrontRow], runs: _Runs, ui_base: str) -> str:

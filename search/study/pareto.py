@@ -25,6 +25,7 @@ from blocknas.search.files import atomic_write_text, file_lock
 from blocknas.search.tracking import RUN_ID_ATTR
 
 from .objective import ARCH_ATTR, BASELINE_ATTR
+from .pruning import PRUNED_ACCURACY_ATTR
 
 __all__ = [
     "FrontRow",
@@ -197,7 +198,8 @@ LATENCY_AXIS = {
 
 
 def plot_front(study: optuna.Study, path: str | Path) -> Path:
-    """Accuracy vs latency of every complete trial, the front drawn, baselines marked, infeasible greyed."""
+    """Accuracy vs latency of every complete trial, the front drawn, baselines marked, infeasible greyed,
+    trials stopped early by ``pareto_asha`` at their rung accuracy."""
     fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
     draw_front(study, ax)
     return save_figure(fig, path)
@@ -222,6 +224,7 @@ def draw_front(study: optuna.Study, ax: Any) -> None:
     over = [t for t in trials if "over_budget" in t.user_attrs]
     n_unplaced = sum("over_budget" in t.user_attrs and "latency_ms" not in t.user_attrs for t in every)
     scatter([t for t in complete if t.number not in front], color="tab:blue", alpha=0.5, label="trials")
+    _draw_stopped_early(ax, trials)
     if over or n_unplaced:  # drawn even empty, for the legend's count
         label = "over budget (not trained)"
         if n_unplaced:
@@ -263,6 +266,20 @@ def _measured_latency(trial: FrozenTrial) -> float:
     if "latency_predicted_ms" not in trial.user_attrs:
         return float(trial.user_attrs.get("latency_ms", float("nan")))
     return float("nan")
+
+
+def _draw_stopped_early(ax: Any, trials: list[FrozenTrial]) -> None:
+    """Trials ``pareto_asha`` stopped: hollow triangles at their latency and the accuracy at the rung they stopped."""
+    stopped = [t for t in trials if PRUNED_ACCURACY_ATTR in t.user_attrs]
+    if stopped:
+        ax.scatter(
+            [t.user_attrs["latency_ms"] for t in stopped],
+            [t.user_attrs[PRUNED_ACCURACY_ATTR] for t in stopped],
+            marker="v",
+            facecolors="none",
+            edgecolors="tab:purple",
+            label="stopped early (accuracy at its rung)",
+        )
 
 
 def _accuracy(trial: FrozenTrial) -> float:

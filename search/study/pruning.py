@@ -46,6 +46,7 @@ __all__ = [
     "PruningConfig",
     "RungDecision",
     "RungPoint",
+    "RungRow",
     "TrialRungs",
     "crowding_distances",
     "non_dominated_fronts",
@@ -176,13 +177,14 @@ class RungDecision:
     """What was decided for one trial at one rung, stored with the trial as ``rung_<k>_decision``."""
 
     rung: int
+    epoch: int  # epochs trained when the rung was reached
     n: int  # trials recorded at the rung, this one included
     rank: int  # 1-based position of this trial among them
     keep: int  # how many may go on: ⌈n/η⌉ (all while n < min_trials_per_rung)
     go_on: bool
 
     def as_attr(self) -> dict[str, object]:
-        return {"n": self.n, "rank": self.rank, "keep": self.keep, "continue": self.go_on}
+        return {"epoch": self.epoch, "n": self.n, "rank": self.rank, "keep": self.keep, "continue": self.go_on}
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ class ParetoAsha:
                 reached.append(k)
         return reached
 
-    def decide(self, trial: Trial, rung: int, accuracy: float, latency_ms: float) -> RungDecision:
+    def decide(self, trial: Trial, rung: int, epoch: int, accuracy: float, latency_ms: float) -> RungDecision:
         """Record ``trial``'s accuracy at ``rung`` in the storage, then rank it against every record there."""
         trial.set_user_attr(rung_accuracy_attr(rung), accuracy)
         here = RungPoint(trial.number, accuracy, latency_ms)
@@ -221,7 +223,7 @@ class ParetoAsha:
         n = len(points)
         keep = n if n < self.config.min_trials_per_rung else math.ceil(n / self.config.reduction_factor)
         rank = next(i for i, p in enumerate(rank_points(points, self.tie_rel)) if p.trial == trial.number) + 1
-        decision = RungDecision(rung, n, rank, keep, rank <= keep)
+        decision = RungDecision(rung, epoch, n, rank, keep, rank <= keep)
         trial.set_user_attr(_rung_decision_attr(rung), decision.as_attr())
         return decision
 
@@ -264,7 +266,7 @@ class TrialRungs:
         for rung in self.asha.rungs_reached(epochs_done, self.elapsed_s):
             if rung in done:
                 continue
-            decision = self.asha.decide(self.trial, rung, accuracy, self.latency_ms)
+            decision = self.asha.decide(self.trial, rung, epochs_done, accuracy, self.latency_ms)
             self.decisions.append(decision)
             log.info(
                 "trial %d at rung %d (epoch %d): rank %d of %d, top %d go on: %s",
@@ -286,17 +288,28 @@ def rung_points(trials: Sequence[FrozenTrial], rung: int) -> list[RungPoint]:
     ]
 
 
-def rung_table(trials: Sequence[FrozenTrial]) -> list[tuple[int, int, int]]:
-    """Per rung: ``(rung, trials that entered it, trials that went on)``; empty when nothing was recorded.
+@dataclass(frozen=True)
+class RungRow:
+    """One rung of a study: the epochs at which trials reached it, how many entered and how many went on."""
+
+    rung: int
+    epochs: tuple[int, ...]
+    entered: int
+    went_on: int
+
+
+def rung_table(trials: Sequence[FrozenTrial]) -> list[RungRow]:
+    """Per rung, what entered it and what went on; empty when nothing was recorded.
 
     A trial went on when its decision there was to continue; one between its record and its
-    decision counts as entered only.
+    decision counts as entered only. Failed trials are left out, as in the ranking.
     """
     rows = []
     for rung in itertools.count():
         entered = [t for t in trials if rung_accuracy_attr(rung) in t.user_attrs and t.state != TrialState.FAIL]
         if not entered:
             return rows
-        went_on = sum(bool(t.user_attrs.get(_rung_decision_attr(rung), {}).get("continue")) for t in entered)
-        rows.append((rung, len(entered), went_on))
+        decisions = [t.user_attrs.get(_rung_decision_attr(rung)) or {} for t in entered]
+        epochs = tuple(sorted({int(d["epoch"]) for d in decisions if "epoch" in d}))
+        rows.append(RungRow(rung, epochs, len(entered), sum(bool(d.get("continue")) for d in decisions)))
     return rows
