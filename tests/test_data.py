@@ -101,6 +101,13 @@ def test_max_train_samples_subsamples_train_only() -> None:
     assert torch.bincount(split.y_train, minlength=10).min() >= 9
 
 
+def test_max_val_samples_subsamples_val_only() -> None:
+    full = load_data(DataConfig(), input_size=(8, 8))
+    split = load_data(DataConfig(max_val_samples=50), input_size=(8, 8))
+    assert len(split.y_train) == 1438 and torch.equal(split.y_train, full.y_train)
+    assert len(split.y_val) == 50 and torch.bincount(split.y_val, minlength=10).min() >= 4
+
+
 # -- image folders ----------------------------------------------------------------------
 
 COLORS = {"cat": (255, 0, 0), "dog": (0, 255, 0), "emu": (0, 0, 255)}
@@ -235,6 +242,7 @@ def test_cifar_corrupted_files(tmp_path: Path) -> None:
         ({"download": True}, "data.download", "only to cifar"),
         ({"name": "synthetic", "num_samples": 5}, "data.num_samples", "too few"),
         ({"max_train_samples": 0}, "data.max_train_samples", ">= 1"),
+        ({"max_val_samples": 0}, "data.max_val_samples", ">= 1"),
     ],
 )
 def test_config_errors_name_the_key(data: dict, path: str, message: str) -> None:
@@ -352,11 +360,11 @@ def test_idx_layouts(tmp_path: Path, layout: str, name: str) -> None:
 
 
 def test_idx_resized_replicated_and_subsampled(tmp_path: Path) -> None:
-    _write_idx_dataset(tmp_path, n_train=100)
-    cfg = DataConfig(name="fashion_mnist", root=str(tmp_path), max_train_samples=30, seed=1)
+    _write_idx_dataset(tmp_path, n_train=100, n_val=40)
+    cfg = DataConfig(name="fashion_mnist", root=str(tmp_path), max_train_samples=30, max_val_samples=20, seed=1)
     split = load_data(cfg, input_size=(32, 32), in_chans=3)
-    assert split.x_train.shape == (30, 3, 32, 32) and split.x_val.shape == (10, 3, 32, 32)
-    assert torch.bincount(split.y_train).tolist() == [3] * 10  # stratified
+    assert split.x_train.shape == (30, 3, 32, 32) and split.x_val.shape == (20, 3, 32, 32)
+    assert torch.bincount(split.y_train).tolist() == [3] * 10 and torch.bincount(split.y_val).tolist() == [2] * 10
     assert torch.equal(split.x_train[:, 0], split.x_train[:, 2])
     clear_data_cache()
     assert torch.equal(load_data(cfg, input_size=(32, 32), in_chans=3).x_train, split.x_train)  # seeded

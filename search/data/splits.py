@@ -39,7 +39,9 @@ class DataConfig:
     folder; ``cifar10``/``cifar100`` read torchvision's files under ``root``;
     ``fashion_mnist``/``mnist``/``kmnist`` read idx files from ``root`` or, without it, from
     the standard places (:func:`blocknas.search.data.standard_places`). Nothing is
-    downloaded unless ``download: true`` is set explicitly.
+    downloaded unless ``download: true`` is set explicitly. ``max_train_samples`` and
+    ``max_val_samples`` take stratified, seeded subsamples of the two splits (before any
+    resizing, so a large dataset costs memory only for what is kept).
     """
 
     name: DatasetName = "digits"
@@ -50,6 +52,7 @@ class DataConfig:
     num_classes: int = 10
     seed: int = 0
     max_train_samples: int | None = None
+    max_val_samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.name in _NEEDS_ROOT and not self.root:
@@ -69,8 +72,10 @@ class DataConfig:
                 f"{self.num_samples} is too few for {self.num_classes} classes; need >= {2 * self.num_classes}",
                 path="num_samples",
             )
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ConfigError(f"{self.max_train_samples} must be >= 1 (or null for all)", path="max_train_samples")
+        for key in ("max_train_samples", "max_val_samples"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{value} must be >= 1 (or null for all)", path=key)
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,37 +138,36 @@ def _load_cached(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> DataS
     start = time.perf_counter()
     raw = _read(cfg, size, in_chans)
     g = torch.Generator().manual_seed(cfg.seed)
-    train_idx, val_idx = _split(raw, cfg.val_fraction, cfg.max_train_samples, g)
+    train_idx, val_idx = _split(raw, cfg.val_fraction, g)
+    train_idx = _subsample(train_idx, raw.y_train, cfg.max_train_samples, g)
+    x_val_src, y_val_src = (raw.x_val, raw.y_val) if raw.y_val is not None else (raw.x_train, raw.y_train)
+    assert x_val_src is not None  # RawData's x_val and y_val are both set or both None
+    val_idx = _subsample(val_idx, y_val_src, cfg.max_val_samples, g)
     x_train, y_train = _to_shape(raw.x_train[train_idx], size, in_chans), raw.y_train[train_idx]
-    if raw.x_val is not None and raw.y_val is not None:
-        x_val, y_val = _to_shape(raw.x_val, size, in_chans), raw.y_val
-    else:
-        x_val, y_val = _to_shape(raw.x_train[val_idx], size, in_chans), raw.y_train[val_idx]
+    x_val, y_val = _to_shape(x_val_src[val_idx], size, in_chans), y_val_src[val_idx]
     mean, std = _normalize(x_train, x_val)
     split = DataSplit(x_train, y_train, x_val, y_val, raw.num_classes, in_chans, mean, std, cfg.name, raw.classes)
     logger.info("loaded %r in %.2f s", split, time.perf_counter() - start)
     return split
 
 
-def _split(
-    raw: RawData, val_fraction: float, max_train_samples: int | None, g: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices into ``raw.x_train`` of the (train, val) images, chosen before any resizing.
+def _split(raw: RawData, val_fraction: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the (train, val) images, chosen before any resizing.
 
-    A pre-split source keeps its validation set (the val indices are empty); otherwise a
-    stratified ``val_fraction`` is held out. ``max_train_samples`` then takes a stratified
-    subsample of the training indices, so a large dataset is only resized where it is used.
+    A pre-split source keeps its own validation set (val indices are into ``raw.x_val``);
+    otherwise a stratified ``val_fraction`` of ``raw.x_train`` is held out.
     """
-    y = raw.y_train
-    if raw.x_val is not None and raw.y_val is not None:
-        train_idx, val_idx = torch.arange(len(y)), torch.zeros(0, dtype=torch.long)
-    else:
-        val_idx = stratified_sample(y, round(len(y) * val_fraction), generator=g)
-        train_idx = _complement(val_idx, len(y))
-    if max_train_samples is not None and max_train_samples < len(train_idx):
-        keep = torch.sort(stratified_sample(y[train_idx], max_train_samples, generator=g)).values
-        train_idx = train_idx[keep]
-    return train_idx, val_idx
+    if raw.y_val is not None:
+        return torch.arange(len(raw.y_train)), torch.arange(len(raw.y_val))
+    val_idx = stratified_sample(raw.y_train, round(len(raw.y_train) * val_fraction), generator=g)
+    return _complement(val_idx, len(raw.y_train)), val_idx
+
+
+def _subsample(idx: torch.Tensor, y: torch.Tensor, n: int | None, g: torch.Generator) -> torch.Tensor:
+    """A stratified, seeded subset of ``n`` of the indices ``idx`` (into ``y``), in their order; all when None."""
+    if n is None or n >= len(idx):
+        return idx
+    return idx[torch.sort(stratified_sample(y[idx], n, generator=g)).values]
 
 
 def _read(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> RawData:
