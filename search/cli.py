@@ -17,23 +17,15 @@ from blocknas.search.interrupts import install_interrupt_handlers
 
 __all__ = ["main"]
 
-log = logging.getLogger("blocknas")
-
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from blocknas.search.data import DataError
     from blocknas.search.tracking import StorageError, TrackingError
     from blocknas.search.training import CheckpointError
 
-    errors: list[type[BaseException]] = [*USER_ERRORS, StorageError, TrackingError, CheckpointError]
-    try:
-        from blocknas.search.data import DataError
-
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (*USER_ERRORS, DataError, StorageError, TrackingError, CheckpointError)
 
 
 def add_study_overrides(parser: argparse.ArgumentParser) -> None:

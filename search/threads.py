@@ -1,4 +1,4 @@
-"""Thread pinning: torch's intra-/inter-op thread counts, set for a block of code and restored after."""
+"""Torch's process-wide state, set for a block of code and restored after: thread counts, the CPU RNG."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["pinned_threads"]
+__all__ = ["pinned_threads", "seeded_rng"]
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +37,15 @@ def pinned_threads(threads: int, inter_op_threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU generator seeded to ``seed``, and restore its state after.
+
+    For networks that must come out the same every time (the reference and lookup-table
+    modules) without moving the caller's random stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -33,6 +33,7 @@ from .tables import (
 
 __all__ = [
     "ARCH_FACTORS",
+    "STAGE_FACTORS",
     "AblationConfig",
     "AblationObjective",
     "AblationResult",
@@ -43,7 +44,6 @@ __all__ = [
     "MatchConfig",
     "PairedDifference",
     "PlannedVariant",
-    "STAGE_FACTORS",
     "Variant",
     "WidthMatch",
     "apply_level",

@@ -24,8 +24,27 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten
 from blocknas.search.data import load_data_for
-from blocknas.search.study import Objective, StudyConfig, open_study, optimize_until_done, trial_counts
-from blocknas.search.tracking import StudyTracker, fail_dead_local_trials, mask_url, resolve_tracking_uri
+from blocknas.search.study import (
+    DEFINITION_ATTR,
+    FAIL_REASON_ATTR,
+    FIXED_PARAMS_ATTR,
+    INTERRUPTED,
+    LATENCY_MEASURED_ATTR,
+    PLAN_ATTR,
+    Objective,
+    StudyConfig,
+    open_study,
+    optimize_until_done,
+    trial_counts,
+)
+from blocknas.search.tracking import (
+    StudyTracker,
+    fail_dead_local_trials,
+    mask_url,
+    resolve_tracking_uri,
+    retried_trials,
+    wait_for_user_attr,
+)
 
 from .config import AblationConfig, build_variants, definition_changes, format_level
 from .plan import PlannedVariant, make_plan, plan_from_json, plan_to_json
@@ -46,8 +65,6 @@ log = logging.getLogger(__name__)
 
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
-PLAN_ATTR = "ablation.plan"
-DEFINITION_ATTR = "ablation.definition"
 DONE = ("COMPLETE", "PRUNED", "FAIL")  # cell states that need no (re)run
 _PREFERENCE = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "INTERRUPTED")
 
@@ -148,22 +165,13 @@ def _study_config(config: AblationConfig) -> StudyConfig:
     )
 
 
-def _wait_for_attr(study: optuna.Study, key: str, wait_s: float) -> Any:
-    deadline = time.monotonic() + wait_s
-    while True:
-        value = study.user_attrs.get(key)
-        if value is not None or time.monotonic() >= deadline:
-            return value
-        time.sleep(0.5)
-
-
 def _check_definition(study: optuna.Study, config: AblationConfig, base: ArchConfig, created: bool) -> None:
     """A resumed study must be the same ablation: same cells, same data, training and latency settings."""
     current = config.definition(base)
     if created:
         study.set_user_attr(DEFINITION_ATTR, current)
         return
-    stored = _wait_for_attr(study, DEFINITION_ATTR, 30)
+    stored = wait_for_user_attr(study, DEFINITION_ATTR, 30)
     where = f"study {config.name!r} in {mask_url(config.storage_url)}"
     if not isinstance(stored, dict) or "cells" not in stored:
         raise ConfigError(f"{where} exists but is not an ablation; use another name", path="name", source=config.source)
@@ -192,7 +200,7 @@ def _plan(study: optuna.Study, config: AblationConfig, base: ArchConfig, created
     """
     matching = config.matching
     slow = matching is not None and matching.metric == "latency"
-    stored = _wait_for_attr(study, PLAN_ATTR, 0 if created else (900 if slow else 30))
+    stored = wait_for_user_attr(study, PLAN_ATTR, 0 if created else (900 if slow else 30))
     if stored is not None:
         return plan_from_json(stored)
     plan = make_plan(config, base, latency_measure=_latency_measure(config) if slow else None)
@@ -214,7 +222,7 @@ def _latency_measure(config: AblationConfig) -> Callable[[ArchConfig], float]:
 
 def _cell(trial: FrozenTrial) -> tuple[str, int] | None:
     """The trial's ``(variant, seed)``; for a queued trial, the cell it is queued for."""
-    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    params = trial.params or trial.system_attrs.get(FIXED_PARAMS_ATTR, {})
     if VARIANT_PARAM not in params or SEED_PARAM not in params:
         return None
     return str(params[VARIANT_PARAM]), int(params[SEED_PARAM])
@@ -222,7 +230,7 @@ def _cell(trial: FrozenTrial) -> tuple[str, int] | None:
 
 def _state(trial: FrozenTrial) -> str:
     """The trial's state name, with ``INTERRUPTED`` for a trial stopped by Ctrl-C / SIGTERM."""
-    if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == "interrupted":
+    if trial.state == TrialState.FAIL and trial.user_attrs.get(FAIL_REASON_ATTR) == INTERRUPTED:
         return "INTERRUPTED"
     return trial.state.name
 
@@ -230,14 +238,14 @@ def _state(trial: FrozenTrial) -> str:
 def _finished_cells(study: optuna.Study) -> set[tuple[str, int]]:
     """Cells with a finished trial; an interrupted one, or one retried after its worker died, is not finished."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    retried = retried_trials(trials)
     return {cell for t in trials if (cell := _cell(t)) and _state(t) in DONE and t.number not in retried}
 
 
 def _requeue_interrupted(study: optuna.Study, cells: set[tuple[str, int]]) -> None:
     """Retry every cell whose trial was interrupted, as Optuna retries a failed trial (same params and grid id)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    retried = retried_trials(trials)
     taken = _finished_cells(study) | {
         cell for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING) and (cell := _cell(t))
     }
@@ -296,7 +304,7 @@ def collect_cells(study: optuna.Study, plan: list[PlannedVariant], seeds: tuple[
                 out.append(CellResult(variant.name, seed, None, None, "MISSING"))
             else:
                 accuracy = found.values[0] if found.state == TrialState.COMPLETE else None
-                latency = found.user_attrs.get("latency_measured_ms")
+                latency = found.user_attrs.get(LATENCY_MEASURED_ATTR)
                 out.append(CellResult(variant.name, seed, accuracy, latency, _state(found), found.number))
     return out
 
@@ -380,4 +388,3 @@ def _config_yaml(config: AblationConfig) -> str:
     import yaml
 
     return yaml.safe_dump(_config_plain(config), sort_keys=False)
-

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from blocknas.search.seeding import seeded_rng
-from blocknas.search.threads import pinned_threads
+from blocknas.search.threads import pinned_threads, seeded_rng
 
 from .fingerprint import device_fingerprint, fingerprint_id
 from .runtimes import Runner, check_runtime, create_runner, example_input, export_onnx

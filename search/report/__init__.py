@@ -23,13 +23,13 @@ from .text import print_search_summary
 from .writer import DEFAULT_UI_BASE, ReportResult, report_study, run_url, write_report
 
 __all__ = [
-    "BlockCount",
     "DEFAULT_UI_BASE",
     "DPI",
+    "MIN_IMPORTANCE_TRIALS",
+    "BlockCount",
     "Fingerprint",
     "Hypervolume",
     "Importances",
-    "MIN_IMPORTANCE_TRIALS",
     "ReportResult",
     "block_frequency",
     "fingerprints",

@@ -18,7 +18,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR
+from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, OVER_BUDGET_ATTR
 
 __all__ = [
     "MIN_IMPORTANCE_TRIALS",
@@ -60,7 +60,7 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for trial in study.get_trials(deepcopy=False):
         if trial.state == TrialState.PRUNED:
-            counts["over budget" if "over_budget" in trial.user_attrs else "pruned"] += 1
+            counts["over budget" if OVER_BUDGET_ATTR in trial.user_attrs else "pruned"] += 1
         elif trial.state == TrialState.FAIL:
             counts["failed"] += 1
         else:

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from .data import BlockCount, Hypervolume, Importances
-
-if TYPE_CHECKING:
-    pass
 
 from blocknas.search.figures import DPI, pyplot, save_figure
+
+from .data import BlockCount, Hypervolume, Importances
 
 __all__ = ["DPI", "plot_best_history", "plot_blocks", "plot_hypervolume", "plot_importances"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from blocknas.search.study import SearchResult, StudyConfig, latency_fingerprints
+from blocknas.search.study import FRONT_COLUMNS, SearchResult, StudyConfig, front_cells, latency_fingerprints
 from blocknas.search.tracking import mask_url
 
 __all__ = ["print_search_summary"]
@@ -15,17 +15,11 @@ def print_search_summary(result: SearchResult, config: StudyConfig, console: Con
     """Print the front (accuracy, latency, params, MACs, blocks) and the next commands to run."""
     console = console or Console()
     table = Table(title=f"Pareto front of {result.study.study_name} ({len(result.study.trials)} trials)")
-    for column in ("trial", "accuracy", "latency ms", "params", "MACs", "blocks per stage"):
-        table.add_column(column, justify="left" if column == "blocks per stage" else "right")
-    for row in result.front:
-        table.add_row(
-            str(row.trial),
-            f"{row.accuracy:.4f}",
-            f"{row.latency_ms:.3f}",
-            f"{row.params:,}",
-            f"{row.macs:,}",
-            row.blocks,
-        )
+    columns = [FRONT_COLUMNS[key] for key in ("trial", "accuracy", "latency", "params", "macs", "blocks")]
+    for column in columns:
+        table.add_column(column.header, justify="right" if column.numeric else "left")
+    for cells in front_cells(result.front, columns):
+        table.add_row(*cells)
     console.print(table)
     uri = result.tracking_uri
     console.print(f"MLflow:    mlflow ui --backend-store-uri '{mask_url(uri)}' --host 127.0.0.1   (or: make dashboard)")

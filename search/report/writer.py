@@ -28,7 +28,19 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from blocknas.search.study import FrontRow, front_rows, front_trials, latency_source, plot_front, rung_table
+from blocknas.search.study import (
+    FRONT_COLUMNS,
+    LATENCY_ATTR,
+    FrontColumn,
+    FrontRow,
+    front_rows,
+    front_table,
+    front_trials,
+    latency_source,
+    plot_front,
+    rung_table,
+    unplaced_count,
+)
 from blocknas.search.tracking import (
     PARENT_RUN_ATTR,
     StudyTracker,
@@ -253,11 +265,11 @@ def _header(study: optuna.Study, runs: _Runs, ui_base: str, storage_url: str | N
 def _scatter_section(study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
     failed = sum(t.state == TrialState.FAIL for t in trials)
-    unplaced = sum("over_budget" in t.user_attrs and "latency_ms" not in t.user_attrs for t in trials)
+    unplaced = unplaced_count(trials)
     note = f" {failed} failed trial(s) are not drawn." if failed else ""
     if unplaced:
         note += f" {unplaced} candidate(s) rejected on parameters or MACs have no latency: counted in the legend."
-    source = latency_source(t for t in trials if "latency_ms" in t.user_attrs)
+    source = latency_source(t for t in trials if LATENCY_ATTR in t.user_attrs)
     latency = {
         "predicted": "the lookup table's prediction (each trial's run logs the measured p50; `front.csv` has it)",
         "mixed": "predicted for some trials, the measured median (p50) for others",
@@ -295,31 +307,35 @@ def _front_section(study: optuna.Study, rows: Sequence[FrontRow], runs: _Runs, u
     )
     if not rows:
         return title + "\nNo complete feasible trial yet.\n"
-    # predicted (or mixed) latency: the objective is the table's prediction, shown beside the measurement
     trials = study.trials  # one fetch from the storage
     predicted = latency_source(trials[r.trial] for r in rows) != "measured"
-    lines = [
-        title,
-        "| trial | accuracy | "
-        + ("predicted ms | " if predicted else "")
-        + "latency p50 ms | latency p90 ms | params | MACs | blocks per stage | MLflow run |",
-        "|---:|---:|---:|---:|---:|---:|---|---|" + ("---:|" if predicted else ""),
+    return title + front_table(rows, _front_columns(runs, ui_base, predicted=predicted))
+
+
+def _front_columns(runs: _Runs, ui_base: str, *, predicted: bool) -> list[FrontColumn]:
+    """The report's front columns: latencies measured (p50 and, from MLflow, p90) and a link to each run."""
+
+    def p90(row: FrontRow) -> str:
+        run = (runs.children or {}).get(row.run_id)
+        return _num(run.data.metrics.get("latency_p90_ms") if run is not None else None, ".4g")
+
+    def link(row: FrontRow) -> str:
+        if row.run_id not in (runs.children or {}) or not runs.experiment_id:
+            return row.name
+        return f"[{row.name}]({run_url(ui_base, runs.experiment_id, row.run_id)})"
+
+    columns = [FRONT_COLUMNS["trial"], FRONT_COLUMNS["accuracy"]]
+    if predicted:  # the objective is the table's prediction, shown beside the measurement
+        columns.append(FrontColumn("predicted ms", lambda r: f"{r.latency_ms:.4g}"))
+    return [
+        *columns,
+        FrontColumn("latency p50 ms", lambda r: _num(r.latency_measured_ms, ".4g")),
+        FrontColumn("latency p90 ms", p90),
+        FRONT_COLUMNS["params"],
+        FRONT_COLUMNS["macs"],
+        FRONT_COLUMNS["blocks"],
+        FrontColumn("MLflow run", link, numeric=False),
     ]
-    for r in rows:
-        run = (runs.children or {}).get(r.run_id)
-        p90 = run.data.metrics.get("latency_p90_ms") if run is not None else None
-        link = (
-            f"[{r.name}]({run_url(ui_base, runs.experiment_id, r.run_id)})"
-            if run is not None and runs.experiment_id
-            else r.name
-        )
-        lines.append(
-            f"| {r.trial} | {r.accuracy:.4f} | "
-            + (f"{r.latency_ms:.4g} | " if predicted else "")
-            + f"{_num(r.latency_measured_ms, '.4g')} | {_num(p90, '.4g')} | {r.params:,} | {r.macs:,} "
-            f"| {r.blocks} | {link} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _blocks_section(counts: Sequence[BlockCount]) -> str:

@@ -14,7 +14,7 @@ import traceback
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 import timm
@@ -22,24 +22,30 @@ from optuna.trial import FrozenTrial, Trial
 
 from blocknas.blocks import ArchConfig, to_plain
 from blocknas.search.data import DataSplit
-from blocknas.search.latency import LatencyResult, measure_latency
+from blocknas.search.latency import LatencyPredictor, LatencyResult, measure_latency
 from blocknas.search.tracking import WORKER_ATTR, StudyTracker, worker_id
 from blocknas.search.training import DivergedError, EpochStats, seed_everything, train_briefly
 from blocknas.spaces import SearchSpace
 
+from .attrs import (
+    ARCH_ATTR,
+    BASELINE_ATTR,
+    FAIL_REASON_ATTR,
+    FINGERPRINT_ATTR,
+    INTERRUPTED,
+    LATENCY_ATTR,
+    LATENCY_CALIBRATED_ATTR,
+    LATENCY_MEASURED_ATTR,
+    LATENCY_PREDICTED_ATTR,
+    OVER_BUDGET_ATTR,
+    TRAIN_SECONDS_ATTR,
+)
 from .config import StudyConfig
 from .pruning import PRUNED_BY, ParetoAsha, TrialRungs
 
-if TYPE_CHECKING:
-    from blocknas.search.latency import LatencyPredictor
-
-__all__ = ["ARCH_ATTR", "BASELINE_ATTR", "FINGERPRINT_ATTR", "Objective", "latency_fingerprints", "trial_tags"]
+__all__ = ["Objective", "latency_fingerprints", "trial_tags"]
 
 log = logging.getLogger(__name__)
-
-ARCH_ATTR = "arch"  # user attr: the architecture (plain dict) a trial evaluated
-BASELINE_ATTR = "baseline"  # user attr: the baseline's name, for enqueued baseline trials
-FINGERPRINT_ATTR = "latency_fingerprint_id"  # user attr: the device/settings the latency was measured on
 
 
 def latency_fingerprints(trials: Iterable[FrozenTrial]) -> dict[str, int]:
@@ -101,14 +107,14 @@ class Objective:
             status = "FINISHED"
             return values
         except optuna.TrialPruned:
-            state = "over_budget" if "over_budget" in trial.user_attrs else "pruned"
+            state = "over_budget" if OVER_BUDGET_ATTR in trial.user_attrs else "pruned"
             self.tracker.log(run_id, tags={"blocknas.state": state})
             status = "FINISHED"
             raise
         except BaseException as exc:
             interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            reason = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason)
+            reason = INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
             self.tracker.log(
                 run_id, tags={"blocknas.state": "killed" if interrupted else "failed", "blocknas.error": reason}
             )
@@ -138,8 +144,8 @@ class Objective:
         self.tracker.log(
             run_id, metrics={**measured.as_metrics(), "latency_ms": latency_ms}, tags=_fingerprint_tags(measured)
         )
-        trial.set_user_attr("latency_ms", latency_ms)
-        trial.set_user_attr("latency_measured_ms", measured.p50_ms)
+        trial.set_user_attr(LATENCY_ATTR, latency_ms)
+        trial.set_user_attr(LATENCY_MEASURED_ATTR, measured.p50_ms)
         trial.set_user_attr(FINGERPRINT_ATTR, measured.fingerprint_id)
         if predicted is None:
             self._reject_over_budget(trial, run_id, {"latency_ms": latency_ms})
@@ -164,7 +170,7 @@ class Objective:
             raise
         metrics = {"accuracy": result.val_accuracy, "val_loss": result.val_loss, "train_seconds": result.train_seconds}
         self.tracker.log(run_id, metrics=metrics, tags={"blocknas.state": "complete"})
-        trial.set_user_attr("train_seconds", result.train_seconds)
+        trial.set_user_attr(TRAIN_SECONDS_ATTR, result.train_seconds)
         return (result.val_accuracy, latency_ms) if self.multi else result.val_accuracy
 
     def _pareto_rungs(self, trial: Trial, latency_ms: float) -> TrialRungs | None:
@@ -199,9 +205,9 @@ class Objective:
                 "latency.calibration_points": predictor.n_calibration_points,
             },
         )
-        trial.set_user_attr("latency_ms", predicted)
-        trial.set_user_attr("latency_predicted_ms", predicted)
-        trial.set_user_attr("latency_calibrated", calibrated)
+        trial.set_user_attr(LATENCY_ATTR, predicted)
+        trial.set_user_attr(LATENCY_PREDICTED_ATTR, predicted)
+        trial.set_user_attr(LATENCY_CALIBRATED_ATTR, calibrated)
         return predicted
 
     def _reject_over_budget(self, trial: Trial, run_id: str, values: dict[str, float]) -> None:
@@ -219,7 +225,7 @@ class Objective:
                     violated.append(f"{key}={values[key]:.4g} > {limit:.4g}")
         if violated:
             reason = ", ".join(violated)
-            trial.set_user_attr("over_budget", reason)
+            trial.set_user_attr(OVER_BUDGET_ATTR, reason)
             self.tracker.log(run_id, tags={"blocknas.over_budget": reason})
             raise optuna.TrialPruned(f"over budget: {reason}")
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,21 +20,30 @@ from optuna.trial import FrozenTrial, TrialState
 
 from blocknas.blocks import ArchConfig
 from blocknas.search.figures import pyplot, save_figure
-from blocknas.search.files import atomic_write_text, file_lock
 from blocknas.search.tracking import RUN_ID_ATTR
 
-from .objective import ARCH_ATTR, BASELINE_ATTR
-from .pruning import PRUNED_ACCURACY_ATTR
+from .attrs import (
+    ARCH_ATTR,
+    BASELINE_ATTR,
+    LATENCY_ATTR,
+    LATENCY_MEASURED_ATTR,
+    LATENCY_PREDICTED_ATTR,
+    OVER_BUDGET_ATTR,
+)
 
 __all__ = [
+    "FRONT_COLUMNS",
+    "FrontColumn",
     "FrontRow",
     "draw_front",
     "export_front",
+    "front_cells",
     "front_rows",
     "front_table",
     "front_trials",
     "latency_source",
     "plot_front",
+    "unplaced_count",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,7 +84,7 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
         trials = study.best_trials if len(study.directions) > 1 else [study.best_trial]
     except ValueError:  # no feasible trial yet
         return []
-    return sorted(trials, key=lambda t: float(t.user_attrs.get("latency_ms", 0.0)))
+    return sorted(trials, key=lambda t: float(t.user_attrs.get(LATENCY_ATTR, 0.0)))
 
 
 def front_rows(study: optuna.Study) -> list[FrontRow]:
@@ -90,7 +98,7 @@ def front_rows(study: optuna.Study) -> list[FrontRow]:
                 trial=trial.number,
                 name=f"t{trial.number:04d}_{arch.short_hash()}",
                 accuracy=accuracy,
-                latency_ms=float(trial.user_attrs.get("latency_ms", float("nan"))),
+                latency_ms=float(trial.user_attrs.get(LATENCY_ATTR, float("nan"))),
                 latency_measured_ms=_measured_latency(trial),
                 params=cost.params,
                 macs=cost.macs,
@@ -102,17 +110,40 @@ def front_rows(study: optuna.Study) -> list[FrontRow]:
     return rows
 
 
-def front_table(rows: list[FrontRow]) -> str:
-    """The front as a Markdown table."""
+@dataclass(frozen=True)
+class FrontColumn:
+    """One column of a front table: its header, a row's cell text, and whether it holds numbers (right-aligned)."""
+
+    header: str
+    cell: Callable[[FrontRow], str]
+    numeric: bool = True
+
+
+FRONT_COLUMNS: dict[str, FrontColumn] = {
+    "trial": FrontColumn("trial", lambda r: str(r.trial)),
+    "name": FrontColumn("name", lambda r: r.name, numeric=False),
+    "accuracy": FrontColumn("accuracy", lambda r: f"{r.accuracy:.4f}"),
+    "latency": FrontColumn("latency ms", lambda r: f"{r.latency_ms:.3f}"),
+    "measured": FrontColumn("measured ms", lambda r: f"{r.latency_measured_ms:.3f}"),
+    "params": FrontColumn("params", lambda r: f"{r.params:,}"),
+    "macs": FrontColumn("MACs", lambda r: f"{r.macs:,}"),
+    "blocks": FrontColumn("blocks per stage", lambda r: r.blocks, numeric=False),
+}
+_TABLE_COLUMNS = tuple(FRONT_COLUMNS.values())  # front.md and pareto_front.md: every column
+
+
+def front_cells(rows: Iterable[FrontRow], columns: Sequence[FrontColumn]) -> list[list[str]]:
+    """The body of a front table: per row, the text of each column."""
+    return [[column.cell(row) for column in columns] for row in rows]
+
+
+def front_table(rows: Iterable[FrontRow], columns: Sequence[FrontColumn] = _TABLE_COLUMNS) -> str:
+    """The front as a Markdown table (default: every column of :data:`FRONT_COLUMNS`)."""
     lines = [
-        "| trial | name | accuracy | latency ms | measured ms | params | MACs | blocks per stage |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "| " + " | ".join(column.header for column in columns) + " |",
+        "|" + "".join("---:|" if column.numeric else "---|" for column in columns),
+        *("| " + " | ".join(cells) + " |" for cells in front_cells(rows, columns)),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r.trial} | {r.name} | {r.accuracy:.4f} | {r.latency_ms:.3f} | {r.latency_measured_ms:.3f} "
-            f"| {r.params:,} | {r.macs:,} | {r.blocks} |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -129,61 +160,35 @@ def front_csv(rows: list[FrontRow]) -> str:
     return out.getvalue()
 
 
-_EXPORT_MANIFEST = ".blocknas-export.json"  # the files an export wrote; only those are ever removed
-
-
 def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
     """Write each front architecture to ``<export_dir>/<study>/<name>.yaml`` (metrics in ``meta``).
 
-    Files an earlier export wrote for trials no longer on the front are removed, so the
-    export is the current front; any other file in the folder (a hand-tuned copy, notes) is
-    left alone. What the export owns is listed in ``.blocknas-export.json`` there, which always
-    covers every file it may have written, even after a kill mid-export. Each file is
-    written under a temporary name and renamed, so a reader never sees a partial one.
+    Files of trials no longer on the front are removed, so the folder is the current front.
     """
     folder = Path(export_dir) / study.study_name
     folder.mkdir(parents=True, exist_ok=True)
     rows = front_rows(study)
-    files = {
-        f"{row.name}.yaml": row.arch.replace(meta={"study": study.study_name, **row.metrics()}).to_yaml()
-        for row in rows
-    }
-    files |= {"front.md": front_table(rows), "front.csv": front_csv(rows)}
-    with file_lock(folder / ".blocknas-export.lock"):  # workers finishing together export one at a time
-        owned = _exported_files(folder)
-        _record_exports(folder, owned | set(files))  # before writing, so a kill cannot orphan a file
-        for name, text in files.items():
-            atomic_write_text(folder / name, text)
-        for stale in owned - set(files):
-            (folder / stale).unlink(missing_ok=True)
-        _record_exports(folder, set(files))
-    return [folder / f"{row.name}.yaml" for row in rows]
+    written = []
+    for row in rows:
+        path = folder / f"{row.name}.yaml"
+        meta = {"study": study.study_name, **row.metrics()}
+        row.arch.replace(meta=meta).to_yaml(path)
+        written.append(path)
+    for stale in set(folder.glob("t*.yaml")) - set(written):
+        stale.unlink()
+    (folder / "front.md").write_text(front_table(rows))
+    (folder / "front.csv").write_text(front_csv(rows))
+    return written
 
 
-def _exported_files(folder: Path) -> set[str]:
-    """Names listed in the folder's export manifest (none without one)."""
-    manifest = folder / _EXPORT_MANIFEST
-    try:
-        names = json.loads(manifest.read_text())["files"]
-    except FileNotFoundError:
-        return set()
-    except (ValueError, KeyError, TypeError) as exc:
-        names = exc
-    if not isinstance(names, list):
-        log.warning("ignoring unreadable %s (%s); no earlier export will be removed", manifest, names)
-        return set()
-    # a plain name in this folder only: a doctored manifest cannot point elsewhere
-    return {n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
-
-
-def _record_exports(folder: Path, names: set[str]) -> None:
-    text = json.dumps({"written_by": "blocknas export_front", "files": sorted(names)}, indent=1) + "\n"
-    atomic_write_text(folder / _EXPORT_MANIFEST, text)
+def unplaced_count(trials: Iterable[FrozenTrial]) -> int:
+    """How many over-budget candidates were rejected before any latency existed (on parameters or MACs)."""
+    return sum(OVER_BUDGET_ATTR in t.user_attrs and LATENCY_ATTR not in t.user_attrs for t in trials)
 
 
 def latency_source(trials: Iterable[FrozenTrial]) -> Literal["predicted", "measured", "mixed", "none"]:
     """Where the ``latency_ms`` of ``trials`` came from: the lookup table, a measurement, both or neither."""
-    sources = {"predicted" if "latency_predicted_ms" in t.user_attrs else "measured" for t in trials}
+    sources = {"predicted" if LATENCY_PREDICTED_ATTR in t.user_attrs else "measured" for t in trials}
     if len(sources) > 1:
         return "mixed"
     return "none" if not sources else "predicted" if "predicted" in sources else "measured"
@@ -198,8 +203,7 @@ LATENCY_AXIS = {
 
 
 def plot_front(study: optuna.Study, path: str | Path) -> Path:
-    """Accuracy vs latency of every complete trial, the front drawn, baselines marked, infeasible greyed,
-    trials stopped early by ``pareto_asha`` at their rung accuracy."""
+    """Accuracy vs latency of every complete trial, the front drawn, baselines marked, infeasible greyed."""
     fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
     draw_front(study, ax)
     return save_figure(fig, path)
@@ -213,29 +217,28 @@ def draw_front(study: optuna.Study, ax: Any) -> None:
     placed on the x-axis, so the legend counts them.
     """
     every = study.get_trials(deepcopy=False)
-    trials = [t for t in every if "latency_ms" in t.user_attrs]
+    trials = [t for t in every if LATENCY_ATTR in t.user_attrs]
     front = {t.number for t in front_trials(study)}
 
     def scatter(selected: list[FrozenTrial], **style: Any) -> None:
         if selected:
-            ax.scatter([t.user_attrs["latency_ms"] for t in selected], [_accuracy(t) for t in selected], **style)
+            ax.scatter([t.user_attrs[LATENCY_ATTR] for t in selected], [_accuracy(t) for t in selected], **style)
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    over = [t for t in trials if "over_budget" in t.user_attrs]
-    n_unplaced = sum("over_budget" in t.user_attrs and "latency_ms" not in t.user_attrs for t in every)
+    over = [t for t in trials if OVER_BUDGET_ATTR in t.user_attrs]
+    n_unplaced = unplaced_count(every)
     scatter([t for t in complete if t.number not in front], color="tab:blue", alpha=0.5, label="trials")
-    _draw_stopped_early(ax, trials)
     if over or n_unplaced:  # drawn even empty, for the legend's count
         label = "over budget (not trained)"
         if n_unplaced:
             label += f"; {n_unplaced} more without latency, not drawn"
         ax.scatter(
-            [t.user_attrs["latency_ms"] for t in over], [0.0] * len(over), color="lightgrey", marker="x", label=label
+            [t.user_attrs[LATENCY_ATTR] for t in over], [0.0] * len(over), color="lightgrey", marker="x", label=label
         )
-    on_front = sorted((t for t in complete if t.number in front), key=lambda t: t.user_attrs["latency_ms"])
+    on_front = sorted((t for t in complete if t.number in front), key=lambda t: t.user_attrs[LATENCY_ATTR])
     if on_front:
         ax.step(
-            [t.user_attrs["latency_ms"] for t in on_front],
+            [t.user_attrs[LATENCY_ATTR] for t in on_front],
             [_accuracy(t) for t in on_front],
             where="post",
             color="tab:red",
@@ -261,25 +264,11 @@ def draw_front(study: optuna.Study, ax: Any) -> None:
 
 def _measured_latency(trial: FrozenTrial) -> float:
     """The measured p50 of a trial; its ``latency_ms`` when that was measured (older studies)."""
-    if "latency_measured_ms" in trial.user_attrs:
-        return float(trial.user_attrs["latency_measured_ms"])
-    if "latency_predicted_ms" not in trial.user_attrs:
-        return float(trial.user_attrs.get("latency_ms", float("nan")))
+    if LATENCY_MEASURED_ATTR in trial.user_attrs:
+        return float(trial.user_attrs[LATENCY_MEASURED_ATTR])
+    if LATENCY_PREDICTED_ATTR not in trial.user_attrs:
+        return float(trial.user_attrs.get(LATENCY_ATTR, float("nan")))
     return float("nan")
-
-
-def _draw_stopped_early(ax: Any, trials: list[FrozenTrial]) -> None:
-    """Trials ``pareto_asha`` stopped: hollow triangles at their latency and the accuracy at the rung they stopped."""
-    stopped = [t for t in trials if PRUNED_ACCURACY_ATTR in t.user_attrs]
-    if stopped:
-        ax.scatter(
-            [t.user_attrs["latency_ms"] for t in stopped],
-            [t.user_attrs[PRUNED_ACCURACY_ATTR] for t in stopped],
-            marker="v",
-            facecolors="none",
-            edgecolors="tab:purple",
-            label="stopped early (accuracy at its rung)",
-        )
 
 
 def _accuracy(trial: FrozenTrial) -> float:

@@ -18,11 +18,19 @@ from tqdm.auto import tqdm
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
 from blocknas.search.data import load_data_for
-from blocknas.search.tracking import StudyTracker, fail_dead_local_trials, mask_url, open_storage, resolve_tracking_uri
+from blocknas.search.tracking import (
+    StudyTracker,
+    fail_dead_local_trials,
+    mask_url,
+    open_storage,
+    resolve_tracking_uri,
+    retried_trials,
+)
 from blocknas.spaces import SearchSpace
 
+from .attrs import ARCH_ATTR, BASELINE_ATTR
 from .config import StudyConfig
-from .objective import ARCH_ATTR, BASELINE_ATTR, Objective
+from .objective import Objective
 from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
 
 __all__ = ["SearchResult", "open_study", "optimize_until_done", "run_search", "trial_counts"]
@@ -134,7 +142,7 @@ def trial_counts(study: optuna.Study) -> tuple[int, int]:
     re-enqueued for retry (its worker died) does not, its retry does.
     """
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    retried = retried_trials(trials)
     done = sum(t.state in DONE_STATES or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
     return done, sum(t.state == TrialState.RUNNING for t in trials)
 

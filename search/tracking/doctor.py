@@ -10,7 +10,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from .runs import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, TrackingError, check_reachable
+from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR
+from .runs import StudyTracker, TrackingError, check_reachable
 from .storage import load_study, mask_url
 
 __all__ = ["Diagnosis", "check_study", "diagnose"]

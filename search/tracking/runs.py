@@ -24,11 +24,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from blocknas.search.files import file_lock
 
+from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR, wait_for_user_attr
 from .storage import mask_url
 
 __all__ = [
-    "PARENT_RUN_ATTR",
-    "RUN_ID_ATTR",
     "StudyTracker",
     "TrackingError",
     "check_reachable",
@@ -37,8 +36,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
-RUN_ID_ATTR = "mlflow_run_id"
 _BATCH = 100  # MLflow's log_batch limit per kind
 
 
@@ -122,15 +119,10 @@ class StudyTracker:
         Only the worker that created the Optuna study creates the parent run; the others
         wait for its id to appear in the study's user attributes.
         """
-        deadline = time.monotonic() + (0 if created_study else wait_s)
-        while True:
-            run_id = study.user_attrs.get(PARENT_RUN_ATTR)
-            if run_id:
-                self._reopen(run_id)
-                return str(run_id)
-            if created_study or time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
+        run_id = wait_for_user_attr(study, PARENT_RUN_ATTR, 0 if created_study else wait_s)
+        if run_id:
+            self._reopen(run_id)
+            return str(run_id)
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"study-{study.study_name}",

@@ -1,4 +1,4 @@
-"""Optuna storage from one URL string, with crash recovery, and credential masking.
+"""Optuna storage from one URL string, with crash recovery.
 
 Accepted forms:
 
@@ -23,32 +23,25 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from .attrs import WORKER_ATTR
 from .journal import open_journal_backend
+from .masking import mask_url
 
 __all__ = [
-    "load_study",
-    "WORKER_ATTR",
     "StorageError",
     "fail_dead_local_trials",
-    "mask_url",
+    "load_study",
     "open_storage",
     "worker_id",
 ]
 
 log = logging.getLogger(__name__)
 
-WORKER_ATTR = "blocknas.worker"
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
-_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]+:)(?P<pw>[^@]*)(?P<tail>@)", re.IGNORECASE)
 
 
 class StorageError(RuntimeError):
     """The study storage cannot be opened or reached."""
-
-
-def mask_url(url: str) -> str:
-    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``; other text unchanged."""
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", url)
 
 
 def worker_id() -> str:
@@ -87,9 +80,10 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             )
         if scheme == "redis":
-            backend = JournalRedisBackend(url)
-            backend._redis.ping()  # fail now, with a clear message, not at the first trial
-            return optuna.storages.JournalStorage(backend)
+            import redis
+
+            redis.Redis.from_url(url).ping()  # fail now, with a clear message, not at the first trial
+            return optuna.storages.JournalStorage(JournalRedisBackend(url))
         if scheme and scheme != "journal":
             raise StorageError(
                 f"unsupported storage scheme {scheme!r} in {mask_url(url)!r}; use sqlite://, postgresql://, "
@@ -101,7 +95,8 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
     except StorageError:
         raise
     except Exception as exc:  # SQLAlchemy / redis / OS errors all mean "cannot use this storage"
-        raise StorageError(f"cannot open study storage {mask_url(url)}: {type(exc).__name__}: {exc}") from None
+        # The driver's text may repeat the URL or its password: mask the whole message.
+        raise StorageError(mask_url(f"cannot open study storage {url}: {type(exc).__name__}: {exc}")) from None
 
 
 def _pid_alive(pid: int) -> bool:

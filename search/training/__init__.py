@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .brief import (
+    BriefTrainer,
     DivergedError,
     EpochStats,
     TrainConfig,
@@ -35,19 +36,20 @@ from .full_config import (
 from .run import TrainRun
 
 __all__ = [
+    "FORMATS",
+    "FULL_TRAIN_DEFAULTS",
+    "STATE_FORMAT",
     "AugmentConfig",
+    "BriefTrainer",
     "CheckpointError",
     "DivergedError",
     "EmaConfig",
     "EpochStats",
     "ExportError",
     "ExportResult",
-    "FORMATS",
-    "FULL_TRAIN_DEFAULTS",
     "FullTrainConfig",
     "FullTrainResult",
     "RandomCropFlip",
-    "STATE_FORMAT",
     "TrainConfig",
     "TrainResult",
     "TrainRun",

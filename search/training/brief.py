@@ -37,6 +37,7 @@ from blocknas.search.data import DataSplit
 from blocknas.search.threads import pinned_threads
 
 __all__ = [
+    "BriefTrainer",
     "DivergedError",
     "EpochStats",
     "TrainConfig",
@@ -48,7 +49,7 @@ __all__ = [
     "training_threads",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def train_briefly(
     """
     _check_classes(model, data)
     with training_threads(cfg):
-        return _BriefTrainer(model, data, cfg, seed).run(on_epoch, progress)
+        return BriefTrainer(model, data, cfg, seed).run(on_epoch, progress)
 
 
 def training_threads(cfg: TrainConfig) -> contextlib.AbstractContextManager[object]:
@@ -274,8 +275,20 @@ def _check_classes(model: nn.Module, data: DataSplit) -> None:
         )
 
 
-class _BriefTrainer:
-    """One training run; holds the optimizer, schedule and counters so each piece stays short."""
+class BriefTrainer:
+    """One training run; holds the optimizer, schedule and counters so each piece stays short.
+
+    :func:`train_briefly` runs one; the full trainer subclasses it. The hooks a subclass
+    may override or call, from the inside out:
+
+    * :meth:`train_step`: one optimisation step on a mini-batch (override to augment the
+      batch before it or update an EMA after it);
+    * :meth:`train_epoch`: one pass over the shuffled training set;
+    * :meth:`validate`: loss and top-1 of a model (the trained one, or e.g. its EMA copy)
+      on the validation split, on this run's device and precision;
+    * :meth:`validate_epoch`: the epoch's :class:`EpochStats`, divergence checked;
+    * :meth:`run`: every epoch until done or out of time.
+    """
 
     def __init__(self, model: nn.Module, data: DataSplit, cfg: TrainConfig, seed: int) -> None:
         self.cfg, self.data = cfg, data
@@ -305,15 +318,15 @@ class _BriefTrainer:
         with tqdm(range(self.cfg.epochs), desc="train", unit="epoch", leave=False, disable=not progress) as bar:
             for epoch in bar:
                 epoch_start = time.perf_counter()
-                train_loss, train_acc, out_of_time = self._train_epoch(epoch)
-                stats = self._evaluate_epoch(epoch, train_loss, train_acc, epoch_start)
+                train_loss, train_acc, out_of_time = self.train_epoch(epoch)
+                stats = self.validate_epoch(epoch, train_loss, train_acc, epoch_start)
                 history.append(stats)
                 bar.set_postfix(loss=f"{stats.val_loss:.3f}", acc=f"{stats.val_accuracy:.3f}")
                 if on_epoch is not None:
                     on_epoch(stats)
                 out_of_time = out_of_time and self.steps < self.cfg.epochs * self.steps_per_epoch
                 if out_of_time:
-                    logger.info("time budget of %s s reached after %d steps", self.cfg.time_budget_s, self.steps)
+                    log.info("time budget of %s s reached after %d steps", self.cfg.time_budget_s, self.steps)
                     break
         self.model.eval()
         last = history[-1]
@@ -327,20 +340,21 @@ class _BriefTrainer:
             stopped_by_budget=out_of_time,
         )
 
-    def _train_epoch(self, epoch: int) -> tuple[float, float, bool]:
+    def train_epoch(self, epoch: int) -> tuple[float, float, bool]:
         """One pass over shuffled mini-batches; returns (mean loss, accuracy, out of time)."""
         self.model.train()
         order = torch.randperm(len(self.y_train), generator=self.generator).to(self.runtime.device)
         loss_sum, correct, seen = 0.0, 0, 0
         for step in range(self.steps_per_epoch):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-            batch_loss, batch_correct = self._step(self.x_train[idx], self.y_train[idx], epoch, step)
+            batch_loss, batch_correct = self.train_step(self.x_train[idx], self.y_train[idx], epoch, step)
             loss_sum, correct, seen = loss_sum + batch_loss * len(idx), correct + batch_correct, seen + len(idx)
             if time.perf_counter() >= self.deadline:
                 return loss_sum / seen, correct / seen, True
         return loss_sum / seen, correct / seen, False
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> tuple[float, int]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> tuple[float, int]:
+        """One optimisation step on ``(x, y)``; returns the batch's loss and number of correct predictions."""
         with self.runtime.autocast():
             logits = self.model(self.runtime.inputs(x))
             loss = self.criterion(logits.float(), y)
@@ -365,11 +379,14 @@ class _BriefTrainer:
         self.steps += 1
         return loss_value, int(correct)
 
-    def _evaluate_epoch(self, epoch: int, train_loss: float, train_acc: float, epoch_start: float) -> EpochStats:
+    def validate(self, model: nn.Module) -> tuple[float, float]:
+        """Mean cross-entropy and top-1 of ``model`` on the validation split, on this run's device and precision."""
+        return _evaluate(model, self.data.x_val, self.data.y_val, self.cfg.eval_batch_size, self.runtime)
+
+    def validate_epoch(self, epoch: int, train_loss: float, train_acc: float, epoch_start: float) -> EpochStats:
+        """Validate the trained model after ``epoch``; raises :class:`DivergedError` on a non-finite loss."""
         lr = float(self.scheduler.get_last_lr()[0])
-        val_loss, val_acc = _evaluate(
-            self.model, self.data.x_val, self.data.y_val, self.cfg.eval_batch_size, self.runtime
-        )
+        val_loss, val_acc = self.validate(self.model)
         if not math.isfinite(val_loss):
             raise DivergedError(
                 f"validation loss is {val_loss} after epoch {epoch} (training loss {train_loss:.4g})",

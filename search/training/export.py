@@ -38,7 +38,7 @@ from .checkpoint import load_model
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export_checkpoint", "export_model"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 _FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -105,7 +105,7 @@ def export_model(
             raise ExportError(f"{path} differs from the PyTorch model by {diffs[fmt]:.3g} (allowed {atol:g})")
         latencies[fmt] = _file_latency(fmt, path, how, input_shape, target.replace(runtime=_RUNTIMES[fmt]))
         files[fmt] = path
-        logger.info("%s: max |diff| vs PyTorch %.2g, latency p50 %.4f ms", path, diffs[fmt], latencies[fmt].p50_ms)
+        log.info("%s: max |diff| vs PyTorch %.2g, latency p50 %.4f ms", path, diffs[fmt], latencies[fmt].p50_ms)
     latency_path = out / "latency.json"
     latency_path.write_text(json.dumps(_latency_report(files, diffs, latencies, input_shape), indent=1))
     return ExportResult(files, diffs, latencies, latency_path)

@@ -28,14 +28,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from blocknas.blocks import ArchConfig, ConfigError, resolve_arch
 from blocknas.search.data import DataSplit, load_data
 
-from .brief import _BriefTrainer, _evaluate, seed_everything, training_threads
+from .brief import BriefTrainer, seed_everything, training_threads
 from .checkpoint import CheckpointError, load_training_state, save_training_state, save_weights
-from .full_config import FullTrainConfig, FullTrainResult
+from .full_config import AugmentConfig, FullTrainConfig, FullTrainResult
 from .run import TrainRun
 
 __all__ = ["RandomCropFlip", "train_full"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _FLIP_SAFE = ("cifar10", "cifar100", "imagefolder")  # digits and the synthetic patterns are not mirror-symmetric
 LAST, BEST = "last", "best"
@@ -77,7 +77,7 @@ class RandomCropFlip:
         return cls(padding=cfg.crop_padding, hflip=hflip, seed=seed)
 
 
-class _FullTrainer(_BriefTrainer):
+class _FullTrainer(BriefTrainer):
     """The brief trainer's step with augmentation before it and an EMA update after it."""
 
     def __init__(self, model: nn.Module, data: DataSplit, config: FullTrainConfig) -> None:
@@ -87,8 +87,8 @@ class _FullTrainer(_BriefTrainer):
         if config.ema.enabled:
             self.ema = ModelEmaV3(self.model, decay=config.ema.decay, use_warmup=True)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> tuple[float, int]:
-        result = super()._step(self.augment(x), y, epoch, step)
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> tuple[float, int]:
+        result = super().train_step(self.augment(x), y, epoch, step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.steps)
         return result
@@ -101,13 +101,11 @@ class _FullTrainer(_BriefTrainer):
     def epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch, validate; the record logged and checkpointed for it."""
         start = time.perf_counter()
-        train_loss, train_acc, _ = self._train_epoch(epoch)
-        stats = self._evaluate_epoch(epoch, train_loss, train_acc, start)
+        train_loss, train_acc, _ = self.train_epoch(epoch)
+        stats = self.validate_epoch(epoch, train_loss, train_acc, start)
         record = {k: float(v) for k, v in dataclasses.asdict(stats).items() if k != "epoch"}
         if self.ema is not None:
-            ema_loss, ema_acc = _evaluate(
-                self.ema.module, self.data.x_val, self.data.y_val, self.cfg.eval_batch_size, self.runtime
-            )
+            ema_loss, ema_acc = self.validate(self.ema.module)
             record.update(ema_val_loss=ema_loss, ema_val_accuracy=ema_acc)
         record["accuracy"] = record.get("ema_val_accuracy", record["val_accuracy"])
         record["seconds"] = time.perf_counter() - start
@@ -187,7 +185,7 @@ def train_full(config: FullTrainConfig, *, resume: bool = False, progress: bool 
         trainer.restore(state)
     run_id = state.get("mlflow_run_id") if state else None
     if state is not None and int(state["epoch"]) + 1 >= config.train.epochs and TrainRun.finished(config, run_id):
-        logger.info("%s already trained all %d epochs and its run is finished: nothing to do", out, config.train.epochs)
+        log.info("%s already trained all %d epochs and its run is finished: nothing to do", out, config.train.epochs)
         return _fit(trainer, config, arch, out, state, TrainRun(None, run_id), progress=False)
     run = TrainRun.open(config, arch, out, run_id=run_id, history=state["history"] if state else ())
     try:
@@ -206,7 +204,7 @@ def _matched_to_data(arch: ArchConfig, data: DataSplit, config: FullTrainConfig)
     if arch.meta:
         meta["search"] = dict(arch.meta)
     if arch.num_classes != data.num_classes:
-        logger.info(
+        log.info(
             "dataset %s has %d classes: the classifier is rebuilt for it (arch had %d)",
             data.name,
             data.num_classes,
@@ -247,7 +245,7 @@ def _resume_state(out: Path, config: FullTrainConfig, arch: ArchConfig) -> dict[
             + (f" ({details})" if details else "")
             + "; resume with the same config, or train into another --out"
         )
-    logger.info("resuming %s after epoch %d of %d", out, state["epoch"] + 1, config.train.epochs)
+    log.info("resuming %s after epoch %d of %d", out, state["epoch"] + 1, config.train.epochs)
     return state
 
 
@@ -289,7 +287,7 @@ def _fit(
             run.log_epoch(record, epoch)  # after the checkpoint: a resume logs what a kill left unlogged
             bar.update()
             bar.set_postfix(acc=f"{record['accuracy']:.4f}", best=f"{best_acc:.4f}")
-            logger.info(
+            log.info(
                 "epoch %d/%d: val accuracy %.4f (best %.4f at epoch %d)",
                 epoch + 1,
                 epochs,

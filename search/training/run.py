@@ -27,7 +27,7 @@ from .full_config import FullTrainConfig, FullTrainResult
 
 __all__ = ["TrainRun"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class TrainRun:
@@ -76,7 +76,7 @@ class TrainRun:
         tracker.log(run_id, params=_params(config, arch))
         tracker.log_file(run_id, out / "arch.yaml")
         tracker.log_file(run_id, out / "train.yaml")
-        logger.info("MLflow run %s in experiment %r at %s", run_id, config.experiment, tracker.tracking_uri)
+        log.info("MLflow run %s in experiment %r at %s", run_id, config.experiment, tracker.tracking_uri)
         return cls(tracker, run_id)
 
     @classmethod
@@ -155,17 +155,15 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
     (e.g. search workers started later) would otherwise inherit.
     """
     import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    # The explicitly set URI (None: follow $MLFLOW_TRACKING_URI), not mlflow.get_tracking_uri()'s
-    # resolved value: restoring that would pin it and ignore later changes of the variable.
-    previous, previous_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None is accepted: unset
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
+        # Back to "not set in this process" (None unsets MLflow's URI and the variable), then the
+        # variable as it was: a URI set before is found through it again, and later changes of
+        # the variable are followed, as before.
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None is accepted: unset
+        if previous_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env

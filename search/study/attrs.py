@@ -1,0 +1,44 @@
+"""The keys of the study and trial attributes a search and an ablation store in Optuna.
+
+The keys tracking also reads (MLflow run ids, the worker, Optuna's retry history) live one
+layer down, in :mod:`blocknas.search.tracking.attrs`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ARCH_ATTR",
+    "BASELINE_ATTR",
+    "DEFINITION_ATTR",
+    "FAIL_REASON_ATTR",
+    "FINGERPRINT_ATTR",
+    "FIXED_PARAMS_ATTR",
+    "INTERRUPTED",
+    "LATENCY_ATTR",
+    "LATENCY_CALIBRATED_ATTR",
+    "LATENCY_MEASURED_ATTR",
+    "LATENCY_PREDICTED_ATTR",
+    "OVER_BUDGET_ATTR",
+    "PLAN_ATTR",
+    "TRAIN_SECONDS_ATTR",
+]
+
+# trial user attributes
+ARCH_ATTR = "arch"  # the architecture (plain dict) a trial evaluated
+BASELINE_ATTR = "baseline"  # the baseline's name, for enqueued baseline trials
+FINGERPRINT_ATTR = "latency_fingerprint_id"  # the device/settings the latency was measured on
+LATENCY_ATTR = "latency_ms"  # the latency objective: measured p50, or the prediction in predicted mode
+LATENCY_MEASURED_ATTR = "latency_measured_ms"  # the measured p50, in either mode
+LATENCY_PREDICTED_ATTR = "latency_predicted_ms"  # the lookup table's prediction (predicted mode)
+LATENCY_CALIBRATED_ATTR = "latency_calibrated"  # whether that prediction was calibrated
+OVER_BUDGET_ATTR = "over_budget"  # which budget a rejected (never trained) candidate exceeded
+FAIL_REASON_ATTR = "fail_reason"  # why a trial failed: the exception, or INTERRUPTED
+INTERRUPTED = "interrupted"  # the fail reason of a trial stopped by Ctrl-C / SIGTERM
+TRAIN_SECONDS_ATTR = "train_seconds"  # wall time of the brief training
+
+# trial system attribute set by Optuna
+FIXED_PARAMS_ATTR = "fixed_params"  # the parameters a queued trial was enqueued with
+
+# study user attributes of an ablation
+PLAN_ATTR = "ablation.plan"  # the budget-matched variants, so every worker trains the same ones
+DEFINITION_ATTR = "ablation.definition"  # what a resumed ablation must share with its first run
