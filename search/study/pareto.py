@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from blocknas.blocks import ArchConfig
 from blocknas.search.figures import pyplot, save_figure
+from blocknas.search.files import atomic_write_text, file_lock
 from blocknas.search.tracking import RUN_ID_ATTR
 
 from .attrs import (
@@ -30,6 +32,7 @@ from .attrs import (
     LATENCY_PREDICTED_ATTR,
     OVER_BUDGET_ATTR,
 )
+from .pruning import PRUNED_ACCURACY_ATTR
 
 __all__ = [
     "FRONT_COLUMNS",
@@ -160,25 +163,56 @@ def front_csv(rows: list[FrontRow]) -> str:
     return out.getvalue()
 
 
+_EXPORT_MANIFEST = ".blocknas-export.json"  # the files an export wrote; only those are ever removed
+
+
 def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
     """Write each front architecture to ``<export_dir>/<study>/<name>.yaml`` (metrics in ``meta``).
 
-    Files of trials no longer on the front are removed, so the folder is the current front.
+    Files an earlier export wrote for trials no longer on the front are removed, so the
+    export is the current front; any other file in the folder (a hand-tuned copy, notes) is
+    left alone. What the export owns is listed in ``.blocknas-export.json`` there, which always
+    covers every file it may have written, even after a kill mid-export. Each file is
+    written under a temporary name and renamed, so a reader never sees a partial one.
     """
     folder = Path(export_dir) / study.study_name
     folder.mkdir(parents=True, exist_ok=True)
     rows = front_rows(study)
-    written = []
-    for row in rows:
-        path = folder / f"{row.name}.yaml"
-        meta = {"study": study.study_name, **row.metrics()}
-        row.arch.replace(meta=meta).to_yaml(path)
-        written.append(path)
-    for stale in set(folder.glob("t*.yaml")) - set(written):
-        stale.unlink()
-    (folder / "front.md").write_text(front_table(rows))
-    (folder / "front.csv").write_text(front_csv(rows))
-    return written
+    files = {
+        f"{row.name}.yaml": row.arch.replace(meta={"study": study.study_name, **row.metrics()}).to_yaml()
+        for row in rows
+    }
+    files |= {"front.md": front_table(rows), "front.csv": front_csv(rows)}
+    with file_lock(folder / ".blocknas-export.lock"):  # workers finishing together export one at a time
+        owned = _exported_files(folder)
+        _record_exports(folder, owned | set(files))  # before writing, so a kill cannot orphan a file
+        for name, text in files.items():
+            atomic_write_text(folder / name, text)
+        for stale in owned - set(files):
+            (folder / stale).unlink(missing_ok=True)
+        _record_exports(folder, set(files))
+    return [folder / f"{row.name}.yaml" for row in rows]
+
+
+def _exported_files(folder: Path) -> set[str]:
+    """Names listed in the folder's export manifest (none without one)."""
+    manifest = folder / _EXPORT_MANIFEST
+    try:
+        names = json.loads(manifest.read_text())["files"]
+    except FileNotFoundError:
+        return set()
+    except (ValueError, KeyError, TypeError) as exc:
+        names = exc
+    if not isinstance(names, list):
+        log.warning("ignoring unreadable %s (%s); no earlier export will be removed", manifest, names)
+        return set()
+    # a plain name in this folder only: a doctored manifest cannot point elsewhere
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
+
+
+def _record_exports(folder: Path, names: set[str]) -> None:
+    text = json.dumps({"written_by": "blocknas export_front", "files": sorted(names)}, indent=1) + "\n"
+    atomic_write_text(folder / _EXPORT_MANIFEST, text)
 
 
 def unplaced_count(trials: Iterable[FrozenTrial]) -> int:
@@ -203,7 +237,8 @@ LATENCY_AXIS = {
 
 
 def plot_front(study: optuna.Study, path: str | Path) -> Path:
-    """Accuracy vs latency of every complete trial, the front drawn, baselines marked, infeasible greyed."""
+    """Accuracy vs latency of every complete trial, the front drawn, baselines marked, infeasible greyed,
+    trials stopped early by ``pareto_asha`` at their rung accuracy."""
     fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
     draw_front(study, ax)
     return save_figure(fig, path)
@@ -228,6 +263,7 @@ def draw_front(study: optuna.Study, ax: Any) -> None:
     over = [t for t in trials if OVER_BUDGET_ATTR in t.user_attrs]
     n_unplaced = unplaced_count(every)
     scatter([t for t in complete if t.number not in front], color="tab:blue", alpha=0.5, label="trials")
+    _draw_stopped_early(ax, trials)
     if over or n_unplaced:  # drawn even empty, for the legend's count
         label = "over budget (not trained)"
         if n_unplaced:
@@ -269,6 +305,20 @@ def _measured_latency(trial: FrozenTrial) -> float:
     if LATENCY_PREDICTED_ATTR not in trial.user_attrs:
         return float(trial.user_attrs.get(LATENCY_ATTR, float("nan")))
     return float("nan")
+
+
+def _draw_stopped_early(ax: Any, trials: list[FrozenTrial]) -> None:
+    """Trials ``pareto_asha`` stopped: hollow triangles at their latency and the accuracy at the rung they stopped."""
+    stopped = [t for t in trials if PRUNED_ACCURACY_ATTR in t.user_attrs]
+    if stopped:
+        ax.scatter(
+            [t.user_attrs["latency_ms"] for t in stopped],
+            [t.user_attrs[PRUNED_ACCURACY_ATTR] for t in stopped],
+            marker="v",
+            facecolors="none",
+            edgecolors="tab:purple",
+            label="stopped early (accuracy at its rung)",
+        )
 
 
 def _accuracy(trial: FrozenTrial) -> float:
