@@ -8,6 +8,7 @@ dataclass parsed by :func:`parse`, so a bad key is reported the same way everywh
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-__all__ = ["ConfigError", "flatten", "load_yaml", "parse", "to_plain"]
+__all__ = ["ConfigError", "excerpt", "flatten", "load_yaml", "parse", "to_plain"]
 
 T = TypeVar("T")
 
@@ -46,15 +47,33 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}{key}" if key.startswith("[") else f"{prefix}.{key}"
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing aliases, so a small file cannot expand to a huge value ("billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise ConfigError(
+                f"line {mark.line + 1}, column {mark.column + 1}: YAML aliases are not allowed "
+                f"(*{excerpt(event.anchor, 40, quote=False)}); write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file with ``yaml.safe_load``; syntax errors name the file and line."""
+    """Read a YAML file (safe types only, no aliases); syntax errors name the file and line."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError("file not found", source=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a text file; expected YAML", source=str(path)) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: plain data only
+    except ConfigError as exc:
+        raise ConfigError(exc.message, source=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -74,8 +93,14 @@ def parse(cls: type[T], data: Any, *, source: str | None = None, path: str = "")
         raise ConfigError(exc.message, path=exc.path, source=exc.source or source) from None
 
 
+def excerpt(value: Any, limit: int = 80, *, quote: bool = True) -> str:
+    """``repr(value)`` (``str`` when not ``quote``), cut to ``limit`` characters with "…": how errors show input."""
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{excerpt(value)} ({type(value).__name__})"
 
 
 def _parse_dataclass(cls: type, data: Any, path: str) -> Any:
@@ -87,7 +112,8 @@ def _parse_dataclass(cls: type, data: Any, path: str) -> Any:
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ConfigError(
-            f"unknown key {unknown[0]!r}; allowed keys: {', '.join(fields)}", path=_join(path, str(unknown[0]))
+            f"unknown key {excerpt(unknown[0])}; allowed keys: {', '.join(fields)}",
+            path=_join(path, excerpt(unknown[0], quote=False)),
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -130,7 +156,7 @@ def _parse_value(hint: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise ConfigError(f"{value!r} is not one of {', '.join(map(repr, allowed))}", path=path)
+            raise ConfigError(f"{excerpt(value)} is not one of {', '.join(map(repr, allowed))}", path=path)
         return value
     if origin is tuple:
         args = typing.get_args(hint)
@@ -161,6 +187,8 @@ def _parse_scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"expected a number, got {_describe(value)}", path=path)
+        if not math.isfinite(value):
+            raise ConfigError(f"{value} is not a finite number; give a number (or leave the key out)", path=path)
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+import timm
+import yaml
 from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import TrialState
 
-from blocknas.blocks import ConfigError, arch_of, registered_archs
+from blocknas.blocks import ArchConfig, ConfigError, arch_of, registered_archs, resolve_arch
 from blocknas.search.cli import main
 from blocknas.search.files import check_safe_name
-from blocknas.search.study import ARCH_ATTR, StudyConfig, export_front
+from blocknas.search.study import ARCH_ATTR, StudyConfig, export_front, load_study_config
 from blocknas.search.tracking import open_storage, repair_torn_tail
 from blocknas.search.training import FullTrainConfig
 
@@ -203,3 +205,56 @@ def test_a_kill_mid_export_leaves_no_partial_file(tmp_path: Path, monkeypatch: p
     assert {p.name: p.read_bytes() for p in folder.glob("t*.yaml")} == before  # the old versions, whole
     assert all(w.parent == folder and w.name.startswith(".") for w in writes)  # only temporary files written
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+BILLION_LAUGHS = "\n".join(
+    ["name: laughs", "stages: [{block: standard, out_chs: 8}]", "meta:", '  a0: &a0 ["lol", "lol", "lol", "lol"]']
+    + [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+)
+
+
+def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    assert len(BILLION_LAUGHS) < 1200  # ~9**9 strings once expanded
+    with pytest.raises(ConfigError, match=r"laughs\.yaml: line 5, column \d+: YAML aliases are not allowed"):
+        ArchConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"stages": [{"block": "standard", "out_chs": "8" * 384}]},
+        {"stages": [{"block": "standard", "out_chs": 8}], "act_layer": 7 * ["x" * 50]},
+        {"stages": [{"block": "standard", "out_chs": 8}], "x" * 384: 1},
+    ],
+)
+def test_errors_show_a_bounded_excerpt_of_a_bad_value(data: dict) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ArchConfig.from_dict(data)
+    assert len(str(caught.value)) < 300, str(caught.value)
+    assert "…" in str(caught.value)
+
+
+def test_arch_refuses_a_file_that_is_not_yaml_without_echoing_it(tmp_path: Path) -> None:
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n" * 40)
+    for path in ("/etc/passwd", str(secret)):
+        with pytest.raises(ConfigError) as caught:
+            timm.create_model("blocknet", arch=path)
+        message = str(caught.value)
+        assert path in message and ".yaml/.yml file" in message and "runs:/" in message
+        assert "root:" not in message and len(message) < 400
+    good = tmp_path / "arch.yml"
+    good.write_text(yaml.safe_dump(arch_of("blocknet_mobile").to_dict()))
+    assert resolve_arch(good) == resolve_arch(str(good)) == arch_of("blocknet_mobile")
+
+
+@pytest.mark.parametrize(("key", "text"), [("timeout_s", ".nan"), ("timeout_s", "-.inf"), ("train.lr", ".inf")])
+def test_non_finite_numbers_are_config_errors(key: str, text: str, tmp_path: Path) -> None:
+    section, _, leaf = key.rpartition(".")
+    value = {leaf: yaml.safe_load(text)}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "space": "tiny", **({section: value} if section else value)}))
+    with pytest.raises(ConfigError, match=rf"study\.yaml: {key}: .* is not a finite number"):
+        load_study_config(path)
