@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from blocknas.blocks import ConfigError
@@ -111,7 +112,7 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from blocknas.search.tracking import check_study
+    from blocknas.search.tracking import check_study, mask_url
 
     name, storage, tracking_uri, runs_dir = study_location(args)
     if not name:
@@ -121,7 +122,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         f"study {name}: {diagnosis.trials} trials ({diagnosis.complete} complete), {diagnosis.children} MLflow child runs"
     )
     for problem in diagnosis.problems:
-        print(f"  problem: {problem}")
+        print(f"  problem: {mask_url(problem)}")
     print("consistent" if diagnosis.ok else f"{len(diagnosis.problems)} problem(s)")
     return 0 if diagnosis.ok else 1
 
@@ -137,6 +138,7 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from blocknas.search.ablation import load_ablation_config, run_ablation
+    from blocknas.search.tracking import mask_url
 
     _pin_threads()
     config = load_ablation_config(args.config).with_overrides(
@@ -144,7 +146,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     )
     result = run_ablation(config, progress=not args.no_progress)
     print(result.markdown)
-    print(f"report: {config.report_dir}/  (MLflow parent run {result.parent_run_id} at {result.tracking_uri})")
+    print(
+        f"report: {config.report_dir}/  (MLflow parent run {result.parent_run_id} at {mask_url(result.tracking_uri)})"
+    )
     if not result.complete:
         print("incomplete: rerun the same command to run the missing cells")
     return 0
@@ -381,10 +385,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(logging.DEBUG if args.verbose else logging.WARNING)
     install_interrupt_handlers()
+    from blocknas.search.tracking import mask_log_records, mask_url, remember_secrets
+
+    # Credentials never leave the process: every log record, error and traceback is masked, and
+    # the command line's URLs are learned first, in case a driver repeats a password outside one.
+    mask_log_records()
+    remember_secrets(*(value for value in vars(args).values() if isinstance(value, str)))
     try:
         return int(args.handler(args))
     except _user_errors() as exc:
-        print(f"blocknas {args.command}: error: {exc}", file=sys.stderr)
+        print(mask_url(f"blocknas {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -392,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except Exception:  # a bug: its traceback, but not the secrets its messages may hold
+        print(mask_url(traceback.format_exc()), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -40,7 +39,9 @@ from blocknas.search.study import (
 from blocknas.search.tracking import (
     StudyTracker,
     fail_dead_local_trials,
+    mask_config,
     mask_url,
+    masked_yaml,
     resolve_tracking_uri,
     retried_trials,
     wait_for_user_attr,
@@ -132,10 +133,10 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     study_config = _study_config(config)
     study, created = open_study(study_config)
     _check_definition(study, config, base, created)
-    parent = tracker.ensure_parent(study, created_study=created, params=flatten(_config_plain(config)))
+    parent = tracker.ensure_parent(study, created_study=created, params=flatten(mask_config(config.to_dict())))
     if created:
         tracker.log(parent, tags={"blocknas.kind": "ablation"})
-        tracker.log_text(parent, _config_yaml(config), "ablation.yaml")
+        tracker.log_text(parent, masked_yaml(config.to_dict()), "ablation.yaml")
     plan = _plan(study, config, base, created)
     trained = {v.name: v for v in plan if v.trained}
     # the grid is shuffled by its seed: every worker and resume must use the same one to agree on cell ids
@@ -375,16 +376,3 @@ def _notes(config: AblationConfig, plan: list[PlannedVariant], cells: list[CellR
             f"Incomplete: {len(missing)} cell(s) not finished (not run, interrupted or still running); rerun the same command to finish."
         )
     return notes
-
-
-def _config_plain(config: AblationConfig) -> dict[str, Any]:
-    plain = config.to_dict()
-    if plain.get("storage"):
-        plain["storage"] = mask_url(plain["storage"])
-    return plain
-
-
-def _config_yaml(config: AblationConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(_config_plain(config), sort_keys=False)

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, Trial
 from blocknas.blocks import ArchConfig, to_plain
 from blocknas.search.data import DataSplit
 from blocknas.search.latency import LatencyPredictor, LatencyResult, measure_latency
-from blocknas.search.tracking import WORKER_ATTR, StudyTracker, worker_id
+from blocknas.search.tracking import WORKER_ATTR, StudyTracker, mask_url, worker_id
 from blocknas.search.training import DivergedError, EpochStats, seed_everything, train_briefly
 from blocknas.spaces import SearchSpace
 
@@ -113,7 +113,7 @@ class Objective:
             raise
         except BaseException as exc:
             interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            reason = INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}"
+            reason = INTERRUPTED if interrupted else mask_url(f"{type(exc).__name__}: {exc}")
             trial.set_user_attr(FAIL_REASON_ATTR, reason)
             self.tracker.log(
                 run_id, tags={"blocknas.state": "killed" if interrupted else "failed", "blocknas.error": reason}

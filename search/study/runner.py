@@ -21,7 +21,9 @@ from blocknas.search.data import load_data_for
 from blocknas.search.tracking import (
     StudyTracker,
     fail_dead_local_trials,
+    mask_config,
     mask_url,
+    masked_yaml,
     open_storage,
     resolve_tracking_uri,
     retried_trials,
@@ -165,7 +167,7 @@ def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
     parent = tracker.ensure_parent(study, created_study=created, params=_study_params(config, space))
     if created:
         _enqueue_baselines(study, baselines)
-        tracker.log_text(parent, _config_yaml(config), "study.yaml")
+        tracker.log_text(parent, masked_yaml(config.to_dict()), "study.yaml")
     fail_dead_local_trials(study)
     tracker.close_orphans(study)
     predictor = None
@@ -254,16 +256,7 @@ def _finish(study: optuna.Study, config: StudyConfig, tracker: StudyTracker, par
 
 
 def _study_params(config: StudyConfig, space: SearchSpace) -> dict[str, object]:
-    flat: dict[str, object] = flatten(config.to_dict())
+    flat: dict[str, object] = flatten(mask_config(config.to_dict()))
     flat["storage"] = mask_url(config.storage_url)
     flat["space.size"] = space.size()
     return flat
-
-
-def _config_yaml(config: StudyConfig) -> str:
-    import yaml
-
-    data = config.to_dict()
-    if data.get("storage"):
-        data["storage"] = mask_url(data["storage"])
-    return yaml.safe_dump(data, sort_keys=False)

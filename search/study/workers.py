@@ -8,6 +8,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from blocknas.search.tracking import mask_url
+
 __all__ = ["launch_workers", "threads_per_worker"]
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def launch_workers(n_workers: int, search_args: Sequence[str], *, cores: int | N
         "BLOCKNAS_THREADS": str(threads),
     }
     command = [sys.executable, "-m", "blocknas.search.cli", "search", *search_args]
-    log.info("starting %d workers with %d thread(s) each: %s", n_workers, threads, " ".join(command))
+    log.info("starting %d workers with %d thread(s) each: %s", n_workers, threads, mask_url(" ".join(command)))
     procs = [subprocess.Popen(command + (["--no-progress"] if i else []), env=env) for i in range(n_workers)]
     try:
         codes = [p.wait() for p in procs]

@@ -22,7 +22,8 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 from blocknas.blocks import ConfigError
 
-from .storage import mask_url, open_storage
+from .masking import mask_url
+from .storage import open_storage
 
 __all__ = [
     "DEFAULT_HOST",
@@ -134,7 +135,7 @@ def launch_mlflow_server(
     if tracking_uri.startswith(("http://", "https://")):
         raise DashboardError(f"{mask_url(tracking_uri)} is already a tracking server: open it in a browser")
     command = mlflow_server_command(tracking_uri, host=host, port=port)
-    log.debug("starting %s", " ".join(command))
+    log.debug("starting %s", mask_url(" ".join(command)))
     process = subprocess.Popen(command, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
     return process, f"http://{host}:{port}"
 

@@ -11,8 +11,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR
+from .masking import mask_url
 from .runs import StudyTracker, TrackingError, check_reachable
-from .storage import load_study, mask_url
+from .storage import load_study
 
 __all__ = ["Diagnosis", "check_study", "diagnose"]
 
@@ -117,7 +118,7 @@ def check_study(study_name: str, *, storage_url: str, tracking_uri: str, runs_di
     try:
         experiment = MlflowClient(tracking_uri).get_experiment_by_name(study_name)
     except Exception as exc:
-        raise TrackingError(f"cannot read MLflow tracking store {mask_url(tracking_uri)}: {exc}") from None
+        raise TrackingError(mask_url(f"cannot read MLflow tracking store {tracking_uri}: {exc}")) from None
     if experiment is None or experiment.lifecycle_stage != "active":
         state = "no" if experiment is None else "only a deleted"
         problem = f"{state} MLflow experiment {study_name!r} in {mask_url(tracking_uri)}"

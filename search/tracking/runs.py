@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from blocknas.search.files import file_lock
 
 from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR, wait_for_user_attr
-from .storage import mask_url
+from .masking import mask_url
 
 __all__ = [
     "StudyTracker",
@@ -61,7 +61,7 @@ def check_reachable(uri: str) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
             response.read()
     except OSError as exc:
-        raise TrackingError(f"MLflow tracking server {mask_url(uri)} is not reachable: {exc}") from None
+        raise TrackingError(mask_url(f"MLflow tracking server {uri} is not reachable: {exc}")) from None
 
 
 def _sqlite_init_lock(uri: str) -> contextlib.AbstractContextManager[None]:
@@ -91,7 +91,7 @@ class StudyTracker:
                 self.client = MlflowClient(tracking_uri=tracking_uri)
                 self.experiment_id = self._experiment(experiment, Path(runs_dir))
         except Exception as exc:
-            raise TrackingError(f"cannot use MLflow tracking store {mask_url(tracking_uri)}: {exc}") from None
+            raise TrackingError(mask_url(f"cannot use MLflow tracking store {tracking_uri}: {exc}")) from None
 
     def _experiment(self, name: str, runs_dir: Path) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -176,7 +176,7 @@ class StudyTracker:
         now = int(time.time() * 1000)
         param_list = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
         metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if v is not None]
-        tag_list = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+        tag_list = [RunTag(k, mask_url(str(v))[:5000]) for k, v in (tags or {}).items()]
         # One round trip per 100 of each kind: a store transaction costs more than its rows.
         for params_, metrics_, tags_ in itertools.zip_longest(
             _chunks(param_list), _chunks(metric_list), _chunks(tag_list)
@@ -184,7 +184,7 @@ class StudyTracker:
             self.client.log_batch(run_id, metrics=metrics_ or [], params=params_ or [], tags=tags_ or [])
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
+        self.client.log_text(run_id, mask_url(text), artifact_file)
 
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -216,8 +216,7 @@ class StudyTracker:
 
 
 def _param_text(value: Any) -> str:
-    text = mask_url(str(value)) if isinstance(value, str) else str(value)
-    return text[:6000]
+    return mask_url(str(value))[:6000]
 
 
 def _chunks(items: list[Any]) -> Iterable[list[Any]]:

@@ -27,6 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from blocknas.blocks import ArchConfig, ConfigError, resolve_arch
 from blocknas.search.data import DataSplit, load_data
+from blocknas.search.tracking import masked_yaml
 
 from .brief import BriefTrainer, seed_everything, training_threads
 from .checkpoint import CheckpointError, load_training_state, save_training_state, save_weights
@@ -176,7 +177,7 @@ def train_full(config: FullTrainConfig, *, resume: bool = False, progress: bool 
         _check_fresh(out)
     out.mkdir(parents=True, exist_ok=True)
     arch.to_yaml(out / "arch.yaml")
-    (out / "train.yaml").write_text(_yaml(config.to_dict()))
+    (out / "train.yaml").write_text(masked_yaml(config.to_dict()))
     seed_everything(config.seed)
     import timm
 
@@ -314,9 +315,3 @@ def _save(out: Path, kind: str, checkpoint: Mapping[str, Any], model: nn.Module,
     """Weights first, then the training state: a state on disk always has its weights beside it."""
     save_weights(out / f"{kind}{suffix}", model.state_dict())
     save_training_state(out / f"{kind}.pt", checkpoint)
-
-
-def _yaml(data: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False)

@@ -20,7 +20,7 @@ from torch import nn
 
 from blocknas.blocks import ArchConfig, to_plain
 from blocknas.search.data import DataSplit
-from blocknas.search.tracking import StudyTracker, resolve_tracking_uri
+from blocknas.search.tracking import StudyTracker, mask_url, resolve_tracking_uri
 
 from .checkpoint import load_model
 from .full_config import FullTrainConfig, FullTrainResult
@@ -76,7 +76,7 @@ class TrainRun:
         tracker.log(run_id, params=_params(config, arch))
         tracker.log_file(run_id, out / "arch.yaml")
         tracker.log_file(run_id, out / "train.yaml")
-        log.info("MLflow run %s in experiment %r at %s", run_id, config.experiment, tracker.tracking_uri)
+        log.info("MLflow run %s in experiment %r at %s", run_id, config.experiment, mask_url(tracker.tracking_uri))
         return cls(tracker, run_id)
 
     @classmethod
