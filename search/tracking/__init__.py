@@ -20,11 +20,20 @@ from .doctor import Diagnosis, check_study, diagnose
 from .journal import open_journal_backend, repair_torn_tail
 from .masking import mask_config, mask_log_records, mask_url, masked_yaml, remember_secrets
 from .runs import StudyTracker, TrackingError, check_reachable, resolve_tracking_uri
-from .storage import StorageError, fail_dead_local_trials, load_study, open_storage, worker_id
+from .storage import (
+    RDB_CONNECTIONS_PER_WORKER,
+    StorageError,
+    dispose_storages,
+    fail_dead_local_trials,
+    load_study,
+    open_storage,
+    worker_id,
+)
 
 __all__ = [
     "DEFAULT_HOST",
     "PARENT_RUN_ATTR",
+    "RDB_CONNECTIONS_PER_WORKER",
     "RETRY_HISTORY_ATTR",
     "RUN_ID_ATTR",
     "WORKER_ATTR",
@@ -37,6 +46,7 @@ __all__ = [
     "check_reachable",
     "check_study",
     "diagnose",
+    "dispose_storages",
     "fail_dead_local_trials",
     "free_port",
     "launch_mlflow_server",

@@ -12,6 +12,7 @@ Accepted forms:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -28,7 +29,9 @@ from .journal import open_journal_backend
 from .masking import mask_url
 
 __all__ = [
+    "RDB_CONNECTIONS_PER_WORKER",
     "StorageError",
+    "dispose_storages",
     "fail_dead_local_trials",
     "load_study",
     "open_storage",
@@ -71,14 +74,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
                 db = Path(url.split(":///", 1)[1]).resolve()
                 db.parent.mkdir(parents=True, exist_ok=True)
                 url = f"{url.split(':///', 1)[0]}:///{db}"
-            engine_kwargs = {"pool_pre_ping": True} if scheme != "sqlite" else {"connect_args": {"timeout": 60}}
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=2 * heartbeat_interval,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-            )
+            return _rdb_storage(url, scheme, heartbeat_interval, max_retry)
         if scheme == "redis":
             import redis
 
@@ -95,8 +91,52 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
     except StorageError:
         raise
     except Exception as exc:  # SQLAlchemy / redis / OS errors all mean "cannot use this storage"
+        if "too many clients" in str(exc) or "Too many connections" in str(exc):
+            raise StorageError(
+                f"cannot open study storage {mask_url(url)}: the database server refused another connection "
+                f"(PostgreSQL's max_connections / MySQL's max_connections is reached). Each blocknas worker holds "
+                f"at most {RDB_CONNECTIONS_PER_WORKER} connections to the study storage; raise max_connections to at "
+                f"least workers × {RDB_CONNECTIONS_PER_WORKER} + what other clients use, or run fewer workers"
+            ) from None
         # The driver's text may repeat the URL or its password: mask the whole message.
         raise StorageError(mask_url(f"cannot open study storage {url}: {type(exc).__name__}: {exc}")) from None
+
+
+RDB_POOL_SIZE = 2  # one trial at a time (the main thread) plus the heartbeat thread
+RDB_MAX_OVERFLOW = 1  # a short burst, e.g. a report read while a trial is being told
+RDB_CONNECTIONS_PER_WORKER = RDB_POOL_SIZE + RDB_MAX_OVERFLOW
+_rdb_storages: dict[tuple[str, int, int], optuna.storages.RDBStorage] = {}
+
+
+def _rdb_storage(url: str, scheme: str, heartbeat_interval: int, max_retry: int) -> optuna.storages.RDBStorage:
+    """One RDB storage (one SQLAlchemy engine and pool) per URL and settings in this process, disposed at exit.
+
+    Opening a storage builds an engine with its own connection pool; a process that opened
+    one per call (a polling loop, a report, every worker restart) would hold connections
+    until the server refused more. The pool is sized for what a worker does.
+    """
+    key = (url, heartbeat_interval, max_retry)
+    if key not in _rdb_storages:
+        if scheme == "sqlite":
+            engine_kwargs: dict[str, object] = {"connect_args": {"timeout": 60}}
+        else:
+            engine_kwargs = {"pool_pre_ping": True, "pool_size": RDB_POOL_SIZE, "max_overflow": RDB_MAX_OVERFLOW}
+        _rdb_storages[key] = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=2 * heartbeat_interval,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
+    return _rdb_storages[key]
+
+
+@atexit.register
+def dispose_storages() -> None:
+    """Close every pooled database connection this process opened (also run at exit)."""
+    for storage in _rdb_storages.values():
+        storage.engine.dispose()
+    _rdb_storages.clear()
 
 
 def _pid_alive(pid: int) -> bool:
