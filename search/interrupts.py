@@ -30,8 +30,16 @@ PROTECTED_MODULES: tuple[str, ...] = (
     "sqlite3",
     "mlflow",
     "blocknas.search.files",
+    "importlib._bootstrap",
 )
-"""Module name prefixes whose code a ``KeyboardInterrupt`` must not interrupt."""
+"""Module name prefixes whose code a ``KeyboardInterrupt`` must not interrupt.
+
+``importlib._bootstrap`` (and ``_bootstrap_external``) is the import machinery: every frame
+of a module being imported runs beneath it, so a signal during an import, even a lazy one
+deep inside a trial (onnxruntime, onnx, matplotlib), waits until the import is done.
+Interrupted, an extension module's initialisation surfaces as an ``ImportError``, which the
+study would record as a crashed trial and go on.
+"""
 
 _deferred: list[_Delivery] = []  # the signal waiting for protected code to return, if any
 

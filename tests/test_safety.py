@@ -258,3 +258,41 @@ def test_non_finite_numbers_are_config_errors(key: str, text: str, tmp_path: Pat
     path.write_text(yaml.safe_dump({"name": "x", "space": "tiny", **({section: value} if section else value)}))
     with pytest.raises(ConfigError, match=rf"study\.yaml: {key}: .* is not a finite number"):
         load_study_config(path)
+
+
+# -- a signal during an import ---------------------------------------------------------------
+
+SLOW_MODULE = """
+import os, signal, time
+os.kill(os.getpid(), signal.SIGTERM)  # the handler runs between the next two bytecodes
+end = time.monotonic() + 0.3
+while time.monotonic() < end:
+    pass
+FINISHED = True
+"""
+
+
+def test_a_signal_inside_an_import_is_delivered_after_the_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import sys
+
+    from blocknas.search.interrupts import install_interrupt_handlers, interrupt_pending
+
+    (tmp_path / "blocknas_slow_import.py").write_text(SLOW_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "blocknas_slow_import", raising=False)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    install_interrupt_handlers()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            import blocknas_slow_import  # noqa: F401
+            for _ in range(1000):  # the interrupt surfaces at the first call back in ordinary code
+                len([])
+        assert sys.modules["blocknas_slow_import"].FINISHED  # the module ran to its end, nothing half imported
+        assert not interrupt_pending()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sys.modules.pop("blocknas_slow_import", None)
