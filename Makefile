@@ -6,7 +6,7 @@ N ?= 2
 PORT ?= 5000
 HOST ?= 127.0.0.1
 
-.PHONY: install test lint search ablate workers dashboard
+.PHONY: install data test lint search ablate workers dashboard
 
 install: $(VENV)/.installed
 
@@ -24,13 +24,19 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-search: install
+# The config's dataset, if it is in none of the standard places: Debian's package via apt-get
+# when root, else torchvision's download (short connect timeout). Says which it did.
+data: install
+	$(PY) scripts/get_data.py --config $(CONFIG)
+
+search: data
 	$(PY) scripts/search.py --config $(CONFIG)
 
 ablate: install
+	$(PY) scripts/get_data.py --config $(or $(ABLATION),configs/ablations/seed_blocks.yaml)
 	$(PY) scripts/ablate.py --config $(or $(ABLATION),configs/ablations/seed_blocks.yaml)
 
-workers: install
+workers: data
 	$(VENV)/bin/blocknas workers -n $(N) --config $(CONFIG)
 
 dashboard: install
