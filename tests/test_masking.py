@@ -10,6 +10,7 @@ report and the exported front files.
 from __future__ import annotations
 
 import logging
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,13 +165,14 @@ class Scan:
         self.texts += [out, err]
         return code, err
 
-    def add_study(self, name: str, storage: str) -> None:
-        """The Optuna study's attributes (they live in the storage, which people read too)."""
+    def add_study(self, name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
+        """The Optuna study's attributes (they live in the storage, which people read too); its trials."""
         opened = open_storage(storage)
         (study,) = [s for s in opened.get_all_studies() if s.study_name == name]
         self.texts.append(repr((study.user_attrs, study.system_attrs)))
         trials = optuna.load_study(study_name=name, storage=opened).trials
         self.texts += [repr((t.params, t.user_attrs, t.system_attrs)) for t in trials]
+        return trials
 
     def add_mlflow(self, tracking_uri: str) -> None:
         client = MlflowClient(tracking_uri)
@@ -192,8 +194,20 @@ class Scan:
         return found
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty MLflow SQLite store: copying it saves each run MLflow's seconds-long migration."""
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def scan(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, in_tmp_dir: Path) -> Iterator[Scan]:
+def scan(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, in_tmp_dir: Path, empty_mlflow_store: Path
+) -> Iterator[Scan]:
+    (in_tmp_dir / "runs").mkdir()
+    shutil.copy(empty_mlflow_store, in_tmp_dir / "runs" / "mlflow.db")
     caplog.set_level(logging.DEBUG)
     yield Scan(capsys, caplog, in_tmp_dir)
 
@@ -235,7 +249,8 @@ def test_search_report_and_doctor_leak_no_password(
         assert scan.run("search", *config, "--no-progress")[0] == 0
         assert scan.run("report", *config)[0] == 0
         assert scan.run("doctor", *config)[0] == 0
-        scan.add_study(name, storage)
+        trials = scan.add_study(name, storage)
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE], "a real trial ran"
         scan.add_mlflow(f"sqlite:///{scan.root / 'runs' / 'mlflow.db'}")
     finally:
         _delete_study(name, storage)
@@ -266,7 +281,8 @@ def test_ablation_leaks_no_password(in_tmp_dir: Path, scan: Scan) -> None:
     path.write_text(yaml.safe_dump(config))
     try:
         assert scan.run("ablate", "--config", str(path), "--storage", storage, "--no-progress")[0] == 0
-        scan.add_study(name, storage)
+        trials = scan.add_study(name, storage)
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
         scan.add_mlflow(f"sqlite:///{in_tmp_dir / 'runs' / 'mlflow.db'}")
     finally:
         _delete_study(name, storage)
@@ -285,11 +301,13 @@ FAILING = {  # (service needed, storage URL, its password)
         "NoDbLeak96",
     ),
     "MySQL, nothing listening": (None, "mysql+pymysql://root:MyLeak98@127.0.0.1:1/db", "MyLeak98"),
+    "Redis, nothing listening": (None, "rediss://:RedisLeak90@127.0.0.1:1/0", "RedisLeak90"),
 }
 
 
-@pytest.mark.services
-@pytest.mark.parametrize("case", FAILING)
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, marks=[pytest.mark.services] if FAILING[case][0] else []) for case in FAILING]
+)
 def test_failing_storage_is_a_masked_exit_2(case: str, study_yaml: Path, scan: Scan) -> None:
     service, storage, secret = FAILING[case]
     if service:

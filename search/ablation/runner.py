@@ -327,7 +327,7 @@ def _finish(
     }
     files = []
     for name, text in texts.items():
-        (folder / name).write_text(text)
+        (folder / name).write_text(mask_url(text))
         files.append(folder / name)
     files.append(plot_levels(tables, folder / "accuracy_vs_latency.png", f"{config.name}: accuracy vs latency"))
     for path in files:

@@ -161,6 +161,7 @@ def write_report(
     if _is_ablation(runs):
         _fetch_ablation_files(folder, tracker, runs.parent_id)
     sections, figures = _sections(study, folder, runs, ui_base, storage_url)
+    sections = [mask_url(section) for section in sections]  # a URL in a param, link or error shown masked
     markdown = "\n".join(sections)
     md_path = folder / MARKDOWN_NAME
     md_path.write_text(markdown)
