@@ -1,41 +1,14 @@
-"""Datasets: configs, sources (digits, synthetic, idx/Fashion-MNIST, image folders, CIFAR) and in-memory splits."""
+"""Datasets: configs, sources (digits, synthetic, idx/Fashion-MNIST, image folders, CIFAR) and in-memory splits.
+
+Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+"""
 
 from __future__ import annotations
 
-from .fetch import fetch_dataset, read_data_section
-from .idx import (
-    DATA_ENV_VAR,
-    IDX_DATASETS,
-    IdxDataset,
-    download_idx,
-    find_idx_folder,
-    read_idx,
-    read_idx_dataset,
-    standard_places,
-)
-from .sources import DataError, RawData, make_synthetic, read_cifar, read_digits, read_image_folder
-from .splits import DataConfig, DataSplit, clear_data_cache, load_data, load_data_for
+from . import fetch, idx, sources, splits
+from .fetch import *  # noqa: F403
+from .idx import *  # noqa: F403
+from .sources import *  # noqa: F403
+from .splits import *  # noqa: F403
 
-__all__ = [
-    "DATA_ENV_VAR",
-    "IDX_DATASETS",
-    "DataConfig",
-    "DataError",
-    "DataSplit",
-    "IdxDataset",
-    "RawData",
-    "clear_data_cache",
-    "download_idx",
-    "fetch_dataset",
-    "find_idx_folder",
-    "load_data",
-    "load_data_for",
-    "make_synthetic",
-    "read_cifar",
-    "read_data_section",
-    "read_digits",
-    "read_idx",
-    "read_idx_dataset",
-    "read_image_folder",
-    "standard_places",
-]
+__all__ = [*fetch.__all__, *idx.__all__, *sources.__all__, *splits.__all__]

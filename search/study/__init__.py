@@ -1,118 +1,25 @@
-"""Studies: config, runner, objective, trial attribute keys, Pareto front and workers."""
+"""Studies: config, runner, objective, trial attribute keys, Pareto front and workers.
+
+Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+"""
 
 from __future__ import annotations
 
-from .attrs import (
-    ARCH_ATTR,
-    BASELINE_ATTR,
-    DEFINITION_ATTR,
-    FAIL_REASON_ATTR,
-    FINGERPRINT_ATTR,
-    FIXED_PARAMS_ATTR,
-    INTERRUPTED,
-    LATENCY_ATTR,
-    LATENCY_CALIBRATED_ATTR,
-    LATENCY_MEASURED_ATTR,
-    LATENCY_PREDICTED_ATTR,
-    OVER_BUDGET_ATTR,
-    PLAN_ATTR,
-    TRAIN_SECONDS_ATTR,
-)
-from .config import Constraints, StudyBase, StudyConfig, default_storage_url, load_study_config
-from .objective import Objective, latency_fingerprints, trial_tags
-from .pareto import (
-    FRONT_COLUMNS,
-    FrontColumn,
-    FrontRow,
-    draw_front,
-    export_front,
-    front_cells,
-    front_rows,
-    front_table,
-    front_trials,
-    latency_source,
-    plot_front,
-    unplaced_count,
-)
-from .pruning import (
-    PRUNED_ACCURACY_ATTR,
-    PRUNED_BY,
-    PRUNED_BY_ATTR,
-    PRUNED_EPOCH_ATTR,
-    PRUNED_RUNG_ATTR,
-    ParetoAsha,
-    PruningConfig,
-    RungDecision,
-    RungPoint,
-    RungRow,
-    TrialRungs,
-    crowding_distances,
-    non_dominated_fronts,
-    rank_points,
-    rung_accuracy_attr,
-    rung_points,
-    rung_table,
-)
-from .runner import SearchResult, open_study, optimize_until_done, run_search, trial_counts
-from .workers import launch_workers, threads_per_worker
+from . import attrs, config, objective, pareto, pruning, runner, workers
+from .attrs import *  # noqa: F403
+from .config import *  # noqa: F403
+from .objective import *  # noqa: F403
+from .pareto import *  # noqa: F403
+from .pruning import *  # noqa: F403
+from .runner import *  # noqa: F403
+from .workers import *  # noqa: F403
 
 __all__ = [
-    "ARCH_ATTR",
-    "BASELINE_ATTR",
-    "DEFINITION_ATTR",
-    "FAIL_REASON_ATTR",
-    "FINGERPRINT_ATTR",
-    "FIXED_PARAMS_ATTR",
-    "FRONT_COLUMNS",
-    "INTERRUPTED",
-    "LATENCY_ATTR",
-    "LATENCY_CALIBRATED_ATTR",
-    "LATENCY_MEASURED_ATTR",
-    "LATENCY_PREDICTED_ATTR",
-    "OVER_BUDGET_ATTR",
-    "PLAN_ATTR",
-    "PRUNED_ACCURACY_ATTR",
-    "PRUNED_BY",
-    "PRUNED_BY_ATTR",
-    "PRUNED_EPOCH_ATTR",
-    "PRUNED_RUNG_ATTR",
-    "TRAIN_SECONDS_ATTR",
-    "Constraints",
-    "FrontColumn",
-    "FrontRow",
-    "Objective",
-    "ParetoAsha",
-    "PruningConfig",
-    "RungDecision",
-    "RungPoint",
-    "RungRow",
-    "SearchResult",
-    "StudyBase",
-    "StudyConfig",
-    "TrialRungs",
-    "crowding_distances",
-    "default_storage_url",
-    "draw_front",
-    "export_front",
-    "front_cells",
-    "front_rows",
-    "front_table",
-    "front_trials",
-    "latency_fingerprints",
-    "latency_source",
-    "launch_workers",
-    "load_study_config",
-    "non_dominated_fronts",
-    "open_study",
-    "optimize_until_done",
-    "plot_front",
-    "rank_points",
-    "run_search",
-    "rung_accuracy_attr",
-    "rung_points",
-    "rung_table",
-    "threads_per_worker",
-    "trial_counts",
-    "trial_tags",
-    "unplaced_count",
+    *attrs.__all__,
+    *config.__all__,
+    *objective.__all__,
+    *pareto.__all__,
+    *pruning.__all__,
+    *runner.__all__,
+    *workers.__all__,
 ]

@@ -1,72 +1,25 @@
-"""Tracking: MLflow runs, Optuna storage, dashboards and the doctor."""
+"""Tracking: MLflow runs, Optuna storage, dashboards and the doctor.
+
+Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+"""
 
 from __future__ import annotations
 
-from .attrs import PARENT_RUN_ATTR, RETRY_HISTORY_ATTR, RUN_ID_ATTR, WORKER_ATTR, retried_trials, wait_for_user_attr
-from .dashboard import (
-    DEFAULT_HOST,
-    DashboardError,
-    check_host,
-    free_port,
-    launch_mlflow_server,
-    mlflow_server_command,
-    run_optuna_dashboard,
-    runs_page_url,
-    start_mlflow_server,
-    stop,
-    wait_until_up,
-)
-from .doctor import Diagnosis, check_study, diagnose
-from .journal import open_journal_backend, repair_torn_tail
-from .masking import mask_config, mask_log_records, mask_url, masked_yaml, remember_secrets
-from .runs import StudyTracker, TrackingError, check_reachable, resolve_tracking_uri
-from .storage import (
-    RDB_CONNECTIONS_PER_WORKER,
-    StorageError,
-    dispose_storages,
-    fail_dead_local_trials,
-    load_study,
-    open_storage,
-    worker_id,
-)
+from . import attrs, dashboard, doctor, journal, masking, runs, storage
+from .attrs import *  # noqa: F403
+from .dashboard import *  # noqa: F403
+from .doctor import *  # noqa: F403
+from .journal import *  # noqa: F403
+from .masking import *  # noqa: F403
+from .runs import *  # noqa: F403
+from .storage import *  # noqa: F403
 
 __all__ = [
-    "DEFAULT_HOST",
-    "PARENT_RUN_ATTR",
-    "RDB_CONNECTIONS_PER_WORKER",
-    "RETRY_HISTORY_ATTR",
-    "RUN_ID_ATTR",
-    "WORKER_ATTR",
-    "DashboardError",
-    "Diagnosis",
-    "StorageError",
-    "StudyTracker",
-    "TrackingError",
-    "check_host",
-    "check_reachable",
-    "check_study",
-    "diagnose",
-    "dispose_storages",
-    "fail_dead_local_trials",
-    "free_port",
-    "launch_mlflow_server",
-    "load_study",
-    "mask_config",
-    "mask_log_records",
-    "mask_url",
-    "masked_yaml",
-    "mlflow_server_command",
-    "open_journal_backend",
-    "open_storage",
-    "remember_secrets",
-    "repair_torn_tail",
-    "resolve_tracking_uri",
-    "retried_trials",
-    "run_optuna_dashboard",
-    "runs_page_url",
-    "start_mlflow_server",
-    "stop",
-    "wait_for_user_attr",
-    "wait_until_up",
-    "worker_id",
+    *attrs.__all__,
+    *dashboard.__all__,
+    *doctor.__all__,
+    *journal.__all__,
+    *masking.__all__,
+    *runs.__all__,
+    *storage.__all__,
 ]

@@ -1,70 +1,16 @@
-"""Training: brief and full trainers, checkpoints, export and the full-training MLflow run."""
+"""Training: brief and full trainers, checkpoints, export and the full-training MLflow run.
+
+Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+"""
 
 from __future__ import annotations
 
-from .brief import (
-    BriefTrainer,
-    DivergedError,
-    EpochStats,
-    TrainConfig,
-    TrainResult,
-    evaluate,
-    resolve_device,
-    seed_everything,
-    train_briefly,
-    training_threads,
-)
-from .checkpoint import (
-    STATE_FORMAT,
-    CheckpointError,
-    load_model,
-    load_training_state,
-    load_weights,
-    save_training_state,
-    save_weights,
-)
-from .export import FORMATS, ExportError, ExportResult, export_checkpoint, export_model
-from .full import RandomCropFlip, train_full
-from .full_config import (
-    FULL_TRAIN_DEFAULTS,
-    AugmentConfig,
-    EmaConfig,
-    FullTrainConfig,
-    FullTrainResult,
-    load_train_config,
-)
-from .run import TrainRun
+from . import brief, checkpoint, export, full, full_config, run
+from .brief import *  # noqa: F403
+from .checkpoint import *  # noqa: F403
+from .export import *  # noqa: F403
+from .full import *  # noqa: F403
+from .full_config import *  # noqa: F403
+from .run import *  # noqa: F403
 
-__all__ = [
-    "FORMATS",
-    "FULL_TRAIN_DEFAULTS",
-    "STATE_FORMAT",
-    "AugmentConfig",
-    "BriefTrainer",
-    "CheckpointError",
-    "DivergedError",
-    "EmaConfig",
-    "EpochStats",
-    "ExportError",
-    "ExportResult",
-    "FullTrainConfig",
-    "FullTrainResult",
-    "RandomCropFlip",
-    "TrainConfig",
-    "TrainResult",
-    "TrainRun",
-    "evaluate",
-    "export_checkpoint",
-    "export_model",
-    "load_model",
-    "load_train_config",
-    "load_training_state",
-    "load_weights",
-    "resolve_device",
-    "save_training_state",
-    "save_weights",
-    "seed_everything",
-    "train_briefly",
-    "train_full",
-    "training_threads",
-]
+__all__ = [*brief.__all__, *checkpoint.__all__, *export.__all__, *full.__all__, *full_config.__all__, *run.__all__]
