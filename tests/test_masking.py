@@ -23,7 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from blocknas.search.cli import main
-from blocknas.search.tracking import mask_config, mask_url, masked_yaml, open_storage
+from blocknas.search.tracking import mask_config, mask_log_records, mask_url, masked_yaml, open_storage
 
 from .conftest import require_service
 
@@ -130,6 +130,12 @@ def test_config_and_its_yaml_are_masked_at_every_depth() -> None:
     _assert_masked(text, "Cfg-secret1", "Cfg-secret2", "Cfg-secret3", "Cfg-secret4")
     assert yaml.safe_load(text) == masked
     assert config["storage"] == "postgresql://u:Cfg-secret1@h/db", "the input is not changed"
+
+
+def test_log_records_are_masked_once_formatted(caplog: pytest.LogCaptureFixture) -> None:
+    mask_log_records()
+    logging.getLogger("some.driver").warning("connecting to %s", "postgresql://u:LogLeak12@h/db")
+    assert caplog.records[-1].getMessage() == "connecting to postgresql://u:***@h/db"
 
 
 # -- leak scans over real runs ---------------------------------------------------------
@@ -323,3 +329,13 @@ def test_unreachable_tracking_server_is_a_masked_exit_2(study_yaml: Path, scan: 
     code, err = scan.run("search", "--config", str(study_yaml), "--tracking-uri", uri, "--no-progress")
     assert code == 2 and "http://alice:***@127.0.0.1:1" in err, err
     assert not (leaks := scan.leaks("TrackLeak99")), "\n".join(leaks)
+
+
+def test_a_crash_prints_its_traceback_masked(study_yaml: Path, scan: Scan, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("lost postgresql://u:CrashLeak13@h/db")
+
+    monkeypatch.setattr("blocknas.search.study.run_search", crash)
+    code, err = scan.run("search", "--config", str(study_yaml), "--no-progress")
+    assert code == 1 and "Traceback" in err and "RuntimeError: lost postgresql://u:***@h/db" in err, err
+    assert not (leaks := scan.leaks("CrashLeak13")), "\n".join(leaks)
