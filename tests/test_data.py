@@ -124,11 +124,11 @@ def _write_pngs(folder: Path, per_class: int, classes: tuple[str, ...] = tuple(C
 
 def test_imagefolder_with_train_and_val(tmp_path: Path) -> None:
     _write_pngs(tmp_path / "train", per_class=4)
-    _write_pngs(tmp_path / "val", per_class=2, classes=("cat", "emu"))
+    _write_pngs(tmp_path / "val", per_class=2, classes=("cat", "dog", "emu"))
     split = load_data(DataConfig(name="imagefolder", root=str(tmp_path)), input_size=(8, 12))
-    assert split.x_train.shape == (12, 3, 8, 12) and split.x_val.shape == (4, 3, 8, 12)
+    assert split.x_train.shape == (12, 3, 8, 12) and split.x_val.shape == (6, 3, 8, 12)
     assert split.classes == ("cat", "dog", "emu") and split.num_classes == 3
-    assert split.y_val.tolist() == [0, 0, 2, 2]
+    assert split.y_val.tolist() == [0, 0, 1, 1, 2, 2]  # a val split missing a class: tests/test_safety.py
     red = split.x_train[split.y_train == 0][:, :, 4, 6]  # away from the marked corner pixel
     assert torch.all(red[:, 0] > red[:, 1])
 
@@ -207,19 +207,19 @@ def _write_fake_cifar10(root: Path, per_batch: int) -> None:
 def test_cifar10_reads_torchvision_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision.datasets.cifar as tv_cifar
 
-    _write_fake_cifar10(tmp_path, per_batch=6)
+    _write_fake_cifar10(tmp_path, per_batch=10)  # every class in every batch: a split may not miss one
     # The fake files cannot match the real archive's MD5s; everything else is torchvision's loader.
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
     split = load_data(DataConfig(name="cifar10", root=str(tmp_path)), input_size=(32, 32))
-    assert split.x_train.shape == (30, 3, 32, 32) and split.x_val.shape == (6, 3, 32, 32)
+    assert split.x_train.shape == (50, 3, 32, 32) and split.x_val.shape == (10, 3, 32, 32)
     assert split.classes[:2] == ("class0", "class1") and split.num_classes == 10
     red = split.x_train[:, 0, 5, 5] * split.std[0] + split.mean[0]
     assert torch.allclose(red, split.y_train.float() * 20 / 255, atol=1e-5)
     blue = split.x_train[:, 2] * split.std[2] + split.mean[2]
-    assert torch.allclose(blue[:, 0, 0], torch.ones(30), atol=1e-5) and blue[:, 1, 1].abs().max() < 1e-5
+    assert torch.allclose(blue[:, 0, 0], torch.ones(50), atol=1e-5) and blue[:, 1, 1].abs().max() < 1e-5
     clear_data_cache()
     small = load_data(DataConfig(name="cifar10", root=str(tmp_path)), input_size=(16, 16), in_chans=1)
-    assert small.x_train.shape == (30, 1, 16, 16)
+    assert small.x_train.shape == (50, 1, 16, 16)
 
 
 def test_cifar_corrupted_files(tmp_path: Path) -> None:

@@ -12,12 +12,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import timm
+import torch
 import yaml
 from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import TrialState
+from PIL import Image
 
 from blocknas.blocks import ArchConfig, ConfigError, arch_of, registered_archs, resolve_arch
 from blocknas.search.cli import main
@@ -288,6 +291,7 @@ def test_a_signal_inside_an_import_is_delivered_after_the_import(
     try:
         with pytest.raises(KeyboardInterrupt):
             import blocknas_slow_import  # noqa: F401
+
             for _ in range(1000):  # the interrupt surfaces at the first call back in ordinary code
                 len([])
         assert sys.modules["blocknas_slow_import"].FINISHED  # the module ran to its end, nothing half imported
@@ -296,3 +300,67 @@ def test_a_signal_inside_an_import_is_delivered_after_the_import(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sys.modules.pop("blocknas_slow_import", None)
+
+
+# -- input data --------------------------------------------------------------------------------
+
+
+def _gradient(dtype: type, top: float) -> np.ndarray:
+    """A 16×16 horizontal ramp from 0 to ``top``."""
+    return np.tile(np.linspace(0.0, top, 16), (16, 1)).astype(dtype)
+
+
+def _write_folder(root: Path, images: dict[str, list[Image.Image]], suffix: str) -> None:
+    for name, items in images.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(items):
+            image.save(root / name / f"{i}{suffix}")
+
+
+@pytest.mark.parametrize(
+    ("array", "suffix"),
+    [
+        (_gradient(np.uint16, 65535), ".png"),  # PIL mode I;16
+        (_gradient(np.uint16, 65535), ".tif"),
+        (_gradient(np.int32, 2**31 - 1), ".tif"),  # mode I
+        (_gradient(np.float32, 1.0), ".tif"),  # mode F
+    ],
+    ids=["png16", "tif16", "tif32int", "tif32float"],
+)
+def test_high_bit_depth_images_keep_their_contrast(array: np.ndarray, suffix: str, tmp_path: Path) -> None:
+    from blocknas.search.data.sources import read_image_folder
+
+    _write_folder(tmp_path, {c: [Image.fromarray(array)] for c in ("a", "b")}, suffix)
+    raw = read_image_folder(str(tmp_path), input_size=(16, 16), in_chans=1, workers=1)
+    ramp = raw.x_train[0, 0, 0]
+    assert float(ramp[0]) < 0.05 and float(ramp[-1]) > 0.95  # not all white or all black
+    assert torch.allclose(ramp, torch.linspace(0, 1, 16), atol=0.07)
+
+
+def test_a_float_image_outside_0_1_is_clipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from blocknas.search.data.sources import read_image_folder
+
+    _write_folder(tmp_path, {c: [Image.fromarray(_gradient(np.float32, 4.0))] for c in ("a", "b")}, ".tif")
+    with caplog.at_level(logging.WARNING):
+        raw = read_image_folder(str(tmp_path), input_size=(16, 16), in_chans=1, workers=1)
+    assert "outside [0, 1]" in caplog.text
+    assert float(raw.x_train.max()) == 1.0
+
+
+def test_a_one_class_dataset_is_an_error(tmp_path: Path) -> None:
+    from blocknas.search.data import DataConfig, DataError, load_data
+
+    _write_folder(tmp_path, {"only": [Image.new("L", (8, 8), v) for v in range(0, 250, 25)]}, ".png")
+    with pytest.raises(DataError, match=r"1 class \(only\).*at least 2"):
+        load_data(DataConfig(name="imagefolder", root=str(tmp_path)), input_size=(8, 8), in_chans=1)
+
+
+def test_a_validation_split_missing_a_class_is_an_error(tmp_path: Path) -> None:
+    from blocknas.search.data import DataConfig, DataError, load_data
+
+    images = {c: [Image.new("L", (8, 8), v) for v in range(0, 250, 50)] for c in ("cat", "dog")}
+    _write_folder(tmp_path / "train", images, ".png")
+    _write_folder(tmp_path / "val", {"cat": images["cat"]}, ".png")
+    (tmp_path / "val" / "dog").mkdir()
+    with pytest.raises(DataError, match=r"validation split has no images of class 'dog'"):
+        load_data(DataConfig(name="imagefolder", root=str(tmp_path)), input_size=(8, 8), in_chans=1)

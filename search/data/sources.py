@@ -111,7 +111,8 @@ def read_image_folder(root: str, *, input_size: tuple[int, int], in_chans: int, 
 
     ``root/train/<class>/*.png`` + ``root/val/<class>/*.png`` gives a fixed split; otherwise
     ``root/<class>/*.png`` (or a lone ``root/train/``) is returned unsplit. Each image is
-    decoded once with PIL, converted to ``L`` or ``RGB`` and resized (bilinear) to ``input_size``.
+    decoded once with PIL, converted to ``L`` or ``RGB`` and resized (bilinear) to ``input_size``;
+    16-bit, 32-bit integer and float images are scaled to 8 bits first (see :func:`_to_8bit`).
 
     Raises:
         DataError: the folder is missing, has no class subfolders, or an image cannot be read.
@@ -183,7 +184,39 @@ class _Decoder:
     def _one(self, path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
-                resized = image.convert(self.mode).resize(self.size, Image.Resampling.BILINEAR)
+                resized = _to_8bit(image, path).convert(self.mode).resize(self.size, Image.Resampling.BILINEAR)
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"imagefolder: cannot decode {path}: {exc}") from None
         return np.asarray(resized, dtype=np.uint8)
+
+
+_FULL_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 2**31 - 1}
+"""The white level of PIL's high-bit-depth integer modes: the range of their pixel type."""
+
+
+def _to_8bit(image: Image.Image, path: Path) -> Image.Image:
+    """A high-bit-depth image as 8-bit grayscale, scaled by its range (PIL's own conversion clips at 255).
+
+    16-bit (``I;16``) is divided by 65535 and 32-bit integer (``I``) by 2³¹ − 1, the range of
+    their pixel types; 32-bit float (``F``) is taken as ``[0, 1]``, values outside clipped (with
+    a warning) rather than stretched per image, so all images keep one intensity scale.
+    """
+    if image.mode not in _FULL_SCALE and image.mode != "F":
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        if not np.isfinite(values).all():
+            raise DataError(f"imagefolder: {path} is a float image with NaN or infinite pixels")
+        if values.min() < 0.0 or values.max() > 1.0:
+            logger.warning(
+                "imagefolder: %s is a float image with values in [%g, %g], outside [0, 1]; clipped",
+                path, values.min(), values.max(),
+            )  # fmt: skip
+    elif values.min() < 0:
+        raise DataError(
+            f"imagefolder: {path} is a 32-bit signed image with negative pixels ({values.min():.0f}); "
+            "store images as 8- or 16-bit unsigned, or as float in [0, 1]"
+        )
+    else:
+        values /= _FULL_SCALE[image.mode]
+    return Image.fromarray(np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8))  # 2-D uint8: mode L

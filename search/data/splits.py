@@ -145,10 +145,29 @@ def _load_cached(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> DataS
     val_idx = _subsample(val_idx, y_val_src, cfg.max_val_samples, g)
     x_train, y_train = _to_shape(raw.x_train[train_idx], size, in_chans), raw.y_train[train_idx]
     x_val, y_val = _to_shape(x_val_src[val_idx], size, in_chans), y_val_src[val_idx]
+    _check_classes(cfg, raw, y_train, y_val)
     mean, std = _normalize(x_train, x_val)
     split = DataSplit(x_train, y_train, x_val, y_val, raw.num_classes, in_chans, mean, std, cfg.name, raw.classes)
     logger.info("loaded %r in %.2f s", split, time.perf_counter() - start)
     return split
+
+
+def _check_classes(cfg: DataConfig, raw: RawData, y_train: torch.Tensor, y_val: torch.Tensor) -> None:
+    """At least two classes, each in both splits: accuracy over a missing class means nothing."""
+    if raw.num_classes < 2:
+        raise DataError(
+            f"dataset {cfg.name!r} has {raw.num_classes} class ({', '.join(raw.classes)}); "
+            "classification needs at least 2"
+        )
+    for split, y in (("training", y_train), ("validation", y_val)):
+        counts = torch.bincount(y, minlength=raw.num_classes)
+        missing = [raw.classes[c] for c in range(raw.num_classes) if counts[c] == 0]
+        if missing:
+            raise DataError(
+                f"dataset {cfg.name!r}: the {split} split has no images of class {missing[0]!r}"
+                + (f" (nor of {', '.join(map(repr, missing[1:]))})" if missing[1:] else "")
+                + "; add images of every class to each split, or raise val_fraction / max_*_samples"
+            )
 
 
 def _split(raw: RawData, val_fraction: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
