@@ -38,6 +38,7 @@ FORMS = {
     "query token=": "{scheme}://db.example.org/name?token={pw}&x=1",
     "query PWD=, mixed case": "{scheme}://db.example.org/name?PWD={pw}",
     "query api_key=": "{scheme}://db.example.org/name?api_key={pw}",
+    "query sslpassword=, then accessToken=": "{scheme}://db.example.org/name?sslpassword={pw}&accessToken={pw}",
     "query access_token=, in the fragment": "{scheme}://db.example.org/name#access_token={pw}",
 }
 
@@ -84,6 +85,7 @@ def test_mask_url_keeps_everything_but_the_secret(url: str, expected: str) -> No
         "redis://127.0.0.1:6379/0",
         "http://127.0.0.1:5000",
         "postgresql://u@h/db?sslmode=require&keepalives=1",
+        "https://api.example.org/v1?max_tokens=5&tokenizer=bpe&keyboard=us",
         "no URL here: a plain sentence",
         "",
     ],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit
@@ -27,7 +28,8 @@ __all__ = ["mask_config", "mask_log_records", "mask_url", "masked_yaml", "rememb
 
 MASK = "***"
 SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "PGPASSWORD")
-_SECRET_WORDS = frozenset({"password", "passwd", "pwd", "pass", "token", "secret", "key", "apikey", "credentials"})
+_SECRET_WORDS = frozenset({"pwd", "pass", "key", "auth", "credentials"})  # the key's last word
+_SECRET_ENDINGS = ("password", "passwd", "token", "secret", "apikey")  # also as its end: sslpassword, accessToken
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>`]+", re.IGNORECASE)
 _ONE_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 _PAIR = re.compile(r"(?P<head>(?:^|[&;])(?P<key>[^=&;]+)=)(?P<value>[^&;]*)")
@@ -35,6 +37,7 @@ _MIN_SECRET = 4  # shorter secrets are masked in their URL, but not hunted for i
 
 # Secrets taken out of URLs so far in this process, to mask where else they turn up.
 _seen: set[str] = set()
+_seen_lock = threading.Lock()  # log records are masked in whichever thread logs them
 
 
 def mask_url(text: str) -> str:
@@ -92,19 +95,22 @@ def _mask_pairs(pairs: str) -> str:
 
 
 def _secret_key(key: object) -> bool:
-    """``password``, ``PWD``, ``api_key``, ``access_token``, ``db.secret``: the last word names a secret."""
-    words = re.split(r"[^a-z0-9]+", str(key).lower())
-    return words[-1] in _SECRET_WORDS or "".join(words) in {"apikey", "accesstoken", "authtoken", "sslpassword"}
+    """``password``, ``PWD``, ``api_key``, ``accessToken``, ``db.secret``: the last word names a secret
+    (``max_tokens``, ``tokenizer`` do not)."""
+    last = re.split(r"[^a-z0-9]+", str(key).lower())[-1]
+    return last in _SECRET_WORDS or last.endswith(_SECRET_ENDINGS)
 
 
 def _remember(secret: str) -> None:
-    if secret != MASK:
-        _seen.update(s for s in (secret, unquote(secret), unquote_plus(secret)) if len(s) >= _MIN_SECRET)
+    forms = {s for s in (secret, unquote(secret), unquote_plus(secret)) if len(s) >= _MIN_SECRET and s != MASK}
+    with _seen_lock:
+        _seen.update(forms)
 
 
 def _known_secrets() -> set[str]:
     from_env = {os.environ.get(name, "") for name in SECRET_ENV}
-    return _seen | {s for s in from_env if len(s) >= _MIN_SECRET}
+    with _seen_lock:
+        return _seen | {s for s in from_env if len(s) >= _MIN_SECRET}
 
 
 def remember_secrets(*texts: str) -> None:
@@ -148,7 +154,10 @@ class _MaskingFactory:
 
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record = self.factory(*args, **kwargs)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging reports it when the record is emitted
+            return record
         masked = mask_url(message)
         if masked != message:
             record.msg, record.args = masked, None
