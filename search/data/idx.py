@@ -185,8 +185,9 @@ def download_idx(name: str, root: str | None = None, *, timeout_s: float = 10.0)
         with _socket_timeout(timeout_s):
             cls(root=str(target), download=True)
     except (OSError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())  # torchvision's message spans lines, one per mirror tried
         raise DataError(
-            f"{name}: download into {target} failed ({exc}); "
+            f"{name}: download into {target} failed ({reason}); "
             f"check the network, or get the files another way and set `root:` to their folder"
         ) from None
     return target / IDX_DATASETS[name].torchvision_name / "raw"
