@@ -7,9 +7,16 @@ config errors.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.client
+import json
 import logging
 import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +25,7 @@ import pytest
 import timm
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import TrialState
 from PIL import Image
@@ -364,3 +372,100 @@ def test_a_validation_split_missing_a_class_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "val" / "dog").mkdir()
     with pytest.raises(DataError, match=r"validation split has no images of class 'dog'"):
         load_data(DataConfig(name="imagefolder", root=str(tmp_path)), input_size=(8, 8), in_chans=1)
+
+
+# -- an MLflow server behind a local proxy: basic auth, slow parent runs -------------------------
+
+
+class _Proxy(ThreadingHTTPServer):
+    """A proxy on 127.0.0.1 in front of an MLflow server that can require basic auth (and strips it)
+    and hold back the creation of a study's parent run for ``parent_delay_s``."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, *, credentials: str | None = None, parent_delay_s: float = 0.0) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.credentials, self.parent_delay_s = credentials, parent_delay_s
+        self.parent_creates = 0  # parent-run creations received (before the delay)
+        self.parent_created = 0  # ... and forwarded to the server (after it)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    server: _Proxy
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        wanted = self.server.credentials
+        if wanted and self.headers.get("Authorization") != "Basic " + base64.b64encode(wanted.encode()).decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        parent = self.path.endswith("/runs/create") and {"key": "blocknas.role", "value": "study"} in json.loads(
+            body or b"{}"
+        ).get("tags", [])
+        if parent:
+            self.server.parent_creates += 1
+            time.sleep(self.server.parent_delay_s)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "host", "connection")}
+        upstream = http.client.HTTPConnection(self.server.upstream.hostname, self.server.upstream.port, timeout=60)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+        finally:
+            upstream.close()
+        self.server.parent_created += parent
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the client may be gone (killed)
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on a fresh SQLite store, for this module's tests."""
+    from blocknas.search.tracking import start_mlflow_server
+    from blocknas.search.tracking.dashboard import free_port, stop
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    process, url = start_mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", port=free_port(), timeout_s=120)
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
+def test_the_health_check_uses_mlflows_own_credentials(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blocknas.search.tracking import TrackingError, check_reachable
+
+    proxy = _Proxy(mlflow_server, credentials="alice:s3cret")
+    try:
+        host = proxy.url.removeprefix("http://")
+        check_reachable(f"http://alice:s3cret@{host}")  # basic auth in the URL
+        with pytest.raises(TrackingError, match="is not reachable"):
+            check_reachable(f"http://alice:wrong@{host}")
+        with pytest.raises(TrackingError, match="is not reachable"):
+            check_reachable(proxy.url)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+        check_reachable(proxy.url)  # MLflow's credential variables
+        assert MlflowClient(proxy.url).search_experiments(max_results=1)  # what MLflow itself reaches
+    finally:
+        proxy.shutdown()

@@ -12,8 +12,7 @@ import itertools
 import logging
 import os
 import time
-import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +52,36 @@ def resolve_tracking_uri(configured: str | None, runs_dir: str | Path = "runs") 
     return f"sqlite:///{path}"
 
 
-def check_reachable(uri: str) -> None:
-    """Fail fast on an unreachable server (MLflow itself retries for minutes)."""
+def check_reachable(uri: str, *, timeout_s: float = 5) -> None:
+    """Fail fast on an unreachable server (MLflow itself retries for minutes).
+
+    One read-only request through MLflow's own client (one experiment listed, no retries,
+    ``timeout_s``), so it reaches every server MLflow reaches, with the same credentials:
+    ``http://user:pw@host`` and ``$MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``.
+    """
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
-            response.read()
-    except OSError as exc:
+        with _http_limits(timeout_s=timeout_s, max_retries=0):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:
         raise TrackingError(mask_url(f"MLflow tracking server {uri} is not reachable: {exc}")) from None
+
+
+@contextlib.contextmanager
+def _http_limits(*, timeout_s: float, max_retries: int) -> Iterator[None]:
+    """MLflow's HTTP timeout and retry count for the block (MLflow reads them from the environment per request)."""
+    limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s)), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries)}
+    saved = {key: os.environ.get(key) for key in limits}
+    os.environ.update(limits)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _sqlite_init_lock(uri: str) -> contextlib.AbstractContextManager[None]:
