@@ -39,6 +39,11 @@ def add_study_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study-name", dest="name", help="override the study name")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--allow-changed-definition",
+        action="store_true",
+        help="resume a study although its data, training, latency, objective or constraints changed",
+    )
 
 
 def study_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -71,7 +76,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     _pin_threads()
     config = study_config(args)
-    result = run_search(config, progress=not args.no_progress)
+    result = run_search(config, progress=not args.no_progress, allow_changed_definition=args.allow_changed_definition)
     print_search_summary(result, config)
     return 0
 
@@ -104,6 +109,8 @@ def search_argv(args: argparse.Namespace) -> list[str]:
     for flag, value in flags.items():
         if value is not None:
             argv += [flag, str(value)]
+    if args.allow_changed_definition:
+        argv.append("--allow-changed-definition")
     return [*argv, "--no-progress"] if args.no_progress else argv
 
 

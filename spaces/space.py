@@ -62,13 +62,19 @@ class Knob:
         """A single choice: it is set, never suggested."""
         return len(self.choices) == 1
 
-    def suggest(self, trial: BaseTrial) -> Any:
-        """The trial's value for this knob; fixed knobs are not suggested."""
+    def suggest(self, trial: BaseTrial, name: str | None = None) -> Any:
+        """The trial's value for this knob; fixed knobs are not suggested.
+
+        Args:
+            trial: The trial to suggest with.
+            name: The Optuna parameter name to use instead of :attr:`name` (a study whose
+                choices for this knob grew suggests them under a new name, see ``sample``).
+        """
         if self.fixed:
             return self.choices[0]
         if self.is_range:
-            return trial.suggest_int(self.name, self.choices[0], self.choices[-1])
-        return trial.suggest_categorical(self.name, self.choices)
+            return trial.suggest_int(name or self.name, self.choices[0], self.choices[-1])
+        return trial.suggest_categorical(name or self.name, self.choices)
 
     def describe(self) -> str:
         """The choices as text: ``3 | 5``, or ``1..3`` for a range."""
@@ -200,7 +206,7 @@ class SearchSpace:
 
     # -- sampling and enumeration -------------------------------------------------------
 
-    def sample(self, trial: BaseTrial) -> ArchConfig:
+    def sample(self, trial: BaseTrial, *, param_names: Mapping[str, str] | None = None) -> ArchConfig:
         """Suggest an architecture with ``trial`` (define-by-run).
 
         Each stage's block is suggested first, then only the knobs that block has.
@@ -208,16 +214,24 @@ class SearchSpace:
 
         Args:
             trial: An Optuna trial (or ``FixedTrial``).
+            param_names: Optuna parameter names to use instead of knob names
+                (``{"s1.block": "s1.block~1a2b3c4d"}``): Optuna refuses new choices under a
+                name a study already used, so a study whose space grew renames those knobs.
 
         Returns:
             A validated architecture inside this space.
         """
-        glob = {k.name: k.suggest(trial) for k in self.global_knobs()}
+        names = param_names or {}
+
+        def suggest(knob: Knob) -> Any:
+            return knob.suggest(trial, names.get(knob.name))
+
+        glob = {k.name: suggest(k) for k in self.global_knobs()}
         stages = []
         for i, stage in enumerate(self.stages):
-            name = _block_knob(i, stage).suggest(trial)
+            name = suggest(_block_knob(i, stage))
             block = next(b for b in stage.blocks if b.name == name)
-            stages.append({"block": name, **{k.field: k.suggest(trial) for k in _stage_knobs(i, stage, block)}})
+            stages.append({"block": name, **{k.field: suggest(k) for k in _stage_knobs(i, stage, block)}})
         return self._arch(glob, stages)
 
     def size(self) -> int:

@@ -10,6 +10,7 @@ __all__ = [
     "ARCH_ATTR",
     "BASELINE_ATTR",
     "DEFINITION_ATTR",
+    "DUPLICATE_OF_ATTR",
     "FAIL_REASON_ATTR",
     "FINGERPRINT_ATTR",
     "FIXED_PARAMS_ATTR",
@@ -20,7 +21,13 @@ __all__ = [
     "LATENCY_PREDICTED_ATTR",
     "OVER_BUDGET_ATTR",
     "PLAN_ATTR",
+    "PROXY_ATTR_PREFIX",
+    "SCREENED_OUT_ATTR",
+    "SCREEN_COUNTED_ATTR",
+    "SCREEN_POOL_ATTR",
+    "SEARCH_DEFINITION_ATTR",
     "TRAIN_SECONDS_ATTR",
+    "TRAINING_KEY_ATTR",
 ]
 
 # trial user attributes
@@ -35,6 +42,12 @@ OVER_BUDGET_ATTR = "over_budget"  # which budget a rejected (never trained) cand
 FAIL_REASON_ATTR = "fail_reason"  # why a trial failed: the exception, or INTERRUPTED
 INTERRUPTED = "interrupted"  # the fail reason of a trial stopped by Ctrl-C / SIGTERM
 TRAIN_SECONDS_ATTR = "train_seconds"  # wall time of the brief training
+PROXY_ATTR_PREFIX = "proxy."  # + a proxy's name: its zero-cost score, computed before training
+SCREENED_OUT_ATTR = "screened_out_by"  # the proxy that screened this (never trained) candidate out
+SCREEN_POOL_ATTR = "screen.pool"  # the number of the trial whose screening pool this candidate was in
+SCREEN_COUNTED_ATTR = "screen.counted"  # True on the one pool member that counts toward n_trials
+TRAINING_KEY_ATTR = "training_key"  # arch hash + seed + settings digest: equal keys train identically
+DUPLICATE_OF_ATTR = "duplicate_of"  # the trial whose recorded values a duplicate took instead of training
 
 # trial system attribute set by Optuna
 FIXED_PARAMS_ATTR = "fixed_params"  # the parameters a queued trial was enqueued with
@@ -42,3 +55,6 @@ FIXED_PARAMS_ATTR = "fixed_params"  # the parameters a queued trial was enqueued
 # study user attributes of an ablation
 PLAN_ATTR = "ablation.plan"  # the budget-matched variants, so every worker trains the same ones
 DEFINITION_ATTR = "ablation.definition"  # what a resumed ablation must share with its first run
+
+# study user attribute of a search
+SEARCH_DEFINITION_ATTR = "definition"  # what a resumed search must share with its first run (.definition)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -41,6 +41,8 @@ from .attrs import (
     TRAIN_SECONDS_ATTR,
 )
 from .config import StudyConfig
+from .definition import definition_settings
+from .duplicates import find_original, take_recorded, training_key
 from .pruning import PRUNED_BY, ParetoAsha, TrialRungs
 
 __all__ = ["Objective", "latency_fingerprints", "trial_tags"]
@@ -71,6 +73,7 @@ class Objective:
     parent_run_id: str
     predictor: LatencyPredictor | None = None
     progress: bool = False
+    param_names: Mapping[str, str] = field(default_factory=dict)  # knobs renamed after the space grew
 
     @property
     def multi(self) -> bool:
@@ -82,7 +85,7 @@ class Objective:
             return ArchConfig.from_dict(trial.user_attrs[ARCH_ATTR])
         if self.space is None:
             raise TypeError("an Objective without a space must override architecture()")
-        return self.space.sample(trial)
+        return self.space.sample(trial, param_names=self.param_names)
 
     def seed_for(self, trial: Trial) -> int:
         """Seed of model init and data order; one seed for all trials so they compare fairly."""
@@ -95,7 +98,7 @@ class Objective:
             tags["blocknas.baseline"] = str(trial.user_attrs[BASELINE_ATTR])
         return f"trial-{trial.number:04d}-{arch.short_hash()}", tags
 
-    def __call__(self, trial: Trial) -> float | tuple[float, float]:
+    def __call__(self, trial: Trial) -> float | tuple[float, ...]:
         trial.set_user_attr(WORKER_ATTR, worker_id())
         arch = self.architecture(trial)
         trial.set_user_attr(ARCH_ATTR, arch.to_dict())
@@ -125,10 +128,16 @@ class Objective:
         finally:
             self.tracker.end_run(run_id, status)
 
-    def _evaluate(self, trial: Trial, arch: ArchConfig, run_id: str) -> float | tuple[float, float]:
+    def _evaluate(self, trial: Trial, arch: ArchConfig, run_id: str) -> float | tuple[float, ...]:
         cost = arch.cost()
         self.tracker.log(run_id, params=self._params(arch), metrics={"params": cost.params, "macs": cost.macs})
         self.tracker.log_text(run_id, arch.to_yaml(), "arch.yaml")
+        key = training_key(arch, self.seed_for(trial), definition_settings(self.config))
+        original = find_original(trial, key)
+        if original is not None:  # evaluated before under the same key: take its result (see .duplicates)
+            names = ["accuracy", "latency_ms"] if self.multi else ["accuracy"]
+            values = take_recorded(trial, original, self.tracker, run_id, names)
+            return values if self.multi else values[0]
         self._reject_over_budget(trial, run_id, {"params": cost.params, "macs": cost.macs})
         predicted = None
         if self.predictor is not None:  # predicted mode: reject before building or exporting anything

@@ -32,6 +32,7 @@ from blocknas.spaces import SearchSpace
 
 from .attrs import ARCH_ATTR, BASELINE_ATTR
 from .config import StudyConfig
+from .definition import check_search_definition
 from .objective import Objective
 from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
 
@@ -149,11 +150,13 @@ def trial_counts(study: optuna.Study) -> tuple[int, int]:
     return done, sum(t.state == TrialState.RUNNING for t in trials)
 
 
-def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
+def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_definition: bool = False) -> SearchResult:
     """Run (or resume) the study until it holds ``config.n_trials`` finished trials.
 
     Everything that can be wrong with the config is checked before anything is written:
-    the space, the dataset, the baselines, the storage and the tracking store.
+    the space, the dataset, the baselines, the storage and the tracking store. A resumed
+    study must have the definition it was created with (:mod:`.definition`) unless
+    ``allow_changed_definition``; its space may grow.
     """
     space = SearchSpace.load(config.space_path())
     baselines = _load_baselines(config, space)
@@ -164,6 +167,7 @@ def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
     tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
     tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
     study, created = open_study(config)
+    param_names = check_search_definition(study, config, space, created=created, allow_changed=allow_changed_definition)
     parent = tracker.ensure_parent(study, created_study=created, params=_study_params(config, space))
     if created:
         _enqueue_baselines(study, baselines)
@@ -182,7 +186,9 @@ def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
             predictor.n_calibration_points,
             predictor.min_calibration_points,
         )
-    objective = Objective(config, space, data, tracker, parent, predictor=predictor, progress=progress)
+    objective = Objective(
+        config, space, data, tracker, parent, predictor=predictor, progress=progress, param_names=param_names
+    )
     optimize_until_done(study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress)
     return _finish(study, config, tracker, parent)
 

@@ -1,0 +1,174 @@
+"""What a search study *is*, stored on creation and compared on every resume.
+
+A study is one experiment: its trials compare only if they were trained on the same data
+with the same budget, measured against the same latency target and judged by the same
+objective and constraints. Those settings, and the space's fixed shape, are stored as the
+study user attribute :data:`~.attrs.SEARCH_DEFINITION_ATTR` by the worker that creates the
+study; a resume or another worker that differs is refused (exit 2), naming each key path
+with its old and new value. How many trials, for how long, and where things are stored
+are not part of it.
+
+Growing the space is supported. Optuna refuses new choices under a parameter name a study
+has used (``CategoricalDistribution does not support dynamic value space``), so a
+categorical knob whose choices differ from the ones the study first saw is suggested under
+a new name that carries a digest of its choices (``s1.block~1a2b3c4d``): every worker with
+the same space derives the same name, and knobs that did not change keep theirs, so TPE
+keeps learning from every earlier trial for those. The renamed knob starts from the
+sampler's prior. Integer ranges (depth) keep their name: Optuna accepts a new range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+
+from blocknas.blocks import ConfigError, flatten
+from blocknas.search.tracking import mask_url, wait_for_user_attr
+from blocknas.spaces import SearchSpace
+
+from .attrs import SEARCH_DEFINITION_ATTR
+from .config import StudyConfig
+
+__all__ = ["check_search_definition", "definition_diff", "definition_settings", "param_names_for", "search_definition"]
+
+log = logging.getLogger(__name__)
+
+ALLOW_FLAG = "--allow-changed-definition"
+# training settings that change neither results nor their meaning (threads: only the last bits)
+_NEUTRAL_TRAIN_KEYS = ("threads", "eval_batch_size")
+
+
+def _json(value: Any) -> Any:
+    """``value`` as a storage round trip returns it (tuples → lists), so stored and current compare."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def definition_settings(config: StudyConfig) -> dict[str, Any]:
+    """The settings that give a trial's values their meaning: data, train, latency, objective, constraints."""
+    plain = config.to_dict()
+    train = {k: v for k, v in plain["train"].items() if k not in _NEUTRAL_TRAIN_KEYS}
+    settings = {key: plain[key] for key in ("data", "latency", "objective", "constraints")}
+    return _json({**settings, "train": train})
+
+
+def search_definition(config: StudyConfig, space: SearchSpace) -> dict[str, Any]:
+    """The study's definition: ``settings`` (data, train, latency, objective, constraints),
+    the space's fixed ``shape`` and each categorical knob's ``choices``."""
+    settings = definition_settings(config)
+    shape = {
+        "in_chans": space.in_chans,
+        "num_classes": space.num_classes,
+        "input_size": list(space.input_size),
+        "stages": len(space.stages),
+        "norm_layer": space.norm_layer,
+        "stem": {"kernel_size": space.stem.kernel_size, "stride": space.stem.stride},
+        "head": {"drop_rate": space.head.drop_rate},
+    }
+    choices = {k.name: list(k.choices) for k in space.knobs() if not k.is_range}
+    return _json({"settings": settings, "shape": shape, "choices": choices})
+
+
+def definition_diff(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key.path: old -> new`` for every setting or shape value that differs (``<unset>`` if absent)."""
+    old = flatten({"space": stored.get("shape", {}), **stored.get("settings", {})})
+    new = flatten({"space": current.get("shape", {}), **current.get("settings", {})})
+    missing = "<unset>"
+    return [
+        f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def _digest(choices: list[Any]) -> str:
+    return hashlib.sha1(json.dumps(choices, default=str).encode()).hexdigest()[:8]
+
+
+def param_names_for(
+    space: SearchSpace, first_seen: Mapping[str, list[Any]], used: Mapping[str, list[Any]] | None = None
+) -> dict[str, str]:
+    """Parameter names for the knobs whose choices differ from the ones the study first saw.
+
+    Args:
+        space: The space being sampled now.
+        first_seen: Each knob's choices as the study first recorded them.
+        used: Choices of the plain-named parameters the study's trials hold (a study
+            created before definitions were stored).
+
+    Returns:
+        ``{knob name: knob name~digest of its choices}`` for the knobs to rename.
+    """
+    names = {}
+    for knob in space.knobs():
+        if knob.is_range:
+            continue
+        current = _json(list(knob.choices))
+        known = [c for c in (first_seen.get(knob.name), (used or {}).get(knob.name)) if c is not None]
+        if any(c != current for c in known):
+            names[knob.name] = f"{knob.name}~{_digest(current)}"
+    return names
+
+
+def _used_choices(study: optuna.Study) -> dict[str, list[Any]]:
+    used: dict[str, list[Any]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, dist in trial.distributions.items():
+            if isinstance(dist, CategoricalDistribution) and "~" not in name:
+                used.setdefault(name, _json(list(dist.choices)))
+    return used
+
+
+def check_search_definition(
+    study: optuna.Study, config: StudyConfig, space: SearchSpace, *, created: bool, allow_changed: bool = False
+) -> dict[str, str]:
+    """Store the definition of a new study, or check a resumed one against it.
+
+    Args:
+        study: The study just created or loaded.
+        config: The config being run.
+        space: Its space.
+        created: This worker created the study.
+        allow_changed: Continue a study whose settings changed (``--allow-changed-definition``):
+            the change is logged and the stored settings become the current ones.
+
+    Returns:
+        The parameter names to sample with (:func:`param_names_for`).
+
+    Raises:
+        ConfigError: The study was defined with other settings or another space shape.
+    """
+    current = search_definition(config, space)
+    if created:
+        study.set_user_attr(SEARCH_DEFINITION_ATTR, current)
+        return {}
+    fresh = not study.get_trials(deepcopy=False)  # the creator may still be storing it
+    stored = wait_for_user_attr(study, SEARCH_DEFINITION_ATTR, 10 if fresh else 0)
+    used = _used_choices(study)
+    if stored is None:  # a study made before definitions were stored: it is defined from now on
+        study.set_user_attr(SEARCH_DEFINITION_ATTR, current)
+        return param_names_for(space, {}, used)
+    changes = definition_diff(stored, current)
+    where = f"study {config.name!r} in {mask_url(config.storage_url)}"
+    if changes and not allow_changed:
+        raise ConfigError(
+            f"{where} was defined with other settings, so its trials would not compare with new ones: "
+            f"{'; '.join(changes)}. Restore those settings to resume it, give the study a new name "
+            f"(--study-name or name:) to start another, or pass {ALLOW_FLAG} to continue it anyway",
+            source=config.source,
+        )
+    first_seen = stored.get("choices", {})
+    grown = {k: v for k, v in current["choices"].items() if k not in first_seen}
+    if changes or grown:
+        if changes:
+            log.warning("%s continues with changed settings: %s", where, "; ".join(changes))
+        study.set_user_attr(SEARCH_DEFINITION_ATTR, {**current, "choices": {**grown, **first_seen}})
+    names = param_names_for(space, first_seen, used)
+    if names:
+        log.info("%s: the space changed; knobs sampled under new names: %s", where, ", ".join(names.values()))
+    return names

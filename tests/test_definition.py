@@ -1,0 +1,170 @@
+"""A study is one experiment: resumes with another definition are refused, a grown space goes on.
+
+Real resumed studies through ``blocknas search`` (journal storage, MLflow SQLite, synthetic
+16×16 data, one epoch), each resume growing one knob of a small space file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from blocknas.search.cli import main
+from blocknas.search.study import SEARCH_DEFINITION_ATTR, definition_diff, param_names_for
+from blocknas.spaces import SearchSpace
+
+SPACE: dict[str, Any] = {
+    "name": "grow",
+    "in_chans": 1,
+    "num_classes": 4,
+    "input_size": [16, 16],
+    "stem": {"widths": [8], "kernel_size": 3, "stride": 1},
+    "stages": [
+        {
+            "blocks": ["standard", {"name": "inverted_residual", "expand_ratios": [2]}],
+            "depth": {"min": 1, "max": 1},
+            "widths": [8, 16],
+            "strides": [2],
+            "kernel_sizes": [3],
+            "se_ratios": [0.0],
+        }
+    ],
+    "head": {"widths": [0]},
+}
+
+CONFIG: dict[str, Any] = {
+    "name": "grow",
+    "space": "space.yaml",
+    "data": {"name": "synthetic", "num_samples": 64, "num_classes": 4},
+    "train": {"epochs": 1, "batch_size": 64},
+    "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
+    "sampler": "random",
+    "n_trials": 2,
+}
+
+
+def _grow(space: dict[str, Any], knob: str) -> None:
+    stage = space["stages"][0]
+    if knob == "blocks":
+        stage["blocks"].append("separable")
+    elif knob == "widths":
+        stage["widths"].append(24)
+    elif knob == "kernel_sizes":
+        stage["kernel_sizes"].append(5)
+    elif knob == "depth":
+        stage["depth"]["max"] = 2
+    elif knob == "expand_ratios":
+        stage["blocks"][1]["expand_ratios"].append(3)
+    elif knob == "se_ratios":
+        stage["se_ratios"].append(0.25)
+    elif knob == "head_widths":
+        space["head"]["widths"].append(32)
+
+
+def _write(root: Path, config: dict[str, Any], space: dict[str, Any]) -> Path:
+    (root / "space.yaml").write_text(yaml.safe_dump(space))
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _search(path: Path, *extra: str) -> int:
+    return main(["search", "--config", str(path), "--no-progress", *extra])
+
+
+def _study(name: str = "grow") -> optuna.Study:
+    return optuna.load_study(
+        study_name=name,
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend("runs/optuna.journal")),
+    )
+
+
+KNOBS = ["blocks", "widths", "kernel_sizes", "depth", "expand_ratios", "se_ratios", "head_widths"]
+
+
+def test_space_grows_knob_by_knob_across_resumes(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space, config = copy.deepcopy(SPACE), dict(CONFIG)
+    assert _search(_write(in_tmp_dir, config, space)) == 0
+    for knob in KNOBS:
+        _grow(space, knob)
+        config["n_trials"] += 2
+        assert _search(_write(in_tmp_dir, config, space)) == 0, capsys.readouterr().err
+    study = _study()
+    trials = study.get_trials()
+    assert len(trials) == config["n_trials"]
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get("fail_reason") for t in trials]
+    # the grown knobs are offered with their new choices, under names Optuna has not seen other choices for
+    offered: dict[str, set[tuple[Any, ...]]] = {}
+    for t in trials:
+        for name, dist in t.distributions.items():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                offered.setdefault(name.split("~")[0], set()).add(tuple(dist.choices))
+    assert ("standard", "inverted_residual", "separable") in offered["s0.block"]
+    assert (8, 16, 24) in offered["s0.out_chs"]
+    assert (0, 32) in offered["head.num_features"]
+    assert max(t.distributions["s0.depth"].high for t in trials if "s0.depth" in t.distributions) == 2
+    # the definition keeps the first choices of every knob, so a later resume derives the same names
+    stored = study.user_attrs[SEARCH_DEFINITION_ATTR]
+    assert stored["choices"]["s0.block"] == ["standard", "inverted_residual"]
+    assert stored["choices"]["s0.out_chs"] == [8, 16]
+
+
+def test_param_names_are_stable_and_only_for_changed_knobs() -> None:
+    space = SearchSpace.from_dict(SPACE)
+    grown = copy.deepcopy(SPACE)
+    _grow(grown, "widths")
+    first = {k.name: list(k.choices) for k in space.knobs() if not k.is_range}
+    names = param_names_for(SearchSpace.from_dict(grown), first)
+    assert list(names) == ["s0.out_chs"] and names["s0.out_chs"].startswith("s0.out_chs~")
+    assert param_names_for(SearchSpace.from_dict(grown), first) == names  # every worker agrees
+    assert param_names_for(space, first) == {}
+
+
+CHANGES = [
+    ("data", {"data": {"name": "synthetic", "num_samples": 96, "num_classes": 4}}, "data.num_samples: 64 -> 96"),
+    ("train budget", {"train": {"epochs": 2, "batch_size": 64}}, "train.epochs: 1 -> 2"),
+    (
+        "latency",
+        {"latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1, "batch_size": 4}},
+        "latency.batch_size: 1 -> 4",
+    ),
+    ("constraints", {"constraints": {"params": 100000}}, "constraints.params: None -> 100000"),
+]
+
+
+def test_changed_definition_is_refused_with_the_diff(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = dict(CONFIG, n_trials=1)
+    assert _search(_write(in_tmp_dir, config, SPACE)) == 0
+    capsys.readouterr()
+    for what, change, diff in CHANGES:
+        assert _search(_write(in_tmp_dir, {**config, **change, "n_trials": 2}, SPACE)) == 2, what
+        err = capsys.readouterr().err
+        assert diff in err and "--allow-changed-definition" in err and "new name" in err, (what, err)
+        assert "Traceback" not in err
+    shape = copy.deepcopy(SPACE)
+    shape["input_size"] = [12, 12]
+    assert _search(_write(in_tmp_dir, {**config, "n_trials": 2}, shape)) == 2
+    assert "space.input_size: [16, 16] -> [12, 12]" in capsys.readouterr().err
+    assert _search(_write(in_tmp_dir, {**config, "objective": "accuracy", "n_trials": 2}, SPACE)) == 2
+    assert "objective" in capsys.readouterr().err
+    assert len(_study().trials) == 1  # nothing was run by the refused resumes
+    # n_trials and timeout are not part of the definition
+    assert _search(_write(in_tmp_dir, {**config, "n_trials": 2, "timeout_s": 600}, SPACE)) == 0
+    assert "defined with other settings" not in capsys.readouterr().err
+    # the explicit way on: the study continues, and the new settings become its definition
+    changed = {**config, **CHANGES[1][1], "n_trials": 3}
+    assert _search(_write(in_tmp_dir, changed, SPACE), "--allow-changed-definition") == 0
+    assert _search(_write(in_tmp_dir, {**changed, "n_trials": 3}, SPACE)) == 0
+    assert len(_study().trials) == 3
+
+
+def test_definition_diff_names_key_paths() -> None:
+    old = {"settings": {"train": {"epochs": 1}}, "shape": {"stages": 2}}
+    new = {"settings": {"train": {"epochs": 3, "lr": 0.1}}, "shape": {"stages": 2}}
+    assert definition_diff(old, new) == ["train.epochs: 1 -> 3", "train.lr: '<unset>' -> 0.1"]
