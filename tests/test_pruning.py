@@ -6,6 +6,7 @@ import math
 import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -76,7 +77,8 @@ class FakeTrial:
     """What :meth:`ParetoAsha.decide` uses of a trial: number, user attrs, and its study's trials."""
 
     def __init__(self, number: int, study: FakeStudy) -> None:
-        self.number, self.study, self.user_attrs = number, study, {"latency_ms": 0.0}
+        self.number, self.study = number, study
+        self.user_attrs: dict[str, Any] = {"latency_ms": 0.0}
         self.state = TrialState.RUNNING
 
     def set_user_attr(self, key: str, value: object) -> None:

@@ -304,7 +304,7 @@ def rung_table(trials: Sequence[FrozenTrial]) -> list[RungRow]:
     A trial went on when its decision there was to continue; one between its record and its
     decision counts as entered only. Failed trials are left out, as in the ranking.
     """
-    rows = []
+    rows: list[RungRow] = []
     for rung in itertools.count():
         entered = [t for t in trials if rung_accuracy_attr(rung) in t.user_attrs and t.state != TrialState.FAIL]
         if not entered:
