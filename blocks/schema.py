@@ -70,6 +70,10 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError("file not found", source=str(path)) from None
     except UnicodeDecodeError:
         raise ConfigError("not a text file; expected YAML", source=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder; expected a YAML file", source=str(path)) from None
+    except OSError as exc:  # unreadable: permissions, a device, a broken mount
+        raise ConfigError(f"cannot be read ({exc.strerror or exc}); expected a YAML file", source=str(path)) from None
     try:
         return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: plain data only
     except ConfigError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -173,7 +174,9 @@ class _Decoder:
         self.workers = workers or min(8, os.cpu_count() or 1)
 
     def __call__(self, samples: Sequence[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that; an image that large is refused either way
+        with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=self.workers) as pool:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             arrays = list(pool.map(self._one, (p for p, _ in samples)))
         images = np.stack(arrays)
         if images.ndim == 3:
@@ -187,6 +190,10 @@ class _Decoder:
                 resized = _to_8bit(image, path).convert(self.mode).resize(self.size, Image.Resampling.BILINEAR)
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"imagefolder: cannot decode {path}: {exc}") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(
+                f"imagefolder: {path} is too large to decode safely ({exc}); shrink it, or remove it from the folder"
+            ) from None
         return np.asarray(resized, dtype=np.uint8)
 
 
