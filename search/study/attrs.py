@@ -26,8 +26,8 @@ __all__ = [
     "SCREEN_COUNTED_ATTR",
     "SCREEN_POOL_ATTR",
     "SEARCH_DEFINITION_ATTR",
-    "TRAIN_SECONDS_ATTR",
     "TRAINING_KEY_ATTR",
+    "TRAIN_SECONDS_ATTR",
 ]
 
 # trial user attributes

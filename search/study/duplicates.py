@@ -102,6 +102,8 @@ def find_original(
                 and (_ticket(t) or 0, t.number) < mine
             ]
             if not ahead:
+                if trial.user_attrs.get(DUPLICATE_OF_ATTR) is not None:  # inherited by a retry of a duplicate
+                    trial.set_user_attr(DUPLICATE_OF_ATTR, None)
                 return None
             owner = min(ahead, key=lambda t: (_ticket(t) or 0, t.number))
             if owner.state != TrialState.RUNNING:

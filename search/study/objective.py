@@ -44,6 +44,7 @@ from .config import StudyConfig
 from .definition import definition_settings
 from .duplicates import find_original, take_recorded, training_key
 from .pruning import PRUNED_BY, ParetoAsha, TrialRungs
+from .retry import retry_interrupted
 
 __all__ = ["Objective", "latency_fingerprints", "trial_tags"]
 
@@ -117,6 +118,8 @@ class Objective:
         except BaseException as exc:
             interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
             reason = INTERRUPTED if interrupted else mask_url(f"{type(exc).__name__}: {exc}")
+            if interrupted:
+                retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
             trial.set_user_attr(FAIL_REASON_ATTR, reason)
             self.tracker.log(
                 run_id, tags={"blocknas.state": "killed" if interrupted else "failed", "blocknas.error": reason}
