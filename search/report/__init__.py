@@ -5,11 +5,12 @@ Every public name of the subpackage's modules (each module's ``__all__``), liste
 
 from __future__ import annotations
 
-from . import data, html, plots, text, writer
+from . import data, html, plots, proxies, text, writer
 from .data import *  # noqa: F403
 from .html import *  # noqa: F403
 from .plots import *  # noqa: F403
+from .proxies import *  # noqa: F403
 from .text import *  # noqa: F403
 from .writer import *  # noqa: F403
 
-__all__ = [*data.__all__, *html.__all__, *plots.__all__, *text.__all__, *writer.__all__]
+__all__ = [*data.__all__, *html.__all__, *plots.__all__, *proxies.__all__, *text.__all__, *writer.__all__]

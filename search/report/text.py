@@ -8,6 +8,8 @@ from rich.table import Table
 from blocknas.search.study import FRONT_COLUMNS, SearchResult, StudyConfig, front_cells, latency_fingerprints
 from blocknas.search.tracking import mask_url
 
+from .proxies import proxy_rich_table
+
 __all__ = ["print_search_summary"]
 
 
@@ -31,6 +33,7 @@ def print_search_summary(result: SearchResult, config: StudyConfig, console: Con
         f"Report:    blocknas report {source}   (HTML + Markdown + PNGs under {config.runs_dir}/{config.name}/report/)"
     )
     console.print(f"Resume:    the same command continues study {config.name!r} in {mask_url(config.storage_url)}")
+    console.print(proxy_rich_table(result.study.trials))
     fingerprints = latency_fingerprints(result.study.trials)
     if len(fingerprints) > 1:
         counts = ", ".join(f"{fp} ({n} trials)" for fp, n in fingerprints.items())

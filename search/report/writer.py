@@ -64,6 +64,7 @@ from .data import (
 )
 from .html import markdown_to_html
 from .plots import plot_best_history, plot_blocks, plot_hypervolume, plot_importances
+from .proxies import proxy_section
 
 __all__ = ["DEFAULT_UI_BASE", "ReportResult", "report_study", "run_url", "write_report"]
 
@@ -232,6 +233,7 @@ def _sections(
         _blocks_section(counts),
         _importance_section(importances),
         _progress_section(study, hv),
+        proxy_section(trials),
     ]
     if _is_ablation(runs) and (folder / ABLATION_FILES[0]).is_file():
         sections.append(_ablation_section(folder))

@@ -5,7 +5,20 @@ Every public name of the subpackage's modules (each module's ``__all__``), liste
 
 from __future__ import annotations
 
-from . import attrs, config, definition, duplicates, objective, pareto, pruning, retry, runner, screening, workers
+from . import (
+    attrs,
+    config,
+    definition,
+    duplicates,
+    objective,
+    pareto,
+    pruning,
+    retry,
+    runner,
+    screened,
+    screening,
+    workers,
+)
 from .attrs import *  # noqa: F403
 from .config import *  # noqa: F403
 from .definition import *  # noqa: F403
@@ -15,6 +28,7 @@ from .pareto import *  # noqa: F403
 from .pruning import *  # noqa: F403
 from .retry import *  # noqa: F403
 from .runner import *  # noqa: F403
+from .screened import *  # noqa: F403
 from .screening import *  # noqa: F403
 from .workers import *  # noqa: F403
 
@@ -28,6 +42,7 @@ __all__ = [
     *pruning.__all__,
     *retry.__all__,
     *runner.__all__,
+    *screened.__all__,
     *screening.__all__,
     *workers.__all__,
 ]

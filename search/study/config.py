@@ -11,10 +11,11 @@ from blocknas.blocks import ConfigError
 from blocknas.search.data import DataConfig
 from blocknas.search.files import check_safe_name
 from blocknas.search.latency import LatencyTarget
-from blocknas.search.training import TrainConfig
+from blocknas.search.training import DEFAULT_PROXIES, TrainConfig
 from blocknas.search.yaml_config import FileConfig
 
 from .pruning import PruningConfig
+from .screening import ScreenConfig, check_proxies
 
 __all__ = ["Constraints", "StudyBase", "StudyConfig", "default_storage_url", "load_study_config"]
 
@@ -98,6 +99,10 @@ class StudyConfig(StudyBase):
         pruning: Settings of ``pareto_asha`` (:class:`PruningConfig`).
         n_trials: Total trials wanted for the study (all workers together, resumes included).
         baselines: Architectures (paths or preset names) evaluated first, marked as baselines.
+        proxies: Zero-cost proxies logged for every trial that is built (null: ``DEFAULT_PROXIES``,
+            those costing under 1 s per mobile32 network; ``[]``: none).
+        screen: ``{proxy: auto | <name>, pool: K}``: train only the best of K candidates by
+            the proxy (null: off). See :mod:`.screening`.
     """
 
     space: str = "tiny"
@@ -113,9 +118,13 @@ class StudyConfig(StudyBase):
     n_trials: int = 20
     baselines: tuple[str, ...] = ()
     export_dir: str = "configs/discovered"
+    proxies: tuple[str, ...] | None = None
+    screen: ScreenConfig | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.proxies is not None:
+            check_proxies(self.proxies)
         if self.n_trials < 1:
             raise ConfigError(f"{self.n_trials} must be >= 1", path="n_trials")
         self._check_pruner()
@@ -136,6 +145,14 @@ class StudyConfig(StudyBase):
                 f"train.epochs={self.train.epochs}; use fewer, or more epochs",
                 path="pruning.min_epochs",
             )
+
+    def proxy_names(self) -> tuple[str, ...]:
+        """The proxies each trial computes: the ``proxies:`` list (default ``DEFAULT_PROXIES``) plus the screen's."""
+        names = DEFAULT_PROXIES if self.proxies is None else self.proxies
+        extra = [] if self.screen is None or self.screen.proxy in ("auto", *names) else [self.screen.proxy]
+        if self.screen is not None and self.screen.proxy == "auto" and "params" not in names:
+            extra.append("params")
+        return (*names, *extra)
 
     def space_path(self) -> str:
         """The space reference, resolved against the config file's folder when it is a relative path."""

@@ -9,22 +9,32 @@ measurement calibrates the predictions of later candidates.
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 import timm
+import torch
 from optuna.trial import FrozenTrial, Trial
+from torch import nn
 
 from blocknas.blocks import ArchConfig, to_plain
 from blocknas.search.data import DataSplit
 from blocknas.search.latency import LatencyPredictor, LatencyResult, measure_latency
 from blocknas.search.tracking import WORKER_ATTR, StudyTracker, mask_url, worker_id
-from blocknas.search.training import DivergedError, EpochStats, seed_everything, train_briefly
+from blocknas.search.training import (
+    DivergedError,
+    EpochStats,
+    ProxyScore,
+    proxy_batch,
+    seed_everything,
+    train_briefly,
+)
 from blocknas.spaces import SearchSpace
 
 from .attrs import (
@@ -45,6 +55,7 @@ from .definition import definition_settings
 from .duplicates import find_original, take_recorded, training_key
 from .pruning import PRUNED_BY, ParetoAsha, TrialRungs
 from .retry import retry_interrupted
+from .screening import record_proxies
 
 __all__ = ["Objective", "latency_fingerprints", "trial_tags"]
 
@@ -159,6 +170,7 @@ class Objective:
         trial.set_user_attr(LATENCY_ATTR, latency_ms)
         trial.set_user_attr(LATENCY_MEASURED_ATTR, measured.p50_ms)
         trial.set_user_attr(FINGERPRINT_ATTR, measured.fingerprint_id)
+        self.record_proxies(trial, run_id, model, self.config.proxy_names(), seed)
         if predicted is None:
             self._reject_over_budget(trial, run_id, {"latency_ms": latency_ms})
 
@@ -184,6 +196,19 @@ class Objective:
         self.tracker.log(run_id, metrics=metrics, tags={"blocknas.state": "complete"})
         trial.set_user_attr(TRAIN_SECONDS_ATTR, result.train_seconds)
         return (result.val_accuracy, latency_ms) if self.multi else result.val_accuracy
+
+    @functools.cached_property
+    def proxy_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one seeded training batch every trial's zero-cost proxies see."""
+        return proxy_batch(self.data, seed=self.config.seed)
+
+    def record_proxies(
+        self, trial: Trial, run_id: str, model: nn.Module, names: Sequence[str], seed: int
+    ) -> dict[str, ProxyScore]:
+        """Zero-cost proxies of the untrained ``model`` (left untouched), before the latency verdict and training."""
+        if not names:
+            return {}
+        return record_proxies(trial, self.tracker, run_id, model, self.proxy_batch, names, seed=seed)
 
     def _pareto_rungs(self, trial: Trial, latency_ms: float) -> TrialRungs | None:
         """``pruner: pareto_asha``'s follower of this trial's rungs; None under any other pruner."""

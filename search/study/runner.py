@@ -30,11 +30,13 @@ from blocknas.search.tracking import (
 )
 from blocknas.spaces import SearchSpace
 
-from .attrs import ARCH_ATTR, BASELINE_ATTR
+from .attrs import ARCH_ATTR, BASELINE_ATTR, SCREEN_POOL_ATTR
 from .config import StudyConfig
 from .definition import check_search_definition
 from .objective import Objective
 from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
+from .screened import ScreenedObjective
+from .screening import trial_counts_toward_total
 
 __all__ = ["SearchResult", "open_study", "optimize_until_done", "run_search", "trial_counts"]
 
@@ -142,12 +144,19 @@ def trial_counts(study: optuna.Study) -> tuple[int, int]:
     """``(done, running)``: trials that count toward the total, and trials in progress.
 
     Complete, pruned (incl. over budget) and failed trials count; a failed trial that was
-    re-enqueued for retry (its worker died) does not, its retry does.
+    re-enqueued for retry (its worker died) does not, its retry does. A screening pool counts
+    once (its trained candidate); the extra candidates a running pool asked for are not running trials.
     """
     trials = study.get_trials(deepcopy=False)
     retried = retried_trials(trials)
-    done = sum(t.state in DONE_STATES or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
-    return done, sum(t.state == TrialState.RUNNING for t in trials)
+    done = sum(
+        (t.state in DONE_STATES or (t.state == TrialState.FAIL and t.number not in retried))
+        and trial_counts_toward_total(t)
+        for t in trials
+    )
+    return done, sum(
+        t.state == TrialState.RUNNING and t.user_attrs.get(SCREEN_POOL_ATTR, t.number) == t.number for t in trials
+    )
 
 
 def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_definition: bool = False) -> SearchResult:
@@ -186,7 +195,8 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
             predictor.n_calibration_points,
             predictor.min_calibration_points,
         )
-    objective = Objective(
+    kind = Objective if config.screen is None else ScreenedObjective
+    objective = kind(
         config, space, data, tracker, parent, predictor=predictor, progress=progress, param_names=param_names
     )
     optimize_until_done(study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress)

@@ -1,0 +1,71 @@
+"""The zero-cost proxies' self-validation, for the report and the terminal summary."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from optuna.trial import FrozenTrial
+from rich.table import Table
+
+from blocknas.search.study import ProxyCorrelation, proxy_correlations, screen_counts
+
+__all__ = ["proxy_rich_table", "proxy_section"]
+
+_HEADERS = ("proxy", "n", "Kendall τ", "p (τ)", "Spearman ρ", "p (ρ)")
+LONGER_TRAINING_NOTE = (
+    "τ against longer-training accuracies is not available here: the fidelity benchmark's results hold no "
+    "per-architecture proxies; `benchmarks/proxies.py` measures it (benchmarks/results/proxies.md)."
+)
+
+
+def _cells(row: ProxyCorrelation) -> list[str]:
+    def num(value: float, fmt: str) -> str:
+        return "—" if math.isnan(value) else format(value, fmt)
+
+    name = f"{row.proxy} (baseline)" if row.baseline else row.proxy
+    return [
+        name,
+        str(row.n),
+        num(row.kendall_tau, "+.3f"),
+        num(row.kendall_p, ".2g"),
+        num(row.spearman_rho, "+.3f"),
+        num(row.spearman_p, ".2g"),
+    ]
+
+
+def _rows(trials: Sequence[FrozenTrial]) -> list[ProxyCorrelation]:
+    rows = proxy_correlations(trials)
+    if not any(r.baseline for r in rows):  # #params is always shown: every complete trial has its count
+        rows.insert(0, ProxyCorrelation("params", 0, math.nan, math.nan, math.nan, math.nan))
+    return rows
+
+
+def proxy_section(trials: Sequence[FrozenTrial]) -> str:
+    """Markdown: each proxy's rank correlation with the brief accuracy of the complete trials, and screening."""
+    rows = _rows(trials)
+    lines = [
+        "## Zero-cost proxies vs brief accuracy\n",
+        "Rank correlation of each proxy (computed on the untrained network, one batch) with the brief-training "
+        "accuracy, over the complete trials; `params` is the baseline a proxy has to beat. With screening on, the "
+        "trained trials are the ones a proxy preferred, so these coefficients are measured on a selected sample.\n",
+        "| " + " | ".join(_HEADERS) + " |",
+        "|---|" + "---:|" * (len(_HEADERS) - 1),
+    ]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    counts = screen_counts(trials)
+    if counts:
+        total = ", ".join(f"{n} by `{proxy}`" for proxy, n in sorted(counts.items()))
+        lines.append(f"\nScreened out (PRUNED, never trained): {total}.")
+    lines.append(f"\n{LONGER_TRAINING_NOTE}")
+    return "\n".join(lines) + "\n"
+
+
+def proxy_rich_table(trials: Sequence[FrozenTrial]) -> Table:
+    """The same correlations as a rich table for the terminal."""
+    table = Table(title="Zero-cost proxies vs brief accuracy (complete trials)")
+    for header in _HEADERS:
+        table.add_column(header, justify="left" if header == "proxy" else "right")
+    for row in _rows(trials):
+        table.add_row(*_cells(row))
+    return table
