@@ -1,0 +1,46 @@
+"""Chaos, short: 3 workers on PostgreSQL and an MLflow server, a few SIGKILLs and SIGTERMs.
+
+The full run is ``python benchmarks/chaos.py`` (6 workers, 40 trials, 15 kills); this one
+checks the same things at a size that fits the suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO_ROOT
+
+_spec = importlib.util.spec_from_file_location("chaos", REPO_ROOT / "benchmarks" / "chaos.py")
+assert _spec is not None and _spec.loader is not None
+chaos = importlib.util.module_from_spec(_spec)
+sys.modules["chaos"] = chaos  # its dataclasses look their module up
+_spec.loader.exec_module(chaos)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, url = chaos.start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    yield url
+    chaos.stop(proc)
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["KILL", "TERM"])
+def test_random_kills_lose_and_duplicate_nothing(
+    tmp_path: Path, postgres_url: str, mlflow_server: str, sig: signal.Signals
+) -> None:
+    result = chaos.run_chaos(
+        workers=3, trials=6, kills=3, sig=sig, interval_s=(3.0, 4.0), postgres_url=postgres_url, folder=tmp_path,
+        timeout_s=240, tracking_uri=mlflow_server,
+    )  # fmt: skip
+    assert result.problems == [], result
+    assert result.kills == 3 and result.finished == 6 and result.mlflow_children == 6
+    assert result.peak_connections is not None and result.peak_connections <= result.connection_bound
+    if sig == signal.SIGTERM:
+        assert result.retried >= result.interrupted  # each interrupted trial was retried (checked one by one)
