@@ -175,8 +175,9 @@ def test_screened_study_trains_only_the_kept_candidates_and_resumes(in_tmp_dir: 
 
     console = Console(record=True, width=160)
     print_search_summary(grown, config, console)
-    assert "Kendall τ" in console.export_text() and "params (baseline)" in console.export_text()
-    report = report_study("p", config.storage_url, grown.tracking_uri)
+    text = console.export_text()
+    assert "Kendall τ" in text and "params (baseline)" in text and "snip" in text
+    report = report_study("p", storage_url=config.storage_url, tracking_uri=grown.tracking_uri)
     summary = (report.folder / "summary.md").read_text()
     assert "## Zero-cost proxies vs brief accuracy" in summary and "| snip |" in summary
     assert "Screened out (PRUNED, never trained):" in summary

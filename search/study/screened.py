@@ -28,7 +28,14 @@ from blocknas.search.latency import measure_latency
 from blocknas.search.tracking import WORKER_ATTR, worker_id
 from blocknas.search.training import seed_everything
 
-from .attrs import ARCH_ATTR, OVER_BUDGET_ATTR, SCREEN_COUNTED_ATTR, SCREEN_POOL_ATTR, SCREENED_OUT_ATTR
+from .attrs import (
+    ARCH_ATTR,
+    OVER_BUDGET_ATTR,
+    SCREEN_COUNTED_ATTR,
+    SCREEN_POOL_ATTR,
+    SCREENED_OUT_ATTR,
+    TRAINING_KEY_ATTR,
+)
 from .objective import Objective
 from .screening import auto_proxy
 
@@ -72,6 +79,8 @@ class ScreenedObjective(Objective):
             trial.set_user_attr(SCREEN_COUNTED_ATTR, True)
             raise optuna.TrialPruned(f"no feasible candidate in the pool: {trial.user_attrs.get(OVER_BUDGET_ATTR)}")
         kept.set_user_attr(SCREEN_COUNTED_ATTR, True)
+        if kept is not trial:  # the host stays RUNNING meanwhile: a key of its own, so no duplicate check waits on it
+            trial.set_user_attr(TRAINING_KEY_ATTR, {"key": f"screening-host:{trial.number}", "ticket": 0})
         with warnings.catch_warnings():  # the plain path sets the budgets' constraint values again, unchanged
             warnings.filterwarnings("ignore", "The constraint value is ignored", UserWarning)
             if kept is trial:
