@@ -231,7 +231,7 @@ def test_ablation_report_is_included(in_tmp_dir: Path) -> None:
 
     study = synthetic_study([(0.5, 1.0), (0.6, 2.0)])
     tracker = StudyTracker(f"sqlite:///{in_tmp_dir / 'mlflow.db'}", "abl", runs_dir=in_tmp_dir)
-    parent = tracker.ensure_parent(study, created_study=True, params={"design": "one_at_a_time"})
+    parent = tracker.ensure_parent(study, params={"design": "one_at_a_time"})
     tracker.log(parent, tags={"blocknas.kind": "ablation"})
     ablation_md = "# Ablation `abl`\n\nBase variant `base`.\n\n## block (base level: standard)\n"
     tracker.log_text(parent, ablation_md, "report/report.md")

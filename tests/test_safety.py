@@ -12,10 +12,13 @@ import contextlib
 import http.client
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,8 +36,8 @@ from PIL import Image
 from blocknas.blocks import ArchConfig, ConfigError, arch_of, registered_archs, resolve_arch
 from blocknas.search.cli import main
 from blocknas.search.files import check_safe_name
-from blocknas.search.study import ARCH_ATTR, StudyConfig, export_front, load_study_config
-from blocknas.search.tracking import open_storage, repair_torn_tail
+from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, StudyConfig, export_front, load_study_config
+from blocknas.search.tracking import PARENT_RUN_ATTR, open_storage, repair_torn_tail
 from blocknas.search.training import FullTrainConfig
 
 from .conftest import REPO_ROOT
@@ -469,3 +472,129 @@ def test_the_health_check_uses_mlflows_own_credentials(mlflow_server: str, monke
         assert MlflowClient(proxy.url).search_experiments(max_results=1)  # what MLflow itself reaches
     finally:
         proxy.shutdown()
+
+
+# -- validation before any write ---------------------------------------------------------------
+
+
+@pytest.mark.services
+def test_a_storage_error_is_reported_before_anything_is_created(
+    in_tmp_dir: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = in_tmp_dir / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"name": "tiny", "space": "tiny", "data": {"name": "digits"}, "train": {"epochs": 1}, "n_trials": 1}
+        )
+    )
+    storage = postgres_url.rsplit("/", 1)[0] + "/no_such_db"
+    assert main(["search", "--storage", storage, "--config", str(config), "--no-progress"]) == 2
+    assert "no_such_db" in capsys.readouterr().err
+    assert not (in_tmp_dir / "runs").exists()  # no mlflow.db, no experiment, no folder
+
+
+# -- study set-up: once, by whichever worker finds it undone -----------------------------------
+
+
+def _setup_config(folder: Path, name: str) -> Path:
+    """A tiny search of two trials, one a baseline, on a journal storage in ``folder``."""
+    stages = [{"block": "standard", "out_chs": 8, "stride": 2}]
+    arch = ArchConfig.from_dict({"stages": stages, "in_chans": 1, "input_size": [16, 16], "num_classes": 10})
+    arch.to_yaml(folder / "plain.yaml")
+    config = {
+        "name": name,
+        "space": "tiny",
+        "data": {"name": "digits", "max_train_samples": 256},
+        "train": {"epochs": 1, "batch_size": 128},
+        "latency": {"time_cap_s": 0.1, "min_repeats": 5, "warmup": 2},
+        "n_trials": 2,
+        "sampler": "random",
+        "baselines": [str(folder / "plain.yaml")],
+        "storage": str(folder / "optuna.journal"),
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _worker(config: Path, tracking_uri: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
+    command = [sys.executable, "-m", "blocknas.search.cli", "search", "--config", str(config), "--no-progress"]
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [*command, "--tracking-uri", tracking_uri], cwd=config.parent, env=env, stdout=out, stderr=out
+        )
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
+        time.sleep(0.1)
+
+
+def _parents(server: str, name: str) -> list:
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], "tags.`blocknas.role` = 'study'")
+
+
+def test_a_slow_parent_run_is_created_once(mlflow_server: str, tmp_path: Path) -> None:
+    proxy = _Proxy(mlflow_server, parent_delay_s=31)  # longer than any fixed wait for another worker's parent
+    try:
+        config = _setup_config(tmp_path, "slow-parent")
+        workers = [_worker(config, proxy.url, tmp_path / f"worker{i}.log") for i in range(2)]
+        for i, worker in enumerate(workers):
+            assert worker.wait(timeout=150) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+    finally:
+        proxy.shutdown()
+    parents = _parents(mlflow_server, "slow-parent")
+    assert proxy.parent_creates == 1 and len(parents) == 1
+    study = optuna.load_study(study_name="slow-parent", storage=open_storage(str(tmp_path / "optuna.journal")))
+    assert study.user_attrs[PARENT_RUN_ATTR] == parents[0].info.run_id
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+
+
+def test_a_worker_killed_during_set_up_is_taken_over(mlflow_server: str, tmp_path: Path) -> None:
+    proxy = _Proxy(mlflow_server, parent_delay_s=4)
+    try:
+        config = _setup_config(tmp_path, "early-kill")
+        first = _worker(config, proxy.url, tmp_path / "first.log")
+        _wait_until(lambda: proxy.parent_creates == 1 or first.poll() is not None, 60, "the parent-run request")
+        first.kill()  # after creating the study, before storing the parent's id
+        first.wait(timeout=10)
+        _wait_until(lambda: proxy.parent_created == 1, 10, "the dead worker's parent run")  # created, never stored
+        start = time.monotonic()
+        second = _worker(config, proxy.url, tmp_path / "second.log")
+        assert second.wait(timeout=120) == 0, (tmp_path / "second.log").read_text()[-3000:]
+        elapsed = time.monotonic() - start
+    finally:
+        proxy.shutdown()
+    study = optuna.load_study(study_name="early-kill", storage=open_storage(str(tmp_path / "optuna.journal")))
+    parents = _parents(mlflow_server, "early-kill")
+    assert [p.info.run_id for p in parents] == [study.user_attrs[PARENT_RUN_ATTR]]  # the orphan, reused
+    assert [t.user_attrs.get(BASELINE_ATTR) for t in study.trials[:1]] == ["plain"]  # enqueued by the second
+    assert study.trials[0].state == TrialState.COMPLETE
+    artifacts = [a.path for a in MlflowClient(mlflow_server).list_artifacts(parents[0].info.run_id)]
+    assert "study.yaml" in artifacts
+    assert parents[0].data.params  # the study's params, logged once
+    assert elapsed < 45, elapsed  # no fixed waits on the dead worker
+
+
+def test_a_set_up_claimed_on_another_host_is_waited_for_up_to_a_bound(tmp_path: Path) -> None:
+    from blocknas.search.tracking import SETUP_COMPLETE_ATTR, StorageError, complete_setup
+    from blocknas.search.tracking.claims import CLAIM_OWNER_ATTR, claim_name
+
+    storage = open_storage(str(tmp_path / "optuna.journal"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    claim = optuna.create_study(study_name=claim_name("s", 0), storage=storage)
+    claim.set_user_attr(CLAIM_OWNER_ATTR, "some-other-host:123")  # its liveness cannot be seen from here
+    steps: list[str] = []
+    with pytest.raises(StorageError, match=r"being set up by worker some-other-host:123 .*optuna delete-study"):
+        complete_setup(study, storage, lambda: steps.append("ran"), wait_s=0.3, poll_s=0.1)
+    assert not steps
+    optuna.delete_study(study_name=claim_name("s", 0), storage=storage)  # what the message says to do
+    assert complete_setup(study, storage, lambda: steps.append("ran"), wait_s=0.3, poll_s=0.1)
+    assert complete_setup(study, storage, lambda: steps.append("ran")) is False  # complete: nothing to do
+    assert steps == ["ran"] and study.user_attrs[SETUP_COMPLETE_ATTR] is True
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)] == ["s"]

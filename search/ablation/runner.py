@@ -38,10 +38,13 @@ from blocknas.search.study import (
 )
 from blocknas.search.tracking import (
     StudyTracker,
+    check_tracking_store,
+    complete_setup,
     fail_dead_local_trials,
     mask_config,
     mask_url,
     masked_yaml,
+    open_storage,
     resolve_tracking_uri,
     retried_trials,
     wait_for_user_attr,
@@ -123,21 +126,30 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     """
     base = config.base_arch()
     build_variants(config, base)  # every factor and level checked before anything is written
+    study_config = _study_config(config)
+    # Storage, tracking store and data are checked before the study, a run or a file is made.
+    storage = open_storage(study_config.storage_url, heartbeat_interval=study_config.heartbeat_interval_s)
+    tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+    check_tracking_store(tracking_uri)
     data = load_data_for(
         config.data, input_size=tuple(base.input_size), in_chans=base.in_chans, num_classes=base.num_classes,
         what="the base architecture", path="base", source=config.source,
     )  # fmt: skip
-    tracker = StudyTracker(
-        resolve_tracking_uri(config.tracking_uri, config.runs_dir), config.name, runs_dir=config.runs_dir
-    )
-    study_config = _study_config(config)
-    study, created = open_study(study_config)
+    study, created = open_study(study_config, storage=storage)
     _check_definition(study, config, base, created)
-    parent = tracker.ensure_parent(study, created_study=created, params=flatten(mask_config(config.to_dict())))
-    if created:
+    tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
+
+    def set_up() -> None:  # once across workers; each step skips what a worker that died had done
+        parent = tracker.ensure_parent(study, params=flatten(mask_config(config.to_dict())))
         tracker.log(parent, tags={"blocknas.kind": "ablation"})
-        tracker.log_text(parent, masked_yaml(config.to_dict()), "ablation.yaml")
-    plan = _plan(study, config, base, created)
+        if not tracker.has_artifact(parent, "ablation.yaml"):
+            tracker.log_text(parent, masked_yaml(config.to_dict()), "ablation.yaml")
+        if study.user_attrs.get(PLAN_ATTR) is None:
+            _store_plan(study, config, base)
+
+    complete_setup(study, storage, set_up)
+    parent = tracker.ensure_parent(study, params={})  # stored by now: only reopened
+    plan = plan_from_json(study.user_attrs[PLAN_ATTR])
     trained = {v.name: v for v in plan if v.trained}
     # the grid is shuffled by its seed: every worker and resume must use the same one to agree on cell ids
     study.sampler = optuna.samplers.GridSampler(
@@ -193,20 +205,13 @@ def _check_definition(study: optuna.Study, config: AblationConfig, base: ArchCon
         log.warning("settings known to only one blocknas version, defaults apply: %s", ", ".join(one_sided))
 
 
-def _plan(study: optuna.Study, config: AblationConfig, base: ArchConfig, created: bool) -> list[PlannedVariant]:
-    """The stored plan, or (for the creating worker) a new one, budget-matched and stored.
-
-    A worker that finds no plan waits for the creator (latency matching takes a while);
-    if none appears (the creator died), it makes and stores the plan itself.
-    """
+def _store_plan(study: optuna.Study, config: AblationConfig, base: ArchConfig) -> None:
+    """Make the budget-matched plan and store it, so every worker trains the same variants (a set-up step:
+    the other workers wait for it, however long latency matching takes)."""
     matching = config.matching
     slow = matching is not None and matching.metric == "latency"
-    stored = wait_for_user_attr(study, PLAN_ATTR, 0 if created else (900 if slow else 30))
-    if stored is not None:
-        return plan_from_json(stored)
     plan = make_plan(config, base, latency_measure=_latency_measure(config) if slow else None)
     study.set_user_attr(PLAN_ATTR, plan_to_json(plan))
-    return plan
 
 
 def _latency_measure(config: AblationConfig) -> Callable[[ArchConfig], float]:

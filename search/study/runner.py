@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
@@ -20,6 +21,8 @@ from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
 from blocknas.search.data import load_data_for
 from blocknas.search.tracking import (
     StudyTracker,
+    check_tracking_store,
+    complete_setup,
     fail_dead_local_trials,
     mask_config,
     mask_url,
@@ -76,14 +79,14 @@ def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
-def open_study(config: StudyConfig) -> tuple[optuna.Study, bool]:
+def open_study(config: StudyConfig, *, storage: BaseStorage | None = None) -> tuple[optuna.Study, bool]:
     """Create the study, or load it if it exists; returns ``(study, created_here)``.
 
     Creation is atomic in Optuna's storage, so among many workers exactly one creates it.
     That worker samples with ``config.seed``; the others add their pid so they don't
-    propose identical trials.
+    propose identical trials. ``storage`` is ``config``'s, already opened (else it is opened here).
     """
-    storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
+    storage = storage or open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
     directions: list[Literal["minimize", "maximize"]] = (
         ["maximize", "minimize"] if config.objective == "multi" else ["maximize"]
     )
@@ -118,8 +121,31 @@ def open_study(config: StudyConfig) -> tuple[optuna.Study, bool]:
 
 
 def _enqueue_baselines(study: optuna.Study, baselines: dict[str, ArchConfig]) -> None:
+    """Queue a trial for each baseline the study has none for (a set-up step: may be half done)."""
+    queued = {t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)}
     for name, arch in baselines.items():
-        study.enqueue_trial({}, user_attrs={BASELINE_ATTR: name, ARCH_ATTR: arch.to_dict()})
+        if name not in queued:
+            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: name, ARCH_ATTR: arch.to_dict()})
+
+
+def _set_up(
+    study: optuna.Study,
+    storage: BaseStorage,
+    config: StudyConfig,
+    tracker: StudyTracker,
+    space: SearchSpace,
+    baselines: dict[str, ArchConfig],
+) -> str:
+    """Complete the study's set-up once across workers (parent run, baselines, ``study.yaml``); the parent run id."""
+
+    def set_up() -> None:
+        parent = tracker.ensure_parent(study, params=_study_params(config, space))
+        _enqueue_baselines(study, baselines)
+        if not tracker.has_artifact(parent, "study.yaml"):
+            tracker.log_text(parent, masked_yaml(config.to_dict()), "study.yaml")
+
+    complete_setup(study, storage, set_up)
+    return tracker.ensure_parent(study, params={})  # stored by now: only reopened
 
 
 def _load_baselines(config: StudyConfig, space: SearchSpace) -> dict[str, ArchConfig]:
@@ -169,18 +195,18 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     """
     space = SearchSpace.load(config.space_path())
     baselines = _load_baselines(config, space)
+    # Storage, tracking store and data are checked before the study, a run or a file is made.
+    storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
+    tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+    check_tracking_store(tracking_uri)
     data = load_data_for(
         config.data, input_size=tuple(space.input_size), in_chans=space.in_chans, num_classes=space.num_classes,
         what="the space", path="space", source=config.source,
     )  # fmt: skip
-    tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
-    tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
-    study, created = open_study(config)
+    study, created = open_study(config, storage=storage)
     param_names = check_search_definition(study, config, space, created=created, allow_changed=allow_changed_definition)
-    parent = tracker.ensure_parent(study, created_study=created, params=_study_params(config, space))
-    if created:
-        _enqueue_baselines(study, baselines)
-        tracker.log_text(parent, masked_yaml(config.to_dict()), "study.yaml")
+    tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
+    parent = _set_up(study, storage, config, tracker, space, baselines)
     fail_dead_local_trials(study)
     tracker.close_orphans(study)
     predictor = None

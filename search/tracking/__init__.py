@@ -5,8 +5,9 @@ Every public name of the subpackage's modules (each module's ``__all__``), liste
 
 from __future__ import annotations
 
-from . import attrs, dashboard, doctor, journal, masking, runs, storage
+from . import attrs, claims, dashboard, doctor, journal, masking, runs, storage
 from .attrs import *  # noqa: F403
+from .claims import *  # noqa: F403
 from .dashboard import *  # noqa: F403
 from .doctor import *  # noqa: F403
 from .journal import *  # noqa: F403
@@ -16,6 +17,7 @@ from .storage import *  # noqa: F403
 
 __all__ = [
     *attrs.__all__,
+    *claims.__all__,
     *dashboard.__all__,
     *doctor.__all__,
     *journal.__all__,

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,14 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from blocknas.search.files import file_lock
 
-from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR, wait_for_user_attr
+from .attrs import PARENT_RUN_ATTR, PARENT_TOKEN_ATTR, RUN_ID_ATTR
 from .masking import mask_url
 
 __all__ = [
     "StudyTracker",
     "TrackingError",
     "check_reachable",
+    "check_tracking_store",
     "resolve_tracking_uri",
 ]
 
@@ -66,6 +68,23 @@ def check_reachable(uri: str, *, timeout_s: float = 5) -> None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:
         raise TrackingError(mask_url(f"MLflow tracking server {uri} is not reachable: {exc}")) from None
+
+
+def check_tracking_store(uri: str) -> None:
+    """Check, creating nothing, that ``uri`` can be used: a server answers, a SQLite file's folder can be made.
+
+    Raises:
+        TrackingError: The server is unreachable, or the SQLite file or its folder is not writable.
+    """
+    check_reachable(uri)
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    existing = next(p for p in (path, *path.parents) if p.exists())  # the store itself, or where it would go
+    folder = existing != path
+    if existing.is_dir() != folder or not os.access(existing, os.W_OK | (os.X_OK if folder else 0)):
+        what = "folder" if folder else "file"
+        raise TrackingError(mask_url(f"cannot use MLflow tracking store {uri}: {existing} is not a writable {what}"))
 
 
 @contextlib.contextmanager
@@ -131,28 +150,40 @@ class StudyTracker:
 
     # -- parent run ---------------------------------------------------------------------
 
-    def ensure_parent(
-        self, study: optuna.Study, *, created_study: bool, params: Mapping[str, Any], wait_s: float = 30
-    ) -> str:
-        """The study's parent run id, creating it exactly once across workers.
+    def ensure_parent(self, study: optuna.Study, *, params: Mapping[str, Any]) -> str:
+        """The study's parent run id: the stored one, else one a worker left before storing it, else a new one.
 
-        Only the worker that created the Optuna study creates the parent run; the others
-        wait for its id to appear in the study's user attributes.
+        Creates at most one parent run as long as workers call it only while set-up is theirs
+        (:func:`~blocknas.search.tracking.claims.complete_setup`) or after it is complete:
+        each step is checked first, so a worker taking over from a dead one finishes its run.
         """
-        run_id = wait_for_user_attr(study, PARENT_RUN_ATTR, 0 if created_study else wait_s)
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
         if run_id:
             self._reopen(run_id)
             return str(run_id)
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"study-{study.study_name}",
-            tags={"blocknas.role": "study", "blocknas.study": study.study_name},
-        )
-        run_id = run.info.run_id
+        token = study.user_attrs.get(PARENT_TOKEN_ATTR)
+        if token is None:  # unique to this Optuna study: a parent of an earlier study of that name is not it
+            token = uuid.uuid4().hex
+            study.set_user_attr(PARENT_TOKEN_ATTR, token)
+        left = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TOKEN_ATTR}` = '{token}'", max_results=1)
+        if left:
+            run_id = left[0].info.run_id
+            log.info("reusing MLflow parent run %s of study %s, left by a worker that died", run_id, study.study_name)
+        else:
+            run_id = self.client.create_run(
+                self.experiment_id,
+                run_name=f"study-{study.study_name}",
+                tags={"blocknas.role": "study", "blocknas.study": study.study_name, PARENT_TOKEN_ATTR: token},
+            ).info.run_id
+            log.info("created MLflow parent run %s for study %s", run_id, study.study_name)
+        if not self.client.get_run(run_id).data.params:
+            self.log(run_id, params=params)
         study.set_user_attr(PARENT_RUN_ATTR, run_id)
-        self.log(run_id, params=params)
-        log.info("created MLflow parent run %s for study %s", run_id, study.study_name)
-        return run_id
+        return str(run_id)
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        """Whether the run has an artifact at ``path`` (a top-level file name)."""
+        return any(info.path == path for info in self.client.list_artifacts(run_id))
 
     def _reopen(self, run_id: str) -> None:
         if self.client.get_run(run_id).info.status != "RUNNING":
