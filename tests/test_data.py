@@ -347,6 +347,13 @@ def test_idx_label_count_must_match_image_count(tmp_path: Path) -> None:
         load_data(DataConfig(name="mnist", root=str(tmp_path)), input_size=(28, 28))
 
 
+def test_idx_label_out_of_range(tmp_path: Path) -> None:
+    _write_idx_dataset(tmp_path)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.full(40, 12), gz=True)
+    with pytest.raises(DataError, match=r"has label 12, but kmnist has only 10 classes"):
+        load_data(DataConfig(name="kmnist", root=str(tmp_path)), input_size=(28, 28))
+
+
 @pytest.mark.parametrize("layout", ["flat", "flat_plain", "torchvision"])
 @pytest.mark.parametrize("name", ["fashion_mnist", "mnist", "kmnist"])
 def test_idx_layouts(tmp_path: Path, layout: str, name: str) -> None:
