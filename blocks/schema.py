@@ -47,22 +47,46 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}{key}" if key.startswith("[") else f"{prefix}.{key}"
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` refusing aliases, so a small file cannot expand to a huge value ("billion laughs")."""
+MAX_YAML_VALUES = 10_000
+"""Most values a YAML file may expand to once its aliases are followed; real configs have a few hundred."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            mark = event.start_mark
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose aliases may not expand the document past :data:`MAX_YAML_VALUES` values.
+
+    Anchors and aliases stay usable for what people write them for (reusing a stage's block
+    list), but a small file cannot expand to a huge value ("billion laughs"): the expanded
+    size is counted on the composed node graph, each shared node once, before anything is built.
+    """
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+        if node is not None and _expanded_size(node, sizes) > MAX_YAML_VALUES:
             raise ConfigError(
-                f"line {mark.line + 1}, column {mark.column + 1}: YAML aliases are not allowed "
-                f"(*{excerpt(event.anchor, 40, quote=False)}); write the value out"
+                f"its aliases expand to more than {MAX_YAML_VALUES:,} values; write the values out "
+                "or reuse fewer of them (YAML aliases are bounded so a small file cannot grow without limit)"
             )
-        return super().compose_node(parent, index)
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values in ``node`` with every alias expanded; ``sizes`` memoizes shared nodes, so this is linear."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a recursive alias counts once instead of looping
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
 
 
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file (safe types only, no aliases); syntax errors name the file and line."""
+    """Read a YAML file (safe types only, aliases bounded); syntax errors name the file and line."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -75,7 +99,7 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as exc:  # unreadable: permissions, a device, a broken mount
         raise ConfigError(f"cannot be read ({exc.strerror or exc}); expected a YAML file", source=str(path)) from None
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: plain data only
+        return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: plain data only
     except ConfigError as exc:
         raise ConfigError(exc.message, source=str(path)) from None
     except yaml.YAMLError as exc:

@@ -39,6 +39,7 @@ from blocknas.search.files import check_safe_name
 from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, StudyConfig, export_front, load_study_config
 from blocknas.search.tracking import PARENT_RUN_ATTR, open_storage, repair_torn_tail
 from blocknas.search.training import FullTrainConfig
+from blocknas.spaces import SearchSpace
 
 from .conftest import REPO_ROOT
 
@@ -227,12 +228,20 @@ BILLION_LAUGHS = "\n".join(
 )
 
 
-def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
+def test_yaml_alias_expansion_is_bounded(tmp_path: Path) -> None:
     path = tmp_path / "laughs.yaml"
     path.write_text(BILLION_LAUGHS)
     assert len(BILLION_LAUGHS) < 1200  # ~9**9 strings once expanded
-    with pytest.raises(ConfigError, match=r"laughs\.yaml: line 5, column \d+: YAML aliases are not allowed"):
+    with pytest.raises(ConfigError, match=r"laughs\.yaml: its aliases expand to more than 10,000 values"):
         ArchConfig.from_yaml(path)
+
+
+def test_yaml_aliases_within_the_bound_still_work(tmp_path: Path) -> None:
+    """The shipped mobile32 space reuses one block list with an anchor; a user's file may too."""
+    path = tmp_path / "reuse.yaml"
+    path.write_text("stages:\n  - &s {block: standard, out_chs: 8}\n  - *s\n")
+    assert [stage.out_chs for stage in ArchConfig.from_yaml(path).stages] == [8, 8]
+    assert SearchSpace.load("mobile32").size() > 1
 
 
 @pytest.mark.parametrize(
@@ -421,7 +430,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.server.parent_creates += 1
             time.sleep(self.server.parent_delay_s)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "host", "connection")}
-        upstream = http.client.HTTPConnection(self.server.upstream.hostname, self.server.upstream.port, timeout=60)
+        upstream = http.client.HTTPConnection(self.server.upstream.netloc, timeout=60)
         try:
             upstream.request(self.command, self.path, body=body, headers=headers)
             response = upstream.getresponse()
@@ -444,12 +453,19 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on a fresh SQLite store, for this module's tests."""
-    from blocknas.search.tracking import start_mlflow_server
-    from blocknas.search.tracking.dashboard import free_port, stop
+    from blocknas.search.tracking import mlflow_server_command
+    from blocknas.search.tracking.dashboard import free_port, stop, wait_until_up
 
     folder = tmp_path_factory.mktemp("mlflow-server")
-    process, url = start_mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", port=free_port(), timeout_s=120)
+    port = free_port()
+    command = mlflow_server_command(f"sqlite:///{folder / 'mlflow.db'}", port=port)
+    # artifacts under the test's folder: the server's default is ./mlartifacts in its working directory
+    process = subprocess.Popen(
+        [*command, "--artifacts-destination", str(folder / "artifacts")], cwd=folder, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
     try:
+        wait_until_up(f"{url}/health", process, timeout_s=120)
         yield url
     finally:
         stop(process)
@@ -496,8 +512,8 @@ def test_a_storage_error_is_reported_before_anything_is_created(
 # -- study set-up: once, by whichever worker finds it undone -----------------------------------
 
 
-def _setup_config(folder: Path, name: str) -> Path:
-    """A tiny search of two trials, one a baseline, on a journal storage in ``folder``."""
+def _setup_config(folder: Path, name: str, *, n_trials: int = 2) -> Path:
+    """A tiny search (the first trial a baseline) on a journal storage in ``folder``."""
     stages = [{"block": "standard", "out_chs": 8, "stride": 2}]
     arch = ArchConfig.from_dict({"stages": stages, "in_chans": 1, "input_size": [16, 16], "num_classes": 10})
     arch.to_yaml(folder / "plain.yaml")
@@ -507,7 +523,7 @@ def _setup_config(folder: Path, name: str) -> Path:
         "data": {"name": "digits", "max_train_samples": 256},
         "train": {"epochs": 1, "batch_size": 128},
         "latency": {"time_cap_s": 0.1, "min_repeats": 5, "warmup": 2},
-        "n_trials": 2,
+        "n_trials": n_trials,
         "sampler": "random",
         "baselines": [str(folder / "plain.yaml")],
         "storage": str(folder / "optuna.journal"),
@@ -536,13 +552,14 @@ def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> N
 def _parents(server: str, name: str) -> list:
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
     return client.search_runs([experiment.experiment_id], "tags.`blocknas.role` = 'study'")
 
 
 def test_a_slow_parent_run_is_created_once(mlflow_server: str, tmp_path: Path) -> None:
-    proxy = _Proxy(mlflow_server, parent_delay_s=31)  # longer than any fixed wait for another worker's parent
+    proxy = _Proxy(mlflow_server, parent_delay_s=30.5)  # longer than the 30 s the second worker used to wait
     try:
-        config = _setup_config(tmp_path, "slow-parent")
+        config = _setup_config(tmp_path, "slow-parent", n_trials=1)
         workers = [_worker(config, proxy.url, tmp_path / f"worker{i}.log") for i in range(2)]
         for i, worker in enumerate(workers):
             assert worker.wait(timeout=150) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
@@ -552,7 +569,7 @@ def test_a_slow_parent_run_is_created_once(mlflow_server: str, tmp_path: Path) -
     assert proxy.parent_creates == 1 and len(parents) == 1
     study = optuna.load_study(study_name="slow-parent", storage=open_storage(str(tmp_path / "optuna.journal")))
     assert study.user_attrs[PARENT_RUN_ATTR] == parents[0].info.run_id
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
 
 
 def test_a_worker_killed_during_set_up_is_taken_over(mlflow_server: str, tmp_path: Path) -> None:
