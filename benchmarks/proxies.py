@@ -145,10 +145,10 @@ def markdown(corr: dict, search: dict, config: StudyConfig, note: str) -> str:
         f"{note}\n",
         f"## Correlation over {corr['n']} architectures (brief = the study's recipe; {corr['factor']}x = "
         f"{corr['factor']} times the epochs)\n",
-        "| proxy | τ brief | p | ρ brief | p | τ 5x | p | ρ 5x | p | ms median | ms max |",
+        f"| proxy | τ brief | p | ρ brief | p | τ {corr['factor']}x | p | ρ {corr['factor']}x | p | ms median | ms max |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, e in corr["proxies"].items():
+    for name, e in sorted(corr["proxies"].items(), key=lambda item: (item[0] != "params", item[0])):
         b, lo = e["brief"], e["longer"]
         label = f"{name} (baseline)" if name == "params" else name
         lines.append(
