@@ -308,8 +308,8 @@ BAD_INPUTS = {
     "unknown_key": (yaml.safe_dump({"name": "x", **TINY, "trian": {}}), r"bad\.yaml: trian: unknown key"),
     "wrong_type": (yaml.safe_dump({"name": "x", **TINY, "n_trials": "many"}), r"n_trials: expected an integer"),
     "unknown_dataset": (
-        yaml.safe_dump({"name": "x", **TINY, "data": {"name": "mnist"}}),
-        r"data\.name: 'mnist' is not one of",
+        yaml.safe_dump({"name": "x", **TINY, "data": {"name": "nosuchdata"}}),
+        r"data\.name: 'nosuchdata' is not one of",
     ),
     "impossible_constraint": (
         yaml.safe_dump({"name": "x", **TINY, "constraints": {"params": 0}}),
