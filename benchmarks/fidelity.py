@@ -73,14 +73,19 @@ def load_finished_study(config: StudyConfig) -> optuna.Study:
     return study
 
 
-def select(study: optuna.Study, seed: int) -> list[Row]:
-    """Every distinct front architecture, then as many random distinct complete non-front ones.
+def select(study: optuna.Study, seed: int, max_front: int | None = None) -> list[Row]:
+    """Every distinct front architecture (at most ``max_front``), then as many random distinct complete non-front ones.
 
     A space can propose one architecture in several trials; each is retrained once (its
-    first trial), so duplicates do not inflate the rank correlations.
+    first trial), so duplicates do not inflate the rank correlations. With ``max_front``,
+    the kept front architectures are spread evenly over the front's latency range.
     """
     seen: set[str] = set()
     front = _distinct(front_trials(study), seen)
+    if max_front is not None and len(front) > max_front:
+        by_latency = sorted(front, key=lambda t: float(t.user_attrs["latency_ms"]))
+        keep = {round(i * (len(by_latency) - 1) / max(max_front - 1, 1)) for i in range(max_front)}
+        front = [t for i, t in enumerate(by_latency) if i in keep]
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
     others = _distinct([t for t in complete if ARCH_ATTR in t.user_attrs], seen)
     chosen = sorted(random.Random(seed).sample(others, min(len(front), len(others))), key=lambda t: t.number)
@@ -223,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="override the Optuna storage")
     parser.add_argument("--factor", type=int, default=5, help="longer budget = factor x the search's epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the choice of non-front trials")
+    parser.add_argument(
+        "--max-front", type=int, help="retrain at most this many front architectures (and as many non-front ones)"
+    )
     parser.add_argument("--out", default=str(RESULTS / "fidelity.md"))
     parser.add_argument("--note", default="", help="a line about the setup, written into the results")
     args = parser.parse_args(argv)
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_study_config(args.config).with_overrides(name=args.study_name, storage=args.storage)
     study = load_finished_study(config)
-    rows = select(study, args.seed)
+    rows = select(study, args.seed, args.max_front)
     if len(rows) < 3:
         sys.exit(f"study {config.name!r} has {len(rows)} usable trials; fidelity needs at least 3")
     long_train = dataclasses.replace(config.train, epochs=config.train.epochs * args.factor, time_budget_s=None)

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""The seed question's comparisons from ablation results: paired differences over seeds, and the seeds needed.
+
+Reads one or more ``cells.csv`` files of a ``block`` ablation per budget match (the
+pilot's and a later run's with other seeds can be combined: cells are keyed by variant
+and seed) and reports, per match, each block against ``standard`` and ``reversed``
+against ``separable`` (the seed's own comparison): the mean paired difference, its
+95 % t-interval over seeds, whether the interval excludes 0, and the seed count ``n``
+with ``t_{0.975, n-1} · sd / sqrt(n) <= --half-width`` from the observed spread.
+
+    python benchmarks/seed_blocks.py --match params=/tmp/a/seed_blocks/report/cells.csv \\
+        --match latency=/tmp/a/seed_blocks_latency/report/cells.csv
+
+Prints Markdown (``--out`` writes it too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from scipy import stats
+
+from blocknas.search.ablation.stats import mean_std, paired_difference
+
+COMPARISONS = (
+    ("separable", "standard"),
+    ("reversed", "standard"),
+    ("inverted_residual", "standard"),
+    ("reversed", "separable"),
+)
+
+
+def read_cells(paths: list[Path]) -> dict[str, dict[int, float]]:
+    """Accuracy per block level and seed over every file (a later file's cell replaces an earlier one)."""
+    acc: dict[str, dict[int, float]] = defaultdict(dict)
+    for path in paths:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row["state"] == "COMPLETE" and row["accuracy"]:
+                    acc[row["variant"].removeprefix("block=")][int(row["seed"])] = float(row["accuracy"])
+    return acc
+
+
+def seeds_needed(sd: float, half_width: float, confidence: float = 0.95, most: int = 1000) -> int | None:
+    """Smallest n >= 2 with ``t_{(1+c)/2, n-1} · sd / sqrt(n) <= half_width`` (``None`` above ``most``)."""
+    for n in range(2, most + 1):
+        if stats.t.ppf((1 + confidence) / 2, n - 1) * sd / math.sqrt(n) <= half_width:
+            return n
+    return None
+
+
+def table(acc: dict[str, dict[int, float]], half_width: float) -> list[str]:
+    lines = [
+        "| level | seeds | accuracy % (mean ± std) |",
+        "|---|---:|---:|",
+    ]
+    for level in ("standard", "separable", "reversed", "inverted_residual"):
+        mean, std = mean_std(list(acc.get(level, {}).values()))
+        lines.append(f"| {level} | {len(acc.get(level, {}))} | {100 * mean:.2f} ± {100 * std:.2f} |")
+    lines += [
+        "",
+        "| comparison | seeds | Δ pp (mean) [95 % CI] | CI half-width pp | sd of Δ pp | excludes 0 | seeds for ±"
+        f"{half_width:g} pp |",
+        "|---|---:|---:|---:|---:|:---:|---:|",
+    ]
+    for level, base in COMPARISONS:
+        d = paired_difference(acc.get(level, {}), acc.get(base, {}))
+        need = seeds_needed(100 * d.std, half_width) if d.n >= 2 else None
+        lines.append(
+            f"| {level} − {base} | {d.n} | {100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] | "
+            f"{100 * (d.high - d.low) / 2:.2f} | {100 * d.std:.2f} | {'yes' if d.excludes_zero else 'no'} | "
+            f"{need if need is not None else '> 1000'} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--match",
+        action="append",
+        required=True,
+        help="NAME=CELLS_CSV[,CELLS_CSV...]: one budget match's cells.csv files",
+    )
+    parser.add_argument("--half-width", type=float, default=0.5, help="target CI half-width in pp")
+    parser.add_argument("--out", help="also write the Markdown here")
+    args = parser.parse_args(argv)
+    lines: list[str] = []
+    for spec in args.match:
+        name, _, files = spec.partition("=")
+        lines += [
+            f"### matched on {name}",
+            "",
+            *table(read_cells([Path(p) for p in files.split(",")]), args.half_width),
+            "",
+        ]
+    text = "\n".join(lines)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
