@@ -39,12 +39,45 @@ ABLATION: dict[str, Any] = {
 }
 
 
+Builder = Callable[[Path], list[str]]  # writes the case's files into the empty working directory, returns argv
+
+
 def _yaml(root: Path, data: dict[str, Any], name: str = "c.yaml") -> list[str]:
     (root / name).write_text(yaml.safe_dump(data))
     return ["--config", name]
 
 
-def _image_folder(root: Path, bad: Callable[[Path], None] | None = None) -> str:
+def _config(base: dict[str, Any], /, **changes: Any) -> Builder:
+    return lambda root: _yaml(root, {**base, **changes})
+
+
+def _config_bytes(content: bytes) -> Builder:
+    def build(root: Path) -> list[str]:
+        (root / "c.yaml").write_bytes(content)
+        return ["--config", "c.yaml"]
+
+    return build
+
+
+def _config_folder(root: Path) -> list[str]:
+    (root / "c.yaml").mkdir()
+    return ["--config", "c.yaml"]
+
+
+def _space(content: bytes | None) -> Builder:
+    """A study whose space file holds ``content`` (None: the space path is a folder)."""
+
+    def build(root: Path) -> list[str]:
+        if content is None:
+            (root / "s.yaml").mkdir()
+        else:
+            (root / "s.yaml").write_bytes(content)
+        return _yaml(root, {**STUDY, "space": "s.yaml"})
+
+    return build
+
+
+def _image_folder(root: Path, bad: Callable[[Path], object] | None = None) -> str:
     for label in ("a", "b"):
         (root / "imgs" / label).mkdir(parents=True)
         for i in range(4):
@@ -58,120 +91,75 @@ def _big_png(path: Path) -> None:
     Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(path)  # 4,096 pixels; the test allows far fewer
 
 
-def _with(base: dict[str, Any], /, **changes: Any) -> dict[str, Any]:
-    return {**base, **changes}
+def _images(base: dict[str, Any], bad: Callable[[Path], object], max_pixels: int = 1000) -> Builder:
+    """A study on an image folder with one bad image; PIL's pixel limit is set to ``max_pixels``."""
+
+    def build(root: Path) -> list[str]:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # restored by the test's monkeypatch
+        return _yaml(root, {**base, "data": {"name": "imagefolder", "root": _image_folder(root, bad)}})
+
+    return build
 
 
-# (id, argv builder, what the message must say); the builder gets the empty working directory
-Case = tuple[str, Callable[[Path], list[str]], str]
+def _store_under_a_file(base: dict[str, Any], flag: str, url: str) -> Builder:
+    """``flag`` set to ``url`` (``{f}``: a path below a plain file)."""
+
+    def build(root: Path) -> list[str]:
+        (root / "f").touch()
+        return [*_yaml(root, base), flag, url.format(f=root / "f")]
+
+    return build
 
 
-def _text(root: Path, name: str, content: bytes) -> None:
-    (root / name).write_bytes(content)
+def _flags(base: dict[str, Any], *flags: str) -> Builder:
+    return lambda root: [*_yaml(root, base), *flags]
 
+
+Case = tuple[str, Builder, str]  # id, what to run, what the error must say
 
 CASES: list[Case] = [
+    ("config-not-utf8", _config_bytes(b"name: x\n\xff\xfe\n"), "not a text file"),
+    ("config-is-folder", _config_folder, "is a folder"),
+    ("config-missing", lambda root: ["--config", "nope.yaml"], "not found"),
+    ("config-yaml-syntax", _config_bytes(b"name: [x\n"), "YAML syntax"),
+    ("config-alias", _config_bytes(b"a: &x 1\nname: *x\n"), "c.yaml"),
+    ("config-not-mapping", _config_bytes(b"- 1\n- 2\n"), "c.yaml"),
+    ("config-unknown-key", _config(STUDY, train={"lr_max": 1}), "lr_max"),
+    ("config-wrong-type", _config(STUDY, n_trials="many"), "n_trials"),
+    ("space-unknown", _config(STUDY, space="nosuchspace"), "nosuchspace"),
+    ("space-not-utf8", _space(b"\xff\xfe"), "s.yaml"),
+    ("space-is-folder", _space(None), "is a folder"),
+    ("space-even-kernel", _space(b"stages: [{blocks: [standard], widths: [8], kernel_sizes: [4]}]\n"), "kernel_sizes"),
+    ("data-unknown", _config(STUDY, data={"name": "nosuchdata"}), "nosuchdata"),
+    ("data-folder-missing", _config(STUDY, data={"name": "imagefolder", "root": "nope"}), "nope"),
+    ("data-corrupt-image", _images(STUDY, lambda p: p.write_bytes(b"x")), "cannot decode"),
+    ("data-decompression-bomb", _images(STUDY, _big_png), "too large"),
+    # between PIL's limit and twice it, PIL only warns
+    ("data-decompression-bomb-warning", _images(STUDY, _big_png, max_pixels=3000), "too large"),
+    ("constraint-impossible", _config(STUDY, constraints={"params": 0}), "params"),
+    ("baseline-unknown", _config(STUDY, baselines=["nosucharch"]), "baselines[0]"),
+    ("n-trials-zero", _flags(STUDY, "--n-trials", "0"), "n_trials"),
+    ("storage-journal-under-a-file", _store_under_a_file(STUDY, "--storage", "{f}/o.journal"), "storage"),
+    ("storage-sqlite-under-a-file", _store_under_a_file(STUDY, "--storage", "sqlite:///{f}/o.db"), "storage"),
+    ("storage-unreachable-postgres", _flags(STUDY, "--storage", "postgresql://u:pw@127.0.0.1:1/x"), "storage"),
     (
-        "config-not-utf8",
-        lambda r: (_text(r, "c.yaml", b"name: x\n\xff\xfe\n"), ["--config", "c.yaml"])[1],
-        "not a text file",
-    ),
-    ("config-is-folder", lambda r: ((r / "c.yaml").mkdir(), ["--config", "c.yaml"])[1], "is a folder"),
-    ("config-missing", lambda r: ["--config", "nope.yaml"], "not found"),
-    ("config-yaml-syntax", lambda r: (_text(r, "c.yaml", b"name: [x\n"), ["--config", "c.yaml"])[1], "YAML syntax"),
-    ("config-alias", lambda r: (_text(r, "c.yaml", b"a: &x 1\nname: *x\n"), ["--config", "c.yaml"])[1], "c.yaml"),
-    ("config-unknown-key", lambda r: _yaml(r, _with(STUDY, train={"lr_max": 1})), "lr_max"),
-    ("config-wrong-type", lambda r: _yaml(r, _with(STUDY, n_trials="many")), "n_trials"),
-    ("config-not-mapping", lambda r: (_text(r, "c.yaml", b"- 1\n- 2\n"), ["--config", "c.yaml"])[1], "c.yaml"),
-    ("space-unknown", lambda r: _yaml(r, _with(STUDY, space="nosuchspace")), "nosuchspace"),
-    (
-        "space-not-utf8",
-        lambda r: (_text(r, "s.yaml", b"\xff\xfe"), _yaml(r, _with(STUDY, space="s.yaml")))[1],
-        "s.yaml",
-    ),
-    ("space-is-folder", lambda r: ((r / "s.yaml").mkdir(), _yaml(r, _with(STUDY, space="s.yaml")))[1], "is a folder"),
-    (
-        "space-even-kernel",
-        lambda r: (
-            _text(r, "s.yaml", b"stages: [{blocks: [standard], widths: [8], kernel_sizes: [4]}]\n"),
-            _yaml(r, _with(STUDY, space="s.yaml")),
-        )[1],
-        "kernel_sizes",
-    ),
-    ("data-unknown", lambda r: _yaml(r, _with(STUDY, data={"name": "nosuchdata"})), "nosuchdata"),
-    ("data-folder-missing", lambda r: _yaml(r, _with(STUDY, data={"name": "imagefolder", "root": "nope"})), "nope"),
-    (
-        "data-corrupt-image",
-        lambda r: _yaml(
-            r, _with(STUDY, data={"name": "imagefolder", "root": _image_folder(r, lambda p: p.write_bytes(b"x"))})
-        ),
-        "cannot decode",
-    ),
-    (
-        "data-decompression-bomb",
-        lambda r: _yaml(r, _with(STUDY, data={"name": "imagefolder", "root": _image_folder(r, _big_png)})),
-        "too large",
-    ),
-    (
-        "data-decompression-bomb-warning",  # between PIL's limit and twice it, PIL only warns
-        lambda r: (
-            setattr(Image, "MAX_IMAGE_PIXELS", 3000),
-            _yaml(r, _with(STUDY, data={"name": "imagefolder", "root": _image_folder(r, _big_png)})),
-        )[1],
-        "too large",
-    ),
-    ("constraint-impossible", lambda r: _yaml(r, _with(STUDY, constraints={"params": 0})), "params"),
-    ("baseline-unknown", lambda r: _yaml(r, _with(STUDY, baselines=["nosucharch"])), "baselines[0]"),
-    ("n-trials-zero", lambda r: [*_yaml(r, STUDY), "--n-trials", "0"], "n_trials"),
-    (
-        "storage-journal-parent-is-file",
-        lambda r: ((r / "f").touch(), [*_yaml(r, STUDY), "--storage", str(r / "f" / "o.journal")])[1],
-        "storage",
-    ),
-    (
-        "storage-sqlite-parent-is-file",
-        lambda r: ((r / "f").touch(), [*_yaml(r, STUDY), "--storage", f"sqlite:///{r / 'f' / 'o.db'}"])[1],
-        "storage",
-    ),
-    (
-        "storage-unreachable-postgres",
-        lambda r: [*_yaml(r, STUDY), "--storage", "postgresql://u:pw@127.0.0.1:1/x"],
-        "storage",
-    ),
-    (
-        "tracking-sqlite-parent-is-file",
-        lambda r: ((r / "f").touch(), [*_yaml(r, STUDY), "--tracking-uri", f"sqlite:///{r / 'f' / 'mlflow.db'}"])[1],
+        "tracking-sqlite-under-a-file",
+        _store_under_a_file(STUDY, "--tracking-uri", "sqlite:///{f}/mlflow.db"),
         "tracking",
     ),
-    (
-        "tracking-unreachable-server",
-        lambda r: [*_yaml(r, STUDY), "--tracking-uri", "http://127.0.0.1:1"],
-        "not reachable",
-    ),
+    ("tracking-unreachable-server", _flags(STUDY, "--tracking-uri", "http://127.0.0.1:1"), "not reachable"),
 ]
 
 ABLATE_CASES: list[Case] = [
+    ("ablate-config-not-utf8", _config_bytes(b"\xff\xfe"), "not a text file"),
+    ("ablate-config-is-folder", _config_folder, "is a folder"),
+    ("ablate-unknown-factor", _config(ABLATION, factors={"nosuch": {"levels": [1, 2]}}), "nosuch"),
+    ("ablate-unknown-base", _config(ABLATION, base="nosucharch"), "base"),
+    ("ablate-data-bomb", _images(ABLATION, _big_png), "too large"),
+    ("ablate-storage-under-a-file", _store_under_a_file(ABLATION, "--storage", "{f}/o.journal"), "storage"),
     (
-        "ablate-config-not-utf8",
-        lambda r: (_text(r, "c.yaml", b"\xff\xfe"), ["--config", "c.yaml"])[1],
-        "not a text file",
-    ),
-    ("ablate-config-is-folder", lambda r: ((r / "c.yaml").mkdir(), ["--config", "c.yaml"])[1], "is a folder"),
-    ("ablate-unknown-factor", lambda r: _yaml(r, _with(ABLATION, factors={"nosuch": {"levels": [1, 2]}})), "nosuch"),
-    ("ablate-unknown-base", lambda r: _yaml(r, _with(ABLATION, base="nosucharch")), "base"),
-    (
-        "ablate-data-bomb",
-        lambda r: _yaml(r, _with(ABLATION, data={"name": "imagefolder", "root": _image_folder(r, _big_png)})),
-        "too large",
-    ),
-    (
-        "ablate-storage-parent-is-file",
-        lambda r: ((r / "f").touch(), [*_yaml(r, ABLATION), "--storage", str(r / "f" / "o.journal")])[1],
-        "storage",
-    ),
-    (
-        "ablate-tracking-parent-is-file",
-        lambda r: ((r / "f").touch(), [*_yaml(r, ABLATION), "--tracking-uri", f"sqlite:///{r / 'f' / 'mlflow.db'}"])[1],
+        "ablate-tracking-under-a-file",
+        _store_under_a_file(ABLATION, "--tracking-uri", "sqlite:///{f}/mlflow.db"),
         "tracking",
     ),
 ]

@@ -127,14 +127,15 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     base = config.base_arch()
     build_variants(config, base)  # every factor and level checked before anything is written
     study_config = _study_config(config)
-    # Storage, tracking store and data are checked before the study, a run or a file is made.
-    storage = open_storage(study_config.storage_url, heartbeat_interval=study_config.heartbeat_interval_s)
+    # Tracking store, data and storage are checked before the study, a run or a file is made; the
+    # storage last, since opening a journal file creates it.
     tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
     check_tracking_store(tracking_uri)
     data = load_data_for(
         config.data, input_size=tuple(base.input_size), in_chans=base.in_chans, num_classes=base.num_classes,
         what="the base architecture", path="base", source=config.source,
     )  # fmt: skip
+    storage = open_storage(study_config.storage_url, heartbeat_interval=study_config.heartbeat_interval_s)
     study, created = open_study(study_config, storage=storage)
     _check_definition(study, config, base, created)
     tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)

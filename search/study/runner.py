@@ -195,14 +195,15 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     """
     space = SearchSpace.load(config.space_path())
     baselines = _load_baselines(config, space)
-    # Storage, tracking store and data are checked before the study, a run or a file is made.
-    storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
+    # Tracking store, data and storage are checked before the study, a run or a file is made; the
+    # storage last, since opening a journal file creates it.
     tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
     check_tracking_store(tracking_uri)
     data = load_data_for(
         config.data, input_size=tuple(space.input_size), in_chans=space.in_chans, num_classes=space.num_classes,
         what="the space", path="space", source=config.source,
     )  # fmt: skip
+    storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
     study, created = open_study(config, storage=storage)
     param_names = check_search_definition(study, config, space, created=created, allow_changed=allow_changed_definition)
     tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
@@ -267,7 +268,12 @@ def optimize_until_done(
                 time.sleep(1.0)
                 fail_dead_local_trials(study)
                 continue
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            except ValueError as exc:  # Optuna's tell, after another worker failed the trial as stale
+                if "Cannot tell a FAIL trial" not in str(exc):
+                    raise
+                log.warning("the trial was failed by another worker meanwhile (a stale heartbeat) and is retried")
             bar.set_postfix(_progress_postfix(study), refresh=False)
     finally:
         bar.close()
