@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from blocknas.search.cli import main
@@ -81,7 +82,7 @@ def _search(path: Path, *extra: str) -> int:
 def _study(name: str = "grow") -> optuna.Study:
     return optuna.load_study(
         study_name=name,
-        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend("runs/optuna.journal")),
+        storage=optuna.storages.JournalStorage(JournalFileBackend("runs/optuna.journal")),
     )
 
 
@@ -108,7 +109,8 @@ def test_space_grows_knob_by_knob_across_resumes(in_tmp_dir: Path, capsys: pytes
     assert ("standard", "inverted_residual", "separable") in offered["s0.block"]
     assert (8, 16, 24) in offered["s0.out_chs"]
     assert (0, 32) in offered["head.num_features"]
-    assert max(t.distributions["s0.depth"].high for t in trials if "s0.depth" in t.distributions) == 2
+    depth = [t.distributions["s0.depth"] for t in trials if "s0.depth" in t.distributions]
+    assert max(d.high for d in depth if isinstance(d, optuna.distributions.IntDistribution)) == 2
     # the definition keeps the first choices of every knob, so a later resume derives the same names
     stored = study.user_attrs[SEARCH_DEFINITION_ATTR]
     assert stored["choices"]["s0.block"] == ["standard", "inverted_residual"]
@@ -126,7 +128,7 @@ def test_param_names_are_stable_and_only_for_changed_knobs() -> None:
     assert param_names_for(space, first) == {}
 
 
-CHANGES = [
+CHANGES: list[tuple[str, dict[str, Any], str]] = [
     ("data", {"data": {"name": "synthetic", "num_samples": 96, "num_classes": 4}}, "data.num_samples: 64 -> 96"),
     ("train budget", {"train": {"epochs": 2, "batch_size": 64}}, "train.epochs: 1 -> 2"),
     (

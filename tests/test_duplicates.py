@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import yaml
 from mlflow.tracking import MlflowClient
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from blocknas.search.study import ARCH_ATTR, DUPLICATE_OF_ATTR, TRAINING_KEY_ATTR
@@ -73,9 +74,7 @@ def test_two_workers_never_train_one_architecture_twice(tmp_path: Path) -> None:
         )
     )
     _workers(config, 2)
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna.journal"))
-    )
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "runs/optuna.journal")))
     trials = optuna.load_study(study_name="dup", storage=storage).get_trials()
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len(_trained_once(trials)) <= 2
