@@ -151,17 +151,24 @@ class Fleet:
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1", "PGAPPNAME": app}
         self.folder = config.parent
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.started = 0
         self.exit_codes: Counter[int] = Counter()
+        self.logs: dict[int, Path] = {}  # pid → its output
+        self.crashed: list[Path] = []  # logs of workers that exited with a status no signal explains
 
     def start(self) -> None:
-        log = open(self.folder / f"worker-{len(self.procs) + len(self.exit_codes):03d}.log", "wb")
-        proc = subprocess.Popen(self.command, cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        path = self.folder / f"worker-{self.started:03d}.log"
+        with path.open("wb") as log:
+            proc = subprocess.Popen(self.command, cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.logs[proc.pid] = path
+        self.started += 1
         self.procs.append(proc)
 
     def reap(self) -> None:
         for proc in [p for p in self.procs if p.poll() is not None]:
             self.exit_codes[proc.returncode] += 1
+            if proc.returncode not in (0, 130, -signal.SIGKILL, -signal.SIGTERM):
+                self.crashed.append(self.logs[proc.pid])
             self.procs.remove(proc)
 
     def signal_one(self, sig: signal.Signals, rng: random.Random) -> None:
@@ -260,7 +267,8 @@ def run_chaos(
         result.problems.append(f"{result.peak_connections} connections, over the bound {result.connection_bound}")
     unexpected = {code: n for code, n in fleet.exit_codes.items() if code not in (0, -sig, 130)}
     if unexpected:
-        result.problems.append(f"workers exited with unexpected status {unexpected}; logs in {folder}")
+        logs = ", ".join(p.name for p in fleet.crashed)
+        result.problems.append(f"workers exited with unexpected status {unexpected}; logs in {folder}: {logs}")
     return result
 
 
@@ -317,7 +325,7 @@ def baseline_rate(trials: int, storage_kind: str, postgres_url: str = POSTGRES_U
 def _markdown(result: ChaosResult, baseline: float | None) -> str:
     rows = [
         ("workers × trials", f"{result.workers} × {result.trials}"),
-        ("storage / signal", f"{result.storage} / SIG{result.signal}"),
+        ("storage / signal", f"{result.storage} / {result.signal}"),
         ("kills", result.kills),
         ("wall time", f"{result.wall_s:.0f} s"),
         ("finished / running at end", f"{result.finished} / {result.running}"),
@@ -331,7 +339,7 @@ def _markdown(result: ChaosResult, baseline: float | None) -> str:
         ("problems", "; ".join(result.problems) or "none"),
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"## {stamp}: {result.workers} workers, {result.storage}, SIG{result.signal}", "", "| | |", "|---|---|"]
+    lines = [f"## {stamp}: {result.workers} workers, {result.storage}, {result.signal}", "", "| | |", "|---|---|"]
     return "\n".join(lines + [f"| {k} | {v} |" for k, v in rows]) + "\n"
 
 
@@ -348,6 +356,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the workers and the server
     baseline = baseline_rate(args.baseline_trials, args.storage, args.postgres_url) if args.baseline_trials else None
     result = run_chaos(
         workers=args.workers,

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import importlib.util
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
+
+from blocknas.search.tracking import WORKER_ATTR, fail_dead_local_trials
 
 from .conftest import REPO_ROOT
 
@@ -44,3 +49,17 @@ def test_random_kills_lose_and_duplicate_nothing(
     assert result.peak_connections is not None and result.peak_connections <= result.connection_bound
     if sig == signal.SIGTERM:
         assert result.retried >= result.interrupted  # each interrupted trial was retried (checked one by one)
+
+
+def test_a_retry_taken_by_a_live_worker_is_not_failed_as_its_dead_predecessor() -> None:
+    """A retry inherits the dead worker's id until its new worker stamps its own; not failed in between."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = optuna.create_study()
+    trial = study.ask()
+    study._storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{dead.pid}")
+    assert [t.number for t in fail_dead_local_trials(study)] == [0]
+    retry = study.ask()  # the queued retry, RUNNING in a live worker, still carrying the dead worker's id
+    assert retry.number == 1 and retry.user_attrs[WORKER_ATTR].endswith(f":{dead.pid}")
+    assert fail_dead_local_trials(study) == []
+    study.tell(retry, 1.0)  # before: FAIL, and this tell raised "Cannot tell a FAIL trial"

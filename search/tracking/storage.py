@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import socket
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -24,7 +25,7 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from .attrs import WORKER_ATTR
+from .attrs import RETRY_HISTORY_ATTR, WORKER_ATTR
 from .journal import open_journal_backend
 from .masking import mask_url
 
@@ -157,13 +158,14 @@ def fail_dead_local_trials(study: optuna.Study, *, max_retry: int = 1) -> list[F
     """
     host = socket.gethostname()
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    trials = study.get_trials(deepcopy=False)
+    for trial in (t for t in trials if t.state == TrialState.RUNNING):
         owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
         owner_host, _, pid_text = owner.rpartition(":")
         if owner_host != host or not pid_text.isdigit():
             continue
         pid = int(pid_text)
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or _pid_alive(pid) or _unstamped_retry(trial, trials):
             continue
         try:
             study.tell(trial.number, state=TrialState.FAIL)
@@ -174,6 +176,21 @@ def fail_dead_local_trials(study: optuna.Study, *, max_retry: int = 1) -> list[F
         RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
         failed.append(frozen)
     return failed
+
+
+def _unstamped_retry(trial: FrozenTrial, trials: list[FrozenTrial], grace_s: float = 60.0) -> bool:
+    """A retry just taken by a worker that has not yet written its own ``WORKER_ATTR``.
+
+    A retry is queued with the failed trial's user attributes, the dead worker's id among
+    them, until the worker running it overwrites it (its first step); failing it in that
+    window would fail a live worker's trial (which then crashes on ``Cannot tell a FAIL trial``).
+    """
+    history = trial.system_attrs.get(RETRY_HISTORY_ATTR) or [None]
+    previous = history[-1]  # the trial this one retries (``failed_trial`` is the first of the line)
+    if not isinstance(previous, int) or trial.datetime_start is None or not 0 <= previous < len(trials):
+        return False
+    inherited = trials[previous].user_attrs.get(WORKER_ATTR) == trial.user_attrs.get(WORKER_ATTR)
+    return inherited and (datetime.now() - trial.datetime_start).total_seconds() < grace_s
 
 
 def load_study(study_name: str, storage_url: str) -> optuna.Study:
