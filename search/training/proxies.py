@@ -41,7 +41,8 @@ Proxy = Callable[[nn.Module, tuple[Tensor, Tensor]], float]
 
 _PROXIES: dict[str, Proxy] = {}
 
-# Each costs under 1 s per mobile32 network at batch 32 on 2 busy CPU cores (benchmarks/results/proxies.md).
+# All six: each is one forward (naswot), one forward+backward (synflow at one image, grad_norm, snip) or two
+# half-batch ones (zico) of the untrained net; benchmarks/proxies.py measures their cost per network.
 DEFAULT_PROXIES = ("params", "synflow", "naswot", "grad_norm", "snip", "zico")
 PROXY_BATCH_SIZE = 32
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.LeakyReLU)
