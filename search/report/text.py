@@ -23,6 +23,7 @@ def print_search_summary(result: SearchResult, config: StudyConfig, console: Con
     for cells in front_cells(result.front, columns):
         table.add_row(*cells)
     console.print(table)
+    console.print(proxy_rich_table(result.study.trials))
     uri = result.tracking_uri
     console.print(f"MLflow:    mlflow ui --backend-store-uri '{mask_url(uri)}' --host 127.0.0.1   (or: make dashboard)")
     console.print(f"Exported:  {result.export_folder}/ ({len(result.exported)} architectures, front.md, front.csv)")
@@ -33,7 +34,6 @@ def print_search_summary(result: SearchResult, config: StudyConfig, console: Con
         f"Report:    blocknas report {source}   (HTML + Markdown + PNGs under {config.runs_dir}/{config.name}/report/)"
     )
     console.print(f"Resume:    the same command continues study {config.name!r} in {mask_url(config.storage_url)}")
-    console.print(proxy_rich_table(result.study.trials))
     fingerprints = latency_fingerprints(result.study.trials)
     if len(fingerprints) > 1:
         counts = ", ".join(f"{fp} ({n} trials)" for fp, n in fingerprints.items())
