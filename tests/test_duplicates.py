@@ -84,6 +84,8 @@ def test_two_workers_never_train_one_architecture_twice(tmp_path: Path) -> None:
     assert len(trials) == 12 and all(t.state == TrialState.COMPLETE for t in trials)
     originals = _trained_once(trials)
     assert len(originals) <= 4 and len({t.user_attrs[ARCH_ATTR]["stages"][0]["out_chs"] for t in trials}) == 2
+    exported = [int(p.stem.split("_")[0][1:]) for p in (tmp_path / "configs/discovered/dup").glob("t*.yaml")]
+    assert exported and all(trials[n].user_attrs.get(DUPLICATE_OF_ATTR) is None for n in exported), exported
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs/mlflow.db'}")
     for t in trials:
         run = client.get_run(t.user_attrs[RUN_ID_ATTR])

@@ -27,6 +27,7 @@ from blocknas.search.tracking import RUN_ID_ATTR
 from .attrs import (
     ARCH_ATTR,
     BASELINE_ATTR,
+    DUPLICATE_OF_ATTR,
     LATENCY_ATTR,
     LATENCY_MEASURED_ATTR,
     LATENCY_PREDICTED_ATTR,
@@ -80,13 +81,19 @@ class FrontRow:
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible, complete, non-dominated trials (the best trial for a single objective)."""
+    """Feasible, complete, non-dominated trials (the best trial for a single objective).
+
+    A duplicate (it took the recorded result of an earlier trial of the same architecture)
+    is left out when its original is on the front with the same values.
+    """
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return []
     try:
         trials = study.best_trials if len(study.directions) > 1 else [study.best_trial]
     except ValueError:  # no feasible trial yet
         return []
+    numbers = {t.number for t in trials}
+    trials = [t for t in trials if t.user_attrs.get(DUPLICATE_OF_ATTR) not in numbers]
     return sorted(trials, key=lambda t: float(t.user_attrs.get(LATENCY_ATTR, 0.0)))
 
 
