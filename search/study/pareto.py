@@ -319,7 +319,7 @@ def _draw_stopped_early(ax: Any, trials: list[FrozenTrial]) -> None:
     stopped = [t for t in trials if PRUNED_ACCURACY_ATTR in t.user_attrs]
     if stopped:
         ax.scatter(
-            [t.user_attrs["latency_ms"] for t in stopped],
+            [t.user_attrs[LATENCY_ATTR] for t in stopped],
             [t.user_attrs[PRUNED_ACCURACY_ATTR] for t in stopped],
             marker="v",
             facecolors="none",
