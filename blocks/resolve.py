@@ -53,7 +53,7 @@ def resolve_arch(arch: ArchLike) -> ArchConfig:
         # never read a file that is not YAML: its content would end up in the error
         why = "a file, but not .yaml or .yml" if is_file else "no such file, registered name or reference"
         raise ConfigError(
-            f"cannot resolve architecture {excerpt(text)}: {why}; arch= takes an ArchConfig, a mapping, a "
+            f"cannot resolve architecture {excerpt(text, 300)}: {why}; arch= takes an ArchConfig, a mapping, a "
             ".yaml/.yml file, a registered blocknet model name, <study>/<name> (an exported config) or "
             f"a string starting with {' or '.join(p for p, _ in _RESOLVERS) or 'a registered prefix'}"
         )

@@ -20,7 +20,7 @@ from blocknas.search.figures import pyplot
 from blocknas.search.latency import LatencyPredictor
 from blocknas.search.latency.table import MIN_CALIBRATION_POINTS, _fit
 from blocknas.search.report import report_study
-from blocknas.search.study import draw_front, run_search
+from blocknas.search.study import DUPLICATE_OF_ATTR, draw_front, run_search
 from blocknas.search.tracking import RUN_ID_ATTR
 
 from .test_search import tiny_config
@@ -69,7 +69,7 @@ def test_predicted_over_budget_is_rejected_before_building(in_tmp_dir: Path) -> 
 
 
 def test_predicted_mode_calibrates_itself_from_measured_trials(in_tmp_dir: Path) -> None:
-    n_trials = MIN_CALIBRATION_POINTS + 2
+    n_trials = MIN_CALIBRATION_POINTS + 4  # repeats of a network are not measured again (duplicates)
     config = predicted_config(n_trials=n_trials, seed=3)
     result = run_search(config, progress=False)
     client = MlflowClient(result.tracking_uri)
@@ -80,6 +80,10 @@ def test_predicted_mode_calibrates_itself_from_measured_trials(in_tmp_dir: Path)
         assert trial.state == optuna.trial.TrialState.COMPLETE
         run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
         metrics, tags = run.data.metrics, run.data.tags
+        if trial.user_attrs.get(DUPLICATE_OF_ATTR) is not None:  # an architecture seen before: not measured again
+            original = trials[trial.user_attrs[DUPLICATE_OF_ATTR]]
+            assert tags["blocknas.duplicate_of"] == str(original.number) and trial.values == original.values
+            continue
         assert int(tags["latency.calibration_points"]) == len(points)
         assert tags["latency.calibrated"] == str(len(points) >= MIN_CALIBRATION_POINTS).lower()
         raw, predicted = metrics["latency_predicted_raw_ms"], metrics["latency_predicted_ms"]

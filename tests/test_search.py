@@ -316,7 +316,7 @@ def test_summary_warns_when_latencies_come_from_different_fingerprints(in_tmp_di
     assert "Warning" not in console.export_text()
 
     two = dataclasses.replace(one, n_trials=4, latency=one.latency.replace(threads=2))
-    result = run_search(two, progress=False)
+    result = run_search(two, progress=False, allow_changed_definition=True)  # other latency settings: a new definition
     ids = [t.user_attrs[FINGERPRINT_ATTR] for t in result.study.trials]
     assert ids[0] == ids[1] != ids[2] == ids[3]  # threads are part of the fingerprint
     print_search_summary(result, two, console)
