@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write
+
 __all__ = ["DPI", "pyplot", "save_figure"]
 
 DPI = 150
@@ -21,10 +23,14 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Lay out, write as PNG at :data:`DPI` (creating the folder) and close ``fig``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Lay out, write as PNG at :data:`DPI` (creating the folder) and close ``fig``.
+
+    The file is replaced atomically: two workers finishing one study at once write the same
+    ``pareto.png``, and one may be uploading it while the other rewrites it (an upload whose
+    file shrank under it hung the tracking server's request).
+    """
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    pyplot().close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+    finally:
+        pyplot().close(fig)

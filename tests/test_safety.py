@@ -615,3 +615,21 @@ def test_a_set_up_claimed_on_another_host_is_waited_for_up_to_a_bound(tmp_path: 
     assert complete_setup(study, storage, lambda: steps.append("ran")) is False  # complete: nothing to do
     assert steps == ["ran"] and study.user_attrs[SETUP_COMPLETE_ATTR] is True
     assert [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)] == ["s"]
+
+
+def test_a_figure_being_uploaded_is_never_rewritten_under_its_reader(tmp_path: Path) -> None:
+    """Two workers finishing a study at once both write ``pareto.png``; one may be uploading it meanwhile."""
+    from blocknas.search.figures import pyplot, save_figure
+
+    def figure(points: int) -> object:
+        fig, ax = pyplot().subplots()
+        ax.plot(range(points), range(points))
+        return fig
+
+    path = save_figure(figure(1000), tmp_path / "pareto.png")
+    old = path.read_bytes()
+    with path.open("rb") as upload:  # the other worker's upload, size taken at open
+        save_figure(figure(2), path)
+        assert upload.read() == old  # before: truncated and rewritten in place, the upload came up short
+    assert path.read_bytes() != old and path.read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.iterdir()] == ["pareto.png"]
