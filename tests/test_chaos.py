@@ -63,3 +63,18 @@ def test_a_retry_taken_by_a_live_worker_is_not_failed_as_its_dead_predecessor() 
     assert retry.number == 1 and retry.user_attrs[WORKER_ATTR].endswith(f":{dead.pid}")
     assert fail_dead_local_trials(study) == []
     study.tell(retry, 1.0)  # before: FAIL, and this tell raised "Cannot tell a FAIL trial"
+
+
+def test_a_trial_whose_worker_died_before_stamping_it_is_failed_once_it_is_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed between ``study.ask()`` and its first step: no owner and no heartbeat, so nothing else fails it."""
+    from blocknas.search.tracking import storage
+
+    study = optuna.create_study()
+    orphan = study.ask()  # never stamped with WORKER_ATTR
+    assert fail_dead_local_trials(study) == []  # a live worker stamps within milliseconds: left alone when young
+    monkeypatch.setattr(storage, "ORPHAN_GRACE_S", 0.0)
+    assert [t.number for t in fail_dead_local_trials(study)] == [orphan.number]
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert [t.state for t in study.trials[1:]] == [optuna.trial.TrialState.WAITING]  # re-enqueued

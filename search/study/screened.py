@@ -66,6 +66,8 @@ class ScreenedObjective(Objective):
             proxy = auto_proxy(study.get_trials(deepcopy=False), self.config.proxy_names())
         pool = [trial] + [study.ask() for _ in range(screen.pool - 1)]
         asked = pool[1:]
+        for other in asked:  # owned at once, so no other worker takes one for an orphan
+            other.set_user_attr(WORKER_ATTR, worker_id())
         try:
             kept, rejected = self._screen(pool, proxy)
         except BaseException:

@@ -160,22 +160,43 @@ def fail_dead_local_trials(study: optuna.Study, *, max_retry: int = 1) -> list[F
     failed = []
     trials = study.get_trials(deepcopy=False)
     for trial in (t for t in trials if t.state == TrialState.RUNNING):
-        owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
-        owner_host, _, pid_text = owner.rpartition(":")
-        if owner_host != host or not pid_text.isdigit():
-            continue
-        pid = int(pid_text)
-        if pid == os.getpid() or _pid_alive(pid) or _unstamped_retry(trial, trials):
-            continue
+        owner = trial.user_attrs.get(WORKER_ATTR)
+        if owner is None:
+            if not _orphaned(trial):
+                continue
+            owner = "a worker that died before stamping it"
+        else:
+            owner_host, _, pid_text = str(owner).rpartition(":")
+            if owner_host != host or not pid_text.isdigit():
+                continue
+            pid = int(pid_text)
+            if pid == os.getpid() or _pid_alive(pid) or _unstamped_retry(trial, trials):
+                continue
         try:
             study.tell(trial.number, state=TrialState.FAIL)
         except (RuntimeError, ValueError):  # another worker got there first
             continue
-        log.warning("trial %d was left RUNNING by dead worker %s; marked FAIL and re-enqueued", trial.number, owner)
+        log.warning("trial %d was left RUNNING by %s; marked FAIL and re-enqueued", trial.number, owner)
         frozen = study.get_trials(deepcopy=False)[trial.number]
         RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
         failed.append(frozen)
     return failed
+
+
+ORPHAN_GRACE_S = 60.0
+"""A RUNNING trial that no worker has stamped this long after it started belongs to none."""
+
+
+def _orphaned(trial: FrozenTrial) -> bool:
+    """A trial created by ``study.ask()`` whose worker died before writing ``WORKER_ATTR``.
+
+    Every worker stamps a trial as its first step, milliseconds after asking for it; a worker
+    killed in between leaves a RUNNING trial that names no owner and, on RDB storage, has no
+    heartbeat either, so neither recovery would ever fail it and the study would wait for it
+    forever (seen in the SIGTERM chaos run). It is failed on any host once it is this old.
+    """
+    started = trial.datetime_start
+    return started is not None and (datetime.now() - started).total_seconds() > ORPHAN_GRACE_S
 
 
 def _unstamped_retry(trial: FrozenTrial, trials: list[FrozenTrial], grace_s: float = 60.0) -> bool:
