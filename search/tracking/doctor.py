@@ -39,6 +39,9 @@ def _close(a: float, b: float) -> bool:
 def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
     """Every finished trial has exactly one MLflow child with the same metrics, and vice versa.
 
+    A failed trial that never got a run (its worker was killed between asking for it and
+    creating the run) has none, and that is consistent.
+
     Also: exactly one parent run for the study, and no child left RUNNING for a trial
     that is no longer running.
     """
@@ -71,6 +74,8 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
         runs = by_trial.get(trial.number, [])
         if trial.state in (TrialState.WAITING,):
             continue
+        if trial.state == TrialState.FAIL and not runs and RUN_ID_ATTR not in trial.user_attrs:
+            continue  # its worker died before the trial's run was created: nothing to match
         if len(runs) != 1:
             result.problems.append(f"trial {trial.number} ({trial.state.name}) has {len(runs)} MLflow child runs")
             continue
