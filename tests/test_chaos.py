@@ -45,7 +45,10 @@ def test_random_kills_lose_and_duplicate_nothing(
         timeout_s=240, tracking_uri=mlflow_server,
     )  # fmt: skip
     assert result.problems == [], result
-    assert result.kills == 3 and result.finished == 6 and result.mlflow_children == 6
+    assert result.kills == 3 and result.finished == 6
+    # one child per finished trial, plus one per trial a signal failed after its run was created
+    # (one-to-one matching is the doctor's, in result.problems)
+    assert result.finished <= result.mlflow_children <= result.finished + result.failed
     assert result.peak_connections is not None and result.peak_connections <= result.connection_bound
     if sig == signal.SIGTERM:
         assert result.retried >= result.interrupted  # each interrupted trial was retried (checked one by one)
