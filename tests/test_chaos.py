@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from blocknas.search.tracking import WORKER_ATTR, fail_dead_local_trials
+from blocknas.search.tracking import WORKER_ATTR, fail_abandoned_trials
 
 from .conftest import REPO_ROOT
 
@@ -61,10 +61,10 @@ def test_a_retry_taken_by_a_live_worker_is_not_failed_as_its_dead_predecessor() 
     study = optuna.create_study()
     trial = study.ask()
     study._storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{dead.pid}")
-    assert [t.number for t in fail_dead_local_trials(study)] == [0]
+    assert [t.number for t in fail_abandoned_trials(study)] == [0]
     retry = study.ask()  # the queued retry, RUNNING in a live worker, still carrying the dead worker's id
     assert retry.number == 1 and retry.user_attrs[WORKER_ATTR].endswith(f":{dead.pid}")
-    assert fail_dead_local_trials(study) == []
+    assert fail_abandoned_trials(study) == []
     study.tell(retry, 1.0)  # before: FAIL, and this tell raised "Cannot tell a FAIL trial"
 
 
@@ -76,8 +76,8 @@ def test_a_trial_whose_worker_died_before_stamping_it_is_failed_once_it_is_old(
 
     study = optuna.create_study()
     orphan = study.ask()  # never stamped with WORKER_ATTR
-    assert fail_dead_local_trials(study) == []  # a live worker stamps within milliseconds: left alone when young
+    assert fail_abandoned_trials(study) == []  # a live worker stamps within milliseconds: left alone when young
     monkeypatch.setattr(storage, "ORPHAN_GRACE_S", 0.0)
-    assert [t.number for t in fail_dead_local_trials(study)] == [orphan.number]
+    assert [t.number for t in fail_abandoned_trials(study)] == [orphan.number]
     assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
     assert [t.state for t in study.trials[1:]] == [optuna.trial.TrialState.WAITING]  # re-enqueued

@@ -40,7 +40,7 @@ from blocknas.search.tracking import (
     StudyTracker,
     check_tracking_store,
     complete_setup,
-    fail_dead_local_trials,
+    fail_abandoned_trials,
     mask_config,
     mask_url,
     masked_yaml,
@@ -156,7 +156,7 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     study.sampler = optuna.samplers.GridSampler(
         {VARIANT_PARAM: list(trained), SEED_PARAM: list(config.seed_list)}, seed=0
     )
-    fail_dead_local_trials(study)
+    fail_abandoned_trials(study)
     tracker.close_orphans(study)
     objective = AblationObjective(
         study_config, None, data, tracker, parent, progress=progress, variants=trained, seeds=config.seed_list

@@ -30,7 +30,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig
-from blocknas.search.tracking import StudyTracker, fail_dead_local_trials
+from blocknas.search.tracking import StudyTracker, fail_abandoned_trials
 
 from .attrs import (
     DUPLICATE_OF_ATTR,
@@ -110,7 +110,7 @@ def find_original(
                 return owner
         if time.monotonic() - last_recovery >= recover_s:  # a dead owner must fail for the next in line
             optuna.storages.fail_stale_trials(study)
-            fail_dead_local_trials(study)
+            fail_abandoned_trials(study)
             last_recovery = time.monotonic()
         time.sleep(poll_s)
 

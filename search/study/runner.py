@@ -23,7 +23,7 @@ from blocknas.search.tracking import (
     StudyTracker,
     check_tracking_store,
     complete_setup,
-    fail_dead_local_trials,
+    fail_abandoned_trials,
     mask_config,
     mask_url,
     masked_yaml,
@@ -208,7 +208,7 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     param_names = check_search_definition(study, config, space, created=created, allow_changed=allow_changed_definition)
     tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
     parent = _set_up(study, storage, config, tracker, space, baselines)
-    fail_dead_local_trials(study)
+    fail_abandoned_trials(study)
     tracker.close_orphans(study)
     predictor = None
     if config.latency.mode == "predicted":
@@ -266,7 +266,7 @@ def optimize_until_done(
                 break
             if done + running >= n_trials:  # the rest are in other workers' hands
                 time.sleep(1.0)
-                fail_dead_local_trials(study)
+                fail_abandoned_trials(study)
                 continue
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)

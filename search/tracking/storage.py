@@ -33,7 +33,7 @@ __all__ = [
     "RDB_CONNECTIONS_PER_WORKER",
     "StorageError",
     "dispose_storages",
-    "fail_dead_local_trials",
+    "fail_abandoned_trials",
     "load_study",
     "open_storage",
     "worker_id",
@@ -150,8 +150,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def fail_dead_local_trials(study: optuna.Study, *, max_retry: int = 1) -> list[FrozenTrial]:
-    """Fail and re-enqueue RUNNING trials started on this host by a process that no longer exists.
+def fail_abandoned_trials(study: optuna.Study, *, max_retry: int = 1) -> list[FrozenTrial]:
+    """Fail and re-enqueue RUNNING trials whose worker is gone: started on this host by a process
+    that no longer exists, or never stamped by any worker (see :func:`_orphaned`).
 
     This is how journal storage (no heartbeats) recovers from a killed worker; on RDB storage
     it makes recovery immediate instead of waiting for the heartbeat grace period.
