@@ -19,6 +19,7 @@ The hypervolume's reference point is accuracy 0 and 1.1 × the slowest complete 
 runs; it is written in the results. Pruned trials never enter a front.
 
     python benchmarks/multifidelity.py                       # defaults: Fashion-MNIST if present, 10 min/run
+    python benchmarks/multifidelity.py --config configs/default.yaml --epochs 4 --eta 2   # the default study's recipe
     python benchmarks/multifidelity.py --data digits --space tiny --budget-s 60 --seeds 1 --reference-s 120
 
 Results: ``benchmarks/results/multifidelity.md`` (``--out`` for another file).
@@ -45,7 +46,7 @@ from scipy import stats
 from blocknas.blocks import ConfigError, parse
 from blocknas.search.data import DataConfig, load_data
 from blocknas.search.report import hypervolume_2d
-from blocknas.search.study import StudyConfig, run_search, rung_accuracy_attr
+from blocknas.search.study import StudyConfig, load_study_config, run_search, rung_accuracy_attr
 from blocknas.search.tracking import RUN_ID_ATTR
 
 log = logging.getLogger("multifidelity")
@@ -93,27 +94,36 @@ def default_data() -> str:
 
 
 def study_config(args: argparse.Namespace, arm: str, seed: int, budget_s: float, folder: Path) -> StudyConfig:
+    """One arm's study: ``--config``'s space, data, recipe and latency target (or the flags' own), full budget ``--epochs``."""
     sampler, pruner = ARMS[arm]
-    data: dict[str, object] = {"name": args.data}
-    if args.max_train_samples:
-        data["max_train_samples"] = args.max_train_samples
-    if args.max_val_samples:
-        data["max_val_samples"] = args.max_val_samples
     name = f"mf-{arm.replace('+', '-')}-s{seed}"
-    return parse(
-        StudyConfig,
-        {
-            "name": name,
+    if args.config:
+        base = load_study_config(args.config).to_dict()
+        base["train"] = {**base["train"], "epochs": args.epochs}
+    else:
+        data: dict[str, object] = {"name": args.data}
+        if args.max_train_samples:
+            data["max_train_samples"] = args.max_train_samples
+        if args.max_val_samples:
+            data["max_val_samples"] = args.max_val_samples
+        base = {
             "space": args.space,
             "data": data,
             "train": {"epochs": args.epochs, "batch_size": args.batch_size, "threads": 1},
             "latency": {"threads": 1, "time_cap_s": 0.2, "min_repeats": 10, "warmup": 3},
+        }
+    return parse(
+        StudyConfig,
+        {
+            **base,
+            "name": name,
             "sampler": sampler,
             "pruner": pruner,
             "pruning": {"min_epochs": args.min_epochs, "reduction_factor": args.eta} if pruner == "pareto_asha" else {},
             "seed": seed,
             "n_trials": 100_000,
             "timeout_s": budget_s,
+            "baselines": [],
             "storage": str(folder / f"{name}.journal"),
             "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
             "runs_dir": str(folder / "runs"),
@@ -226,6 +236,10 @@ def write_results(args: argparse.Namespace, runs: list[Run], reference_run: Run,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config",
+        help="take space, data, training recipe and latency target from this study YAML (e.g. configs/default.yaml)",
+    )
     parser.add_argument("--data", help="dataset name (default fashion_mnist when present, else digits)")
     parser.add_argument("--max-train-samples", type=int, default=6000)
     parser.add_argument("--max-val-samples", type=int, default=2000)
@@ -243,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv if argv is not None else sys.argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("optuna").setLevel(logging.WARNING)
+    if args.config:
+        config = load_study_config(args.config)
+        args.data, args.space = config.data.name, config.space
+        args.max_train_samples, args.max_val_samples = config.data.max_train_samples, config.data.max_val_samples
+        args.batch_size = config.train.batch_size
     args.data = args.data or default_data()
     args.reference_s = args.reference_s or 4 * args.budget_s
     start = time.monotonic()
