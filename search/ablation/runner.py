@@ -1,7 +1,7 @@
 """Run an ablation: every variant × seed as one cell of an Optuna grid study, then the report.
 
 The study, its storage, the MLflow parent/child runs, the per-trial pipeline and the
-study-wide trial loop are the search's own (:func:`open_study`, :class:`Objective`,
+study-wide trial loop are the search's own (:func:`open_study_for_run`, :class:`Objective`,
 :func:`optimize_until_done`); an ablation only changes where each trial's architecture
 and seed come from. The trial parameters ``variant`` and ``seed`` name the cell, and
 Optuna's ``GridSampler`` hands each new trial a cell nobody has finished or started, so
@@ -22,7 +22,6 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten
-from blocknas.search.data import load_data_for
 from blocknas.search.study import (
     DEFINITION_ATTR,
     FAIL_REASON_ATTR,
@@ -32,20 +31,14 @@ from blocknas.search.study import (
     PLAN_ATTR,
     Objective,
     StudyConfig,
-    open_study,
+    open_study_for_run,
     optimize_until_done,
     trial_counts,
 )
 from blocknas.search.tracking import (
     StudyTracker,
-    check_tracking_store,
-    complete_setup,
-    fail_abandoned_trials,
     mask_config,
     mask_url,
-    masked_yaml,
-    open_storage,
-    resolve_tracking_uri,
     retried_trials,
     wait_for_user_attr,
 )
@@ -127,39 +120,29 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     base = config.base_arch()
     build_variants(config, base)  # every factor and level checked before anything is written
     study_config = _study_config(config)
-    # Tracking store, data and storage are checked before the study, a run or a file is made; the
-    # storage last, since opening a journal file creates it.
-    tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
-    check_tracking_store(tracking_uri)
-    data = load_data_for(
-        config.data, input_size=tuple(base.input_size), in_chans=base.in_chans, num_classes=base.num_classes,
-        what="the base architecture", path="base", source=config.source,
-    )  # fmt: skip
-    storage = open_storage(study_config.storage_url, heartbeat_interval=study_config.heartbeat_interval_s)
-    study, created = open_study(study_config, storage=storage)
-    _check_definition(study, config, base, created)
-    tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
+    run = open_study_for_run(study_config, networks=base, what="the base architecture", path="base")
+    study = run.study
+    _check_definition(study, config, base, run.created)
 
-    def set_up() -> None:  # once across workers; each step skips what a worker that died had done
-        parent = tracker.ensure_parent(study, params=flatten(mask_config(config.to_dict())))
-        tracker.log(parent, tags={"blocknas.kind": "ablation"})
-        if not tracker.has_artifact(parent, "ablation.yaml"):
-            tracker.log_text(parent, masked_yaml(config.to_dict()), "ablation.yaml")
+    def set_up() -> None:
         if study.user_attrs.get(PLAN_ATTR) is None:
             _store_plan(study, config, base)
 
-    complete_setup(study, storage, set_up)
-    parent = tracker.ensure_parent(study, params={})  # stored by now: only reopened
+    tracker, parent = run.start_tracking(
+        config,
+        params=flatten(mask_config(config.to_dict())),
+        config_file="ablation.yaml",
+        tags={"blocknas.kind": "ablation"},
+        set_up=set_up,
+    )
     plan = plan_from_json(study.user_attrs[PLAN_ATTR])
     trained = {v.name: v for v in plan if v.trained}
     # the grid is shuffled by its seed: every worker and resume must use the same one to agree on cell ids
     study.sampler = optuna.samplers.GridSampler(
         {VARIANT_PARAM: list(trained), SEED_PARAM: list(config.seed_list)}, seed=0
     )
-    fail_abandoned_trials(study)
-    tracker.close_orphans(study)
     objective = AblationObjective(
-        study_config, None, data, tracker, parent, progress=progress, variants=trained, seeds=config.seed_list
+        study_config, None, run.data, tracker, parent, progress=progress, variants=trained, seeds=config.seed_list
     )
     cells = {(name, seed) for name in trained for seed in config.seed_list}
     _run_cells(study, objective, cells, timeout_s=config.timeout_s, progress=progress)

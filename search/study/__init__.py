@@ -17,6 +17,7 @@ from . import (
     runner,
     screened,
     screening,
+    start,
     workers,
 )
 from .attrs import *  # noqa: F403
@@ -30,6 +31,7 @@ from .retry import *  # noqa: F403
 from .runner import *  # noqa: F403
 from .screened import *  # noqa: F403
 from .screening import *  # noqa: F403
+from .start import *  # noqa: F403
 from .workers import *  # noqa: F403
 
 __all__ = [
@@ -44,5 +46,6 @@ __all__ = [
     *runner.__all__,
     *screened.__all__,
     *screening.__all__,
+    *start.__all__,
     *workers.__all__,
 ]

@@ -4,31 +4,23 @@ the study-wide total is reached, then export the Pareto front."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
-from blocknas.search.data import load_data_for
 from blocknas.search.tracking import (
     StudyTracker,
-    check_tracking_store,
-    complete_setup,
     fail_abandoned_trials,
     mask_config,
     mask_url,
-    masked_yaml,
-    open_storage,
-    resolve_tracking_uri,
     retried_trials,
 )
 from blocknas.spaces import SearchSpace
@@ -40,13 +32,13 @@ from .objective import Objective
 from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
 from .screened import ScreenedObjective
 from .screening import trial_counts_toward_total
+from .start import open_study_for_run
 
-__all__ = ["SearchResult", "open_study", "optimize_until_done", "run_search", "trial_counts"]
+__all__ = ["SearchResult", "optimize_until_done", "run_search", "trial_counts"]
 
 log = logging.getLogger(__name__)
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-METRIC_NAMES = {"multi": ["accuracy", "latency_ms"], "accuracy": ["accuracy"]}
 
 
 @dataclass(frozen=True)
@@ -61,91 +53,12 @@ class SearchResult:
     export_folder: Path
 
 
-def _sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)))
-
-
-def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """Optuna's pruner for a single-objective study; a multi-objective one has none (Optuna cannot
-    prune those: ``pareto_asha`` is run by the objective itself, see :mod:`.pruning`)."""
-    if config.objective == "multi" or config.pruner in ("none", "pareto_asha"):
-        return optuna.pruners.NopPruner()
-    if config.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.train.epochs)
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-
-
-def open_study(config: StudyConfig, *, storage: BaseStorage | None = None) -> tuple[optuna.Study, bool]:
-    """Create the study, or load it if it exists; returns ``(study, created_here)``.
-
-    Creation is atomic in Optuna's storage, so among many workers exactly one creates it.
-    That worker samples with ``config.seed``; the others add their pid so they don't
-    propose identical trials. ``storage`` is ``config``'s, already opened (else it is opened here).
-    """
-    storage = storage or open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
-    directions: list[Literal["minimize", "maximize"]] = (
-        ["maximize", "minimize"] if config.objective == "multi" else ["maximize"]
-    )
-    try:
-        study = optuna.create_study(
-            study_name=config.name,
-            storage=storage,
-            directions=directions,
-            sampler=_sampler(config, config.seed),
-            pruner=_pruner(config),
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(METRIC_NAMES[config.objective])
-        return study, True
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(
-            study_name=config.name,
-            storage=storage,
-            sampler=_sampler(config, config.seed + os.getpid()),
-            pruner=_pruner(config),
-        )
-    found = [d.name.lower() for d in study.directions]
-    if found != directions:
-        raise ConfigError(
-            f"study {config.name!r} in {mask_url(config.storage_url)} has directions {found}, but objective "
-            f"{config.objective!r} needs {directions}; use another study name",
-            path="objective",
-            source=config.source,
-        )
-    return study, False
-
-
 def _enqueue_baselines(study: optuna.Study, baselines: dict[str, ArchConfig]) -> None:
     """Queue a trial for each baseline the study has none for (a set-up step: may be half done)."""
     queued = {t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)}
     for name, arch in baselines.items():
         if name not in queued:
             study.enqueue_trial({}, user_attrs={BASELINE_ATTR: name, ARCH_ATTR: arch.to_dict()})
-
-
-def _set_up(
-    study: optuna.Study,
-    storage: BaseStorage,
-    config: StudyConfig,
-    tracker: StudyTracker,
-    space: SearchSpace,
-    baselines: dict[str, ArchConfig],
-) -> str:
-    """Complete the study's set-up once across workers (parent run, baselines, ``study.yaml``); the parent run id."""
-
-    def set_up() -> None:
-        parent = tracker.ensure_parent(study, params=_study_params(config, space))
-        _enqueue_baselines(study, baselines)
-        if not tracker.has_artifact(parent, "study.yaml"):
-            tracker.log_text(parent, masked_yaml(config.to_dict()), "study.yaml")
-
-    complete_setup(study, storage, set_up)
-    return tracker.ensure_parent(study, params={})  # stored by now: only reopened
 
 
 def _load_baselines(config: StudyConfig, space: SearchSpace) -> dict[str, ArchConfig]:
@@ -195,21 +108,17 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     """
     space = SearchSpace.load(config.space_path())
     baselines = _load_baselines(config, space)
-    # Tracking store, data and storage are checked before the study, a run or a file is made; the
-    # storage last, since opening a journal file creates it.
-    tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
-    check_tracking_store(tracking_uri)
-    data = load_data_for(
-        config.data, input_size=tuple(space.input_size), in_chans=space.in_chans, num_classes=space.num_classes,
-        what="the space", path="space", source=config.source,
-    )  # fmt: skip
-    storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
-    study, created = open_study(config, storage=storage)
-    param_names = check_search_definition(study, config, space, created=created, allow_changed=allow_changed_definition)
-    tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
-    parent = _set_up(study, storage, config, tracker, space, baselines)
-    fail_abandoned_trials(study)
-    tracker.close_orphans(study)
+    run = open_study_for_run(config, networks=space, what="the space", path="space")
+    study = run.study
+    param_names = check_search_definition(
+        study, config, space, created=run.created, allow_changed=allow_changed_definition
+    )
+    tracker, parent = run.start_tracking(
+        config,
+        params=_study_params(config, space),
+        config_file="study.yaml",
+        set_up=lambda: _enqueue_baselines(study, baselines),
+    )
     predictor = None
     if config.latency.mode == "predicted":
         from blocknas.search.latency import LatencyPredictor
@@ -224,7 +133,7 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
         )
     kind = Objective if config.screen is None else ScreenedObjective
     objective = kind(
-        config, space, data, tracker, parent, predictor=predictor, progress=progress, param_names=param_names
+        config, space, run.data, tracker, parent, predictor=predictor, progress=progress, param_names=param_names
     )
     optimize_until_done(study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress)
     return _finish(study, config, tracker, parent)

@@ -1,0 +1,168 @@
+"""Opening a study for a run, as a search and an ablation both do: check the stores and the data,
+open (or create) the Optuna study, then complete its MLflow set-up once across workers."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import optuna
+from optuna.storages import BaseStorage
+
+from blocknas.blocks import ArchConfig, ConfigError
+from blocknas.search.data import DataSplit, load_data_for
+from blocknas.search.tracking import (
+    StudyTracker,
+    check_tracking_store,
+    complete_setup,
+    fail_abandoned_trials,
+    mask_url,
+    masked_yaml,
+    open_storage,
+    resolve_tracking_uri,
+)
+from blocknas.spaces import SearchSpace
+
+from .config import StudyBase, StudyConfig
+
+__all__ = ["StudyRun", "open_study", "open_study_for_run"]
+
+METRIC_NAMES = {"multi": ["accuracy", "latency_ms"], "accuracy": ["accuracy"]}
+
+
+def _sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)))
+
+
+def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for a single-objective study; a multi-objective one has none (Optuna cannot
+    prune those: ``pareto_asha`` is run by the objective itself, see :mod:`.pruning`)."""
+    if config.objective == "multi" or config.pruner in ("none", "pareto_asha"):
+        return optuna.pruners.NopPruner()
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.train.epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def open_study(config: StudyConfig, *, storage: BaseStorage | None = None) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it if it exists; returns ``(study, created_here)``.
+
+    Creation is atomic in Optuna's storage, so among many workers exactly one creates it.
+    That worker samples with ``config.seed``; the others add their pid so they don't
+    propose identical trials. ``storage`` is ``config``'s, already opened (else it is opened here).
+    """
+    storage = storage or open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
+    directions: list[Literal["minimize", "maximize"]] = (
+        ["maximize", "minimize"] if config.objective == "multi" else ["maximize"]
+    )
+    try:
+        study = optuna.create_study(
+            study_name=config.name,
+            storage=storage,
+            directions=directions,
+            sampler=_sampler(config, config.seed),
+            pruner=_pruner(config),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES[config.objective])
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(
+            study_name=config.name,
+            storage=storage,
+            sampler=_sampler(config, config.seed + os.getpid()),
+            pruner=_pruner(config),
+        )
+    found = [d.name.lower() for d in study.directions]
+    if found != directions:
+        raise ConfigError(
+            f"study {config.name!r} in {mask_url(config.storage_url)} has directions {found}, but objective "
+            f"{config.objective!r} needs {directions}; use another study name",
+            path="objective",
+            source=config.source,
+        )
+    return study, False
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """A study opened for a run, with its storage, the MLflow store its runs go to and its data.
+
+    Attributes:
+        study: The Optuna study.
+        storage: Its storage, opened once for the study and the set-up claim.
+        created: Whether this worker created the study.
+        tracking_uri: The checked MLflow tracking store.
+        data: The dataset, checked against the networks the run builds.
+    """
+
+    study: optuna.Study
+    storage: BaseStorage
+    created: bool
+    tracking_uri: str
+    data: DataSplit
+
+    def start_tracking(
+        self,
+        config: StudyBase,
+        *,
+        params: Mapping[str, object],
+        config_file: str,
+        tags: Mapping[str, str] | None = None,
+        set_up: Callable[[], None] = lambda: None,
+    ) -> tuple[StudyTracker, str]:
+        """Complete the study's set-up once across workers, then recover what dead workers left.
+
+        The set-up steps are the parent run (with ``params`` and ``tags``), ``config`` logged on
+        it as ``config_file`` (masked) and the caller's own ``set_up``; each skips what a worker
+        that died had done. Then trials whose workers are gone are failed and their runs closed.
+
+        Returns:
+            ``(tracker, parent run id)``.
+        """
+        study = self.study
+        tracker = StudyTracker(self.tracking_uri, config.name, runs_dir=config.runs_dir)
+
+        def steps() -> None:
+            parent = tracker.ensure_parent(study, params=params)
+            if tags:
+                tracker.log(parent, tags=tags)
+            if not tracker.has_artifact(parent, config_file):
+                tracker.log_text(parent, masked_yaml(config.to_dict()), config_file)
+            set_up()
+
+        complete_setup(study, self.storage, steps)
+        parent = tracker.ensure_parent(study, params={})  # stored by now: only reopened
+        fail_abandoned_trials(study)
+        tracker.close_orphans(study)
+        return tracker, parent
+
+
+def open_study_for_run(config: StudyConfig, *, networks: SearchSpace | ArchConfig, what: str, path: str) -> StudyRun:
+    """Check the tracking store and the data, then open (or create) the study.
+
+    Everything is checked before a study, a run or a file is made; the storage last, since
+    opening a journal file creates it.
+
+    Args:
+        config: The study's settings.
+        networks: What the run builds networks from (their input size, channels and classes).
+        what, path: The networks' origin and its config key path, for a dataset that does not fit.
+    """
+    tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+    check_tracking_store(tracking_uri)
+    data = load_data_for(
+        config.data, input_size=tuple(networks.input_size), in_chans=networks.in_chans,
+        num_classes=networks.num_classes, what=what, path=path, source=config.source,
+    )  # fmt: skip
+    storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
+    study, created = open_study(config, storage=storage)
+    return StudyRun(study, storage, created, tracking_uri, data)
