@@ -12,6 +12,7 @@ time; the hypervolume of (accuracy ↑, latency ↓) over wall time, one referen
 
     python benchmarks/proxies.py --config configs/default.yaml                       # full: ~hours
     python benchmarks/proxies.py --n-archs 4 --seeds 1 --budget-s 30                 # smoke
+    python benchmarks/proxies.py --part correlation; python benchmarks/proxies.py --part search   # in turn
 
 Results: ``benchmarks/results/proxies.md`` (and ``.json``).
 """
@@ -134,10 +135,23 @@ def search_part(config: StudyConfig, seeds: int, budget_s: float) -> dict:
         r["hv_final"] = hypervolume_2d([(a, lat) for _, a, lat in points], reference)
         half = [(a, lat) for t, a, lat in points if t <= budget_s / 2]
         r["hv_half"] = hypervolume_2d(half, reference)
+    for r in runs:  # seconds until the run's front first reaches the same seed's unscreened final hypervolume
+        plain = next(o for o in runs if o["seed"] == r["seed"] and o["arm"] == "off")
+        r["t_to_plain_final"] = time_to(r["points"], plain["hv_final"], reference)
     return {"budget_s": budget_s, "reference": reference, "runs": runs}
 
 
-def markdown(corr: dict, search: dict, config: StudyConfig, note: str) -> str:
+def time_to(points: list, target: float, reference: tuple[float, float]) -> float | None:
+    """Seconds until the hypervolume of ``points`` (time, accuracy, latency) first reaches ``target``."""
+    reached = []
+    for t, acc, lat in sorted(points):
+        reached.append((acc, lat))
+        if target > 0 and hypervolume_2d(reached, reference) >= target:
+            return float(t)
+    return None
+
+
+def markdown(corr: dict, search: dict | None, config: StudyConfig, note: str) -> str:
     lines = [
         "# Zero-cost proxies\n",
         f"`python benchmarks/proxies.py` on `{config.source}` (space `{config.space}`, data `{config.data.name}`), "
@@ -156,16 +170,19 @@ def markdown(corr: dict, search: dict, config: StudyConfig, note: str) -> str:
             f"{lo['tau']:+.3f} | {lo['tau_p']:.2g} | {lo['rho']:+.3f} | {lo['rho_p']:.2g} | "
             f"{e['ms_median']:.0f} | {e['ms_max']:.0f} |"
         )
+    if search is None:
+        return "\n".join([*lines, "\n## Search gain\n", "Not run yet (`--part search`)."]) + "\n"
     lines += [
         f"\n## Search gain: screening `auto`, K=4, vs off ({search['budget_s']:.0f} s per run, arms alternated)\n",
         f"Hypervolume of (accuracy, latency) against the reference {tuple(round(v, 4) for v in search['reference'])}.\n",
-        "| seed | arm | trained | screened out | HV at half budget | HV at budget |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| seed | arm | trained | screened out | HV at half budget | HV at budget | s to the unscreened final HV |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in search["runs"]:
+        reached = "not reached" if r["t_to_plain_final"] is None else f"{r['t_to_plain_final']:.0f}"
         lines.append(
             f"| {r['seed']} | {r['arm']} | {r['trained']} | {r['screened_out']} | {r['hv_half']:.4g} | "
-            f"{r['hv_final']:.4g} |"
+            f"{r['hv_final']:.4g} | {reached} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -179,14 +196,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0)
     parser.add_argument("--out", default=str(RESULTS / "proxies.md"))
     parser.add_argument("--note", default="", help="a line about the setup, written into the results")
+    parser.add_argument(
+        "--part", choices=("correlation", "search", "all"), default="all",
+        help="run one part only; the other part's results are kept from the JSON file beside --out",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     config = load_study_config(args.config)
-    corr = correlation_part(config, args.n_archs, args.factor, seed=1)
-    search = search_part(config, args.seeds, args.budget_s)
+    torch.set_num_threads(1)  # proxy costs are per network on one thread, as the study's training runs
     out = Path(args.out)
+    store = out.with_suffix(".json")
+    results = json.loads(store.read_text()) if store.exists() and args.part != "all" else {}
+    if args.part in ("correlation", "all"):
+        results["correlation"] = correlation_part(config, args.n_archs, args.factor, seed=1)
+        results["note"] = args.note
+    if args.part in ("search", "all"):
+        results["search"] = search_part(config, args.seeds, args.budget_s)
+    if "correlation" not in results:
+        parser.error(f"{store} holds no correlation results yet: run --part correlation first")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(corr, search, config, args.note))
-    out.with_suffix(".json").write_text(json.dumps({"correlation": corr, "search": search}, indent=1))
+    store.write_text(json.dumps(results, indent=1))
+    out.write_text(markdown(results["correlation"], results.get("search"), config, results.get("note", args.note)))
     print(f"wrote {out}")
     return 0
 
