@@ -1,11 +1,13 @@
-"""Shared test fixtures: small thread counts, isolated working directories, service checks."""
+"""Shared test fixtures: small thread counts, isolated working directories, service checks, quick configs."""
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +15,22 @@ import torch
 from blocknas.blocks import registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def quick_run(**overrides: Any) -> dict[str, Any]:
+    """Data, training and latency settings (as a config YAML reads) under which a trial takes seconds:
+    one epoch on 64 synthetic samples, latency timed for 0.05 s. A fresh copy; ``overrides`` replace keys."""
+    settings = {
+        "data": {"name": "synthetic", "num_samples": 64},
+        "train": {"epochs": 1, "batch_size": 64},
+        "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
+    }
+    return copy.deepcopy({**settings, **overrides})
+
+
+def quick_study(name: str, **overrides: Any) -> dict[str, Any]:
+    """A one-trial random-search study on the tiny space, with :func:`quick_run`'s settings."""
+    return quick_run(**{"name": name, "space": "tiny", "sampler": "random", "n_trials": 1, **overrides})
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -8,6 +8,8 @@ exit status 2, no traceback, and nothing written (no ``runs/``, no ``mlflow.db``
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,25 +21,12 @@ from PIL import Image
 
 from blocknas.search.cli import main
 
-STUDY: dict[str, Any] = {
-    "name": "bad",
-    "space": "tiny",
-    "data": {"name": "synthetic", "num_samples": 64},
-    "train": {"epochs": 1, "batch_size": 64},
-    "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
-    "sampler": "random",
-    "n_trials": 1,
-}
-ABLATION: dict[str, Any] = {
-    "name": "badab",
-    "base": "blocknet_separable",
-    "factors": {"block": {"levels": ["standard", "separable"]}},
-    "seeds": 1,
-    "data": {"name": "synthetic", "num_samples": 64},
-    "train": {"epochs": 1, "batch_size": 64},
-    "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
-}
+from .conftest import REPO_ROOT, quick_run, quick_study
 
+STUDY = quick_study("bad")
+ABLATION = quick_run(
+    name="badab", base="blocknet_separable", factors={"block": {"levels": ["standard", "separable"]}}, seeds=1
+)
 
 Builder = Callable[[Path], list[str]]  # writes the case's files into the empty working directory, returns argv
 
@@ -190,3 +179,35 @@ def test_broken_input_is_one_paragraph_and_exit_2(
     assert len(message) == 1 and expected in message[0], err
     assert "pw@" not in err
     assert _written(in_tmp_dir, before) == []
+
+
+@pytest.mark.parametrize(
+    ("script", "config", "expected"),
+    [
+        (
+            "search.py",
+            {"name": "x", "space": "tiny", "sampler": "grid-ish"},
+            "bad.yaml: sampler: 'grid-ish' is not one of",
+        ),
+        (
+            "ablate.py",
+            {**ABLATION, "factors": {"kernel": {"levels": [3, 5]}}},
+            "bad.yaml: factors.kernel: unknown factor 'kernel'",
+        ),
+    ],
+)
+def test_script_with_a_bad_config_exits_2_and_writes_nothing(
+    script: str, config: dict[str, Any], expected: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / script), "--config", str(bad)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -20,6 +20,8 @@ from blocknas.search.cli import main
 from blocknas.search.study import SEARCH_DEFINITION_ATTR, definition_diff, param_names_for
 from blocknas.spaces import SearchSpace
 
+from .conftest import quick_study
+
 SPACE: dict[str, Any] = {
     "name": "grow",
     "in_chans": 1,
@@ -39,15 +41,9 @@ SPACE: dict[str, Any] = {
     "head": {"widths": [0]},
 }
 
-CONFIG: dict[str, Any] = {
-    "name": "grow",
-    "space": "space.yaml",
-    "data": {"name": "synthetic", "num_samples": 64, "num_classes": 4},
-    "train": {"epochs": 1, "batch_size": 64},
-    "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
-    "sampler": "random",
-    "n_trials": 2,
-}
+CONFIG = quick_study(
+    "grow", space="space.yaml", data={"name": "synthetic", "num_samples": 64, "num_classes": 4}, n_trials=2
+)
 
 
 def _grow(space: dict[str, Any], knob: str) -> None:

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from blocknas.search.study import ARCH_ATTR, DUPLICATE_OF_ATTR, TRAINING_KEY_ATTR
 from blocknas.search.tracking import RUN_ID_ATTR
 
-from .test_definition import SPACE
+from .test_definition import CONFIG, SPACE
 
 TWO = {**SPACE, "stages": [{**SPACE["stages"][0], "blocks": ["standard"]}]}  # widths 8 | 16: 2 architectures
 
@@ -60,19 +60,7 @@ def _trained_once(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
 def test_two_workers_never_train_one_architecture_twice(tmp_path: Path) -> None:
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(TWO))
     config = tmp_path / "dup.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "dup",
-                "space": "space.yaml",
-                "data": {"name": "synthetic", "num_samples": 64, "num_classes": 4},
-                "train": {"epochs": 1, "batch_size": 64},
-                "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
-                "sampler": "random",
-                "n_trials": 6,
-            }
-        )
-    )
+    config.write_text(yaml.safe_dump({**CONFIG, "name": "dup", "n_trials": 6}))  # the definition test's study
     _workers(config, 2)
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "runs/optuna.journal")))
     trials = optuna.load_study(study_name="dup", storage=storage).get_trials()

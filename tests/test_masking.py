@@ -14,7 +14,6 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 import optuna
@@ -25,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from blocknas.search.cli import main
 from blocknas.search.tracking import mask_config, mask_log_records, mask_url, masked_yaml, open_storage
 
-from .conftest import require_service
+from .conftest import quick_run, quick_study, require_service
 
 # -- the masking function ---------------------------------------------------------------
 
@@ -147,16 +146,7 @@ def test_log_records_are_masked_once_formatted(caplog: pytest.LogCaptureFixture)
 def study_yaml(in_tmp_dir: Path) -> Path:
     """A one-trial, one-epoch study on synthetic 16×16 data, unique per test (it may land in PostgreSQL)."""
     path = in_tmp_dir / "leak.yaml"
-    config = {
-        "name": f"leak-{uuid.uuid4().hex[:8]}",
-        "space": "tiny",
-        "data": {"name": "synthetic", "num_samples": 64},
-        "train": {"epochs": 1, "batch_size": 64},
-        "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
-        "sampler": "random",
-        "n_trials": 1,
-    }
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(quick_study(f"leak-{uuid.uuid4().hex[:8]}")))
     return path
 
 
@@ -271,20 +261,17 @@ def test_ablation_leaks_no_password(in_tmp_dir: Path, scan: Scan) -> None:
     require_service("PostgreSQL", "127.0.0.1", 5432)
     name = f"leak-abl-{uuid.uuid4().hex[:8]}"
     storage = f"postgresql://postgres:AblLeak94@{PG}/test"
-    config: dict[str, Any] = {
-        "name": name,
-        "base": {
+    config = quick_run(
+        name=name,
+        base={
             "stem": {"out_chs": 8},
             "stages": [{"block": "standard", "out_chs": 8, "stride": 2}],
             "input_size": [8, 8],
         },
-        "factors": {"block": {"levels": ["standard", "separable"]}},
-        "seeds": 1,
-        "data": {"name": "synthetic", "num_samples": 64},
-        "train": {"epochs": 1, "batch_size": 64},
-        "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
-        "match": "params",
-    }
+        factors={"block": {"levels": ["standard", "separable"]}},
+        seeds=1,
+        match="params",
+    )
     path = in_tmp_dir / "abl.yaml"
     path.write_text(yaml.safe_dump(config))
     try:
