@@ -77,66 +77,56 @@ class TablePart:
     build: Callable[[], nn.Module]
 
 
-def _stem_part(arch: ArchConfig) -> TablePart:
-    stem = arch.stem
-    fields = dict(
-        kind="stem",
-        in_chs=arch.in_chans,
-        out_chs=stem.out_chs,
-        kernel_size=stem.kernel_size,
-        stride=stem.stride,
-        in_hw=list(arch.input_size),
+def _part(
+    arch: ArchConfig,
+    kind: str,
+    input_shape: tuple[int, ...],
+    output_shape: tuple[int, ...],
+    build: Callable[[], nn.Module],
+    **fields: Any,
+) -> TablePart:
+    """A part of ``arch`` keyed by its kind, input channels and size, ``arch``'s activation and norm, and ``fields``."""
+    key = dict(
+        kind=kind,
+        in_chs=input_shape[0],
+        in_hw=list(input_shape[1:]),
         act_layer=arch.act_layer,
         norm_layer=arch.norm_layer,
+        **fields,
     )
+    return TablePart(key, input_shape, output_shape, build)
 
-    def build() -> nn.Module:
-        return build_stem(arch.in_chans, stem, act_layer=arch.act_layer, norm_layer=arch.norm_layer)
 
-    return TablePart(fields, (arch.in_chans, *arch.input_size), (stem.out_chs, *arch.stem_hw), build)
+def _stem_part(arch: ArchConfig) -> TablePart:
+    stem = arch.stem
+    return _part(
+        arch, "stem", (arch.in_chans, *arch.input_size), (stem.out_chs, *arch.stem_hw),
+        lambda: build_stem(arch.in_chans, stem, act_layer=arch.act_layer, norm_layer=arch.norm_layer),
+        out_chs=stem.out_chs, kernel_size=stem.kernel_size, stride=stem.stride,
+    )  # fmt: skip
 
 
 def _block_part(arch: ArchConfig, spec: BlockSpec) -> TablePart:
     k = spec.knobs
-    fields = dict(
-        kind="block",
-        block=spec.block,
-        in_chs=spec.in_chs,
-        out_chs=spec.out_chs,
-        kernel_size=k.kernel_size,
-        stride=k.stride,
-        expand_ratio=k.expand_ratio,
-        se_ratio=k.se_ratio,
-        mid_norm_act=k.mid_norm_act,
-        skip=spec.skip,
-        in_hw=list(spec.in_hw),
-        act_layer=arch.act_layer,
-        norm_layer=arch.norm_layer,
-    )
-
-    def build() -> nn.Module:
-        return build_block(spec, arch.act_layer, arch.norm_layer)
-
-    return TablePart(fields, (spec.in_chs, *spec.in_hw), (spec.out_chs, *spec.out_hw), build)
+    return _part(
+        arch, "block", (spec.in_chs, *spec.in_hw), (spec.out_chs, *spec.out_hw),
+        lambda: build_block(spec, arch.act_layer, arch.norm_layer),
+        block=spec.block, out_chs=spec.out_chs, kernel_size=k.kernel_size, stride=k.stride,
+        expand_ratio=k.expand_ratio, se_ratio=k.se_ratio, mid_norm_act=k.mid_norm_act, skip=spec.skip,
+    )  # fmt: skip
 
 
 def _head_part(arch: ArchConfig) -> TablePart:
     last_chs, last_hw = arch.stages[-1].out_chs, arch.block_specs()[-1].out_hw
-    fields = dict(
-        kind="head",
-        in_chs=last_chs,
-        num_features=arch.head.num_features,
-        num_classes=arch.num_classes,
-        in_hw=list(last_hw),
-        act_layer=arch.act_layer,
-        norm_layer=arch.norm_layer,
-    )
 
     def build() -> nn.Module:
         head = build_head(last_chs, arch.head, arch.num_classes, act_layer=arch.act_layer, norm_layer=arch.norm_layer)
         return nn.Sequential(*head)
 
-    return TablePart(fields, (last_chs, *last_hw), (arch.num_classes or arch.num_features,), build)
+    return _part(
+        arch, "head", (last_chs, *last_hw), (arch.num_classes or arch.num_features,), build,
+        num_features=arch.head.num_features, num_classes=arch.num_classes,
+    )  # fmt: skip
 
 
 def overhead_part(shape: tuple[int, ...]) -> TablePart:
