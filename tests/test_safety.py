@@ -617,6 +617,24 @@ def test_a_set_up_claimed_on_another_host_is_waited_for_up_to_a_bound(tmp_path: 
     assert [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)] == ["s"]
 
 
+def test_claims_left_by_a_worker_killed_after_set_up_are_deleted_by_the_next(tmp_path: Path) -> None:
+    """Killed between marking set-up complete and deleting its claims, a worker leaves them in the storage."""
+    from blocknas.search.tracking import SETUP_COMPLETE_ATTR, complete_setup
+    from blocknas.search.tracking.claims import CLAIM_OWNER_ATTR, claim_name
+
+    storage = open_storage(str(tmp_path / "optuna.journal"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    optuna.create_study(study_name="other", storage=storage)
+    optuna.create_study(study_name=claim_name("other", 0), storage=storage)  # another study's, still needed
+    for generation in (1, 2):  # claim 0 deleted, 1 and 2 not: the release loop was cut short
+        claim = optuna.create_study(study_name=claim_name("s", generation), storage=storage)
+        claim.set_user_attr(CLAIM_OWNER_ATTR, "some-other-host:123")
+    study.set_user_attr(SETUP_COMPLETE_ATTR, True)
+    assert complete_setup(study, storage, lambda: pytest.fail("set-up is complete")) is False
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    assert names == ["other", claim_name("other", 0), "s"]
+
+
 def test_a_figure_being_uploaded_is_never_rewritten_under_its_reader(tmp_path: Path) -> None:
     """Two workers finishing a study at once both write ``pareto.png``; one may be uploading it meanwhile."""
     from blocknas.search.figures import pyplot, save_figure

@@ -17,7 +17,9 @@ whose signer is a dead process of this host is superseded by creating claim ``n 
 atomically, so two workers that both find it dead cannot both take over. Whether a process
 on another host lives cannot be seen from here: such a claim is waited for up to
 ``$BLOCKNAS_SETUP_WAIT_S`` seconds (default 1800), then the error says how to release it.
-The claims are deleted once set-up is complete.
+The claims are deleted once set-up is complete, and a worker that finds set-up complete deletes
+any claim still left: one killed between marking set-up complete and deleting its claims leaves
+them behind, and they would otherwise stay in ``optuna studies`` for good.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def complete_setup(
                 )
             )
         time.sleep(poll_s)
+    _release_leftovers(storage, study.study_name)
     return False
 
 
@@ -134,6 +137,16 @@ def _release(storage: BaseStorage, study_name: str, generation: int) -> None:
     for n in range(generation + 1):
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=claim_name(study_name, n), storage=storage)
+
+
+def _release_leftovers(storage: BaseStorage, study_name: str) -> None:
+    """Delete the claims of a study whose set-up is complete (a worker killed before releasing them leaves some)."""
+    prefix = claim_name(study_name, 0)[:-1]
+    for name in optuna.get_all_study_names(storage):
+        if name.startswith(prefix) and name[len(prefix) :].isdigit():
+            log.info("deleting claim %s left by a worker that finished setting up study %s", name, study_name)
+            with contextlib.suppress(KeyError):
+                optuna.delete_study(study_name=name, storage=storage)
 
 
 def _local_pid(worker: str) -> int | None:
