@@ -30,6 +30,7 @@ from blocknas.search.cli import main
 from blocknas.search.data import load_data
 from blocknas.search.latency import LatencyTarget
 from blocknas.search.training import (
+    AugmentConfig,
     CheckpointError,
     FullTrainConfig,
     RandomCropFlip,
@@ -194,6 +195,16 @@ def test_random_crop_flip_moves_pixels_without_changing_them() -> None:
     for i in range(2):
         kept = set(out[i].flatten().tolist()) - {0.0}
         assert kept <= set(x[i].flatten().tolist()) and len(kept) >= 9  # a shifted window, zeros at the border
+
+
+@pytest.mark.parametrize(
+    ("dataset", "hflip"),
+    [("cifar10", True), ("fashion_mnist", True), ("imagefolder", True), ("digits", False), ("mnist", False),
+     ("kmnist", False), ("synthetic", False)],
+)  # fmt: skip
+def test_flips_are_on_by_default_only_where_a_mirror_image_keeps_its_class(dataset: str, hflip: bool) -> None:
+    assert RandomCropFlip.create(AugmentConfig(), dataset, seed=0).hflip is hflip
+    assert RandomCropFlip.create(AugmentConfig(hflip=False), dataset, seed=0).hflip is False
 
 
 def test_killed_training_resumes_to_the_same_weights(tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ __all__ = ["RandomCropFlip", "train_full"]
 
 log = logging.getLogger(__name__)
 
-_FLIP_SAFE = ("cifar10", "cifar100", "imagefolder")  # digits and the synthetic patterns are not mirror-symmetric
+# Mirroring keeps the class of a photo or a garment; digits (MNIST, KMNIST's kana, the 8x8 digits) and
+# the synthetic patterns are not mirror-symmetric.
+_FLIP_SAFE = ("cifar10", "cifar100", "imagefolder", "fashion_mnist")
 LAST, BEST = "last", "best"
 
 

@@ -46,8 +46,9 @@ class AugmentConfig:
     Attributes:
         crop_padding: Random crop after zero padding by this many pixels at the network's
             input size (zero is the dataset mean after normalization); 0 disables it.
-        hflip: Random horizontal flip; ``null`` means on for natural images (cifar10,
-            cifar100, imagefolder) and off for digits and synthetic data.
+        hflip: Random horizontal flip; ``null`` means on for natural images and garments
+            (cifar10, cifar100, imagefolder, fashion_mnist) and off for digits (digits, mnist,
+            kmnist) and synthetic data.
     """
 
     crop_padding: int = 4
