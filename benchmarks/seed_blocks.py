@@ -3,7 +3,8 @@
 
 Reads one or more ``cells.csv`` files of a ``block`` ablation per budget match (the
 pilot's and a later run's with other seeds can be combined: cells are keyed by variant
-and seed) and reports, per match, each block against ``standard`` and ``reversed``
+and seed, and the runs must have built the same network for every variant, which each
+run's ``variants.csv`` shows) and reports, per match, each block against ``standard`` and ``reversed``
 against ``separable`` (the seed's own comparison): the mean paired difference, its
 95 % t-interval over seeds, whether the interval excludes 0, and the seed count ``n``
 with ``t_{0.975, n-1} · sd / sqrt(n) <= --half-width`` from the observed spread.
@@ -35,8 +36,31 @@ COMPARISONS = (
 )
 
 
+def check_same_architectures(paths: list[Path]) -> None:
+    """Cells of several runs combine only if each variant is the same network in all of them.
+
+    A latency match is a measurement, so two runs can scale a block to different widths: the
+    ``arch_hash`` in each run's ``variants.csv`` (beside its ``cells.csv``) must agree.
+    """
+    seen: dict[str, tuple[str, Path]] = {}
+    for path in paths:
+        variants = path.with_name("variants.csv")
+        if not variants.exists():
+            raise SystemExit(f"{variants} is missing: cannot check that {path}'s variants are the same networks")
+        with variants.open(newline="") as f:
+            for row in csv.DictReader(f):
+                earlier = seen.setdefault(row["variant"], (row["arch_hash"], path))
+                if earlier[0] != row["arch_hash"]:
+                    raise SystemExit(
+                        f"{row['variant']} is architecture {earlier[0]} in {earlier[1]} but {row['arch_hash']} in "
+                        f"{path} (width × {row['width_multiplier']}): their cells do not combine"
+                    )
+
+
 def read_cells(paths: list[Path]) -> dict[str, dict[int, float]]:
     """Accuracy per block level and seed over every file (a later file's cell replaces an earlier one)."""
+    if len(paths) > 1:
+        check_same_architectures(paths)
     acc: dict[str, dict[int, float]] = defaultdict(dict)
     for path in paths:
         with path.open(newline="") as f:
