@@ -282,6 +282,10 @@ def test_doctor_checks_a_study_and_writes_nothing(in_tmp_dir: Path, capsys: pyte
     assert main(["doctor", "--study-name", "checked", "--storage", f"sqlite:///{missing}"]) == 2
     assert not missing.exists()
 
+    orphan = study.ask()  # its worker was killed between asking for the trial and creating its MLflow run
+    study.tell(orphan, state=optuna.trial.TrialState.FAIL)
+    assert main(["doctor", "--study-name", "checked"]) == 0, "a failed trial that never got a run is consistent"
+    assert "consistent\n" in capsys.readouterr().out
     client.delete_run(study.trials[1].user_attrs[RUN_ID_ATTR])
     assert main(["doctor", "--study-name", "checked"]) == 1
     assert "problem: trial 1 (COMPLETE) has 0 MLflow child runs" in capsys.readouterr().out
