@@ -12,7 +12,9 @@ time; the hypervolume of (accuracy ↑, latency ↓) over wall time, one referen
 
     python benchmarks/proxies.py --config configs/default.yaml                       # full: ~hours
     python benchmarks/proxies.py --n-archs 4 --seeds 1 --budget-s 30                 # smoke
-    python benchmarks/proxies.py --part correlation; python benchmarks/proxies.py --part search   # in turn
+    python benchmarks/proxies.py --part correlation --n-archs 30 --sampler-seed 1 &   # two cores: two halves
+    python benchmarks/proxies.py --part correlation --n-archs 30 --sampler-seed 2
+    python benchmarks/proxies.py --part search; python benchmarks/proxies.py --part table
 
 Results: ``benchmarks/results/proxies.md`` (and ``.json``).
 """
@@ -45,18 +47,28 @@ from blocknas.spaces import SearchSpace
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def correlation_part(config: StudyConfig, n_archs: int, factor: int, seed: int) -> dict:
+def collect_rows(config: StudyConfig, n_archs: int, factor: int, seed: int, rows_file: Path) -> None:
+    """Score and train ``n_archs`` random architectures (sampler seed ``seed``), one JSON line each in ``rows_file``.
+
+    Resumable: the rows of this sampler seed already in the file are kept and their
+    architectures skipped (the sampler's sequence is fixed by its seed). Several processes with
+    different seeds may append to one file; an architecture another one already has is skipped.
+    """
     space = SearchSpace.load(config.space_path())
     data = load_data(config.data, input_size=tuple(space.input_size), in_chans=space.in_chans)
     batch = proxy_batch(data, seed=config.seed)
     sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     limits = config.constraints.active()
-    rows: list[dict] = []
-    while len(rows) < n_archs:
+    mine = sum(1 for r in read_rows(rows_file) if r["sampler_seed"] == seed)
+    accepted = 0
+    while accepted < n_archs:
         arch = space.sample(sampler.ask())
         cost = arch.cost()
         if cost.params > limits.get("params", float("inf")) or cost.macs > limits.get("macs", float("inf")):
             continue
+        accepted += 1
+        if accepted <= mine or arch.short_hash() in {r["arch"] for r in read_rows(rows_file)}:
+            continue  # done before this resume, or by another process
         seed_everything(config.seed)
         model = timm.create_model("blocknet", arch=arch)
         scores = score_proxies(model, batch, list_proxies(), seed=config.seed)
@@ -64,16 +76,37 @@ def correlation_part(config: StudyConfig, n_archs: int, factor: int, seed: int) 
         seed_everything(config.seed)
         longer_cfg = dataclasses.replace(config.train, epochs=config.train.epochs * factor)
         longer = train_briefly(timm.create_model("blocknet", arch=arch), data, longer_cfg, seed=config.seed)
-        rows.append(
-            {
-                "arch": arch.short_hash(),
-                "brief": brief,
-                "longer": longer.val_accuracy,
-                **{f"proxy.{k}": v.value for k, v in scores.items()},
-                **{f"ms.{k}": v.ms for k, v in scores.items()},
-            }
+        row = {
+            "sampler_seed": seed,
+            "arch": arch.short_hash(),
+            "params": cost.params,
+            "brief": brief,
+            "longer": longer.val_accuracy,
+            **{f"proxy.{k}": v.value for k, v in scores.items()},
+            **{f"ms.{k}": v.ms for k, v in scores.items()},
+        }
+        with rows_file.open("a") as f:  # one short line per write: appends from two processes do not interleave
+            f.write(json.dumps(row) + "\n")
+        print(
+            f"seed {seed} arch {accepted}/{n_archs}: brief {brief:.3f}, {factor}x {longer.val_accuracy:.3f}", flush=True
         )
-        print(f"arch {len(rows)}/{n_archs}: brief {brief:.3f}, {factor}x {longer.val_accuracy:.3f}", flush=True)
+
+
+def read_rows(rows_file: Path) -> list[dict]:
+    """The rows in ``rows_file`` (none if it does not exist), the first of each architecture."""
+    if not rows_file.exists():
+        return []
+    rows, seen = [], set()
+    for line in rows_file.read_text().splitlines():
+        row = json.loads(line)
+        if row["arch"] not in seen:
+            seen.add(row["arch"])
+            rows.append(row)
+    return rows
+
+
+def correlation_table(rows: list[dict], factor: int) -> dict:
+    """Each proxy's Kendall τ and Spearman ρ against brief and ``factor``x accuracy, and its cost."""
     table = {}
     for name in list_proxies():
         xs = [r[f"proxy.{name}"] for r in rows]
@@ -85,7 +118,9 @@ def correlation_part(config: StudyConfig, n_archs: int, factor: int, seed: int) 
             rho, rho_p = stats.spearmanr(xs, ys)
             entry[target] = {"tau": float(tau), "tau_p": float(tau_p), "rho": float(rho), "rho_p": float(rho_p)}
         table[name] = entry
-    return {"n": len(rows), "factor": factor, "rows": rows, "proxies": table}
+    brief, longer = [r["brief"] for r in rows], [r["longer"] for r in rows]
+    fidelity = {"tau": float(stats.kendalltau(brief, longer)[0]), "rho": float(stats.spearmanr(brief, longer)[0])}
+    return {"n": len(rows), "factor": factor, "rows": rows, "proxies": table, "brief_vs_longer": fidelity}
 
 
 def search_part(config: StudyConfig, seeds: int, budget_s: float) -> dict:
@@ -170,6 +205,12 @@ def markdown(corr: dict, search: dict | None, config: StudyConfig, note: str) ->
             f"{lo['tau']:+.3f} | {lo['tau_p']:.2g} | {lo['rho']:+.3f} | {lo['rho_p']:.2g} | "
             f"{e['ms_median']:.0f} | {e['ms_max']:.0f} |"
         )
+    fid = corr["brief_vs_longer"]
+    lines.append(
+        f"\nBrief vs {corr['factor']}x accuracy over the same architectures: Kendall τ {fid['tau']:+.3f}, Spearman ρ "
+        f"{fid['rho']:+.3f}. Costs: ms per network on one thread, the proxy's own forward/backward passes on one "
+        "batch of 32 images. Rows: `proxies.rows.jsonl`."
+    )
     if search is None:
         return "\n".join([*lines, "\n## Search gain\n", "Not run yet (`--part search`)."]) + "\n"
     lines += [
@@ -197,25 +238,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "proxies.md"))
     parser.add_argument("--note", default="", help="a line about the setup, written into the results")
     parser.add_argument(
-        "--part", choices=("correlation", "search", "all"), default="all",
-        help="run one part only; the other part's results are kept from the JSON file beside --out",
+        "--part", choices=("correlation", "search", "table", "all"), default="all",
+        help="correlation: collect rows only (resumable; run several with other --sampler-seed); table: the "
+        "results from the rows so far; search: the search part (kept in the JSON file beside --out)",
     )  # fmt: skip
+    parser.add_argument("--sampler-seed", type=int, default=1, help="seed of the random architectures (correlation)")
     args = parser.parse_args(argv)
     config = load_study_config(args.config)
     torch.set_num_threads(1)  # proxy costs are per network on one thread, as the study's training runs
     out = Path(args.out)
-    store = out.with_suffix(".json")
-    results = json.loads(store.read_text()) if store.exists() and args.part != "all" else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store, rows_file = out.with_suffix(".json"), out.with_suffix(".rows.jsonl")
     if args.part in ("correlation", "all"):
-        results["correlation"] = correlation_part(config, args.n_archs, args.factor, seed=1)
-        results["note"] = args.note
+        collect_rows(config, args.n_archs, args.factor, args.sampler_seed, rows_file)
+        if args.part == "correlation":
+            return 0
+    results = json.loads(store.read_text()) if store.exists() and args.part != "all" else {}
     if args.part in ("search", "all"):
         results["search"] = search_part(config, args.seeds, args.budget_s)
-    if "correlation" not in results:
-        parser.error(f"{store} holds no correlation results yet: run --part correlation first")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = read_rows(rows_file)
+    if len(rows) < 3:
+        parser.error(f"{rows_file} holds {len(rows)} rows: run --part correlation first")
+    results["correlation"] = correlation_table(rows, args.factor)
+    results["note"] = args.note or results.get("note", "")
     store.write_text(json.dumps(results, indent=1))
-    out.write_text(markdown(results["correlation"], results.get("search"), config, results.get("note", args.note)))
+    out.write_text(markdown(results["correlation"], results.get("search"), config, results["note"]))
     print(f"wrote {out}")
     return 0
 
