@@ -35,6 +35,7 @@ from blocknas.search.ablation import (
     scale_widths,
     widths,
 )
+from blocknas.search.study import DEFINITION_ATTR, PLAN_ATTR
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, diagnose, open_storage
 
 from .conftest import REPO_ROOT
@@ -310,10 +311,34 @@ def test_ablation_end_to_end_and_resume(in_tmp_dir: Path) -> None:
     assert len(resumed.study.trials) == 4
     assert resumed.parent_run_id == parent_id and len(children(client, parent_id)) == 4
 
+    with pytest.raises(ConfigError, match=r"started with other variants or seeds .*it has seeds \[0, 1\]"):
+        run_ablation(ablation(seeds=[1]), progress=False)  # a seed removed
     with pytest.raises(ConfigError, match="started with other variants or seeds"):
-        run_ablation(ablation(seeds=3), progress=False)
+        run_ablation(ablation(factors={"block": {"levels": ["standard", "reversed"]}}, seeds=3), progress=False)
     with pytest.raises(ConfigError, match=r"started with other settings \(train.epochs: 1 -> 2\)"):
         run_ablation(ablation(train={"epochs": 2, "batch_size": 256}), progress=False)
+
+
+def test_an_ablation_grows_by_seeds_and_keeps_its_matched_variants(in_tmp_dir: Path) -> None:
+    """Measure the seed spread first, then add seeds: only the new cells train, on the stored plan's widths."""
+    first = run_ablation(ablation(seeds=1), progress=False)
+    plan = first.study.user_attrs[PLAN_ATTR]
+    grown = run_ablation(ablation(seeds=[0, 5, 7]), progress=False)
+    trials = grown.study.trials
+    assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert trials[:2] == first.study.trials[:2], "the first run's cells are kept, not rerun"
+    assert {c.seed for c in grown.cells} == {0, 5, 7} and all(c.accuracy is not None for c in grown.cells)
+    assert grown.study.user_attrs[PLAN_ATTR] == plan, "the variants (and a latency match's widths) are kept"
+    assert "| separable | 3 |" in (ablation().report_dir / "report.md").read_text()
+    assert len(run_ablation(ablation(seeds=[0, 5, 7]), progress=False).study.trials) == 6  # a plain resume
+    assert len(run_ablation(ablation(seeds=[0, 5, 7, 9]), progress=False).study.trials) == 8  # grown twice
+
+
+def test_an_ablation_stored_by_an_earlier_version_grows_too(in_tmp_dir: Path) -> None:
+    first = run_ablation(ablation(seeds=1), progress=False).study
+    stored = first.user_attrs[DEFINITION_ATTR]
+    first.set_user_attr(DEFINITION_ATTR, {"cells": stored["cells"], "settings": stored["settings"]})  # the old form
+    assert len(run_ablation(ablation(seeds=2), progress=False).study.trials) == 4
 
 
 def test_latency_matched_ablation_measures_real_networks(in_tmp_dir: Path) -> None:

@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import json
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -194,14 +194,30 @@ class AblationConfig(StudyBase):
         """What a resumed study must share with its first run.
 
         ``cells`` hashes what decides the variants and seeds (base, factors, design, seeds,
-        budget match); ``settings`` keeps data, training and latency target as plain values,
+        budget match), ``variants`` the same without the seeds (a resume may add seeds to the
+        same variants); ``settings`` keeps data, training and latency target as plain values,
         so a resume can name a changed setting (see :func:`definition_changes`).
         """
         plain = self.to_dict()
-        cells = {k: plain[k] for k in ("factors", "design", "match", "on_unmatched")}
-        cells.update(base=base.to_dict(), seeds=list(self.seed_list))
-        digest = hashlib.sha1(json.dumps(cells, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        return {"cells": digest, "settings": {k: plain[k] for k in ("data", "train", "latency")}}
+        variants = self._variants_key(base)
+        return {
+            "cells": self.cells_digest(base, self.seed_list),
+            "variants": _digest(variants),
+            "seeds": list(self.seed_list),
+            "settings": {k: plain[k] for k in ("data", "train", "latency")},
+        }
+
+    def cells_digest(self, base: ArchConfig, seeds: Sequence[int]) -> str:
+        """``definition()["cells"]`` had the ablation listed ``seeds``."""
+        return _digest({**self._variants_key(base), "seeds": list(seeds)})
+
+    def _variants_key(self, base: ArchConfig) -> dict[str, Any]:
+        plain = self.to_dict()
+        return {**{k: plain[k] for k in ("factors", "design", "match", "on_unmatched")}, "base": base.to_dict()}
+
+
+def _digest(data: Mapping[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def definition_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[list[str], list[str]]:

@@ -72,19 +72,20 @@ class AblationObjective(Objective):
 
     variants: dict[str, PlannedVariant] = field(default_factory=dict)
     seeds: tuple[int, ...] = ()
+    seed_param: str = SEED_PARAM  # the seed batch's parameter name (see :func:`seed_param`)
 
     def architecture(self, trial: Trial) -> ArchConfig:
         name = trial.suggest_categorical(VARIANT_PARAM, list(self.variants))
-        trial.suggest_categorical(SEED_PARAM, list(self.seeds))
+        trial.suggest_categorical(self.seed_param, list(self.seeds))
         return self.variants[str(name)].arch
 
     def seed_for(self, trial: Trial) -> int:
         """The cell's seed: the same initialisation and data order for every variant."""
-        return int(trial.params[SEED_PARAM])
+        return int(trial.params[self.seed_param])
 
     def run_labels(self, trial: Trial, arch: ArchConfig) -> tuple[str, dict[str, str]]:
         _, tags = super().run_labels(trial, arch)
-        variant, seed = self.variants[trial.params[VARIANT_PARAM]], trial.params[SEED_PARAM]
+        variant, seed = self.variants[trial.params[VARIANT_PARAM]], trial.params[self.seed_param]
         tags.update({f"ablation.{k}": format_level(v) for k, v in variant.levels.items()})
         tags.update(
             {"ablation.variant": variant.name, "ablation.seed": str(seed), "ablation.is_base": str(variant.is_base)}
@@ -122,7 +123,7 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     study_config = _study_config(config)
     run = open_study_for_run(study_config, networks=base, what="the base architecture", path="base")
     study = run.study
-    _check_definition(study, config, base, run.created)
+    seed_batches = _check_definition(study, config, base, run.created)
 
     def set_up() -> None:
         if study.user_attrs.get(PLAN_ATTR) is None:
@@ -137,16 +138,28 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     )
     plan = plan_from_json(study.user_attrs[PLAN_ATTR])
     trained = {v.name: v for v in plan if v.trained}
-    # the grid is shuffled by its seed: every worker and resume must use the same one to agree on cell ids
-    study.sampler = optuna.samplers.GridSampler(
-        {VARIANT_PARAM: list(trained), SEED_PARAM: list(config.seed_list)}, seed=0
-    )
-    objective = AblationObjective(
-        study_config, None, run.data, tracker, parent, progress=progress, variants=trained, seeds=config.seed_list
-    )
-    cells = {(name, seed) for name in trained for seed in config.seed_list}
-    _run_cells(study, objective, cells, timeout_s=config.timeout_s, progress=progress)
+    deadline = None if config.timeout_s is None else time.monotonic() + config.timeout_s
+    for batch, seeds in enumerate(seed_batches):  # the first run's seeds, then each resume's added ones
+        name = seed_param(batch)
+        # the grid is shuffled by its seed: every worker and resume must use the same one to agree on cell ids
+        study.sampler = optuna.samplers.GridSampler({VARIANT_PARAM: list(trained), name: list(seeds)}, seed=0)
+        objective = AblationObjective(
+            study_config, None, run.data, tracker, parent, progress=progress, variants=trained, seeds=seeds,
+            seed_param=name,
+        )  # fmt: skip
+        cells = {(variant, seed) for variant in trained for seed in seeds}
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        _run_cells(study, objective, cells, timeout_s=remaining, progress=progress)
     return _finish(study, config, plan, tracker, parent)
+
+
+def seed_param(batch: int) -> str:
+    """The seed's parameter name in seed batch ``batch``: ``seed``, then ``seed.1``, ``seed.2``, ...
+
+    Seeds added on a resume are a grid of their own. Optuna forbids a categorical parameter whose
+    choices change within a study, so each batch names its seed parameter differently.
+    """
+    return SEED_PARAM if batch == 0 else f"{SEED_PARAM}.{batch}"
 
 
 def _study_config(config: AblationConfig) -> StudyConfig:
@@ -162,24 +175,24 @@ def _study_config(config: AblationConfig) -> StudyConfig:
     )
 
 
-def _check_definition(study: optuna.Study, config: AblationConfig, base: ArchConfig, created: bool) -> None:
-    """A resumed study must be the same ablation: same cells, same data, training and latency settings."""
+def _check_definition(
+    study: optuna.Study, config: AblationConfig, base: ArchConfig, created: bool
+) -> list[tuple[int, ...]]:
+    """A resumed study must be the same ablation: same variants, same data, training and latency settings.
+
+    It may add seeds to the same variants (``seeds: 12`` → ``seeds: 26``): the stored plan, with its
+    matched widths, is kept, and only the new cells run. Returns the seed batches: the first run's
+    seeds, then each growth's new ones.
+    """
     current = config.definition(base)
     if created:
-        study.set_user_attr(DEFINITION_ATTR, current)
-        return
+        study.set_user_attr(DEFINITION_ATTR, {**current, "seed_batches": [list(config.seed_list)]})
+        return [config.seed_list]
     stored = wait_for_user_attr(study, DEFINITION_ATTR, 30)
     where = f"study {config.name!r} in {mask_url(config.storage_url)}"
     if not isinstance(stored, dict) or "cells" not in stored:
         raise ConfigError(f"{where} exists but is not an ablation; use another name", path="name", source=config.source)
     advice = "use another name to start a new ablation, or restore the original config to resume"
-    if stored["cells"] != current["cells"]:
-        raise ConfigError(
-            f"{where} was started with other variants or seeds (base, factors, design, seeds or budget match "
-            f"changed); {advice}",
-            path="name",
-            source=config.source,
-        )
     changed, one_sided = definition_changes(stored["settings"], current["settings"])
     if changed:
         raise ConfigError(
@@ -187,6 +200,33 @@ def _check_definition(study: optuna.Study, config: AblationConfig, base: ArchCon
         )
     if one_sided:
         log.warning("settings known to only one blocknas version, defaults apply: %s", ", ".join(one_sided))
+    batches = [tuple(b) for b in stored.get("seed_batches", [stored.get("seeds", config.seed_list)])]
+    if stored["cells"] == current["cells"]:
+        return batches
+    if "variants" not in stored:  # written by a blocknas before seeds could be added: find its seeds
+        first = next(
+            (config.seed_list[:n] for n in range(1, len(config.seed_list))
+             if config.cells_digest(base, config.seed_list[:n]) == stored["cells"]),
+            None,
+        )  # fmt: skip
+        if first is not None:
+            stored, batches = {**stored, "variants": current["variants"]}, [first]
+    had = [s for b in batches for s in b]
+    added = [s for s in config.seed_list if s not in had]
+    if stored.get("variants") != current["variants"] or not added or len(had) + len(added) != len(config.seed_list):
+        raise ConfigError(
+            f"{where} was started with other variants or seeds (base, factors, design or budget match changed, "
+            f"or seeds removed: it has seeds {had}); adding seeds is allowed; {advice}",
+            path="name",
+            source=config.source,
+        )
+    log.info(
+        "ablation %s: adding seeds %s to its %d; the variants and their matched widths are kept", config.name, added,
+        len(had),
+    )  # fmt: skip
+    batches.append(tuple(added))
+    study.set_user_attr(DEFINITION_ATTR, {**current, "seed_batches": [list(b) for b in batches]})
+    return batches
 
 
 def _store_plan(study: optuna.Study, config: AblationConfig, base: ArchConfig) -> None:
@@ -213,9 +253,10 @@ def _latency_measure(config: AblationConfig) -> Callable[[ArchConfig], float]:
 def _cell(trial: FrozenTrial) -> tuple[str, int] | None:
     """The trial's ``(variant, seed)``; for a queued trial, the cell it is queued for."""
     params = trial.params or trial.system_attrs.get(FIXED_PARAMS_ATTR, {})
-    if VARIANT_PARAM not in params or SEED_PARAM not in params:
+    seed = next((v for k, v in params.items() if k == SEED_PARAM or k.startswith(f"{SEED_PARAM}.")), None)
+    if VARIANT_PARAM not in params or seed is None:
         return None
-    return str(params[VARIANT_PARAM]), int(params[SEED_PARAM])
+    return str(params[VARIANT_PARAM]), int(seed)
 
 
 def _state(trial: FrozenTrial) -> str:
