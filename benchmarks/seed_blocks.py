@@ -12,7 +12,8 @@ with ``t_{0.975, n-1} · sd / sqrt(n) <= --half-width`` from the observed spread
     python benchmarks/seed_blocks.py --match params=/tmp/a/seed_blocks/report/cells.csv \\
         --match latency=/tmp/a/seed_blocks_latency/report/cells.csv
 
-Prints Markdown (``--out`` writes it too).
+Prints Markdown (``--out`` writes it too); ``--plot params=docs/img/ablation_seed_blocks.png`` draws a
+match's combined cells as the ablation report's accuracy-vs-latency plot.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -27,7 +29,9 @@ from pathlib import Path
 from scipy import stats
 
 from blocknas.search.ablation.stats import mean_std, paired_difference
+from blocknas.search.ablation.tables import LevelPoint, plot_points
 
+LEVELS = ("standard", "separable", "reversed", "inverted_residual")
 COMPARISONS = (
     ("separable", "standard"),
     ("reversed", "standard"),
@@ -57,17 +61,34 @@ def check_same_architectures(paths: list[Path]) -> None:
                     )
 
 
-def read_cells(paths: list[Path]) -> dict[str, dict[int, float]]:
-    """Accuracy per block level and seed over every file (a later file's cell replaces an earlier one)."""
+def read_cells(paths: list[Path]) -> dict[str, dict[int, tuple[float, float]]]:
+    """(accuracy, latency p50 ms) per block level and seed over every file (a later file's cell replaces an earlier one)."""
     if len(paths) > 1:
         check_same_architectures(paths)
-    acc: dict[str, dict[int, float]] = defaultdict(dict)
+    cells: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
     for path in paths:
         with path.open(newline="") as f:
             for row in csv.DictReader(f):
                 if row["state"] == "COMPLETE" and row["accuracy"]:
-                    acc[row["variant"].removeprefix("block=")][int(row["seed"])] = float(row["accuracy"])
-    return acc
+                    latency = float(row["latency_p50_ms"]) if row["latency_p50_ms"] else math.nan
+                    cells[row["variant"].removeprefix("block=")][int(row["seed"])] = (float(row["accuracy"]), latency)
+    return cells
+
+
+def accuracies(cells: dict[str, dict[int, tuple[float, float]]]) -> dict[str, dict[int, float]]:
+    return {level: {seed: acc for seed, (acc, _) in by_seed.items()} for level, by_seed in cells.items()}
+
+
+def level_points(cells: dict[str, dict[int, tuple[float, float]]]) -> list[LevelPoint]:
+    """One point per block: median latency p50 and accuracy mean ± std over seeds, as the ablation report plots."""
+    points = []
+    for level in LEVELS:
+        by_seed = cells.get(level, {})
+        if by_seed:
+            mean, std = mean_std([acc for acc, _ in by_seed.values()])
+            latency = statistics.median(lat for _, lat in by_seed.values() if not math.isnan(lat))
+            points.append(LevelPoint(level, latency, mean, std, is_base=level == "standard"))
+    return points
 
 
 def seeds_needed(sd: float, half_width: float, confidence: float = 0.95, most: int = 1000) -> int | None:
@@ -83,7 +104,7 @@ def table(acc: dict[str, dict[int, float]], half_width: float) -> list[str]:
         "| level | seeds | accuracy % (mean ± std) |",
         "|---|---:|---:|",
     ]
-    for level in ("standard", "separable", "reversed", "inverted_residual"):
+    for level in LEVELS:
         mean, std = mean_std(list(acc.get(level, {}).values()))
         lines.append(f"| {level} | {len(acc.get(level, {}))} | {100 * mean:.2f} ± {100 * std:.2f} |")
     lines += [
@@ -113,16 +134,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--half-width", type=float, default=0.5, help="target CI half-width in pp")
     parser.add_argument("--out", help="also write the Markdown here")
+    parser.add_argument(
+        "--plot",
+        action="append",
+        default=[],
+        help="NAME=PNG: draw that match's combined cells as the ablation report's accuracy-vs-latency plot",
+    )
     args = parser.parse_args(argv)
+    plots = dict(spec.split("=", 1) for spec in args.plot)
     lines: list[str] = []
     for spec in args.match:
         name, _, files = spec.partition("=")
-        lines += [
-            f"### matched on {name}",
-            "",
-            *table(read_cells([Path(p) for p in files.split(",")]), args.half_width),
-            "",
-        ]
+        cells = read_cells([Path(p) for p in files.split(",")])
+        seeds = max((len(by_seed) for by_seed in cells.values()), default=0)
+        lines += [f"### matched on {name}", "", *table(accuracies(cells), args.half_width), ""]
+        if name in plots:
+            title = f"seed_blocks matched on {name}, {seeds} seeds"
+            plot_points({"block": level_points(cells)}, plots.pop(name), title)
+    if plots:
+        parser.error(f"--plot names no --match: {', '.join(plots)}")
     text = "\n".join(lines)
     if args.out:
         Path(args.out).write_text(text)

@@ -23,11 +23,13 @@ from .stats import PairedDifference, mean_std, paired_difference
 
 __all__ = [
     "CellResult",
+    "LevelPoint",
     "LevelRow",
     "cells_csv",
     "factor_rows",
     "factors_csv",
     "plot_levels",
+    "plot_points",
     "report_markdown",
     "variants_csv",
 ]
@@ -326,17 +328,37 @@ def cells_csv(cells: Sequence[CellResult]) -> str:
     return _write_csv(["variant", "seed", "state", "accuracy", "latency_p50_ms", "trial"], rows)
 
 
+@dataclass(frozen=True)
+class LevelPoint:
+    """One level's point in the accuracy-vs-latency plot: latency p50 and accuracy mean ± std (fractions)."""
+
+    level: str
+    latency_ms: float
+    accuracy_mean: float
+    accuracy_std: float
+    is_base: bool = False
+
+
 def plot_levels(tables: dict[str, list[LevelRow]], path: str | Path, title: str) -> Path:
     """Accuracy (mean ± std over seeds) vs latency p50, one point per level, one panel per factor."""
+    panels = {
+        factor: [LevelPoint(r.level, r.latency_ms, *r.accuracy_mean_std, r.is_base) for r in rows if r.seeds]
+        for factor, rows in tables.items()
+    }
+    return plot_points(panels, path, title)
+
+
+def plot_points(panels: dict[str, list[LevelPoint]], path: str | Path, title: str) -> Path:
+    """The plot of :func:`plot_levels` from bare points (one panel per key), e.g. from combined ``cells.csv`` runs."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), dpi=120, squeeze=False)
-    for ax, (factor, rows) in zip(axes[0], tables.items()):
-        for i, r in enumerate(r for r in rows if r.seeds):
-            mean, std = r.accuracy_mean_std
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=120, squeeze=False)
+    for ax, (factor, points) in zip(axes[0], panels.items()):
+        for i, r in enumerate(points):
+            std = r.accuracy_std
             ax.errorbar(
                 [r.latency_ms],
-                [100 * mean],
+                [100 * r.accuracy_mean],
                 yerr=[0 if math.isnan(std) else 100 * std],
                 fmt="*" if r.is_base else "o",
                 markersize=12 if r.is_base else 7,
