@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,15 @@ from mlflow.tracking import MlflowClient
 
 from blocknas.search.cli import main
 from blocknas.search.study import load_study_config, run_search, threads_per_worker, trial_counts
-from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, diagnose, mask_url, open_storage
+from blocknas.search.tracking import (
+    PARENT_RUN_ATTR,
+    RUN_ID_ATTR,
+    StudyTracker,
+    diagnose,
+    dispose_storages,
+    mask_url,
+    open_storage,
+)
 
 from .conftest import require_service
 
@@ -135,6 +144,35 @@ def test_blocknas_workers_share_one_study(tmp_path: Path, storage_kind: str, n_t
     assert done.returncode == 0, done.stdout[-3000:]
     study = check_consistent(config, storage, f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", n_trials)
     assert len({t.user_attrs["blocknas.worker"] for t in study.trials}) <= 2
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_workers_opening_a_fresh_sqlite_storage_at_once_all_get_it(tmp_path: Path) -> None:
+    """Optuna's schema creation races (a duplicate ``alembic_version`` row); every racer must still open it.
+
+    Four threads with real SQLite connections open each fresh database at the same instant.
+    Without the retry, about three in four of them failed (found as a flaky two-worker run).
+    """
+    failures: list[str] = []
+    for round_ in range(5):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        start = threading.Barrier(4)
+
+        def open_it(url: str = url, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                optuna.create_study(study_name=f"s{threading.get_ident()}", storage=open_storage(url))
+            except Exception as exc:  # any failure is the finding
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        dispose_storages()
+        assert len(optuna.get_all_study_names(open_storage(url))) == 4
+    assert not failures, failures[:2]
 
 
 @pytest.mark.parametrize(("n_workers", "cores", "threads"), [(1, 8, 8), (2, 8, 4), (3, 8, 2), (2, 2, 1), (4, 2, 1)])

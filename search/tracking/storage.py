@@ -15,12 +15,15 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import random
 import re
 import socket
+import time
 from datetime import datetime
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -122,14 +125,38 @@ def _rdb_storage(url: str, scheme: str, heartbeat_interval: int, max_retry: int)
             engine_kwargs: dict[str, object] = {"connect_args": {"timeout": 60}}
         else:
             engine_kwargs = {"pool_pre_ping": True, "pool_size": RDB_POOL_SIZE, "max_overflow": RDB_MAX_OVERFLOW}
-        _rdb_storages[key] = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=2 * heartbeat_interval,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
+        for attempt in range(SCHEMA_RACE_ATTEMPTS):
+            try:
+                _rdb_storages[key] = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=2 * heartbeat_interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                )
+                break
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+                if attempt + 1 == SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(exc):
+                    raise
+                log.info("another process was creating the study storage's schema; opening it again")
+                time.sleep(SCHEMA_RACE_WAIT_S * (attempt + 1) * (1 + random.random()))
     return _rdb_storages[key]
+
+
+SCHEMA_RACE_ATTEMPTS = 5
+SCHEMA_RACE_WAIT_S = 0.2  # times the attempt, with jitter so the losers do not collide again
+
+
+def _lost_schema_race(exc: Exception) -> bool:
+    """Whether opening a new RDB storage failed only because another process created its schema at the same time.
+
+    Optuna's ``RDBStorage`` creates missing tables and then inserts the schema version row;
+    two workers opening a fresh database together can both try, and the loser gets a
+    duplicate-key error on ``alembic_version`` (or "table ... already exists"). Opening it
+    again then finds the finished schema.
+    """
+    text = str(exc)
+    return "alembic_version" in text or "already exists" in text or "duplicate key" in text.lower()
 
 
 @atexit.register
