@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.match:
         name, _, files = spec.partition("=")
         cells = read_cells([Path(p) for p in files.split(",")])
-        seeds = max((len(by_seed) for by_seed in cells.values()), default=0)
         lines += [f"### matched on {name}", "", *table(accuracies(cells), args.half_width), ""]
         if name in plots:
+            seeds = max((len(by_seed) for by_seed in cells.values()), default=0)
             title = f"seed_blocks matched on {name}, {seeds} seeds"
             plot_points({"block": level_points(cells)}, plots.pop(name), title)
     if plots:
