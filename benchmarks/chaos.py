@@ -27,7 +27,6 @@ import argparse
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from optuna.trial import TrialState
 
 from blocknas.search.study import DUPLICATE_OF_ATTR, FAIL_REASON_ATTR, INTERRUPTED, TRAINING_KEY_ATTR, trial_counts
 from blocknas.search.tracking import RDB_CONNECTIONS_PER_WORKER, StudyTracker, diagnose, open_storage, retried_trials
+from blocknas.search.tracking.dashboard import free_port, mlflow_server_command, stop, wait_until_up
 
 RESULTS = Path(__file__).parent / "results" / "chaos.md"
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -86,39 +86,25 @@ class ChaosResult:
         return 3600 * self.finished / self.wall_s if self.wall_s else 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A real ``mlflow server`` on a free loopback port, backed by SQLite; waits until it listens."""
-    port = _free_port()
+    """A real ``mlflow server`` on a free loopback port, backed by SQLite in ``folder``; returns once it answers.
+
+    Ready means ``/health`` answers, not that the port accepts connections: the server accepts
+    them before it can answer, and the first workers then waited on a server still starting.
+    """
+    port = free_port()
+    command = mlflow_server_command(f"sqlite:///{folder / 'server.db'}", port=port)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [*command, "--artifacts-destination", str(folder / "server-artifacts")],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError("mlflow server did not start within 120 s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process started in its own session, its children too."""
+    url = f"http://127.0.0.1:{port}"
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
+        wait_until_up(f"{url}/health", proc, timeout_s=120)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
 
 
 class ConnectionSampler(threading.Thread):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,11 +57,72 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty MLflow SQLite store, made once per test process by MLflow itself.
+
+    Creating a store runs MLflow's ~60 schema migrations: 4-8 s on 2 shared cores, paid by
+    every test that runs a study in a fresh folder. A copy of this one opens in milliseconds
+    and is the same store MLflow would have made (tests of a store's first use take none).
+    """
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def seed_mlflow_store(template: Path, folder: Path) -> Path:
+    """Copy ``template`` to ``folder/runs/mlflow.db`` (the default tracking store of a study run in ``folder``)."""
+    runs = folder / "runs"
+    runs.mkdir(exist_ok=True)
+    return Path(shutil.copy(template, runs / "mlflow.db"))
+
+
 @pytest.fixture
-def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Run the test with ``tmp_path`` as the working directory (``runs/`` lands there)."""
+def mlflow_store(tmp_path: Path, empty_mlflow_store: Path) -> Path:
+    """``tmp_path/runs/mlflow.db``, migrated and empty: for workers started in ``tmp_path``."""
+    return seed_mlflow_store(empty_mlflow_store, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, empty_mlflow_store: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a SQLite store, shared by this test process's tests (each its own experiment).
+
+    Started once: a server takes 10-30 s to answer on 2 busy cores. Ready when ``/health``
+    answers (it accepts connections earlier), so no test's first request meets a server still starting.
+    """
+    from blocknas.search.tracking.dashboard import free_port, mlflow_server_command, stop, wait_until_up
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    store = Path(shutil.copy(empty_mlflow_store, folder / "mlflow.db"))
+    port = free_port()
+    command = mlflow_server_command(f"sqlite:///{store}", port=port)
+    # artifacts under the test's folder: the server's default is ./mlartifacts in its working directory
+    process = subprocess.Popen(
+        [*command, "--artifacts-destination", str(folder / "artifacts")],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{url}/health", process, timeout_s=120)
+        yield url
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def bare_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run the test in an empty ``tmp_path`` (for tests that check what gets created there)."""
     monkeypatch.chdir(tmp_path)
     yield tmp_path
+
+
+@pytest.fixture
+def in_tmp_dir(bare_tmp_dir: Path, empty_mlflow_store: Path) -> Iterator[Path]:
+    """Run the test with ``tmp_path`` as the working directory, ``runs/mlflow.db`` already migrated."""
+    seed_mlflow_store(empty_mlflow_store, bare_tmp_dir)
+    yield bare_tmp_dir
 
 
 def _reachable(host: str, port: int) -> bool:

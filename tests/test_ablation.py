@@ -362,6 +362,7 @@ def test_latency_matched_ablation_measures_real_networks(in_tmp_dir: Path) -> No
     assert len(rerun.study.trials) == 2
 
 
+@pytest.mark.usefixtures("mlflow_store")  # a migrated store: the workers skip MLflow's migrations
 def test_two_processes_share_one_ablation(tmp_path: Path) -> None:
     """Two terminals running the same ablation: every cell done, one parent run, Optuna and MLflow agree."""
     path = tmp_path / "abl.yaml"

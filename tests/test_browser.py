@@ -30,6 +30,7 @@ from blocknas.search.tracking import (
     wait_until_up,
 )
 
+from .conftest import seed_mlflow_store
 from .test_search import tiny_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -236,13 +237,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def mlflow_ui(workdir: Path) -> Iterator[str]:
+def mlflow_ui(workdir: Path, empty_mlflow_store: Path) -> Iterator[str]:
     """An MLflow server over the study's store, booting while the study runs (it takes as long)."""
-    from mlflow.tracking import MlflowClient
-
     uri = resolve_tracking_uri(None, workdir / "runs")
-    (workdir / "runs").mkdir(exist_ok=True)
-    MlflowClient(uri).search_experiments()  # create the tables here, so the server and the study don't race
+    if not (workdir / "runs" / "mlflow.db").exists():  # made here, so the server and the study don't race
+        seed_mlflow_store(empty_mlflow_store, workdir)
     process, url = launch_mlflow_server(uri, port=free_port())
     try:
         yield url

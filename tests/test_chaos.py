@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -26,13 +25,6 @@ assert _spec is not None and _spec.loader is not None
 chaos = importlib.util.module_from_spec(_spec)
 sys.modules["chaos"] = chaos  # its dataclasses look their module up
 _spec.loader.exec_module(chaos)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, url = chaos.start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
-    yield url
-    chaos.stop(proc)
 
 
 @pytest.mark.services

@@ -13,11 +13,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from blocknas.search.cli import main
 from blocknas.search.study import ARCH_ATTR, DUPLICATE_OF_ATTR, TRAINING_KEY_ATTR
 from blocknas.search.tracking import RUN_ID_ATTR
 
@@ -57,7 +59,8 @@ def _trained_once(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     return originals
 
 
-def test_two_workers_never_train_one_architecture_twice(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("mlflow_store")  # a migrated store: the workers skip MLflow's migrations
+def test_two_workers_never_train_one_architecture_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(TWO))
     config = tmp_path / "dup.yaml"
     config.write_text(yaml.safe_dump({**CONFIG, "name": "dup", "n_trials": 6}))  # the definition test's study
@@ -67,7 +70,9 @@ def test_two_workers_never_train_one_architecture_twice(tmp_path: Path) -> None:
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len(_trained_once(trials)) <= 2
     # another seed is another key: the same architectures are trained again, once each
-    _workers(config, 2, "--seed", "1", "--n-trials", "12")
+    # (in this process: the two workers above already raced for the keys)
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--config", str(config), "--no-progress", "--seed", "1", "--n-trials", "12"]) == 0
     trials = optuna.load_study(study_name="dup", storage=storage).get_trials()
     assert len(trials) == 12 and all(t.state == TrialState.COMPLETE for t in trials)
     originals = _trained_once(trials)

@@ -10,7 +10,6 @@ report and the exported front files.
 from __future__ import annotations
 
 import logging
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,20 +191,8 @@ class Scan:
         return found
 
 
-@pytest.fixture(scope="session")
-def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty MLflow SQLite store: copying it saves each run MLflow's seconds-long migration."""
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def scan(
-    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, in_tmp_dir: Path, empty_mlflow_store: Path
-) -> Iterator[Scan]:
-    (in_tmp_dir / "runs").mkdir()
-    shutil.copy(empty_mlflow_store, in_tmp_dir / "runs" / "mlflow.db")
+def scan(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, in_tmp_dir: Path) -> Iterator[Scan]:
     caplog.set_level(logging.DEBUG)
     yield Scan(capsys, caplog, in_tmp_dir)
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -391,14 +391,16 @@ def test_a_validation_split_missing_a_class_is_an_error(tmp_path: Path) -> None:
 
 class _Proxy(ThreadingHTTPServer):
     """A proxy on 127.0.0.1 in front of an MLflow server that can require basic auth (and strips it)
-    and hold back the creation of a study's parent run for ``parent_delay_s``."""
+    and hold back the creation of a study's parent run for ``parent_delay_s``, every answer for ``answer_delay_s``."""
 
     daemon_threads = True
 
-    def __init__(self, upstream: str, *, credentials: str | None = None, parent_delay_s: float = 0.0) -> None:
+    def __init__(
+        self, upstream: str, *, credentials: str | None = None, parent_delay_s: float = 0.0, answer_delay_s: float = 0.0
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream = urllib.parse.urlsplit(upstream)
-        self.credentials, self.parent_delay_s = credentials, parent_delay_s
+        self.credentials, self.parent_delay_s, self.answer_delay_s = credentials, parent_delay_s, answer_delay_s
         self.parent_creates = 0  # parent-run creations received (before the delay)
         self.parent_created = 0  # ... and forwarded to the server (after it)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -415,6 +417,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         pass
 
     def _forward(self) -> None:
+        time.sleep(self.server.answer_delay_s)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         wanted = self.server.credentials
         if wanted and self.headers.get("Authorization") != "Basic " + base64.b64encode(wanted.encode()).decode():
@@ -450,27 +453,6 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``mlflow server`` on a fresh SQLite store, for this module's tests."""
-    from blocknas.search.tracking import mlflow_server_command
-    from blocknas.search.tracking.dashboard import free_port, stop, wait_until_up
-
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    command = mlflow_server_command(f"sqlite:///{folder / 'mlflow.db'}", port=port)
-    # artifacts under the test's folder: the server's default is ./mlartifacts in its working directory
-    process = subprocess.Popen(
-        [*command, "--artifacts-destination", str(folder / "artifacts")], cwd=folder, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{url}/health", process, timeout_s=120)
-        yield url
-    finally:
-        stop(process)
-
-
 def test_the_health_check_uses_mlflows_own_credentials(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from blocknas.search.tracking import TrackingError, check_reachable
 
@@ -490,14 +472,33 @@ def test_the_health_check_uses_mlflows_own_credentials(mlflow_server: str, monke
         proxy.shutdown()
 
 
+def test_a_server_slow_to_answer_is_waited_for_and_a_closed_port_fails_at_once(mlflow_server: str) -> None:
+    """Connecting decides reachability; the answer may take longer (a server starting up or busy
+    with many workers used to fail a worker with exit 2 after a 5-s limit on the whole request)."""
+    from blocknas.search.tracking import TrackingError, check_reachable
+    from blocknas.search.tracking.dashboard import free_port
+
+    proxy = _Proxy(mlflow_server, answer_delay_s=2.5)
+    try:
+        start = time.monotonic()
+        check_reachable(proxy.url, timeout_s=1)
+        assert time.monotonic() - start >= 2.5
+    finally:
+        proxy.shutdown()
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=r"is not reachable: .*[Cc]onnection refused"):
+        check_reachable(f"http://127.0.0.1:{free_port()}", timeout_s=1)
+    assert time.monotonic() - start < 1
+
+
 # -- validation before any write ---------------------------------------------------------------
 
 
 @pytest.mark.services
 def test_a_storage_error_is_reported_before_anything_is_created(
-    in_tmp_dir: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+    bare_tmp_dir: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = in_tmp_dir / "tiny.yaml"
+    config = bare_tmp_dir / "tiny.yaml"
     config.write_text(
         yaml.safe_dump(
             {"name": "tiny", "space": "tiny", "data": {"name": "digits"}, "train": {"epochs": 1}, "n_trials": 1}
@@ -506,7 +507,7 @@ def test_a_storage_error_is_reported_before_anything_is_created(
     storage = postgres_url.rsplit("/", 1)[0] + "/no_such_db"
     assert main(["search", "--storage", storage, "--config", str(config), "--no-progress"]) == 2
     assert "no_such_db" in capsys.readouterr().err
-    assert not (in_tmp_dir / "runs").exists()  # no mlflow.db, no experiment, no folder
+    assert not (bare_tmp_dir / "runs").exists()  # no mlflow.db, no experiment, no folder
 
 
 # -- study set-up: once, by whichever worker finds it undone -----------------------------------
@@ -533,8 +534,8 @@ def _setup_config(folder: Path, name: str, *, n_trials: int = 2) -> Path:
     return path
 
 
-def _worker(config: Path, tracking_uri: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
+def _worker(config: Path, tracking_uri: str, log: Path, **env_vars: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1", **env_vars}
     command = [sys.executable, "-m", "blocknas.search.cli", "search", "--config", str(config), "--no-progress"]
     with log.open("w") as out:
         return subprocess.Popen(
@@ -557,14 +558,19 @@ def _parents(server: str, name: str) -> list:
 
 
 def test_a_slow_parent_run_is_created_once(mlflow_server: str, tmp_path: Path) -> None:
-    proxy = _Proxy(mlflow_server, parent_delay_s=30.5)  # longer than the 30 s the second worker used to wait
+    """The parent run takes 12 s to create, far past the set-up wait limit (1 s here): the worker
+    holding the claim is alive on this host, so the other waits for it however long it takes
+    (it once gave up after a fixed 30 s and created a second parent)."""
+    proxy = _Proxy(mlflow_server, parent_delay_s=12)
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
     try:
         config = _setup_config(tmp_path, "slow-parent", n_trials=1)
-        workers = [_worker(config, proxy.url, tmp_path / f"worker{i}.log") for i in range(2)]
-        for i, worker in enumerate(workers):
-            assert worker.wait(timeout=150) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+        workers = [_worker(config, proxy.url, log, BLOCKNAS_SETUP_WAIT_S="1") for log in logs]
+        for worker, log in zip(workers, logs):
+            assert worker.wait(timeout=150) == 0, log.read_text()[-3000:]
     finally:
         proxy.shutdown()
+    assert sum("waiting for worker" in log.read_text() for log in logs) == 1, "one worker waited for the other"
     parents = _parents(mlflow_server, "slow-parent")
     assert proxy.parent_creates == 1 and len(parents) == 1
     study = optuna.load_study(study_name="slow-parent", storage=open_storage(str(tmp_path / "optuna.journal")))

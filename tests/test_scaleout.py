@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -75,32 +74,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on a free loopback port, backed by SQLite."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("mlflow server did not start within 90 s")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)  # the server's own worker processes too
-    proc.wait(timeout=30)
-
-
 def check_consistent(config_path: Path, storage: str, tracking_uri: str, n_trials: int) -> optuna.Study:
     config = load_study_config(config_path)
     study = optuna.load_study(study_name=config.name, storage=open_storage(storage))
@@ -127,9 +100,17 @@ def test_two_workers_on_postgres_and_an_mlflow_server(tmp_path: Path, postgres_u
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-@pytest.mark.parametrize(("storage_kind", "n_trials"), [("journal", 6), ("sqlite", 4)])
-def test_blocknas_workers_share_one_study(tmp_path: Path, storage_kind: str, n_trials: int) -> None:
-    """``blocknas workers -n 2`` on the default journal file and on a SQLite Optuna storage."""
+@pytest.mark.parametrize(("storage_kind", "n_trials"), [("journal", 4), ("sqlite", 4)])
+def test_blocknas_workers_share_one_study(
+    tmp_path: Path, storage_kind: str, n_trials: int, request: pytest.FixtureRequest
+) -> None:
+    """``blocknas workers -n 2`` on the default journal file and on a SQLite Optuna storage.
+
+    The journal run starts on no MLflow store, so its two workers create one together (under
+    the store's lock); the SQLite run finds one already made.
+    """
+    if storage_kind == "sqlite":
+        request.getfixturevalue("mlflow_store")
     config = write_config(tmp_path, storage_kind, n_trials=n_trials)
     if storage_kind == "journal":
         storage, flags = str(tmp_path / "runs" / "optuna.journal"), []
@@ -181,12 +162,12 @@ def test_threads_per_worker_never_oversubscribes(n_workers: int, cores: int, thr
     assert n_workers * threads <= cores or threads == 1, "more workers than cores still get one thread each"
 
 
-def test_workers_needs_at_least_one(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(in_tmp_dir, "x")
+def test_workers_needs_at_least_one(bare_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(bare_tmp_dir, "x")
     assert main(["workers", "-n", "0", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "--workers: 0 workers requested; give -n 1 or more" in err and err.count("\n") == 1
-    assert not (in_tmp_dir / "runs").exists()
+    assert not (bare_tmp_dir / "runs").exists()
 
 
 @pytest.mark.services
@@ -217,8 +198,9 @@ def states(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 def _kill_mid_trial(tmp_path: Path, name: str, storage: str, sig: int) -> tuple[subprocess.Popen, list]:
     """Start a worker, wait until one trial finished and the next is running, send ``sig``."""
-    # Long enough trials (~seconds each on an idle machine) that the signal lands mid-trial.
-    config = write_config(tmp_path, name, n_trials=3, train={"epochs": 40, "batch_size": 64})
+    # Trials long enough (16 epochs: ~3 s on an idle machine, longer under load) that the signal
+    # lands mid-trial: the trial is seen running within one poll (0.2 s plus a storage read).
+    config = write_config(tmp_path, name, n_trials=3, train={"epochs": 16, "batch_size": 64})
     proc = worker(config, "--storage", storage, cwd=tmp_path)
 
     def mid_trial() -> bool:
@@ -233,6 +215,7 @@ def _kill_mid_trial(tmp_path: Path, name: str, storage: str, sig: int) -> tuple[
     return proc, before
 
 
+@pytest.mark.usefixtures("mlflow_store")  # a migrated store: the workers skip MLflow's migrations
 @pytest.mark.parametrize("storage_kind", ["journal", "postgres"])
 def test_sigkill_mid_trial_then_resume_loses_nothing(
     tmp_path: Path, storage_kind: str, request: pytest.FixtureRequest
@@ -266,6 +249,7 @@ def test_sigkill_mid_trial_then_resume_loses_nothing(
     assert diagnosis.ok, diagnosis.problems
 
 
+@pytest.mark.usefixtures("mlflow_store")  # a migrated store: the workers skip MLflow's migrations
 def test_rdb_heartbeat_fails_and_retries_a_dead_workers_trial(tmp_path: Path) -> None:
     """Without local recovery (as for a worker on another machine), heartbeats catch the death."""
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
@@ -285,6 +269,7 @@ def test_rdb_heartbeat_fails_and_retries_a_dead_workers_trial(tmp_path: Path) ->
     )
 
 
+@pytest.mark.usefixtures("mlflow_store")  # a migrated store: the workers skip MLflow's migrations
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_fails_the_trial_cleanly_and_exits_130(tmp_path: Path, sig: signal.Signals) -> None:
     storage = str(tmp_path / "runs" / "optuna.journal")

@@ -178,7 +178,7 @@ def optimize_until_done(
                 fail_abandoned_trials(study)
                 continue
             try:
-                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                study.optimize(objective, n_trials=1, catch=(Exception,))
             except ValueError as exc:  # Optuna's tell, after another worker failed the trial as stale
                 if "Cannot tell a FAIL trial" not in str(exc):
                     raise

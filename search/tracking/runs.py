@@ -11,7 +11,10 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -54,20 +57,42 @@ def resolve_tracking_uri(configured: str | None, runs_dir: str | Path = "runs") 
     return f"sqlite:///{path}"
 
 
-def check_reachable(uri: str, *, timeout_s: float = 5) -> None:
-    """Fail fast on an unreachable server (MLflow itself retries for minutes).
+CONNECT_TIMEOUT_S = 5.0  # no connection within this: unreachable, said at once
+ANSWER_TIMEOUT_S = 60.0  # a connected server may be slow to answer (starting up, busy): waited for
 
-    One read-only request through MLflow's own client (one experiment listed, no retries,
-    ``timeout_s``), so it reaches every server MLflow reaches, with the same credentials:
-    ``http://user:pw@host`` and ``$MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``.
+
+def check_reachable(
+    uri: str, *, timeout_s: float = CONNECT_TIMEOUT_S, answer_timeout_s: float = ANSWER_TIMEOUT_S
+) -> None:
+    """Fail fast on an unreachable server (MLflow itself retries for minutes), but wait for a slow one.
+
+    First a TCP connection to the server's host and port within ``timeout_s`` (skipped when an
+    HTTP proxy carries the request): a refused, unroutable or silent address fails here. Then one
+    read-only request through MLflow's own client (one experiment listed, one retry, up to
+    ``answer_timeout_s``), so it reaches every server MLflow reaches, with the same credentials:
+    ``http://user:pw@host`` and ``$MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``. A server
+    that accepts connections but answers late (one still starting, or busy with many workers)
+    is not called unreachable: a 5-s limit on the answer failed workers that way.
     """
     if not uri.startswith(("http://", "https://")):
         return
+    parts = urllib.parse.urlsplit(uri)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    if not _proxied(parts.scheme, host):
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        except OSError as exc:
+            raise TrackingError(mask_url(f"MLflow tracking server {uri} is not reachable: {exc}")) from None
     try:
-        with _http_limits(timeout_s=timeout_s, max_retries=0):
+        with _http_limits(timeout_s=answer_timeout_s, max_retries=1):
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:
         raise TrackingError(mask_url(f"MLflow tracking server {uri} is not reachable: {exc}")) from None
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    """Whether requests (MLflow's HTTP library) sends a request to ``host`` through a proxy."""
+    return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
 
 
 def check_tracking_store(uri: str) -> None:
