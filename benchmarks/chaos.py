@@ -254,8 +254,14 @@ def run_chaos(
     unexpected = {code: n for code, n in fleet.exit_codes.items() if code not in (0, -sig, 130)}
     if unexpected:
         logs = ", ".join(p.name for p in fleet.crashed)
-        result.problems.append(f"workers exited with unexpected status {unexpected}; logs in {folder}: {logs}")
+        tails = "".join(f"\n--- {p.name} (last lines) ---\n{_tail(p)}" for p in fleet.crashed)
+        result.problems.append(f"workers exited with unexpected status {unexpected}; logs in {folder}: {logs}{tails}")
     return result
+
+
+def _tail(log: Path, lines: int = 12) -> str:
+    """The end of a worker's log, so a failed check shows why the worker exited (CI keeps no files)."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _unfinished(name: str, storage: str, trials: int) -> bool:

@@ -488,7 +488,7 @@ def test_a_server_slow_to_answer_is_waited_for_and_a_closed_port_fails_at_once(m
     start = time.monotonic()
     with pytest.raises(TrackingError, match=r"is not reachable: .*[Cc]onnection refused"):
         check_reachable(f"http://127.0.0.1:{free_port()}", timeout_s=1)
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 10  # refused at once, not after the 60 s an answer may take
 
 
 # -- validation before any write ---------------------------------------------------------------
@@ -587,10 +587,8 @@ def test_a_worker_killed_during_set_up_is_taken_over(mlflow_server: str, tmp_pat
         first.kill()  # after creating the study, before storing the parent's id
         first.wait(timeout=10)
         _wait_until(lambda: proxy.parent_created == 1, 10, "the dead worker's parent run")  # created, never stored
-        start = time.monotonic()
         second = _worker(config, proxy.url, tmp_path / "second.log")
         assert second.wait(timeout=120) == 0, (tmp_path / "second.log").read_text()[-3000:]
-        elapsed = time.monotonic() - start
     finally:
         proxy.shutdown()
     study = optuna.load_study(study_name="early-kill", storage=open_storage(str(tmp_path / "optuna.journal")))
@@ -601,7 +599,8 @@ def test_a_worker_killed_during_set_up_is_taken_over(mlflow_server: str, tmp_pat
     artifacts = [a.path for a in MlflowClient(mlflow_server).list_artifacts(parents[0].info.run_id)]
     assert "study.yaml" in artifacts
     assert parents[0].data.params  # the study's params, logged once
-    assert elapsed < 45, elapsed  # no fixed waits on the dead worker
+    # no wait on the dead worker's claim (it would last $BLOCKNAS_SETUP_WAIT_S, 30 min, past the 120 s above)
+    assert "died setting up study early-kill; taking over" in (tmp_path / "second.log").read_text()
 
 
 def test_a_set_up_claimed_on_another_host_is_waited_for_up_to_a_bound(tmp_path: Path) -> None:

@@ -92,9 +92,12 @@ def test_two_workers_on_postgres_and_an_mlflow_server(tmp_path: Path, postgres_u
     config = write_config(tmp_path, name, n_trials=6)
     args = ("--storage", postgres_url, "--tracking-uri", mlflow_server)
     procs = [worker(config, *args, cwd=tmp_path) for _ in range(2)]
-    for proc in procs:
-        finish(proc)
+    outputs = [finish(proc) for proc in procs]
     study = check_consistent(config, postgres_url, mlflow_server, 6)
+    experiment = MlflowClient(mlflow_server).get_experiment_by_name(name)
+    assert experiment is not None
+    page = f"MLflow:    {mlflow_server}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert all(page in out for out in outputs), outputs[0][-2000:]  # the server is the UI, one unbroken line
     workers = {t.user_attrs["blocknas.worker"] for t in study.trials}
     assert len(workers) == 2, "both workers ran trials"
 
