@@ -86,6 +86,9 @@ class ChaosResult:
         return 3600 * self.finished / self.wall_s if self.wall_s else 0.0
 
 
+SERVER_STORE = "server.db"  # the server's SQLite store, in its folder
+
+
 def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A real ``mlflow server`` on a free loopback port, backed by SQLite in ``folder``; returns once it answers.
 
@@ -93,7 +96,7 @@ def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     them before it can answer, and the first workers then waited on a server still starting.
     """
     port = free_port()
-    command = mlflow_server_command(f"sqlite:///{folder / 'server.db'}", port=port)
+    command = mlflow_server_command(f"sqlite:///{folder / SERVER_STORE}", port=port)
     proc = subprocess.Popen(
         [*command, "--artifacts-destination", str(folder / "server-artifacts")],
         cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

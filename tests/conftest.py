@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import shutil
 import socket
-import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -85,30 +87,33 @@ def mlflow_store(tmp_path: Path, empty_mlflow_store: Path) -> Path:
     return seed_mlflow_store(empty_mlflow_store, tmp_path)
 
 
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory, empty_mlflow_store: Path) -> Iterator[str]:
     """A real ``mlflow server`` on a SQLite store, shared by this test process's tests (each its own experiment).
 
-    Started once: a server takes 10-30 s to answer on 2 busy cores. Ready when ``/health``
-    answers (it accepts connections earlier), so no test's first request meets a server still starting.
+    Started once (a server takes 10-30 s to answer on 2 busy cores), by the chaos benchmark's
+    launcher: ready when ``/health`` answers, so no test's first request meets a server still starting.
     """
-    from blocknas.search.tracking.dashboard import free_port, mlflow_server_command, stop, wait_until_up
-
+    chaos = load_benchmark("chaos")
     folder = tmp_path_factory.mktemp("mlflow-server")
-    store = Path(shutil.copy(empty_mlflow_store, folder / "mlflow.db"))
-    port = free_port()
-    command = mlflow_server_command(f"sqlite:///{store}", port=port)
-    # artifacts under the test's folder: the server's default is ./mlartifacts in its working directory
-    process = subprocess.Popen(
-        [*command, "--artifacts-destination", str(folder / "artifacts")],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    shutil.copy(empty_mlflow_store, folder / chaos.SERVER_STORE)
+    process, url = chaos.start_mlflow_server(folder)
     try:
-        wait_until_up(f"{url}/health", process, timeout_s=120)
         yield url
     finally:
-        stop(process)
+        chaos.stop(process)
 
 
 @pytest.fixture

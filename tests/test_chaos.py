@@ -6,7 +6,6 @@ checks the same things at a size that fits the suite.
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import socket
 import subprocess
@@ -18,13 +17,9 @@ import pytest
 
 from blocknas.search.tracking import WORKER_ATTR, fail_abandoned_trials
 
-from .conftest import REPO_ROOT
+from .conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("chaos", REPO_ROOT / "benchmarks" / "chaos.py")
-assert _spec is not None and _spec.loader is not None
-chaos = importlib.util.module_from_spec(_spec)
-sys.modules["chaos"] = chaos  # its dataclasses look their module up
-_spec.loader.exec_module(chaos)
+chaos = load_benchmark("chaos")
 
 
 @pytest.mark.services
