@@ -391,16 +391,24 @@ def test_a_validation_split_missing_a_class_is_an_error(tmp_path: Path) -> None:
 
 class _Proxy(ThreadingHTTPServer):
     """A proxy on 127.0.0.1 in front of an MLflow server that can require basic auth (and strips it)
-    and hold back the creation of a study's parent run for ``parent_delay_s``, every answer for ``answer_delay_s``."""
+    and hold back the creation of a study's parent run (until ``parent_gate`` is set, then for
+    ``parent_delay_s``), every answer for ``answer_delay_s``."""
 
     daemon_threads = True
 
     def __init__(
-        self, upstream: str, *, credentials: str | None = None, parent_delay_s: float = 0.0, answer_delay_s: float = 0.0
+        self,
+        upstream: str,
+        *,
+        credentials: str | None = None,
+        parent_delay_s: float = 0.0,
+        parent_gate: threading.Event | None = None,
+        answer_delay_s: float = 0.0,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream = urllib.parse.urlsplit(upstream)
         self.credentials, self.parent_delay_s, self.answer_delay_s = credentials, parent_delay_s, answer_delay_s
+        self.parent_gate = parent_gate
         self.parent_creates = 0  # parent-run creations received (before the delay)
         self.parent_created = 0  # ... and forwarded to the server (after it)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -431,6 +439,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         ).get("tags", [])
         if parent:
             self.server.parent_creates += 1
+            if self.server.parent_gate is not None:
+                self.server.parent_gate.wait(timeout=180)
             time.sleep(self.server.parent_delay_s)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "host", "connection")}
         upstream = http.client.HTTPConnection(self.server.upstream.netloc, timeout=60)
@@ -558,17 +568,25 @@ def _parents(server: str, name: str) -> list:
 
 
 def test_a_slow_parent_run_is_created_once(mlflow_server: str, tmp_path: Path) -> None:
-    """The parent run takes 12 s to create, far past the set-up wait limit (1 s here): the worker
-    holding the claim is alive on this host, so the other waits for it however long it takes
-    (it once gave up after a fixed 30 s and created a second parent)."""
-    proxy = _Proxy(mlflow_server, parent_delay_s=12)
+    """The parent run is created only once the other worker waits for it, and 3 s later: past the
+    set-up wait limit (1 s here). The worker holding the claim is alive on this host, so the other
+    waits however long it takes (it once gave up after a fixed 30 s and created a second parent)."""
+    gate = threading.Event()
+    proxy = _Proxy(mlflow_server, parent_gate=gate, parent_delay_s=3)
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
     try:
         config = _setup_config(tmp_path, "slow-parent", n_trials=1)
         workers = [_worker(config, proxy.url, log, BLOCKNAS_SETUP_WAIT_S="1") for log in logs]
+        _wait_until(
+            lambda: any("waiting for worker" in log.read_text() for log in logs if log.exists()),
+            150,
+            "a waiting worker",
+        )
+        gate.set()
         for worker, log in zip(workers, logs):
             assert worker.wait(timeout=150) == 0, log.read_text()[-3000:]
     finally:
+        gate.set()  # a held request goes on, so a failed test leaves no worker stuck on it
         proxy.shutdown()
     assert sum("waiting for worker" in log.read_text() for log in logs) == 1, "one worker waited for the other"
     parents = _parents(mlflow_server, "slow-parent")
