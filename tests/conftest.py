@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 import torch
+from optuna.trial import FrozenTrial
 
 from blocknas.blocks import registry
+from blocknas.search.study import SURPLUS_ATTR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +37,11 @@ def quick_run(**overrides: Any) -> dict[str, Any]:
 def quick_study(name: str, **overrides: Any) -> dict[str, Any]:
     """A one-trial random-search study on the tiny space, with :func:`quick_run`'s settings."""
     return quick_run(**{"name": name, "space": "tiny", "sampler": "random", "n_trials": 1, **overrides})
+
+
+def ran(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that ran: not those discarded unrun because two workers raced for the last one."""
+    return [t for t in trials if SURPLUS_ATTR not in t.user_attrs]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -23,6 +23,7 @@ from blocknas.search.cli import main
 from blocknas.search.study import ARCH_ATTR, DUPLICATE_OF_ATTR, TRAINING_KEY_ATTR
 from blocknas.search.tracking import RUN_ID_ATTR
 
+from .conftest import ran
 from .test_definition import CONFIG, SPACE
 
 TWO = {**SPACE, "stages": [{**SPACE["stages"][0], "blocks": ["standard"]}]}  # widths 8 | 16: 2 architectures
@@ -66,19 +67,20 @@ def test_two_workers_never_train_one_architecture_twice(tmp_path: Path, monkeypa
     config.write_text(yaml.safe_dump({**CONFIG, "name": "dup", "n_trials": 6}))  # the definition test's study
     _workers(config, 2)
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "runs/optuna.journal")))
-    trials = optuna.load_study(study_name="dup", storage=storage).get_trials()
+    trials = ran(optuna.load_study(study_name="dup", storage=storage).get_trials())
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len(_trained_once(trials)) <= 2
     # another seed is another key: the same architectures are trained again, once each
     # (in this process: the two workers above already raced for the keys)
     monkeypatch.chdir(tmp_path)
     assert main(["search", "--config", str(config), "--no-progress", "--seed", "1", "--n-trials", "12"]) == 0
-    trials = optuna.load_study(study_name="dup", storage=storage).get_trials()
+    trials = ran(optuna.load_study(study_name="dup", storage=storage).get_trials())
     assert len(trials) == 12 and all(t.state == TrialState.COMPLETE for t in trials)
     originals = _trained_once(trials)
     assert len(originals) <= 4 and len({t.user_attrs[ARCH_ATTR]["stages"][0]["out_chs"] for t in trials}) == 2
     exported = [int(p.stem.split("_")[0][1:]) for p in (tmp_path / "configs/discovered/dup").glob("t*.yaml")]
-    assert exported and all(trials[n].user_attrs.get(DUPLICATE_OF_ATTR) is None for n in exported), exported
+    by_number = {t.number: t for t in trials}
+    assert exported and all(by_number[n].user_attrs.get(DUPLICATE_OF_ATTR) is None for n in exported), exported
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs/mlflow.db'}")
     for t in trials:
         run = client.get_run(t.user_attrs[RUN_ID_ATTR])

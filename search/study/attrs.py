@@ -26,6 +26,7 @@ __all__ = [
     "SCREEN_COUNTED_ATTR",
     "SCREEN_POOL_ATTR",
     "SEARCH_DEFINITION_ATTR",
+    "SURPLUS_ATTR",
     "TRAINING_KEY_ATTR",
     "TRAIN_SECONDS_ATTR",
 ]
@@ -39,6 +40,7 @@ LATENCY_MEASURED_ATTR = "latency_measured_ms"  # the measured p50, in either mod
 LATENCY_PREDICTED_ATTR = "latency_predicted_ms"  # the lookup table's prediction (predicted mode)
 LATENCY_CALIBRATED_ATTR = "latency_calibrated"  # whether that prediction was calibrated
 OVER_BUDGET_ATTR = "over_budget"  # which budget a rejected (never trained) candidate exceeded
+SURPLUS_ATTR = "blocknas.surplus"  # a trial discarded unrun: it was numbered past n_trials (workers raced)
 FAIL_REASON_ATTR = "fail_reason"  # why a trial failed: the exception, or INTERRUPTED
 INTERRUPTED = "interrupted"  # the fail reason of a trial stopped by Ctrl-C / SIGTERM
 TRAIN_SECONDS_ATTR = "train_seconds"  # wall time of the brief training

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
@@ -25,7 +25,7 @@ from blocknas.search.tracking import (
 )
 from blocknas.spaces import SearchSpace
 
-from .attrs import ARCH_ATTR, BASELINE_ATTR, SCREEN_POOL_ATTR
+from .attrs import ARCH_ATTR, BASELINE_ATTR, SCREEN_POOL_ATTR, SURPLUS_ATTR
 from .config import StudyConfig
 from .definition import check_search_definition
 from .objective import Objective
@@ -34,7 +34,7 @@ from .screened import ScreenedObjective
 from .screening import trial_counts_toward_total
 from .start import open_study_for_run
 
-__all__ = ["SearchResult", "optimize_until_done", "run_search", "trial_counts"]
+__all__ = ["SearchResult", "SurplusTrial", "optimize_until_done", "run_search", "trial_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +79,39 @@ def _load_baselines(config: StudyConfig, space: SearchSpace) -> dict[str, ArchCo
     return baselines
 
 
+def _counts(trial: FrozenTrial, retried: set[int]) -> bool:
+    """Whether a finished trial counts toward the total (see :func:`trial_counts`)."""
+    failed = trial.state == TrialState.FAIL and trial.number not in retried and SURPLUS_ATTR not in trial.user_attrs
+    return (trial.state in DONE_STATES or failed) and trial_counts_toward_total(trial)
+
+
+def _runs(trial: FrozenTrial) -> bool:
+    """Whether a trial is in progress as one of the total's trials (not a screening pool's extra candidate)."""
+    return trial.state == TrialState.RUNNING and trial.user_attrs.get(SCREEN_POOL_ATTR, trial.number) == trial.number
+
+
 def trial_counts(study: optuna.Study) -> tuple[int, int]:
     """``(done, running)``: trials that count toward the total, and trials in progress.
 
     Complete, pruned (incl. over budget) and failed trials count; a failed trial that was
-    re-enqueued for retry (its worker died) does not, its retry does. A screening pool counts
+    re-enqueued for retry (its worker died) does not, its retry does, and neither does a
+    surplus trial (discarded unrun, see :func:`optimize_until_done`). A screening pool counts
     once (its trained candidate); the extra candidates a running pool asked for are not running trials.
     """
     trials = study.get_trials(deepcopy=False)
     retried = retried_trials(trials)
-    done = sum(
-        (t.state in DONE_STATES or (t.state == TrialState.FAIL and t.number not in retried))
-        and trial_counts_toward_total(t)
-        for t in trials
-    )
-    return done, sum(
-        t.state == TrialState.RUNNING and t.user_attrs.get(SCREEN_POOL_ATTR, t.number) == t.number for t in trials
-    )
+    return sum(_counts(t, retried) for t in trials), sum(_runs(t) for t in trials)
+
+
+class SurplusTrial(RuntimeError):
+    """A trial numbered past the study's total: another worker started the last one at the same moment."""
+
+
+def _past_total(study: optuna.Study, number: int, n_trials: int) -> bool:
+    """Whether ``n_trials`` trials numbered before trial ``number`` already count or run."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_trials(trials)
+    return sum(t.number < number and (_counts(t, retried) or _runs(t)) for t in trials) >= n_trials
 
 
 def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_definition: bool = False) -> SearchResult:
@@ -153,7 +169,22 @@ def optimize_until_done(
     ``n_trials`` a study-wide total: resumes and extra workers add up to it, never past it.
     A worker whose remaining trials are in other workers' hands waits for them (or for
     them to be declared stale) instead of starting surplus trials.
+
+    Counting and starting are two steps, so two workers that both find one trial left can
+    both start one. Trial numbers are unique and ordered, so the one numbered past the total
+    (``n_trials`` trials before it count or run) is discarded before it runs: FAIL with
+    ``blocknas.surplus``, no MLflow run, not counted. The total is trained, never more.
     """
+
+    def objective_within_total(trial: optuna.trial.Trial) -> Any:
+        if _past_total(study, trial.number, n_trials):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            raise SurplusTrial(
+                f"trial {trial.number} is past n_trials={n_trials}: another worker started the last trial at the "
+                "same moment; discarded before it ran (not counted, no MLflow run)"
+            )
+        return objective(trial)
+
     start = time.monotonic()
     done, _ = trial_counts(study)
     bar = tqdm(
@@ -178,7 +209,7 @@ def optimize_until_done(
                 fail_abandoned_trials(study)
                 continue
             try:
-                study.optimize(objective, n_trials=1, catch=(Exception,))
+                study.optimize(objective_within_total, n_trials=1, catch=(Exception,))
             except ValueError as exc:  # Optuna's tell, after another worker failed the trial as stale
                 if "Cannot tell a FAIL trial" not in str(exc):
                     raise
