@@ -98,9 +98,14 @@ def trial_counts(study: optuna.Study) -> tuple[int, int]:
     surplus trial (discarded unrun, see :func:`optimize_until_done`). A screening pool counts
     once (its trained candidate); the extra candidates a running pool asked for are not running trials.
     """
-    trials = study.get_trials(deepcopy=False)
+    return _tally(study.get_trials(deepcopy=False))
+
+
+def _tally(trials: list[FrozenTrial], below: int | None = None) -> tuple[int, int]:
+    """:func:`trial_counts` of ``trials``, or of those numbered below ``below``."""
     retried = retried_trials(trials)
-    return sum(_counts(t, retried) for t in trials), sum(_runs(t) for t in trials)
+    counted = [t for t in trials if below is None or t.number < below]
+    return sum(_counts(t, retried) for t in counted), sum(_runs(t) for t in counted)
 
 
 class SurplusTrial(RuntimeError):
@@ -109,9 +114,7 @@ class SurplusTrial(RuntimeError):
 
 def _past_total(study: optuna.Study, number: int, n_trials: int) -> bool:
     """Whether ``n_trials`` trials numbered before trial ``number`` already count or run."""
-    trials = study.get_trials(deepcopy=False)
-    retried = retried_trials(trials)
-    return sum(t.number < number and (_counts(t, retried) or _runs(t)) for t in trials) >= n_trials
+    return sum(_tally(study.get_trials(deepcopy=False), below=number)) >= n_trials
 
 
 def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_definition: bool = False) -> SearchResult:
