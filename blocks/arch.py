@@ -16,7 +16,8 @@ from .cost import Cost, CostKnobs, out_size
 from .layers import build_block, build_head, build_stem
 from .network_cost import block_cost, head_cost, meta_cost, stem_cost
 from .parts import ACT_LAYERS, NORM_LAYERS, BlockSpec, HeadConfig, StageConfig, StemConfig, check_positive
-from .schema import ConfigError, flatten, load_yaml, parse, to_plain
+from .schema import ConfigError, flatten, parse, to_plain
+from .yaml_file import load_yaml
 
 __all__ = ["ArchConfig"]
 

@@ -12,12 +12,9 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-import yaml
-
-__all__ = ["ConfigError", "excerpt", "flatten", "load_yaml", "parse", "to_plain"]
+__all__ = ["ConfigError", "excerpt", "flatten", "parse", "to_plain"]
 
 T = TypeVar("T")
 
@@ -45,68 +42,6 @@ def _join(prefix: str, key: str) -> str:
     if not key:
         return prefix
     return f"{prefix}{key}" if key.startswith("[") else f"{prefix}.{key}"
-
-
-MAX_YAML_VALUES = 10_000
-"""Most values a YAML file may expand to once its aliases are followed; real configs have a few hundred."""
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` whose aliases may not expand the document past :data:`MAX_YAML_VALUES` values.
-
-    Anchors and aliases stay usable for what people write them for (reusing a stage's block
-    list), but a small file cannot expand to a huge value ("billion laughs"): the expanded
-    size is counted on the composed node graph, each shared node once, before anything is built.
-    """
-
-    def compose_document(self) -> Any:
-        node = super().compose_document()
-        sizes: dict[int, int] = {}
-        if node is not None and _expanded_size(node, sizes) > MAX_YAML_VALUES:
-            raise ConfigError(
-                f"its aliases expand to more than {MAX_YAML_VALUES:,} values; write the values out "
-                "or reuse fewer of them (YAML aliases are bounded so a small file cannot grow without limit)"
-            )
-        return node
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """Values in ``node`` with every alias expanded; ``sizes`` memoizes shared nodes, so this is linear."""
-    if id(node) in sizes:
-        return sizes[id(node)]
-    sizes[id(node)] = 1  # a recursive alias counts once instead of looping
-    if isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
-    else:
-        size = 1
-    sizes[id(node)] = size
-    return size
-
-
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file (safe types only, aliases bounded); syntax errors name the file and line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError("file not found", source=str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not a text file; expected YAML", source=str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError("is a folder; expected a YAML file", source=str(path)) from None
-    except OSError as exc:  # unreadable: permissions, a device, a broken mount
-        raise ConfigError(f"cannot be read ({exc.strerror or exc}); expected a YAML file", source=str(path)) from None
-    try:
-        return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: plain data only
-    except ConfigError as exc:
-        raise ConfigError(exc.message, source=str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"YAML syntax error: {line}{problem}", source=str(path)) from None
 
 
 def parse(cls: type[T], data: Any, *, source: str | None = None, path: str = "") -> T:

@@ -251,3 +251,12 @@ def test_yaml_that_is_not_a_mapping(text: str, tmp_path: Path) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(f"{path}: expected a mapping")):
         ArchConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize("stages", [600, 1000])
+def test_what_to_yaml_writes_from_yaml_reads_at_any_depth(stages: int, tmp_path: Path) -> None:
+    """A large plain file has no aliases, so the alias-expansion bound never refuses it."""
+    arch = ArchConfig.from_dict({"stages": [{"block": "standard", "out_chs": 8 + i % 4} for i in range(stages)]})
+    path = tmp_path / "deep.yaml"
+    arch.to_yaml(path)
+    assert ArchConfig.from_yaml(path) == arch

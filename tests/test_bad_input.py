@@ -8,8 +8,11 @@ exit status 2, no traceback, and nothing written (no ``runs/``, no ``mlflow.db``
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from blocknas.blocks import ConfigError, load_yaml
+from blocknas.blocks.yaml_file import MAX_CONFIG_BYTES
 from blocknas.search.cli import main
 
 from .conftest import REPO_ROOT, quick_run, quick_study
@@ -211,3 +216,69 @@ def test_script_with_a_bad_config_exits_2_and_writes_nothing(
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# -- config files: regular files of bounded size, strict YAML --------------------------
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            load_yaml(fifo)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # blocked in open(): a writer that closes at once lets it go
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=10)
+        pytest.fail("load_yaml waited for a writer on a FIFO")
+    assert isinstance(outcome[0], ConfigError) and "not a regular file" in str(outcome[0]), outcome
+
+
+def test_a_device_is_refused_unread() -> None:
+    with pytest.raises(ConfigError, match="/dev/zero: is not a regular file"):
+        load_yaml("/dev/zero")
+
+
+def test_a_config_over_the_size_cap_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("name: x\n" + "#" * MAX_CONFIG_BYTES + "\n")  # valid YAML, one byte too many
+    with pytest.raises(ConfigError, match=r"big\.yaml: is 1,048,585 bytes; a config file may hold at most 1,048,576"):
+        load_yaml(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: a\nseed: 1\nname: b\n", "duplicate key 'name' on lines 1 and 3"),
+        ("train:\n  epochs: 1\n  lr: 0.1\n  epochs: 2\n", "duplicate key 'epochs' on lines 2 and 4"),
+        ("stages: [{block: standard, block: separable}]\n", "duplicate key 'block' on lines 1 and 1"),
+        ("1: a\n0x1: b\n", "duplicate key 1 on lines 1 and 2"),
+    ],
+)
+def test_duplicate_keys_name_the_key_and_both_lines(text: str, expected: str, tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"dup\.yaml: {re.escape(expected)}"):
+        load_yaml(path)
+
+
+def test_a_merge_key_may_still_override_what_it_merges(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {x: 1, y: 2}\nuse: {<<: *b, y: 3}\n")
+    assert load_yaml(path)["use"] == {"x": 1, "y": 3}
+
+
+def test_nesting_too_deep_for_the_parser_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("[" * 5_000 + "]" * 5_000)
+    with pytest.raises(ConfigError, match=r"deep\.yaml: .*(nested too deeply|exceeded maximum nesting depth)"):
+        load_yaml(path)

@@ -266,3 +266,12 @@ def test_bad_yaml_names_file_and_key_path(case: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=pattern) as info:
         SearchSpace.load(path)
     assert str(info.value).startswith(f"{path}: ")
+
+
+def test_a_large_plain_space_loads(tmp_path: Path) -> None:
+    """1,000 stages written out, no anchor or alias: nothing for the alias-expansion bound to refuse."""
+    stage = "  - {blocks: [standard, separable], widths: [8, 16], depth: {min: 1, max: 2}}\n"
+    path = tmp_path / "big.yaml"
+    path.write_text("stages:\n" + stage * 1000)
+    space = SearchSpace.load(path)
+    assert len(space.stages) == 1000 and space.size() == 8**1000
