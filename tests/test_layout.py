@@ -150,7 +150,17 @@ def test_search_is_one_subpackage_per_subsystem() -> None:
     folders = {p.name for p in (ROOT / "search").iterdir() if (p / "__init__.py").is_file()}
     assert folders == {"data", "latency", "tracking", "training", "study", "ablation", "report"}
     flat = {p.stem for p in (ROOT / "search").glob("*.py")}
-    assert flat <= {"__init__", "cli", "files", "threads", "figures", "interrupts", "seeding", "yaml_config"}, flat
+    assert flat <= {
+        "__init__",
+        "cli",
+        "files",
+        "threads",
+        "figures",
+        "interrupts",
+        "markdown",
+        "seeding",
+        "yaml_config",
+    }, flat
 
 
 def _plant(tmp_path: Path, files: dict[str, str]) -> dict[str, str]:

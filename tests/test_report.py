@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html as html_lib
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from markdown_it import MarkdownIt
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
@@ -37,7 +39,7 @@ from blocknas.search.tracking import (
     wait_until_up,
 )
 
-from .test_search import tiny_config
+from .test_search import children, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -246,6 +248,61 @@ def test_ablation_report_is_included(in_tmp_dir: Path) -> None:
     assert (folder / "report.md").read_text() == ablation_md, "fetched from the parent run"
     assert len(_images(result.html.read_text())) == 4, "scatter, blocks, hypervolume and the ablation figure"
     assert "<section id='ablation-abl'>" in result.html.read_text()
+
+
+def _planted(secret: Path) -> str:
+    """Markup of every kind a value could try: an image of a local file, raw HTML, a script, a link, a table bar."""
+    return (
+        f"![leak]({secret}) <img src='{secret}'> <script>alert(1)</script> [go](javascript:alert(1)) "
+        "**bold** &lt;b&gt; | cell `code` ~~gone~~ # end"
+    )
+
+
+def test_report_shows_planted_markup_as_text_and_reads_no_file(in_tmp_dir: Path) -> None:
+    secret = in_tmp_dir / "secret.txt"
+    secret.write_text("TOPSECRET-c0ffee")
+    planted = _planted(secret)
+    name = "rep![n](summary.md)<b>x<b><script>alert(1)<script>"  # no "/" nor space: a study name is a folder
+    result = run_search(tiny_config(name=name, n_trials=2), progress=False)
+    client = MlflowClient(result.tracking_uri)
+    client.log_param(result.parent_run_id, "planted", planted)  # a study setting
+    child = children(client, result.parent_run_id)[0].info.run_id
+    client.set_tag(child, "latency.fp.planted", planted)  # a tag, shown in the fingerprint table
+    client.set_tag(child, "latency.fingerprint_id", planted)
+    study = result.study
+    study.set_metric_names([planted, "latency_ms"])
+    arch = arch_dict("standard")
+    arch["stages"][0]["block"] = planted
+    for i in range(5):  # dominated trials, enough of them for importances: a param and user attributes
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                values=[0.0, 1e6],
+                params={planted: i / 5},
+                distributions={planted: optuna.distributions.FloatDistribution(0, 1)},
+                user_attrs={"arch": arch, "latency_ms": 1e6, f"proxy.{planted}": float(i)},
+            )
+        )
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"screened_out_by": planted}))
+
+    assert main(["report", "--study-name", name]) == 0
+    folder = in_tmp_dir / "runs" / name / "report"
+    markdown, html = (folder / "summary.md").read_text(), (folder / "report.html").read_text()
+    encoded = base64.b64encode(secret.read_bytes()).decode()
+    for text in (markdown, html):
+        assert "TOPSECRET" not in text and encoded[:12] not in text, "no file named by data is read"
+    figures = [path.read_bytes() for path in folder.glob("*.png")]
+    assert sorted(_images(html)) == sorted(figures), "the report's own figures, each once, and nothing else"
+    # The Markdown as a permissive viewer renders it (raw HTML on), and the HTML page: no markup from data.
+    viewer = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+    for rendered in (viewer.render(markdown), html):
+        assert not re.search(r"<(script|b>|strong>bold|s>gone|img src='|a href=\"javascript)", rendered)
+        assert not re.search(r'<img src="(?!data:image/png;base64,|\w+\.png")', rendered)
+    # Each planted value is shown as its characters: setting, tag, fingerprint id, block, parameter,
+    # objective (twice), proxy and screening proxy.
+    assert html.count(html_lib.escape(planted, quote=False)) >= 9
+    assert html_lib.escape(f"study-{name}", quote=False) in html and f"<code>{html_lib.escape(name)}</code>" in html
+    assert "| planted | !\\[leak\\](" in markdown and "\\<script>alert(1)\\</script>" in markdown
 
 
 # -- command line and dashboards ------------------------------------------------------------

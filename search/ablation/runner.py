@@ -22,6 +22,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten
+from blocknas.search.markdown import md_code, md_text
 from blocknas.search.study import (
     DEFINITION_ATTR,
     FAIL_REASON_ATTR,
@@ -378,9 +379,9 @@ def _notes(config: AblationConfig, plan: list[PlannedVariant], cells: list[CellR
     t = config.train
     lat = config.latency
     notes = [
-        f"Base variant `{base.name}` (arch {base.arch.short_hash()}); design: {config.design}; "
+        f"Base variant {md_code(base.name)} (arch {base.arch.short_hash()}); design: {config.design}; "
         f"seeds: {', '.join(map(str, config.seed_list))} (same initialisation and data order for every variant). "
-        f"Data: {config.data.name}, input {base.arch.input_size[0]}×{base.arch.input_size[1]}; training: "
+        f"Data: {md_text(config.data.name)}, input {base.arch.input_size[0]}×{base.arch.input_size[1]}; training: "
         f"{t.epochs} epochs, batch {t.batch_size}, {t.optimizer} lr {t.lr}. Latency: {lat.runtime}, batch {lat.batch_size}, "
         f"threads {lat.threads}, median of repeated runs."
     ]
@@ -391,7 +392,7 @@ def _notes(config: AblationConfig, plan: list[PlannedVariant], cells: list[CellR
             f"Budget: every variant's widths (stem, stages, head; one multiplier, multiples of 8) were scaled until "
             f"its {matching.metric} came within ±{matching.tolerance:.0%} of the base variant's."
             + (
-                f" Not matched: {', '.join(f'`{v.name}`' for v in unmatched)} "
+                f" Not matched: {', '.join(md_code(v.name) for v in unmatched)} "
                 f"({'trained at the closest width and flagged' if config.on_unmatched == 'train' else 'not trained'})."
                 if unmatched
                 else " Every variant matched."
@@ -400,7 +401,7 @@ def _notes(config: AblationConfig, plan: list[PlannedVariant], cells: list[CellR
     failed = [c for c in cells if c.state in ("FAIL", "PRUNED")]
     missing = [c for c in cells if c.state not in (*DONE, "NOT_TRAINED")]
     if failed:
-        notes.append(f"Failed cells (excluded): {', '.join(f'`{c.variant}` seed {c.seed}' for c in failed)}.")
+        notes.append(f"Failed cells (excluded): {', '.join(f'{md_code(c.variant)} seed {c.seed}' for c in failed)}.")
     if missing:
         notes.append(
             f"Incomplete: {len(missing)} cell(s) not finished (not run, interrupted or still running); rerun the same command to finish."

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from blocknas.search.figures import pyplot, save_figure
+from blocknas.search.markdown import md_code, md_text
 
 from .config import AblationConfig, format_level
 from .plan import PlannedVariant
@@ -181,7 +182,7 @@ def factor_table(rows: Sequence[LevelRow], metric: str | None, confidence: float
         "level",
         "seeds",
         "accuracy %",
-        f"Δ vs {base.level} pp [{confidence:.0%} CI]",
+        f"Δ vs {md_text(base.level)} pp [{confidence:.0%} CI]",
         "latency p50 ms",
         "params",
         "MACs",
@@ -191,7 +192,7 @@ def factor_table(rows: Sequence[LevelRow], metric: str | None, confidence: float
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
         cells = [
-            f"{r.level} (base)" if r.is_base else r.level,
+            f"{md_text(r.level)} (base)" if r.is_base else md_text(r.level),
             str(r.seeds),
             _pct(*r.accuracy_mean_std),
             _diff_text(r.diff),
@@ -207,14 +208,14 @@ def factor_table(rows: Sequence[LevelRow], metric: str | None, confidence: float
 def report_markdown(config: AblationConfig, tables: dict[str, list[LevelRow]], notes: Sequence[str]) -> str:
     """The whole report: notes, then one table per factor."""
     metric = config.matching.metric if config.matching else None
-    parts = [f"# Ablation `{config.name}`\n", *(f"{n}\n" for n in notes)]
+    parts = [f"# Ablation {md_code(config.name)}\n", *(f"{n}\n" for n in notes)]
     parts.append(
         f"Accuracy: validation top-1 in %, mean ± std over seeds. Δ: paired difference to the base level per seed, "
         f"in percentage points, mean [{config.confidence:.0%} t-interval, n−1 df]; * marks an interval that excludes 0.\n"
     )
     for factor, rows in tables.items():
         base = next(r for r in rows if r.is_base)
-        parts.append(f"## {factor} (base level: {base.level})\n")
+        parts.append(f"## {factor} (base level: {md_text(base.level)})\n")
         parts.append(factor_table(rows, metric, config.confidence))
     return "\n".join(parts)
 

@@ -1,8 +1,9 @@
 """Markdown → one self-contained HTML file: images inlined as base64 PNG, CSS inline, no scripts.
 
 The HTML report is the Markdown summary rendered (markdown-it, a dependency of rich), so the
-two never disagree; only the image sources change, from file names to ``data:`` URIs. Each
-Markdown section becomes a ``<section id=…>``, linked from a table of contents.
+two never disagree; only the image sources change, from file names to ``data:`` URIs, and only
+for the files the caller lists (the figures it wrote). Each Markdown section becomes a
+``<section id=…>``, linked from a table of contents.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import html
 import logging
 import mimetypes
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from markdown_it import MarkdownIt
@@ -44,28 +45,31 @@ def _parser() -> MarkdownIt:
     return MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
-def _inline_images(tokens: list[Token], folder: Path) -> None:
-    """Point every image at a ``data:`` URI of the file it names in ``folder``."""
+def _inline_images(tokens: list[Token], images: Mapping[str, Path]) -> None:
+    """Point each image named in ``images`` at a ``data:`` URI of its file; any other image becomes its alt text.
+
+    Only the figures the report wrote are listed, so no text can make the report read
+    (and publish) a file it names, nor make a reader's browser fetch one.
+    """
     for token in tokens:
         for child in token.children or ():
             if child.type != "image":
                 continue
             src = str(child.attrGet("src") or "")
-            path = folder / src
-            if src.startswith(("data:", "http:", "https:")) or not path.is_file():
-                if not src.startswith("data:"):
-                    log.warning("report image %s not found in %s; left as a link", src, folder)
+            path = images.get(src)
+            if path is None or not path.is_file():
+                log.warning("report image %r is not a figure of this report; shown as its alt text", src)
+                child.type, child.tag, child.attrs, child.children = "text", "", {}, None
                 continue
             mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             child.attrSet("src", f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}")
 
 
-def render_markdown(text: str, *, image_dir: str | Path | None = None) -> str:
-    """Markdown (with tables) to an HTML fragment; images found in ``image_dir`` are inlined."""
+def render_markdown(text: str, *, images: Mapping[str, Path] | None = None) -> str:
+    """Markdown (with tables) to an HTML fragment; ``images`` (name in the Markdown → file) are inlined."""
     md = _parser()
     tokens = md.parse(text)
-    if image_dir is not None:
-        _inline_images(tokens, Path(image_dir))
+    _inline_images(tokens, images or {})
     return str(md.renderer.render(tokens, md.options, {}))
 
 
@@ -79,12 +83,15 @@ def _heading(section: str) -> str:
     return match.group(1).strip() if match else "section"
 
 
-def markdown_to_html(sections: Sequence[str], *, title: str, image_dir: str | Path | None = None) -> str:
-    """A complete, self-contained HTML page: one ``<section>`` per Markdown section, a contents bar after the first."""
+def markdown_to_html(sections: Sequence[str], *, title: str, images: Mapping[str, Path] | None = None) -> str:
+    """A complete, self-contained HTML page: one ``<section>`` per Markdown section, a contents bar after the first.
+
+    ``images`` maps the image names the sections use to the files to inline; no other file is read.
+    """
     ids = [_slug(_heading(s).replace("`", "")) for s in sections]
     parts = []
     for i, (section, sid) in enumerate(zip(sections, ids)):
-        parts.append(f"<section id='{sid}'>\n{render_markdown(section, image_dir=image_dir)}</section>\n")
+        parts.append(f"<section id='{sid}'>\n{render_markdown(section, images=images)}</section>\n")
         if i == 0 and len(sections) > 1:
             links = " ".join(
                 f"<a href='#{sid}'>{html.escape(_heading(s).replace('`', ''))}</a>"

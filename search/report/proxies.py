@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from optuna.trial import FrozenTrial
 from rich.table import Table
 
+from blocknas.search.markdown import md_code, md_text
 from blocknas.search.study import ProxyCorrelation, proxy_correlations, screen_counts
 
 __all__ = ["proxy_rich_table", "proxy_section"]
@@ -52,10 +53,10 @@ def proxy_section(trials: Sequence[FrozenTrial]) -> str:
         "| " + " | ".join(_HEADERS) + " |",
         "|---|" + "---:|" * (len(_HEADERS) - 1),
     ]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    lines += ["| " + " | ".join(map(md_text, _cells(row))) + " |" for row in rows]
     counts = screen_counts(trials)
     if counts:
-        total = ", ".join(f"{n} by `{proxy}`" for proxy, n in sorted(counts.items()))
+        total = ", ".join(f"{n} by {md_code(proxy)}" for proxy, n in sorted(counts.items()))
         lines.append(f"\nScreened out (PRUNED, never trained): {total}.")
     lines.append(f"\n{LONGER_TRAINING_NOTE}")
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from blocknas.search.markdown import md_code, md_link, md_text
 from blocknas.search.study import (
     FRONT_COLUMNS,
     LATENCY_ATTR,
@@ -167,7 +168,8 @@ def write_report(
     md_path = folder / MARKDOWN_NAME
     md_path.write_text(markdown)
     html_path = folder / HTML_NAME
-    html_path.write_text(markdown_to_html(sections, title=f"blocknas report: {study.study_name}", image_dir=folder))
+    images = {path.name: path for path in [*figures, folder / ABLATION_FILES[1]]}  # only what the report drew
+    html_path.write_text(markdown_to_html(sections, title=f"blocknas report: {study.study_name}", images=images))
     files = [html_path, md_path, *figures]
     if tracker is not None and runs.parent_id:
         for path in files:
@@ -243,20 +245,19 @@ def _sections(
 
 def _header(study: optuna.Study, runs: _Runs, ui_base: str, storage_url: str | None) -> str:
     kind = "ablation" if _is_ablation(runs) else "search"
-    objectives = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(objective_names(study), study.directions))
+    objectives = ", ".join(f"{_text(n)} ({d.name.lower()})" for n, d in zip(objective_names(study), study.directions))
     states = state_counts(study)
     lines = [
-        f"# Study report: `{study.study_name}`\n",
+        f"# Study report: {md_code(study.study_name)}\n",
         f"- kind: {kind}; objectives: {objectives}",
         f"- trials: {sum(states.values())} ({', '.join(f'{n} {k}' for k, n in states.items()) or 'none yet'})",
         f"- generated: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
     ]
     if storage_url:
-        lines.append(f"- study storage: `{mask_url(storage_url)}`")
+        lines.append(f"- study storage: {md_code(mask_url(storage_url))}")
     if runs.parent_id and runs.experiment_id:
-        lines.append(
-            f"- MLflow parent run: [study-{study.study_name}]({run_url(ui_base, runs.experiment_id, runs.parent_id)})"
-        )
+        link = md_link(f"study-{study.study_name}", run_url(ui_base, runs.experiment_id, runs.parent_id))
+        lines.append(f"- MLflow parent run: {link}")
     if not states.get("complete"):
         lines.append(
             "\n> No complete trials yet: there is no front, no hypervolume and no importance to show. "
@@ -325,7 +326,7 @@ def _front_columns(runs: _Runs, ui_base: str, *, predicted: bool) -> list[FrontC
     def link(row: FrontRow) -> str:
         if row.run_id not in (runs.children or {}) or not runs.experiment_id:
             return row.name
-        return f"[{row.name}]({run_url(ui_base, runs.experiment_id, row.run_id)})"
+        return md_link(row.name, run_url(ui_base, runs.experiment_id, row.run_id))
 
     columns = [FRONT_COLUMNS["trial"], FRONT_COLUMNS["accuracy"]]
     if predicted:  # the objective is the table's prediction, shown beside the measurement
@@ -354,7 +355,7 @@ def _blocks_section(counts: Sequence[BlockCount]) -> str:
     ]
     for c in counts:
         lines.append(
-            f"| {c.stage} | {c.block} | {c.front}/{c.front_total} ({c.front_share:.0%}) "
+            f"| {c.stage} | {_text(c.block)} | {c.front}/{c.front_total} ({c.front_share:.0%}) "
             f"| {c.all}/{c.all_total} ({c.all_share:.0%}) |"
         )
     return "\n".join(lines) + "\n"
@@ -367,16 +368,18 @@ def _importance_section(importances: Sequence[Importances]) -> str:
         "(baselines excluded). Conditional parameters (a block's own knobs) count too: a trial that did not sample "
         "one is in that parameter's inactive regime. Normalized to sum to 1 per objective.\n",
     ]
-    lines += [f"- {imp.objective}: not computed, {imp.missing}" for imp in importances if imp.missing]
+    lines += [f"- {_text(imp.objective)}: not computed, {_text(imp.missing)}" for imp in importances if imp.missing]
     shown = [imp for imp in importances if not imp.missing]
     if shown:
         params = sorted({p for imp in shown for p in imp.values}, key=lambda p: -max(i.values.get(p, 0) for i in shown))
         lines += [
             "\n![parameter importances](importances.png)\n",
-            "| parameter | " + " | ".join(imp.objective for imp in shown) + " |",
+            "| parameter | " + " | ".join(_text(imp.objective) for imp in shown) + " |",
             "|---|" + "---:|" * len(shown),
         ]
-        lines += [f"| {p} | " + " | ".join(_num(imp.values.get(p), ".3f") for imp in shown) + " |" for p in params]
+        lines += [
+            f"| {_text(p)} | " + " | ".join(_num(imp.values.get(p), ".3f") for imp in shown) + " |" for p in params
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -432,7 +435,7 @@ def _settings_section(study: optuna.Study, runs: _Runs) -> str:
         )
         return "\n".join(lines) + "\n"
     lines += ["As logged on the MLflow parent run.\n", "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in sorted(runs.parent_params.items())]
+    lines += [f"| {_text(k)} | {_text(v)} |" for k, v in sorted(runs.parent_params.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -447,8 +450,8 @@ def _fingerprint_section(runs: _Runs) -> str:
             "fingerprint are comparable.\n"
         )
     for fp in found:
-        lines += [f"Fingerprint `{fp.id}` ({fp.runs} trial run(s)):\n", "| key | value |", "|---|---|"]
-        lines += [f"| {k} | {_cell(v)} |" for k, v in fp.values.items()]
+        lines += [f"Fingerprint {md_code(mask_url(fp.id))} ({fp.runs} trial run(s)):\n", "| key | value |", "|---|---|"]
+        lines += [f"| {_text(k)} | {_text(v)} |" for k, v in fp.values.items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -457,6 +460,6 @@ def _num(value: float | None, fmt: str) -> str:
     return "—" if value is None or math.isnan(value) else format(value, fmt)
 
 
-def _cell(value: Any) -> str:
-    """A value safe inside a Markdown table cell."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
+def _text(value: Any) -> str:
+    """A value from the study or MLflow as Markdown text: credentials masked, markup shown as characters."""
+    return md_text(mask_url(str(value)))
