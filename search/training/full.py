@@ -34,7 +34,7 @@ from .checkpoint import CheckpointError, load_training_state, save_training_stat
 from .full_config import AugmentConfig, FullTrainConfig, FullTrainResult
 from .run import TrainRun
 
-__all__ = ["RandomCropFlip", "train_full"]
+__all__ = ["FullTrainer", "RandomCropFlip", "train_full"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class RandomCropFlip:
         return cls(padding=cfg.crop_padding, hflip=hflip, seed=seed)
 
 
-class _FullTrainer(BriefTrainer):
+class FullTrainer(BriefTrainer):
     """The brief trainer's step with augmentation before it and an EMA update after it."""
 
     def __init__(self, model: nn.Module, data: DataSplit, config: FullTrainConfig) -> None:
@@ -183,7 +183,7 @@ def train_full(config: FullTrainConfig, *, resume: bool = False, progress: bool 
     seed_everything(config.seed)
     import timm
 
-    trainer = _FullTrainer(timm.create_model("blocknet", arch=arch), data, config)
+    trainer = FullTrainer(timm.create_model("blocknet", arch=arch), data, config)
     if state is not None:
         trainer.restore(state)
     run_id = state.get("mlflow_run_id") if state else None
@@ -253,7 +253,7 @@ def _resume_state(out: Path, config: FullTrainConfig, arch: ArchConfig) -> dict[
 
 
 def _fit(
-    trainer: _FullTrainer,
+    trainer: FullTrainer,
     config: FullTrainConfig,
     arch: ArchConfig,
     out: Path,

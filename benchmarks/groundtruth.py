@@ -1,0 +1,502 @@
+#!/usr/bin/env python
+"""Ground truth for the search: networks trained the way users train a discovered config.
+
+Every network of the default study's space (``mobile32``) that a user could reuse is trained with
+``blocknas train``'s recipe (augmentation, EMA, cosine; ``configs/train/default.yaml``) on
+``--train-images`` Fashion-MNIST training images for ``--epochs`` epochs and validated after each
+epoch on the 10,000 official test images. Beside it, each candidate *cheap estimate* of that
+accuracy is computed for the same network: the default study's own trial score, variants of the
+brief recipe at about the same cost, the training speed estimate, EMA weights, the parameter
+count, MACs and every zero-cost proxy. One JSON line per network and seed in
+``results/groundtruth.rows.jsonl``; ``table`` then scores every estimate against the table.
+
+    python benchmarks/groundtruth.py collect --shard 0 --shards 2 &     # two cores: two shards
+    python benchmarks/groundtruth.py collect --shard 1 --shards 2
+    python benchmarks/groundtruth.py table                               # results/groundtruth.md, .json
+    python benchmarks/groundtruth.py collect --n-random 120 ...           # grow it: finished rows are kept
+
+The job list is fixed by its seeds (presets, then uniform samples of the space within the default
+study's budget, a second seed for some), so every shard and every resume agrees on it; a job whose
+(arch_hash, seed) row exists is skipped, so a killed shard resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import timm
+import torch
+import yaml
+
+import blocknas.blocks  # noqa: F401  (registers the blocknet models)
+from blocknas.blocks import ArchConfig, resolve_arch
+from blocknas.search.data import DataConfig, load_data
+from blocknas.search.latency import measure_latency
+from blocknas.search.study import StudyConfig, load_study_config
+from blocknas.search.training import (
+    AugmentConfig,
+    EmaConfig,
+    FullTrainConfig,
+    FullTrainer,
+    list_proxies,
+    load_train_config,
+    proxy_batch,
+    score_proxies,
+    seed_everything,
+    training_threads,
+)
+from blocknas.search.training.estimators import fit_ranker, rank_agreement, training_speed_estimate
+from blocknas.spaces import SearchSpace
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROWS = RESULTS / "groundtruth.rows.jsonl"
+REQUIRED = (
+    "arch_hash",
+    "arch",
+    "seed",
+    "params",
+    "macs",
+    "latency_ms",
+    "val_acc_curve",
+    "train_loss_curve",
+    "estimates",
+)
+PRESETS = (
+    "blocknet_standard",
+    "blocknet_separable",
+    "blocknet_reversed",
+    "blocknet_inverted_residual",
+    "blocknet_mobile",
+)
+# Estimates that need their own training run, and how each differs from the default study's brief recipe.
+BRIEF_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "images4k_1ep": {"data": {"max_train_samples": 4000}, "train": {"epochs": 1}},
+    "constant_lr": {"train": {"schedule": "constant", "warmup_epochs": 0.0}},
+    "res16_4k": {"data": {"max_train_samples": 4000}, "input_size": (16, 16)},
+    "half_a": {"train": {"epochs": 1}},
+    "half_b": {"train": {"epochs": 1}, "seed_offset": 1000},
+}
+
+
+class RowError(ValueError):
+    """A row of the table is malformed; the message names the row."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One network and seed to train; ``source`` says where the architecture came from."""
+
+    arch: ArchConfig
+    seed: int
+    source: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.arch.short_hash(), self.seed
+
+
+def jobs(config: StudyConfig, n_random: int, second_seed: int, front_dir: Path | None) -> list[Job]:
+    """Every job, in a fixed order: presets, the study's front, uniform samples; then a second seed of the first ones."""
+    space = SearchSpace.load(config.space_path())
+    limits = config.constraints.active()
+    first = [Job(resolve_arch(name), 0, f"preset:{name}") for name in PRESETS]
+    if front_dir is not None and front_dir.is_dir():
+        first += [Job(ArchConfig.from_yaml(p), 0, f"front:{p.stem}") for p in sorted(front_dir.glob("*.yaml"))]
+    sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    randoms: list[Job] = []
+    while len(randoms) < n_random:
+        arch = space.sample(sampler.ask())
+        cost = arch.cost()
+        if cost.params <= limits.get("params", float("inf")) and cost.macs <= limits.get("macs", float("inf")):
+            randoms.append(Job(arch, 0, f"random:{len(randoms)}"))
+    again = [dataclasses.replace(j, seed=1) for j in randoms[:second_seed]]
+    # The second seeds come early enough to finish in a short run: after the presets and 25 samples.
+    ordered = first + randoms[:25] + again + randoms[25:]
+    unique: dict[tuple[str, int], Job] = {}
+    for job in ordered:
+        unique.setdefault(job.key, job)
+    return list(unique.values())
+
+
+def read_rows(path: Path = ROWS, *, epochs: int | None = None) -> list[dict[str, Any]]:
+    """The table's rows, each checked: every required key, curves of one value per epoch.
+
+    Raises:
+        RowError: a line that is not JSON, misses a key or has a curve of the wrong length (named by line).
+    """
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"{where}: not a JSON object ({exc})") from None
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise RowError(f"{where} ({row.get('arch_hash', '?')}): missing {', '.join(missing)}")
+        want = epochs if epochs is not None else row.get("budget", {}).get("epochs")
+        for key in ("val_acc_curve", "train_loss_curve"):
+            curve = row[key]
+            if not isinstance(curve, list) or (want is not None and len(curve) != want):
+                raise RowError(
+                    f"{where} ({row['arch_hash']}): {key} has {len(curve) if isinstance(curve, list) else curve!r} "
+                    f"values, expected one per epoch ({want})"
+                )
+        rows.append(row)
+    return rows
+
+
+def append_row(row: dict[str, Any], path: Path = ROWS) -> None:
+    """One line, one ``write`` on an O_APPEND descriptor: two shards appending never interleave."""
+    data = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _train(
+    arch: ArchConfig, data: DataConfig, train: Any, seed: int, *, augment: bool, validate: tuple[int, ...] | None = None
+) -> list[dict[str, float]]:
+    """``blocknas train``'s trainer and EMA (no files, no tracking); one record per epoch.
+
+    Each record holds the epoch's mean training loss; the epochs in ``validate`` (default: all) also
+    the EMA weights' top-1 (``ema_val_accuracy``) and the raw weights' (``val_accuracy``, the last one only
+    when every epoch is validated: the truth needs only the EMA curve, and validation costs a third of training).
+    """
+    config = FullTrainConfig(
+        arch=arch.to_dict(),
+        data=data,
+        train=train,
+        augment=AugmentConfig() if augment else AugmentConfig(crop_padding=0, hflip=False),
+        ema=EmaConfig(enabled=True, decay=0.998),
+        seed=seed,
+        tracking=False,
+    )
+    split = load_data(data, input_size=arch.input_size, in_chans=arch.in_chans)
+    seed_everything(seed)
+    trainer = FullTrainer(timm.create_model("blocknet", arch=arch, num_classes=split.num_classes), split, config)
+    every = validate is None
+    history = []
+    with training_threads(train):
+        for epoch in range(train.epochs):
+            loss, _, _ = trainer.train_epoch(epoch)
+            record = {"train_loss": loss}
+            last = epoch == train.epochs - 1
+            if every or epoch in (validate or ()):
+                record["ema_val_accuracy"] = trainer.validate(trainer.inference_model)[1]
+            if (not every and epoch in (validate or ())) or (every and last):
+                record["val_accuracy"] = trainer.validate(trainer.model)[1]
+            history.append(record)
+    return history
+
+
+def brief_estimates(job: Job, study: StudyConfig, variants: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Each variant's estimate of ``job``'s accuracy, and the wall seconds it took."""
+    estimates, seconds = {}, {}
+    for name in variants:
+        change = BRIEF_VARIANTS[name]
+        arch = job.arch.replace(input_size=change["input_size"]) if "input_size" in change else job.arch
+        data = dataclasses.replace(study.data, **change.get("data", {}))
+        train = dataclasses.replace(study.train, **change.get("train", {}))
+        start = time.perf_counter()
+        last = train.epochs - 1
+        history = _train(arch, data, train, job.seed + change.get("seed_offset", 0), augment=False, validate=(0, last))
+        seconds[name] = time.perf_counter() - start
+        estimates[name] = history[-1]["val_accuracy"]  # the raw weights: what a trial scores today
+        estimates[f"{name}_ema"] = history[-1]["ema_val_accuracy"]
+        estimates[f"{name}_tse"] = training_speed_estimate([h["train_loss"] for h in history])
+        if name == "default":
+            estimates["default_epoch1"] = history[0]["val_accuracy"]
+    if "half_a" in estimates and "half_b" in estimates:
+        estimates["two_seeds_half"] = (estimates["half_a"] + estimates["half_b"]) / 2
+        seconds["two_seeds_half"] = seconds["half_a"] + seconds["half_b"]
+    return estimates, seconds
+
+
+def run_job(job: Job, study: StudyConfig, truth: FullTrainConfig, commit: str) -> dict[str, Any]:
+    """Measure, score and train one network; its row."""
+    arch = job.arch
+    cost = arch.cost()
+    seed_everything(job.seed)
+    model = timm.create_model("blocknet", arch=arch)
+    target = dataclasses.replace(study.latency, threads=1, runtime="onnxruntime")
+    latency = measure_latency(model, (arch.in_chans, *arch.input_size), target)
+    data = load_data(study.data, input_size=arch.input_size, in_chans=arch.in_chans)
+    proxies = score_proxies(model, proxy_batch(data, seed=job.seed), list_proxies(), seed=job.seed)
+    variants = list(BRIEF_VARIANTS) if job.seed == 0 else ["default"]
+    estimates, seconds = brief_estimates(job, study, variants)
+    estimates.update(params=float(cost.params), macs=float(cost.macs))
+    estimates.update({f"proxy.{k}": v.value for k, v in proxies.items()})
+    seconds.update({f"proxy.{k}": v.ms / 1000 for k, v in proxies.items()})
+    start = time.perf_counter()
+    history = _train(arch, truth.data, truth.train, job.seed, augment=True)
+    return {
+        "arch_hash": arch.short_hash(),
+        "arch": arch.to_yaml(),
+        "seed": job.seed,
+        "source": job.source,
+        "params": cost.params,
+        "macs": cost.macs,
+        "latency_ms": latency.p50_ms,
+        "latency_fingerprint": latency.fingerprint_id,
+        "val_acc_curve": [h["ema_val_accuracy"] for h in history],
+        "raw_val_acc": history[-1]["val_accuracy"],
+        "train_loss_curve": [h["train_loss"] for h in history],
+        "estimates": estimates,
+        "estimate_seconds": seconds,
+        "truth_seconds": time.perf_counter() - start,
+        "budget": {
+            "train_images": truth.data.max_train_samples,
+            "val_images": "all official test images",
+            "epochs": truth.train.epochs,
+        },
+        "commit": commit,
+        "host": platform.node(),
+        "torch": torch.__version__,
+    }
+
+
+def truth_config(epochs: int, train_images: int) -> FullTrainConfig:
+    """``configs/train/default.yaml`` on Fashion-MNIST: ``train_images`` images, all 10,000 test images."""
+    base = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "train" / "default.yaml")
+    data = DataConfig(name="fashion_mnist", max_train_samples=train_images)
+    return dataclasses.replace(base, data=data, train=dataclasses.replace(base.train, epochs=epochs, threads=1))
+
+
+def collect(args: argparse.Namespace) -> int:
+    study = load_study_config(args.config)
+    truth = truth_config(args.epochs, args.train_images)
+    torch.set_num_threads(1)
+    commit = git_commit()
+    mine = [
+        j
+        for i, j in enumerate(jobs(study, args.n_random, args.second_seed, args.front))
+        if i % args.shards == args.shard
+    ]
+    for n, job in enumerate(mine, 1):
+        done = {(r["arch_hash"], r["seed"]) for r in read_rows(epochs=args.epochs)}
+        if job.key in done:
+            continue
+        start = time.perf_counter()
+        row = run_job(job, study, truth, commit)
+        append_row(row)
+        print(
+            f"shard {args.shard} job {n}/{len(mine)} {job.source} seed {job.seed}: truth "
+            f"{row['val_acc_curve'][-1]:.4f}, default {row['estimates']['default']:.4f}, "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+    return 0
+
+
+# -- analysis ---------------------------------------------------------------------------------------------
+
+
+def arch_features(row: dict[str, Any]) -> list[float]:
+    """Architecture features a ranker can use: per-block stage counts, depth, widths, kernels, strides, cost."""
+    arch = yaml.safe_load(row["arch"])
+    stages = arch["stages"]
+    blocks = ("standard", "separable", "reversed", "inverted_residual")
+    counts = [sum(s["depth"] for s in stages if s["block"] == b) for b in blocks]
+    return [
+        *counts,
+        float(sum(s["depth"] for s in stages)),
+        float(np.log(stages[-1]["out_chs"])),
+        float(np.mean([s.get("kernel_size", 3) for s in stages])),
+        float(np.mean([s.get("expand_ratio", 1.0) for s in stages])),
+        float(np.log(row["params"])),
+        float(np.log(row["macs"])),
+    ]
+
+
+def zero_cost_features(row: dict[str, Any]) -> list[float]:
+    """Architecture features and every proxy (log of its magnitude: they span orders of magnitude)."""
+    proxies = [v for k, v in sorted(row["estimates"].items()) if k.startswith("proxy.")]
+    return [*arch_features(row), *(float(np.log1p(abs(v))) for v in proxies)]
+
+
+def analyse(rows: list[dict[str, Any]], fraction: float, n_boot: int) -> dict[str, Any]:
+    """Every estimate's agreement with the truth (final EMA accuracy, seed 0), costs and noise floors."""
+    first = [r for r in rows if r["seed"] == 0]
+    truth = [r["val_acc_curve"][-1] for r in first]
+    names = sorted(set.intersection(*(set(r["estimates"]) for r in first)))
+    estimates = {name: [r["estimates"][name] for r in first] for name in names}
+    brief = estimates["default"]
+    estimates["ranker(zero-cost)"] = list(fit_ranker(np.array([zero_cost_features(r) for r in first]), brief))
+    with_brief = [[*zero_cost_features(r), r["estimates"]["default_epoch1"]] for r in first]
+    estimates["ranker(zero-cost+brief)"] = list(fit_ranker(np.array(with_brief), brief))
+    estimates["ranker+default"] = [
+        (a + b) / 2 for a, b in zip(_zscores(estimates["ranker(zero-cost+brief)"]), _zscores(brief))
+    ]
+    per_network_s = {name: [r.get("estimate_seconds", {}).get(name) for r in first] for name in estimates}
+    table = {}
+    for name, values in estimates.items():
+        agreement = rank_agreement(values, truth, fraction=fraction, n_boot=n_boot)
+        costs = [s for s in per_network_s[name] if s is not None]
+        table[name] = {
+            **dataclasses.asdict(agreement),
+            "seconds_median": statistics.median(costs) if costs else None,
+        }
+    return {
+        "n_networks": len(first),
+        "n_rows": len(rows),
+        "estimators": table,
+        "noise": noise_floors(rows, n_boot),
+        "rungs": rung_agreement(first, n_boot),
+        "truth_range": [min(truth), max(truth)],
+        "truth_sd": statistics.pstdev(truth),
+        "truth_seconds_median": statistics.median(r["truth_seconds"] for r in rows),
+        "commits": sorted({r.get("commit", "unknown") for r in rows}),
+    }
+
+
+def _zscores(values: list[float]) -> list[float]:
+    array = np.asarray(values, dtype=float)
+    return list((array - array.mean()) / (array.std() or 1.0))
+
+
+def noise_floors(rows: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
+    """τ between two seeds of the same networks: of the truth itself, and of the default estimate."""
+    by_seed: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], {})[r["arch_hash"]] = r
+    both = sorted(set(by_seed.get(0, {})) & set(by_seed.get(1, {})))
+    if len(both) < 3:
+        return {"n": len(both)}
+    a, b = by_seed[0], by_seed[1]
+    out: dict[str, Any] = {"n": len(both)}
+    for label, get in (("truth", lambda r: r["val_acc_curve"][-1]), ("default", lambda r: r["estimates"]["default"])):
+        agreement = rank_agreement([get(a[h]) for h in both], [get(b[h]) for h in both], n_boot=n_boot)
+        out[label] = dataclasses.asdict(agreement)
+        out[f"{label}_abs_diff_pp"] = statistics.mean(abs(get(a[h]) - get(b[h])) * 100 for h in both)
+    return out
+
+
+def rung_agreement(rows: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
+    """Each epoch's accuracy against the final one: how early the ground-truth curve ranks networks."""
+    final = [r["val_acc_curve"][-1] for r in rows]
+    epochs = len(rows[0]["val_acc_curve"])
+    return [
+        {
+            "epoch": e + 1,
+            **dataclasses.asdict(rank_agreement([r["val_acc_curve"][e] for r in rows], final, n_boot=n_boot)),
+        }
+        for e in range(epochs - 1)
+    ]
+
+
+def render(result: dict[str, Any], args: argparse.Namespace) -> str:
+    est = result["estimators"]
+    lines = [
+        "# Ground truth: the default space trained the way users train a discovered config\n",
+        f"`python benchmarks/groundtruth.py` (commits {', '.join(result['commits'])}); "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, one thread per network. "
+        f"{result['n_networks']} networks (seed 0), {result['n_rows']} rows in `groundtruth.rows.jsonl`.\n",
+        f"Truth: `configs/train/default.yaml`'s recipe (AdamW, cosine, crop+flip, EMA 0.998) for "
+        f"{args.epochs} epochs on {args.train_images:,} Fashion-MNIST training images, EMA top-1 on the 10,000 "
+        f"official test images after the last epoch: {result['truth_range'][0]:.4f}–{result['truth_range'][1]:.4f} "
+        f"(sd {result['truth_sd'] * 100:.2f} pp), median {result['truth_seconds_median']:.0f} s a network.\n",
+        f"## Estimates against the truth (bootstrap 95 % intervals over networks; top {args.fraction:.0%} overlap)\n",
+        "| estimate | Kendall τ | Spearman ρ | top overlap | s per network (median) |",
+        "|---|---|---|---|---:|",
+    ]
+    for name, e in sorted(est.items(), key=lambda item: -item[1]["tau"]["value"]):
+        cost = "—" if e["seconds_median"] is None else f"{e['seconds_median']:.1f}"
+        tau, rho, ov = (e[k] for k in ("tau", "rho", "overlap"))
+        lines.append(
+            f"| `{name}` | {tau['value']:+.2f} [{tau['low']:+.2f}, {tau['high']:+.2f}] | "
+            f"{rho['value']:+.2f} [{rho['low']:+.2f}, {rho['high']:+.2f}] | "
+            f"{ov['value']:.0%} [{ov['low']:.0%}, {ov['high']:.0%}] | {cost} |"
+        )
+    lines += [
+        "",
+        "Names: `default` is the default study's trial score (2,000 images, 2 epochs, raw weights); `_ema` the same "
+        "run's EMA weights; `_tse` minus the sum of its per-epoch training losses (Ru et al. 2021); "
+        "`images4k_1ep` 4,000 images for 1 epoch; `constant_lr` no warm-up, constant rate; `res16_4k` 16×16 inputs, "
+        "4,000 images; `two_seeds_half` the mean of two 1-epoch runs (seeds 0 and 1000); `proxy.*` zero-cost "
+        "proxies on the untrained network; `ranker(...)` ridge regression fitted on the networks' own `default` "
+        "scores, 5-fold out-of-fold predictions (what a study could fit on its own completed trials).",
+    ]
+    noise = result["noise"]
+    if noise.get("n", 0) >= 3:
+        lines += [
+            f"\n## Noise floor: a second seed of {noise['n']} networks\n",
+            f"- truth, seed 0 vs seed 1: τ {noise['truth']['tau']['value']:+.2f} "
+            f"[{noise['truth']['tau']['low']:+.2f}, {noise['truth']['tau']['high']:+.2f}], mean |Δ| "
+            f"{noise['truth_abs_diff_pp']:.2f} pp;",
+            f"- `default`, seed 0 vs seed 1: τ {noise['default']['tau']['value']:+.2f} "
+            f"[{noise['default']['tau']['low']:+.2f}, {noise['default']['tau']['high']:+.2f}], mean |Δ| "
+            f"{noise['default_abs_diff_pp']:.2f} pp.",
+        ]
+    lines += ["\n## How early the ground-truth curve ranks networks (epoch k vs the last epoch)\n"]
+    lines += ["| epoch | τ | top overlap |", "|---:|---|---|"]
+    for r in result["rungs"]:
+        lines.append(f"| {r['epoch']} | {r['tau']['value']:+.2f} [{r['tau']['low']:+.2f}, {r['tau']['high']:+.2f}] | "
+                     f"{r['overlap']['value']:.0%} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def table(args: argparse.Namespace) -> int:
+    rows = read_rows(epochs=args.epochs)
+    if sum(r["seed"] == 0 for r in rows) < 5:
+        print(f"{ROWS} holds {len(rows)} rows: run `collect` first", file=sys.stderr)
+        return 2
+    result = analyse(rows, args.fraction, args.n_boot)
+    (RESULTS / "groundtruth.json").write_text(json.dumps(result, indent=1))
+    out = RESULTS / "groundtruth.md"
+    out.write_text(render(result, args))
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=("collect", "table"))
+    parser.add_argument("--config", default="configs/default.yaml", help="the study whose space and score are judged")
+    parser.add_argument("--n-random", type=int, default=60, help="uniform samples of the space")
+    parser.add_argument("--second-seed", type=int, default=20, help="this many samples also trained with seed 1")
+    parser.add_argument("--front", type=Path, default=None, help="a folder of discovered YAML files to include")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--train-images", type=int, default=10_000)
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--fraction", type=float, default=0.1, help="top share for the overlap")
+    parser.add_argument("--n-boot", type=int, default=1000)
+    args = parser.parse_args(argv)
+    if not 0 <= args.shard < args.shards:
+        parser.error(f"--shard must be in [0, --shards={args.shards})")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return collect(args) if args.part == "collect" else table(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

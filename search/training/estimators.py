@@ -1,0 +1,133 @@
+"""Cheap estimates of a network's fully trained accuracy, and how well an estimate ranks networks.
+
+An *estimate* is any number per network that should rank networks like their accuracy after
+a real training budget does: the brief accuracy a trial records, the training speed estimate
+(Ru et al. 2021, "Speedy Performance Estimation for Neural Architecture Search"), a zero-cost
+proxy, the parameter count, or a ranker fitted on a study's own trials. :func:`rank_agreement`
+scores an estimate against the truth (Kendall τ, Spearman ρ, top-k overlap, each with a
+bootstrap interval over networks); ``benchmarks/groundtruth.py`` uses it to choose the default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["Agreement", "Interval", "fit_ranker", "rank_agreement", "top_overlap", "training_speed_estimate"]
+
+
+def training_speed_estimate(losses: Sequence[float]) -> float:
+    """Minus the sum of the training losses (Ru et al.'s TSE): higher means the network learns faster.
+
+    Args:
+        losses: Training losses in the order they were seen (per step, or per epoch: the mean of
+            each epoch, which ranks like the per-step sum when every epoch has the same steps).
+
+    Raises:
+        ValueError: no losses, or one that is not finite (a diverged run has no estimate).
+    """
+    values = [float(v) for v in losses]
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"training losses must be finite and at least one, got {values!r}")
+    return -math.fsum(values)
+
+
+def top_overlap(estimate: Sequence[float], truth: Sequence[float], fraction: float = 0.1) -> float:
+    """Share of the truly best ``fraction`` of networks that the estimate also puts in its best ``fraction``."""
+    k = max(1, round(len(truth) * fraction))
+    best_estimated = set(np.argsort(-np.asarray(estimate, dtype=float), kind="stable")[:k])
+    best_true = set(np.argsort(-np.asarray(truth, dtype=float), kind="stable")[:k])
+    return len(best_estimated & best_true) / k
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point value and its bootstrap 95 % interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How an estimate ranks ``n`` networks against the truth: τ, ρ and top-``fraction`` overlap."""
+
+    n: int
+    tau: Interval
+    rho: Interval
+    overlap: Interval
+    fraction: float
+
+
+def rank_agreement(
+    estimate: Sequence[float],
+    truth: Sequence[float],
+    *,
+    fraction: float = 0.1,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Agreement:
+    """Kendall τ, Spearman ρ and top-``fraction`` overlap, with percentile bootstrap intervals over networks.
+
+    Raises:
+        ValueError: the two sequences differ in length, or hold fewer than 3 networks.
+    """
+    x, y = np.asarray(estimate, dtype=float), np.asarray(truth, dtype=float)
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError(f"need two equally long sequences of >= 3 values, got {len(x)} and {len(y)}")
+
+    def measures(idx: np.ndarray) -> tuple[float, float, float]:
+        xs, ys = x[idx], y[idx]
+        tau, rho = stats.kendalltau(xs, ys)[0], stats.spearmanr(xs, ys)[0]
+        return _finite(tau), _finite(rho), top_overlap(xs, ys, fraction)
+
+    point = measures(np.arange(len(x)))
+    rng = np.random.default_rng(seed)
+    boots = np.array([measures(rng.integers(0, len(x), len(x))) for _ in range(n_boot)])
+    low, high = np.percentile(boots, [2.5, 97.5], axis=0)
+    intervals = [Interval(p, float(lo), float(hi)) for p, lo, hi in zip(point, low, high)]
+    return Agreement(len(x), *intervals, fraction=fraction)
+
+
+def _finite(value: float) -> float:
+    """τ and ρ are NaN when one side is constant (a bootstrap sample of ties): no agreement, 0."""
+    return float(value) if math.isfinite(value) else 0.0
+
+
+def fit_ranker(features: np.ndarray, target: Sequence[float], *, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of ``target`` from ``features`` by ridge regression (cross-validated).
+
+    Fitted on a study's own completed trials (features: architecture, params, MACs, proxies,
+    early curve; target: the trials' noisy brief accuracy), each network's prediction comes from
+    a model that never saw it, so the prediction averages away per-trial noise where the
+    features carry signal and is near-constant (τ near 0) where they carry none.
+
+    Args:
+        features: One row per network; columns are standardised inside each fold.
+        target: The value to predict, one per network.
+        folds: K of the K-fold split (at most the number of networks).
+        seed: Seed of the fold assignment.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = np.asarray(features, dtype=float), np.asarray(target, dtype=float)
+    if x.ndim != 2 or len(x) != len(y) or len(y) < 4:
+        raise ValueError(f"need a 2-D feature matrix with one row per target value (>= 4), got {x.shape}, {y.shape}")
+    predictions = np.empty(len(y))
+    splitter = KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=seed)
+    for train, test in splitter.split(x):
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+        model.fit(x[train], y[train])
+        predictions[test] = model.predict(x[test])
+    return predictions
