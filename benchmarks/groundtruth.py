@@ -133,7 +133,7 @@ def jobs(config: StudyConfig, n_random: int, second_seed: int, front_dir: Path |
     return list(unique.values())
 
 
-def read_rows(path: Path = ROWS, *, epochs: int | None = None) -> list[dict[str, Any]]:
+def read_rows(path: Path, *, epochs: int | None = None) -> list[dict[str, Any]]:
     """The table's rows, each checked: every required key, curves of one value per epoch.
 
     Raises:
@@ -165,7 +165,7 @@ def read_rows(path: Path = ROWS, *, epochs: int | None = None) -> list[dict[str,
     return rows
 
 
-def append_row(row: dict[str, Any], path: Path = ROWS) -> None:
+def append_row(row: dict[str, Any], path: Path) -> None:
     """One line, one ``write`` on an O_APPEND descriptor: two shards appending never interleave."""
     data = (json.dumps(row) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -303,12 +303,12 @@ def collect(args: argparse.Namespace) -> int:
         if i % args.shards == args.shard
     ]
     for n, job in enumerate(mine, 1):
-        done = {(r["arch_hash"], r["seed"]) for r in read_rows(epochs=args.epochs)}
+        done = {(r["arch_hash"], r["seed"]) for r in read_rows(args.rows, epochs=args.epochs)}
         if job.key in done:
             continue
         start = time.perf_counter()
         row = run_job(job, study, truth, commit)
-        append_row(row)
+        append_row(row, args.rows)
         print(
             f"shard {args.shard} job {n}/{len(mine)} {job.source} seed {job.seed}: truth "
             f"{row['val_acc_curve'][-1]:.4f}, default {row['estimates']['default']:.4f}, "
@@ -466,9 +466,9 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def table(args: argparse.Namespace) -> int:
-    rows = read_rows(epochs=args.epochs)
+    rows = read_rows(args.rows, epochs=args.epochs)
     if sum(r["seed"] == 0 for r in rows) < 5:
-        print(f"{ROWS} holds {len(rows)} rows: run `collect` first", file=sys.stderr)
+        print(f"{args.rows} holds {len(rows)} rows: run `collect` first", file=sys.stderr)
         return 2
     result = analyse(rows, args.fraction, args.n_boot)
     (RESULTS / "groundtruth.json").write_text(json.dumps(result, indent=1))
@@ -489,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-images", type=int, default=10_000)
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--rows", type=Path, default=ROWS, help="the table (JSON lines), shared by all shards")
     parser.add_argument("--fraction", type=float, default=0.1, help="top share for the overlap")
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args(argv)
