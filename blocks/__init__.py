@@ -14,7 +14,7 @@ from .named_archs import arch_of, registered_archs
 from .parts import ACT_LAYERS, NORM_LAYERS, BlockSpec, HeadConfig, StageConfig, StemConfig
 from .registry import UnknownBlockError, get_block, list_blocks, register_block
 from .resolve import ArchLike, register_arch_resolver, resolve_arch
-from .schema import ConfigError, flatten, parse, to_plain
+from .schema import ConfigError, check_range, excerpt, flatten, parse, to_plain
 from .timm_models import DEFAULT_ARCH, blocknet, create_blocknet, register_arch, register_arch_dir
 from .yaml_file import load_yaml
 
@@ -43,7 +43,9 @@ __all__ = [
     "build_block",
     "build_head",
     "build_stem",
+    "check_range",
     "create_blocknet",
+    "excerpt",
     "flatten",
     "get_block",
     "list_blocks",

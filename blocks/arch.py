@@ -15,11 +15,18 @@ from torch import nn
 from .cost import Cost, CostKnobs, out_size
 from .layers import build_block, build_head, build_stem
 from .network_cost import block_cost, head_cost, meta_cost, stem_cost
-from .parts import ACT_LAYERS, NORM_LAYERS, BlockSpec, HeadConfig, StageConfig, StemConfig, check_positive
-from .schema import ConfigError, flatten, parse, to_plain
+from .parts import ACT_LAYERS, NORM_LAYERS, BlockSpec, HeadConfig, StageConfig, StemConfig
+from .schema import ConfigError, check_range, flatten, parse, to_plain
 from .yaml_file import load_yaml
 
-__all__ = ["ArchConfig"]
+__all__ = ["MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_IN_CHANS", "ArchConfig"]
+
+MAX_IN_CHANS = 1024
+"""Most input channels (hyperspectral images have a few hundred)."""
+MAX_CLASSES = 1_000_000
+"""Most output classes."""
+MAX_INPUT_SIDE = 4096
+"""Largest input height or width, in pixels."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,10 @@ class ArchConfig:
             raise ConfigError(
                 f"unknown norm layer {self.norm_layer!r}; allowed: {', '.join(NORM_LAYERS)}", path="norm_layer"
             )
-        check_positive(self.in_chans, "in_chans")
-        if self.num_classes < 0:
-            raise ConfigError(f"{self.num_classes} must be >= 0 (0: no classifier)", path="num_classes")
+        check_range(self.in_chans, "in_chans", 0, MAX_IN_CHANS, above=True)
+        check_range(self.num_classes, "num_classes", 0, MAX_CLASSES, hint=" (0: no classifier)")
         for i, size in enumerate(self.input_size):
-            check_positive(size, f"input_size[{i}]")
+            check_range(size, f"input_size[{i}]", 0, MAX_INPUT_SIDE, above=True)
 
     # -- construction and persistence -------------------------------------------------
 

@@ -10,18 +10,39 @@ from dataclasses import dataclass
 
 from .cost import CostKnobs, out_size
 from .registry import UnknownBlockError, get_block
-from .schema import ConfigError
+from .schema import ConfigError, check_range
 
-__all__ = ["ACT_LAYERS", "NORM_LAYERS", "BlockSpec", "HeadConfig", "StageConfig", "StemConfig", "check_positive"]
+__all__ = [
+    "ACT_LAYERS",
+    "MAX_DEPTH",
+    "MAX_EXPAND_RATIO",
+    "MAX_KERNEL_SIZE",
+    "MAX_WIDTH",
+    "NORM_LAYERS",
+    "BlockSpec",
+    "HeadConfig",
+    "StageConfig",
+    "StemConfig",
+]
 
 ACT_LAYERS = ("relu", "relu6", "silu", "swish", "hard_swish", "gelu", "leaky_relu", "mish", "elu")
 NORM_LAYERS = ("batchnorm2d", "layernorm2d")
+
+MAX_WIDTH = 16_384
+"""Most channels of any stem, stage or head conv (the widest timm models use a few thousand)."""
+MAX_DEPTH = 128
+"""Most blocks in one stage (ResNet-152's widest stage has 36)."""
+MAX_KERNEL_SIZE = 63
+"""Largest kernel size (large-kernel ConvNets use up to 51)."""
+MAX_EXPAND_RATIO = 16.0
+"""Largest inverted-residual expansion (MobileNets use up to 6-8)."""
 
 
 def _check_kernel(kernel_size: int, key: str) -> None:
     allowed = "kernel sizes must be odd integers >= 1 (1, 3, 5, 7, ...)"
     if kernel_size < 1:
         raise ConfigError(f"{kernel_size} is < 1; {allowed}", path=key)
+    check_range(kernel_size, key, 1, MAX_KERNEL_SIZE)
     if kernel_size % 2 == 0:
         raise ConfigError(f"{kernel_size} is not odd; {allowed}", path=key)
 
@@ -29,12 +50,6 @@ def _check_kernel(kernel_size: int, key: str) -> None:
 def _check_stride(stride: int, key: str) -> None:
     if stride not in (1, 2):
         raise ConfigError(f"{stride} is not allowed; stride must be 1 or 2", path=key)
-
-
-def check_positive(value: float, key: str) -> None:
-    """Raise a :class:`ConfigError` at ``key`` unless ``value > 0``."""
-    if value <= 0:
-        raise ConfigError(f"{value} must be > 0", path=key)
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,7 @@ class StemConfig:
     stride: int = 1
 
     def __post_init__(self) -> None:
-        check_positive(self.out_chs, "out_chs")
+        check_range(self.out_chs, "out_chs", 0, MAX_WIDTH, above=True)
         _check_kernel(self.kernel_size, "kernel_size")
         _check_stride(self.stride, "stride")
 
@@ -70,12 +85,11 @@ class StageConfig:
             get_block(self.block)
         except UnknownBlockError as exc:
             raise ConfigError(str(exc), path="block") from None
-        check_positive(self.out_chs, "out_chs")
-        if self.depth < 1:
-            raise ConfigError(f"{self.depth} must be >= 1", path="depth")
+        check_range(self.out_chs, "out_chs", 0, MAX_WIDTH, above=True)
+        check_range(self.depth, "depth", 1, MAX_DEPTH)
         _check_stride(self.stride, "stride")
         _check_kernel(self.kernel_size, "kernel_size")
-        check_positive(self.expand_ratio, "expand_ratio")
+        check_range(self.expand_ratio, "expand_ratio", 0, MAX_EXPAND_RATIO, above=True)
         if not 0 <= self.se_ratio < 1:
             raise ConfigError(f"{self.se_ratio} must be in [0, 1); 0 disables squeeze-excite", path="se_ratio")
 
@@ -88,8 +102,7 @@ class HeadConfig:
     drop_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.num_features < 0:
-            raise ConfigError(f"{self.num_features} must be >= 0 (0 means no head conv)", path="num_features")
+        check_range(self.num_features, "num_features", 0, MAX_WIDTH, hint=" (0 means no head conv)")
         if not 0 <= self.drop_rate < 1:
             raise ConfigError(f"{self.drop_rate} must be in [0, 1)", path="drop_rate")
 

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union
 
-__all__ = ["ConfigError", "excerpt", "flatten", "parse", "to_plain"]
+__all__ = ["ConfigError", "check_range", "excerpt", "flatten", "parse", "to_plain"]
 
 T = TypeVar("T")
 
@@ -42,6 +42,21 @@ def _join(prefix: str, key: str) -> str:
     if not key:
         return prefix
     return f"{prefix}{key}" if key.startswith("[") else f"{prefix}.{key}"
+
+
+MAX_CONFIG_INT = 2**53
+"""Largest integer any config value may be (its magnitude): what a float, and so JSON, keeps exact."""
+
+
+def check_range(value: float, key: str, low: float, high: float, *, above: bool = False, hint: str = "") -> None:
+    """Raise a :class:`ConfigError` at ``key`` unless ``low <= value <= high`` (``low < value`` if ``above``).
+
+    Every numeric setting has such a documented range, checked before anything is written, so a
+    value far outside it (``epochs: 1e21``, a negative seed) is a config error, not a crash mid-study.
+    ``hint`` follows the message (e.g. ``" (0: no head conv)"``).
+    """
+    if not (low < value if above else low <= value) or value > high:
+        raise ConfigError(f"{value} must be {'>' if above else '>='} {low:,} and <= {high:,}{hint}", path=key)
 
 
 def parse(cls: type[T], data: Any, *, source: str | None = None, path: str = "") -> T:
@@ -146,6 +161,8 @@ def _parse_scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"expected an integer, got {_describe(value)}", path=path)
+        if abs(value) > MAX_CONFIG_INT:
+            raise ConfigError(f"{excerpt(value)} is out of range: config integers are at most 2**53", path=path)
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

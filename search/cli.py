@@ -13,12 +13,14 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from blocknas.blocks import ConfigError
+from blocknas.blocks import ConfigError, check_range
 from blocknas.search.interrupts import install_interrupt_handlers
 
 __all__ = ["main"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+MAX_WORKERS = 256
+"""Most local worker processes ``blocknas workers -n`` starts."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -89,8 +91,8 @@ def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_workers(args: argparse.Namespace) -> int:
     from blocknas.search.study import launch_workers
 
-    if args.workers < 1:
-        raise ConfigError(f"{args.workers} workers requested; give -n 1 or more", path="--workers")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise ConfigError(f"{args.workers} workers requested; give -n 1 or more, up to {MAX_WORKERS}", path="--workers")
     study_config(args)  # validate once here: a bad config is one error, not N
     return launch_workers(args.workers, search_argv(args))
 
@@ -319,6 +321,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     )
 
     host = check_host(DEFAULT_HOST if args.host is None else args.host)
+    if args.port is not None:
+        check_range(args.port, "--port", 1, 65_535)
     name, storage, tracking_uri, _ = study_location(args)
     if args.optuna:
         port = args.port or 8080

@@ -8,7 +8,10 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["pinned_threads", "seeded_rng"]
+__all__ = ["MAX_THREADS", "pinned_threads", "seeded_rng"]
+
+MAX_THREADS = 1024
+"""Most threads any setting may ask for (far above a machine's cores; torch crashes on absurd counts)."""
 
 log = logging.getLogger(__name__)
 

@@ -75,9 +75,11 @@ def check_choices(
     """
     if not values:
         raise ConfigError("no choices; list at least one value", path=key)
+    seen: set[Any] = set()  # a set, not a scan of the list so far: a long list costs linear time
     for j, value in enumerate(values):
-        if value in values[:j]:
+        if value in seen:
             raise ConfigError(f"{value!r} is listed twice", path=f"{key}[{j}]")
+        seen.add(value)
         check_value(cls, field, value, f"{key}[{j}]", base)
 
 
@@ -101,7 +103,11 @@ def _check_stage_choices(field: str, values: Sequence[Any] | None, key: str) -> 
 
 @dataclass(frozen=True)
 class DepthRange:
-    """Blocks per stage, ``min`` to ``max`` inclusive (``depth: 2`` is ``{min: 2, max: 2}``)."""
+    """Blocks per stage, ``min`` to ``max`` inclusive (``depth: 2`` is ``{min: 2, max: 2}``).
+
+    Both are checked as a stage's ``depth`` is (1 to ``MAX_DEPTH``), and the choices are a ``range``,
+    never a materialised list, so counting a space costs nothing per depth value.
+    """
 
     min: int = 1
     max: int = 1
@@ -113,8 +119,8 @@ class DepthRange:
             raise ConfigError(f"min {self.min} is greater than max {self.max}; need min <= max")
 
     @property
-    def choices(self) -> tuple[int, ...]:
-        return tuple(range(self.min, self.max + 1))
+    def choices(self) -> range:
+        return range(self.min, self.max + 1)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,13 +48,13 @@ class Knob:
         name: The Optuna parameter name (``s1.inverted_residual.expand_ratio``).
         field: The ``ArchConfig`` key path it sets (``stem.out_chs``); for stage knobs,
             the ``StageConfig`` key (``expand_ratio``).
-        choices: The allowed values, in the order the YAML lists them.
+        choices: The allowed values, in the order the YAML lists them (a ``range`` for a range knob).
         is_range: An integer range, suggested with ``suggest_int`` (depth).
     """
 
     name: str
     field: str
-    choices: tuple[Any, ...]
+    choices: Sequence[Any]
     is_range: bool = False
 
     @property

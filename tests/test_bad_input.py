@@ -142,6 +142,38 @@ CASES: list[Case] = [
         "tracking",
     ),
     ("tracking-unreachable-server", _flags(STUDY, "--tracking-uri", "http://127.0.0.1:1"), "not reachable"),
+    # numbers outside their documented ranges, refused before the study is created
+    ("epochs-huge", _config(STUDY, train={"epochs": 10**21}), "train.epochs"),
+    ("epochs-over-the-cap", _config(STUDY, train={"epochs": 10**6}), "train.epochs: 1000000 must be >= 1 and <="),
+    ("seed-negative", _flags(STUDY, "--seed", "-1"), "seed: -1 must be >= 0"),
+    ("seed-over-32-bits", _config(STUDY, seed=2**32), "seed"),
+    ("data-seed-negative", _config(STUDY, data={"name": "synthetic", "num_samples": 64, "seed": -5}), "data.seed"),
+    ("batch-size-huge", _config(STUDY, train={"epochs": 1, "batch_size": 10**7}), "train.batch_size"),
+    ("eval-batch-size-huge", _config(STUDY, train={"epochs": 1, "eval_batch_size": 10**7}), "eval_batch_size"),
+    ("threads-huge", _config(STUDY, latency={"threads": 10**6}), "latency.threads"),
+    ("latency-batch-huge", _config(STUDY, latency={"batch_size": 10**7}), "latency.batch_size"),
+    ("samples-huge", _config(STUDY, data={"name": "synthetic", "num_samples": 10**9}), "data.num_samples"),
+    ("max-samples-huge", _config(STUDY, data={"name": "synthetic", "max_train_samples": 10**12}), "max_train_samples"),
+    ("n-trials-huge", _flags(STUDY, "--n-trials", str(10**9)), "n_trials"),
+    ("timeout-huge", _flags(STUDY, "--timeout", "1e300"), "timeout_s"),
+    ("screen-pool-huge", _config(STUDY, screen={"pool": 10**9}), "screen.pool"),
+    (
+        "space-depth-billion",
+        _space(b"stages: [{blocks: [standard], widths: [8], depth: {min: 1, max: 1000000000}}]\n"),
+        "depth.max",
+    ),
+    ("space-width-huge", _space(b"stages: [{blocks: [standard], widths: [8, 10000000]}]\n"), "widths[1]"),
+    (
+        "space-kernel-huge",
+        _space(b"stages: [{blocks: [standard], widths: [8], kernel_sizes: [100001]}]\n"),
+        "kernel_sizes[0]",
+    ),
+    (
+        "space-input-huge",
+        _space(b"input_size: [100000, 32]\nstages: [{blocks: [standard], widths: [8]}]\n"),
+        "input_size: 100000 must be",
+    ),
+    ("yaml-duplicate-key", _config_bytes(b"name: a\nspace: tiny\nname: b\n"), "duplicate key 'name' on lines 1 and 3"),
 ]
 
 ABLATE_CASES: list[Case] = [
@@ -150,6 +182,13 @@ ABLATE_CASES: list[Case] = [
     ("ablate-unknown-factor", _config(ABLATION, factors={"nosuch": {"levels": [1, 2]}}), "nosuch"),
     ("ablate-unknown-base", _config(ABLATION, base="nosucharch"), "base"),
     ("ablate-data-bomb", _images(ABLATION, _big_png), "too large"),
+    ("ablate-seeds-huge", _config(ABLATION, seeds=10**9), "seeds"),
+    ("ablate-seed-negative", _config(ABLATION, seeds=[0, -1]), "seeds[1]"),
+    (
+        "ablate-multiplier-huge",
+        _config(ABLATION, match={"metric": "params", "max_multiplier": 1e300}),
+        "max_multiplier",
+    ),
     ("ablate-storage-under-a-file", _store_under_a_file(ABLATION, "--storage", "{f}/o.journal"), "storage"),
     (
         "ablate-tracking-under-a-file",

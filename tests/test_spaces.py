@@ -275,3 +275,14 @@ def test_a_large_plain_space_loads(tmp_path: Path) -> None:
     path.write_text("stages:\n" + stage * 1000)
     space = SearchSpace.load(path)
     assert len(space.stages) == 1000 and space.size() == 8**1000
+
+
+def test_depth_choices_are_a_range_never_a_list() -> None:
+    """Counting or describing a space never materialises a depth range."""
+    space = SearchSpace.from_dict(
+        {"stages": [{"blocks": ["standard"], "widths": [8], "depth": {"min": 1, "max": 128}}]}
+    )
+    depth = next(k for k in space.knobs() if k.name == "s0.depth")
+    assert isinstance(depth.choices, range) and space.size() == 128 and depth.describe() == "1..128"
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.depth\.max: 1000000000 must be >= 1 and <= 128"):
+        SearchSpace.from_dict({"stages": [{"blocks": ["standard"], "widths": [8], "depth": {"min": 1, "max": 10**9}}]})

@@ -25,14 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from blocknas.blocks import ArchConfig, ConfigError, StageConfig, resolve_arch
+from blocknas.blocks import ArchConfig, ConfigError, StageConfig, check_range, excerpt, resolve_arch
 from blocknas.search.data import DataConfig
 from blocknas.search.latency import LatencyTarget
+from blocknas.search.seeding import check_seed
 from blocknas.search.study import StudyBase
 from blocknas.search.training import TrainConfig
 
 __all__ = [
     "ARCH_FACTORS",
+    "MAX_ABLATION_SEEDS",
+    "MAX_MATCH_STEPS",
+    "MAX_MULTIPLIER",
     "STAGE_FACTORS",
     "AblationConfig",
     "FactorConfig",
@@ -51,6 +55,13 @@ STAGE_FACTORS = tuple(f.name for f in dataclasses.fields(StageConfig))
 ARCH_FACTORS = ("act_layer", "norm_layer")
 MatchMetric = Literal["params", "macs", "latency"]
 MATCH_METRICS = typing.get_args(MatchMetric)
+
+MAX_ABLATION_SEEDS = 1000
+"""Most seeds of an ablation (a count, or the length of a list)."""
+MAX_MATCH_STEPS = 1000
+"""Most budget-match evaluations per variant."""
+MAX_MULTIPLIER = 64.0
+"""Widest width multiplier a budget match tries (and 1/64 the narrowest)."""
 
 
 @dataclass(frozen=True)
@@ -98,13 +109,15 @@ class MatchConfig:
     def __post_init__(self) -> None:
         if not 0 < self.tolerance < 1:
             raise ConfigError(f"{self.tolerance} must be in (0, 1), e.g. 0.05 for ±5 %", path="tolerance")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"{self.max_steps} must be >= 1", path="max_steps")
+        if self.max_steps is not None:
+            check_range(self.max_steps, "max_steps", 1, MAX_MATCH_STEPS)
         if not 0 < self.min_multiplier < 1 < self.max_multiplier:
             raise ConfigError(
                 f"need 0 < min_multiplier < 1 < max_multiplier, got {self.min_multiplier} and {self.max_multiplier}",
                 path="min_multiplier",
             )
+        check_range(self.min_multiplier, "min_multiplier", 1 / MAX_MULTIPLIER, 1)
+        check_range(self.max_multiplier, "max_multiplier", 1, MAX_MULTIPLIER)
 
     @property
     def steps(self) -> int:
@@ -148,10 +161,7 @@ class AblationConfig(StudyBase):
         super().__post_init__()
         if not self.factors:
             raise ConfigError("at least one factor is required", path="factors")
-        if isinstance(self.seeds, int) and self.seeds < 1:
-            raise ConfigError(f"{self.seeds} must be >= 1", path="seeds")
-        if isinstance(self.seeds, tuple) and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
-            raise ConfigError(f"{list(self.seeds)} must be a non-empty list of distinct seeds", path="seeds")
+        self._check_seeds()
         if not 0 < self.confidence < 1:
             raise ConfigError(f"{self.confidence} must be in (0, 1), e.g. 0.95", path="confidence")
         if isinstance(self.match, str) and self.match not in MATCH_METRICS:
@@ -162,6 +172,19 @@ class AblationConfig(StudyBase):
             )
         for name in self.factors:
             _check_factor_name(name)
+
+    def _check_seeds(self) -> None:
+        """A count of 1 to ``MAX_ABLATION_SEEDS``, or as many distinct seeds, each in the seed range."""
+        if isinstance(self.seeds, int):
+            check_range(self.seeds, "seeds", 1, MAX_ABLATION_SEEDS)
+            return
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or len(self.seeds) > MAX_ABLATION_SEEDS:
+            raise ConfigError(
+                f"{excerpt(list(self.seeds))} must be a list of 1 to {MAX_ABLATION_SEEDS:,} distinct seeds",
+                path="seeds",
+            )
+        for i, seed in enumerate(self.seeds):
+            check_seed(seed, f"seeds[{i}]")
 
     @property
     def seed_list(self) -> tuple[int, ...]:

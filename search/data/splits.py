@@ -15,12 +15,22 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from blocknas.blocks import ConfigError
+from blocknas.blocks import ConfigError, check_range
+from blocknas.search.seeding import check_seed
 
 from .idx import IDX_DATASETS, read_idx_dataset
 from .sources import DataError, RawData, make_synthetic, read_cifar, read_digits, read_image_folder
 
-__all__ = ["DataConfig", "DataError", "DataSplit", "clear_data_cache", "load_data", "load_data_for"]
+__all__ = [
+    "MAX_SAMPLES",
+    "MAX_SYNTHETIC_SAMPLES",
+    "DataConfig",
+    "DataError",
+    "DataSplit",
+    "clear_data_cache",
+    "load_data",
+    "load_data_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +38,11 @@ DatasetName = Literal["digits", "synthetic", "imagefolder", "cifar10", "cifar100
 _NEEDS_ROOT = ("imagefolder", "cifar10", "cifar100")
 _DOWNLOADABLE = ("cifar10", "cifar100", *IDX_DATASETS)
 _RESIZE_CHUNK = 4096  # images per interpolate call, bounds the temporary memory
+
+MAX_SYNTHETIC_SAMPLES = 100_000
+"""Most samples of the generated ``synthetic`` dataset (1.2 GB of 3×32×32 images)."""
+MAX_SAMPLES = 1_000_000_000
+"""Largest ``max_train_samples`` / ``max_val_samples``: more than any dataset held in memory."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,7 @@ class DataConfig:
             )
         if self.num_classes < 2:
             raise ConfigError(f"{self.num_classes} must be >= 2", path="num_classes")
+        check_range(self.num_samples, "num_samples", 2, MAX_SYNTHETIC_SAMPLES)
         if self.num_samples < 2 * self.num_classes:
             raise ConfigError(
                 f"{self.num_samples} is too few for {self.num_classes} classes; need >= {2 * self.num_classes}",
@@ -74,8 +90,9 @@ class DataConfig:
             )
         for key in ("max_train_samples", "max_val_samples"):
             value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{value} must be >= 1 (or null for all)", path=key)
+            if value is not None:
+                check_range(value, key, 1, MAX_SAMPLES, hint=" (or null for all)")
+        check_seed(self.seed)
 
 
 @dataclass(frozen=True, eq=False)

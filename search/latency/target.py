@@ -6,11 +6,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from blocknas.blocks import ConfigError
+from blocknas.blocks import ConfigError, check_range
+from blocknas.search.threads import MAX_THREADS
 
 from .stats import StopRule
 
-__all__ = ["RUNTIMES", "LatencyTarget", "Runtime"]
+__all__ = ["MAX_LATENCY_BATCH", "MAX_REPEATS", "MAX_TIMING_S", "RUNTIMES", "LatencyTarget", "Runtime"]
+
+MAX_LATENCY_BATCH = 4096
+"""Largest batch a latency is measured at."""
+MAX_REPEATS = 1_000_000
+"""Most warm-up or timed calls."""
+MAX_TIMING_S = 3600.0
+"""Longest ``time_cap_s`` / ``min_time_s``: an hour on one network."""
 
 Runtime = Literal["onnxruntime", "torch", "torchscript", "compile", "cuda"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
@@ -59,19 +67,18 @@ class LatencyTarget:
     mode: Literal["measured", "predicted"] = "measured"
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "threads", "inter_op_threads", "min_repeats"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{getattr(self, key)} must be >= 1", path=key)
-        if self.warmup < 0:
-            raise ConfigError(f"{self.warmup} must be >= 0", path="warmup")
+        check_range(self.batch_size, "batch_size", 1, MAX_LATENCY_BATCH)
+        for key in ("threads", "inter_op_threads"):
+            check_range(getattr(self, key), key, 1, MAX_THREADS)
+        check_range(self.warmup, "warmup", 0, MAX_REPEATS)
+        check_range(self.min_repeats, "min_repeats", 1, MAX_REPEATS)
         if self.max_repeats < self.min_repeats:
             raise ConfigError(f"{self.max_repeats} must be >= min_repeats ({self.min_repeats})", path="max_repeats")
+        check_range(self.max_repeats, "max_repeats", 1, MAX_REPEATS)
         if not 0 < self.rel_precision < 1:
             raise ConfigError(f"{self.rel_precision} must be in (0, 1), e.g. 0.02 for 2%", path="rel_precision")
-        if self.time_cap_s <= 0:
-            raise ConfigError(f"{self.time_cap_s} must be > 0 seconds", path="time_cap_s")
-        if self.min_time_s < 0:
-            raise ConfigError(f"{self.min_time_s} must be >= 0 seconds", path="min_time_s")
+        check_range(self.time_cap_s, "time_cap_s", 0, MAX_TIMING_S, above=True)
+        check_range(self.min_time_s, "min_time_s", 0, MAX_TIMING_S)
         if self.runtime == "onnxruntime" and self.dtype == "bfloat16":
             raise ConfigError(
                 "onnxruntime on the CPU has no bfloat16 convolutions; use float32/float16 or runtime 'torch'",

@@ -7,17 +7,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from blocknas.blocks import ConfigError
+from blocknas.blocks import ConfigError, check_range
 from blocknas.search.data import DataConfig
 from blocknas.search.files import check_safe_name
 from blocknas.search.latency import LatencyTarget
+from blocknas.search.seeding import check_seed
 from blocknas.search.training import DEFAULT_PROXIES, TrainConfig
 from blocknas.search.yaml_config import FileConfig
 
-from .pruning import PruningConfig
+from .pruning import MAX_TRIALS, PruningConfig
 from .screening import ScreenConfig, check_proxies
 
-__all__ = ["Constraints", "StudyBase", "StudyConfig", "default_storage_url", "load_study_config"]
+__all__ = [
+    "MAX_HEARTBEAT_S",
+    "MAX_TIMEOUT_S",
+    "Constraints",
+    "StudyBase",
+    "StudyConfig",
+    "default_storage_url",
+    "load_study_config",
+]
+MAX_TIMEOUT_S = 365 * 24 * 3600.0
+"""Longest ``timeout_s``: a year."""
+MAX_HEARTBEAT_S = 24 * 3600
+"""Longest ``heartbeat_interval_s``: a day."""
 
 
 def default_storage_url(runs_dir: str | Path) -> str:
@@ -51,10 +64,9 @@ class StudyBase(FileConfig):
         check_safe_name(self.name)
         if " " in self.name:
             raise ConfigError(f"{self.name!r} must be without spaces", path="name")
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise ConfigError(f"{self.timeout_s} must be > 0", path="timeout_s")
-        if self.heartbeat_interval_s < 1:
-            raise ConfigError(f"{self.heartbeat_interval_s} must be >= 1", path="heartbeat_interval_s")
+        if self.timeout_s is not None:
+            check_range(self.timeout_s, "timeout_s", 0, MAX_TIMEOUT_S, above=True)
+        check_range(self.heartbeat_interval_s, "heartbeat_interval_s", 1, MAX_HEARTBEAT_S)
 
     @property
     def storage_url(self) -> str:
@@ -125,8 +137,8 @@ class StudyConfig(StudyBase):
         super().__post_init__()
         if self.proxies is not None:
             check_proxies(self.proxies)
-        if self.n_trials < 1:
-            raise ConfigError(f"{self.n_trials} must be >= 1", path="n_trials")
+        check_range(self.n_trials, "n_trials", 1, MAX_TRIALS)
+        check_seed(self.seed)
         self._check_pruner()
 
     def _check_pruner(self) -> None:

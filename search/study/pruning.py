@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from blocknas.blocks import ConfigError
+from blocknas.blocks import ConfigError, check_range
 
 __all__ = [
+    "MAX_REDUCTION_FACTOR",
+    "MAX_TRIALS",
     "PRUNED_ACCURACY_ATTR",
     "PRUNED_BY",
     "PRUNED_BY_ATTR",
@@ -63,6 +65,11 @@ PRUNED_BY_ATTR = "pruned_by"
 PRUNED_RUNG_ATTR = "pruned_rung"
 PRUNED_EPOCH_ATTR = "pruned_at_epoch"  # epochs trained when stopped
 PRUNED_ACCURACY_ATTR = "pruned_accuracy"  # validation accuracy at that rung
+
+MAX_TRIALS = 1_000_000
+"""Most trials a study may ask for (``n_trials``, ``pruning.min_trials_per_rung``)."""
+MAX_REDUCTION_FACTOR = 100
+"""Largest η of ``pareto_asha``."""
 
 
 def rung_accuracy_attr(rung: int) -> str:
@@ -94,12 +101,14 @@ class PruningConfig:
     def __post_init__(self) -> None:
         if self.min_epochs < 1:
             raise ConfigError(f"{self.min_epochs} must be >= 1", path="min_epochs")
-        if self.reduction_factor < 2:
-            raise ConfigError(
-                f"{self.reduction_factor} must be >= 2 (η = 1 would never stop anything)", path="reduction_factor"
-            )
-        if self.min_trials_per_rung < 1:
-            raise ConfigError(f"{self.min_trials_per_rung} must be >= 1", path="min_trials_per_rung")
+        check_range(
+            self.reduction_factor,
+            "reduction_factor",
+            2,
+            MAX_REDUCTION_FACTOR,
+            hint=" (η = 1 would never stop anything)",
+        )
+        check_range(self.min_trials_per_rung, "min_trials_per_rung", 1, MAX_TRIALS)
         if self.latency_tie_rel is not None and not 0 <= self.latency_tie_rel < 1:
             raise ConfigError(f"{self.latency_tie_rel} must be in [0, 1), e.g. 0.02", path="latency_tie_rel")
 

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from scipy import stats
 from torch import Tensor, nn
 
-from blocknas.blocks import ConfigError
+from blocknas.blocks import ConfigError, check_range
 from blocknas.search.tracking import StudyTracker
 from blocknas.search.training import ProxyScore, UnknownProxyError, check_proxy_names, score_proxies
 
@@ -27,6 +27,7 @@ from .attrs import PROXY_ATTR_PREFIX, SCREEN_COUNTED_ATTR, SCREEN_POOL_ATTR, SCR
 __all__ = [
     "AUTO_MIN_TRIALS",
     "BASELINE_PROXY",
+    "MAX_POOL",
     "ProxyCorrelation",
     "ScreenConfig",
     "auto_proxy",
@@ -41,6 +42,8 @@ __all__ = [
 
 AUTO_MIN_TRIALS = 10  # complete trials before ``proxy: auto`` trusts a τ; ``params`` until then
 BASELINE_PROXY = "params"
+MAX_POOL = 1024
+"""Most candidates screened per trial."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,7 @@ class ScreenConfig:
     pool: int = 4
 
     def __post_init__(self) -> None:
-        if self.pool < 2:
-            raise ConfigError(f"{self.pool} must be >= 2 (a pool of one screens nothing)", path="pool")
+        check_range(self.pool, "pool", 2, MAX_POOL, hint=" (a pool of one screens nothing)")
         if self.proxy != "auto":
             try:
                 check_proxy_names([self.proxy])

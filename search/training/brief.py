@@ -32,11 +32,14 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from blocknas.blocks import ConfigError
+from blocknas.blocks import ConfigError, check_range
 from blocknas.search.data import DataSplit
-from blocknas.search.threads import pinned_threads
+from blocknas.search.threads import MAX_THREADS, pinned_threads
 
 __all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_EPOCHS",
+    "MAX_TIME_BUDGET_S",
     "BriefTrainer",
     "DivergedError",
     "EpochStats",
@@ -50,6 +53,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MAX_EPOCHS = 10_000
+"""Most epochs of a training run."""
+MAX_BATCH_SIZE = 65_536
+"""Largest training or evaluation batch."""
+MAX_TIME_BUDGET_S = 7 * 24 * 3600.0
+"""Longest time budget of one training run: a week."""
 
 
 @dataclass(frozen=True)
@@ -80,13 +90,13 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"{self.threads} must be >= 1 (or null: the process's setting)", path="threads")
-        for key in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{getattr(self, key)} must be >= 1", path=key)
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ConfigError(f"{self.time_budget_s} must be > 0 seconds (or null for no budget)", path="time_budget_s")
+        if self.threads is not None:
+            check_range(self.threads, "threads", 1, MAX_THREADS, hint=" (or null: the process's setting)")
+        check_range(self.epochs, "epochs", 1, MAX_EPOCHS)
+        for key in ("batch_size", "eval_batch_size"):
+            check_range(getattr(self, key), key, 1, MAX_BATCH_SIZE)
+        if self.time_budget_s is not None:
+            check_range(self.time_budget_s, "time_budget_s", 0, MAX_TIME_BUDGET_S, above=True, hint=" (or null)")
         if self.lr <= 0:
             raise ConfigError(f"{self.lr} must be > 0", path="lr")
         if self.weight_decay < 0:

@@ -10,21 +10,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from blocknas.blocks import ArchConfig, ConfigError
+from blocknas.blocks import ArchConfig, ConfigError, check_range
 from blocknas.search.data import DataConfig
 from blocknas.search.files import check_safe_name
+from blocknas.search.seeding import check_seed
 from blocknas.search.yaml_config import FileConfig
 
 from .brief import TrainConfig
 
 __all__ = [
     "FULL_TRAIN_DEFAULTS",
+    "MAX_CROP_PADDING",
     "AugmentConfig",
     "EmaConfig",
     "FullTrainConfig",
     "FullTrainResult",
     "load_train_config",
 ]
+
+MAX_CROP_PADDING = 256
+"""Largest random-crop padding, in pixels."""
 
 # A real budget; a ``train:`` mapping in a config file is merged over these, not over TrainConfig's brief defaults.
 FULL_TRAIN_DEFAULTS: dict[str, Any] = {
@@ -55,8 +60,7 @@ class AugmentConfig:
     hflip: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.crop_padding < 0:
-            raise ConfigError(f"{self.crop_padding} must be >= 0 (0: no random crop)", path="crop_padding")
+        check_range(self.crop_padding, "crop_padding", 0, MAX_CROP_PADDING, hint=" (0: no random crop)")
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class FullTrainConfig(FileConfig):
             )
         if self.name is not None:
             check_safe_name(self.name)
+        check_seed(self.seed)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str | None = None) -> FullTrainConfig:
