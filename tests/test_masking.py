@@ -10,6 +10,7 @@ report and the exported front files.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,14 @@ from .conftest import quick_run, quick_study, require_service
 # -- the masking function ---------------------------------------------------------------
 
 SCHEMES = ["postgresql", "postgresql+psycopg", "mysql+pymysql", "redis", "rediss", "http", "https"]
-PASSWORDS = ["Hunter2xyz", "p%40ss%2Fw0rd"]  # plain, and percent-encoded ("p@ss/w0rd")
+# Characters SQLAlchemy, libpq or redis-py accept unencoded in a password, where urllib ends the host part.
+SPECIAL = "#?/@ :"
+PASSWORDS = [
+    "Hunter2xyz",
+    "p%40ss%2Fw0rd",  # percent-encoded ("p@ss/w0rd")
+    *(f"Pa{c}ss0rd" for c in SPECIAL),
+    "P@s/s#w?r d:'\"x",  # all of them at once, and quotes
+]
 FORMS = {
     "user and password": "{scheme}://alice:{pw}@db.example.org:5432/name",
     "password, no user": "{scheme}://:{pw}@db.example.org:6379/15",
@@ -217,6 +225,16 @@ STORAGE_FORMS = {  # (service, storage URL, its password): the servers accept an
         "PgQueryLeak92",
     ),
     "Redis, password and no user": (("Redis", 6379), "redis://:RedisLeak97@127.0.0.1:6379/15", "RedisLeak97"),
+    "PostgreSQL, # ? / and a space unencoded in the password (SQLAlchemy reads them)": (
+        ("PostgreSQL", 5432),
+        f"postgresql://postgres:Pg#Le?ak/9 1@{PG}/test",
+        "Pg#Le?ak/9 1",
+    ),
+    "Redis, @ and a space unencoded in the password (redis-py reads them)": (
+        ("Redis", 6379),
+        "redis://:Re@dis Leak 91@127.0.0.1:6379/15",
+        "Re@dis Leak 91",
+    ),
 }
 
 
@@ -284,7 +302,19 @@ FAILING = {  # (service needed, storage URL, its password)
     ),
     "MySQL, nothing listening": (None, "mysql+pymysql://root:MyLeak98@127.0.0.1:1/db", "MyLeak98"),
     "Redis, nothing listening": (None, "rediss://:RedisLeak90@127.0.0.1:1/0", "RedisLeak90"),
+    "Redis without TLS, nothing listening": (None, "redis://:RedisLeak89@127.0.0.1:1/0", "RedisLeak89"),
 }
+FAILING |= {  # every special character left unencoded, in every scheme
+    f"{case}, {char!r} in the password": (service, url.replace(secret, f"Qzx7{char}Wq{i}k9"), f"Qzx7{char}Wq{i}k9")
+    for case, (service, url, secret) in list(FAILING.items())
+    if "query" not in case
+    for i, char in enumerate(SPECIAL)
+}
+
+
+def _pieces(secret: str) -> list[str]:
+    """The secret and its parts between special characters: a driver that misreads the URL may show one."""
+    return [secret, *re.split(f"[{re.escape(SPECIAL)}]", secret)]
 
 
 @pytest.mark.parametrize(
@@ -297,14 +327,26 @@ def test_failing_storage_is_a_masked_exit_2(case: str, study_yaml: Path, scan: S
     code, err = scan.run("search", "--config", str(study_yaml), "--storage", storage, "--no-progress")
     assert code == 2, err
     assert "error:" in err and "***" in err
-    assert not (leaks := scan.leaks(secret)), "\n".join(leaks)
+    assert not (leaks := scan.leaks(*_pieces(secret))), "\n".join(leaks)
 
 
-def test_unreachable_tracking_server_is_a_masked_exit_2(study_yaml: Path, scan: Scan) -> None:
-    uri = "http://alice:TrackLeak99@127.0.0.1:1"
+@pytest.mark.parametrize("password", ["TrackLeak99", *(f"Track{c}Leak99" for c in SPECIAL)])
+def test_unreachable_tracking_server_is_a_masked_exit_2(password: str, study_yaml: Path, scan: Scan) -> None:
+    uri = f"http://alice:{password}@127.0.0.1:1"
     code, err = scan.run("search", "--config", str(study_yaml), "--tracking-uri", uri, "--no-progress")
     assert code == 2 and "http://alice:***@127.0.0.1:1" in err, err
-    assert not (leaks := scan.leaks("TrackLeak99")), "\n".join(leaks)
+    assert not (leaks := scan.leaks(*_pieces(password))), "\n".join(leaks)
+
+
+def test_mlflow_prints_no_run_link_with_the_tracking_password(
+    mlflow_server: str, study_yaml: Path, scan: Scan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow prints "View run … at: <tracking URI>/#/…" as each run ends; with a password in the URI it must not."""
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)  # unset before, and again after
+    password = "View@Leak 88"  # characters requests (MLflow's HTTP client) accepts unencoded
+    uri = mlflow_server.replace("://", f"://alice:{password}@")
+    assert scan.run("search", "--config", str(study_yaml), "--tracking-uri", uri, "--no-progress")[0] == 0
+    assert not (leaks := scan.leaks(password)), "\n".join(leaks)
 
 
 def test_a_crash_prints_its_traceback_masked(study_yaml: Path, scan: Scan, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,9 +4,11 @@
 terminal, a log, an MLflow param/tag/artifact or a report goes through it (directly, or through
 ``mask_config``/``masked_yaml`` for configs and ``mask_log_records`` for log records).
 
-Masked, in a URL or in any text holding URLs (parsed with :mod:`urllib.parse`):
+Masked, in a URL or in any text holding URLs:
 
-* the password of ``scheme://user:PASSWORD@host`` and of ``scheme://:PASSWORD@host`` (Redis);
+* the password of ``scheme://user:PASSWORD@host`` and of ``scheme://:PASSWORD@host`` (Redis),
+  whatever it holds (``#``, ``?``, ``/``, ``@``, spaces), checked with the parser of the URL's
+  driver: SQLAlchemy's for databases, redis-py's for Redis, requests' (MLflow's) for HTTP;
 * the value of secret-looking query or fragment keys: ``?password=…`` (libpq), ``passwd``,
   ``pwd``, ``token``, ``access_token``, ``secret``, ``key``, ``api_key``, … in any case;
 * every secret seen so far, anywhere in the text, raw and percent-decoded: a driver's error
@@ -22,7 +24,11 @@ import re
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+
+from requests.utils import get_auth_from_url
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 __all__ = ["mask_config", "mask_log_records", "mask_url", "masked_yaml", "remember_secrets"]
 
@@ -31,8 +37,9 @@ SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "PGPASSWORD")
 _SECRET_WORDS = frozenset({"pwd", "pass", "key", "auth", "credentials"})  # the key's last word
 _SECRET_ENDINGS = ("password", "passwd", "token", "secret", "apikey")  # also as its end: sslpassword, accessToken
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>`]+", re.IGNORECASE)
-_ONE_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_ONE_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\n]+", re.IGNORECASE)
 _PAIR = re.compile(r"(?P<head>(?:^|[&;])(?P<key>[^=&;]+)=)(?P<value>[^&;]*)")
+_FRAGMENT_PAIR = re.compile(r"(?P<head>(?:^|[&;#?])(?P<key>[^=&;#?]+)=)(?P<value>[^&;#?]*)")
 _MIN_SECRET = 4  # shorter secrets are masked in their URL, but not hunted for in free text
 
 # Secrets taken out of URLs so far in this process, to mask where else they turn up.
@@ -48,42 +55,86 @@ def mask_url(text: str) -> str:
     ``postgresql://u@h/db?password=pw`` → ``postgresql://u@h/db?password=***``.
     Text without a credential (a journal path, ``sqlite:///runs/optuna.db``) comes back unchanged.
     """
-    if _ONE_URL.fullmatch(text):  # one URL: parsed whole, so quotes in a password cannot cut it short
-        masked = _mask_one(text)
+    masked = _mask_known(text)
+    if _ONE_URL.fullmatch(masked):  # one URL (a setting, a flag): parsed whole, spaces and quotes included
+        masked = _mask_one(masked)
     else:
-        masked = _URL.sub(lambda match: _mask_one(match.group(0)), text)
+        masked = _URL.sub(lambda match: _mask_one(match.group(0)), masked)
+    return _mask_known(masked)
+
+
+def _mask_known(text: str) -> str:
     for secret in sorted(_known_secrets(), key=len, reverse=True):
-        masked = masked.replace(secret, MASK)
-    return masked
+        text = text.replace(secret, MASK)
+    return text
 
 
 def _mask_one(url: str) -> str:
     """One ``scheme://…`` URL with its password and secret query/fragment values masked (and remembered).
 
-    Rebuilt from the original text rather than with ``urlunsplit``, which would turn
-    ``sqlite:///x`` into ``sqlite:/x``.
+    The password runs from the user's ``:`` to the *last* ``@``: the widest reading of any
+    parser (SQLAlchemy's ends at the first ``@``, urllib's at a ``/``, ``?`` or ``#``), so a
+    ``#``, ``?``, ``/``, ``@`` or space left unencoded in it is hidden too. The result is then
+    read by the parser the URL's driver uses (:func:`_driver_secrets`); should that still find
+    a secret, everything after ``://`` is hidden. Rebuilt from the original text rather than
+    with ``urlunsplit``, which would turn ``sqlite:///x`` into ``sqlite:/x``.
     """
-    try:
-        netloc = urlsplit(url).netloc
-    except ValueError:  # e.g. an unbalanced "[" in the host: hide everything up to the last "@"
-        head, _, rest = url.partition("://")
-        return f"{head}://{MASK}@{rest.rpartition('@')[2]}" if "@" in rest else url
-    head = url[: url.index("://") + 3]
-    before_fragment, hashmark, fragment = url[len(head) :].partition("#")
-    before_query, qmark, query = before_fragment.partition("?")
-    if "@" in netloc:
-        userinfo = netloc.rpartition("@")[0]
-    else:  # a "/" left unencoded in a password ends urlsplit's netloc early; drivers read on to the "@"
-        userinfo = before_query.rpartition("@")[0] if ":" in netloc else ""
+    for secret in _driver_secrets(url):
+        _remember(secret)
+    head, _, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
     user, colon, password = userinfo.partition(":")
-    if colon and "/" not in user:
+    start = 0
+    if at and colon and "/" not in user:
         _remember(password)
-        before_query = f"{user}:{MASK}@{before_query[len(userinfo) + 1 :]}"
-    return f"{head}{before_query}{qmark}{_mask_pairs(query)}{hashmark}{_mask_pairs(fragment)}"
+        rest = f"{user}:{MASK}@{host}"
+        start = len(user) + len(MASK) + 2
+    query = re.search(r"[?#]", rest[start:])
+    if query:
+        cut = start + query.end()
+        rest = rest[:cut] + _mask_pairs(rest[cut:])
+    masked = f"{head}://{rest}"
+    return masked if all(s == MASK for s in _driver_secrets(masked)) else f"{head}://{MASK}"
+
+
+def _driver_secrets(url: str) -> list[str]:
+    """The password and secret-keyed query values of ``url`` as its driver reads them (none if it cannot).
+
+    redis-py's ``parse_url`` for Redis, requests' (MLflow's HTTP client) for ``http(s)``, and
+    SQLAlchemy's ``make_url`` (Optuna's and MLflow's RDB stores) for any other scheme.
+    """
+    scheme = url.partition("://")[0].lower()
+    try:
+        if scheme in ("redis", "rediss", "unix"):
+            found: dict[str, Any] = _parse_redis_url(url)
+        elif scheme in ("http", "https"):
+            parts = urlsplit(url)
+            found = {"password": get_auth_from_url(url)[1], **dict(parse_qsl(f"{parts.query}&{parts.fragment}"))}
+        else:
+            parsed = make_url(url)
+            found = {"password": parsed.password, **parsed.query}
+    except (ValueError, ArgumentError):  # a URL its driver cannot read is never used with a password
+        return []
+    values = (
+        v for key, value in found.items() if _secret_key(key) for v in (value if isinstance(value, tuple) else [value])
+    )
+    return [str(v) for v in values if v]
+
+
+def _parse_redis_url(url: str) -> dict[str, Any]:
+    try:
+        from redis.connection import parse_url
+    except ImportError:  # redis-py is optional; without it no Redis URL is opened, so nothing is read
+        return {}
+    return dict(parse_url(url))
 
 
 def _mask_pairs(pairs: str) -> str:
-    """``a=1&password=x`` → ``a=1&password=***`` (``;`` separators too); keys of any case."""
+    """``a=1&password=x`` → ``a=1&password=***``; keys of any case.
+
+    Read twice, as each parser would: split at ``&`` and ``;`` only (SQLAlchemy: a value
+    ``Pa#ss`` is whole), then at ``#`` and ``?`` too (urllib: ``a=1#token=x`` holds a token).
+    """
 
     def hide(match: re.Match[str]) -> str:
         if not match.group("value") or not _secret_key(unquote_plus(match.group("key"))):
@@ -91,7 +142,7 @@ def _mask_pairs(pairs: str) -> str:
         _remember(match.group("value"))
         return f"{match.group('head')}{MASK}"
 
-    return _PAIR.sub(hide, pairs)
+    return _FRAGMENT_PAIR.sub(hide, _PAIR.sub(hide, pairs))
 
 
 def _secret_key(key: object) -> bool:
@@ -102,7 +153,11 @@ def _secret_key(key: object) -> bool:
 
 
 def _remember(secret: str) -> None:
-    forms = {s for s in (secret, unquote(secret), unquote_plus(secret)) if len(s) >= _MIN_SECRET and s != MASK}
+    """Learn ``secret`` (raw and percent-decoded), and the pieces a driver may show of it: one that
+    reads ``Pa#ss@h`` as host ``Pa`` and port ``ss@h`` says so in its error."""
+    forms = {secret, unquote(secret), unquote_plus(secret)}
+    forms |= {piece for form in forms for piece in re.split(r"[#?/@]", form)}
+    forms = {s for s in forms if len(s) >= _MIN_SECRET and s != MASK}
     with _seen_lock:
         _seen.update(forms)
 

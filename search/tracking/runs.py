@@ -22,6 +22,7 @@ from typing import Any
 
 import optuna
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -77,7 +78,15 @@ def check_reachable(
     if not uri.startswith(("http://", "https://")):
         return
     parts = urllib.parse.urlsplit(uri)
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # e.g. a "#", "?" or "/" left unencoded in the password ends the host part early
+        raise TrackingError(
+            mask_url(
+                f"MLflow tracking URI {uri} cannot be read ({exc}): percent-encode a '#', '?' or '/' in its password "
+                "(%23, %3F, %2F)"
+            )
+        ) from None
     if not _proxied(parts.scheme, host):
         try:
             socket.create_connection((host, port), timeout=timeout_s).close()
@@ -147,6 +156,8 @@ class StudyTracker:
 
     def __init__(self, tracking_uri: str, experiment: str, *, runs_dir: str | Path = "runs") -> None:
         check_reachable(tracking_uri)
+        if mask_url(tracking_uri) != tracking_uri:  # MLflow prints "View run … at: <this URI>/#/…" as runs end
+            os.environ[MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name] = "true"
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
