@@ -269,9 +269,9 @@ def study_location(args: argparse.Namespace) -> tuple[str | None, str, str, str]
         )
         uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
         return config.name, config.storage_url, uri, config.runs_dir
-    if args.name:  # used as a folder name as it is, with no config to check it
-        check_safe_name(args.name, path="--study-name")
     runs_dir = args.runs_dir or "runs"
+    if args.name:  # used as a folder name as it is, with no config to check it
+        check_safe_name(args.name, path="--study-name", folder=runs_dir)
     storage = args.storage or default_storage_url(runs_dir)
     return args.name, storage, resolve_tracking_uri(args.tracking_uri, runs_dir), runs_dir
 

@@ -25,6 +25,7 @@ from PIL import Image
 from blocknas.blocks import ConfigError, load_yaml
 from blocknas.blocks.yaml_file import MAX_CONFIG_BYTES
 from blocknas.search.cli import main
+from blocknas.search.files import check_safe_name
 
 from .conftest import REPO_ROOT, quick_run, quick_study
 
@@ -173,6 +174,11 @@ CASES: list[Case] = [
         _space(b"input_size: [100000, 32]\nstages: [{blocks: [standard], widths: [8]}]\n"),
         "input_size: 100000 must be",
     ),
+    # names that become folders: bounded by a documented cap and by the filesystem, path included
+    ("name-300-chars", _config(STUDY, name="n" * 300), "name: 'nnnnn"),
+    ("study-name-flag-300-chars", _flags(STUDY, "--study-name", "n" * 300), "name:"),
+    ("runs-dir-past-path-max", _config(STUDY, runs_dir="d/" * 2100), "more than the filesystem allows"),
+    ("export-dir-past-path-max", _config(STUDY, export_dir="d/" * 2100), "more than the filesystem allows"),
     ("yaml-duplicate-key", _config_bytes(b"name: a\nspace: tiny\nname: b\n"), "duplicate key 'name' on lines 1 and 3"),
 ]
 
@@ -321,3 +327,17 @@ def test_nesting_too_deep_for_the_parser_is_a_config_error(tmp_path: Path) -> No
     path.write_text("[" * 5_000 + "]" * 5_000)
     with pytest.raises(ConfigError, match=r"deep\.yaml: .*(nested too deeply|exceeded maximum nesting depth)"):
         load_yaml(path)
+
+
+@pytest.mark.parametrize("name", ["n" * 101, "é" * 51])
+def test_a_name_is_at_most_100_bytes(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"name: .* bytes long; a name becomes a folder, so at most 100 bytes"):
+        check_safe_name(name)
+    check_safe_name(name[:50])
+
+
+def test_a_name_is_at_most_what_the_filesystem_allows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The folder's own NAME_MAX wins when it is below the cap (the folder need not exist yet)."""
+    monkeypatch.setattr(os, "pathconf", lambda _path, key: 16 if key == "PC_NAME_MAX" else 4096)
+    with pytest.raises(ConfigError, match="at most 16 bytes"):
+        check_safe_name("n" * 17, folder=tmp_path / "not" / "yet")

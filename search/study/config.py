@@ -61,7 +61,7 @@ class StudyBase(FileConfig):
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        check_safe_name(self.name)
+        check_safe_name(self.name, folder=self.runs_dir)
         if " " in self.name:
             raise ConfigError(f"{self.name!r} must be without spaces", path="name")
         if self.timeout_s is not None:
@@ -137,6 +137,7 @@ class StudyConfig(StudyBase):
         super().__post_init__()
         if self.proxies is not None:
             check_proxies(self.proxies)
+        check_safe_name(self.name, folder=self.export_dir)
         check_range(self.n_trials, "n_trials", 1, MAX_TRIALS)
         check_seed(self.seed)
         self._check_pruner()

@@ -113,7 +113,7 @@ class FullTrainConfig(FileConfig):
                 "full training runs for a number of epochs; remove time_budget_s", path="train.time_budget_s"
             )
         if self.name is not None:
-            check_safe_name(self.name)
+            check_safe_name(self.name, folder=Path(self.runs_dir) / "train")
         check_seed(self.seed)
 
     @classmethod
