@@ -9,23 +9,34 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from mlflow.tracking import MlflowClient
 
 from blocknas.search.cli import main
-from blocknas.search.study import SURPLUS_ATTR, load_study_config, run_search, threads_per_worker, trial_counts
+from blocknas.search.study import (
+    SURPLUS_ATTR,
+    load_study_config,
+    optimize_until_done,
+    run_search,
+    threads_per_worker,
+    trial_counts,
+)
 from blocknas.search.tracking import (
     PARENT_RUN_ATTR,
     RUN_ID_ATTR,
+    WORKER_ATTR,
     StudyTracker,
     diagnose,
     dispose_storages,
     mask_url,
     open_storage,
+    worker_id,
 )
 
 from .conftest import require_service
@@ -112,6 +123,58 @@ def test_a_trial_started_past_the_total_by_a_racing_worker_is_discarded_unrun(
     assert (other.state, surplus.state) == (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     assert surplus.user_attrs[SURPLUS_ATTR] is True
     assert trial_counts(study) == (1, 0), "the surplus trial is not counted"
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize("storage_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def test_a_live_workers_trial_is_not_failed_when_its_heartbeat_stalls(
+    tmp_path: Path, storage_kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat thread shares its worker's GIL, so a live worker can go silent past the grace period.
+
+    Seen as trial 0 FAIL plus a retry (5 trials for 4) in two-worker runs under load: the first
+    trial's ONNX export imports held a worker's GIL for 6.5 s, past the 4-s grace of
+    ``heartbeat_interval_s: 2``; the other worker failed the trial and ran its retry while the
+    first trained it on. Reproduced by silencing the heartbeat mid-trial and dating its last beat
+    a day back, then running the other worker's check (Optuna's ``fail_stale_trials``).
+    """
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if storage_kind == "sqlite" else request.getfixturevalue("postgres_url")
+    storage = open_storage(url, heartbeat_interval=1)
+    study = optuna.create_study(study_name=f"stall-{uuid.uuid4().hex[:8]}", storage=storage)
+    beat, lock = storage.record_heartbeat, threading.Lock()
+    silenced = threading.Event()
+
+    def record_heartbeat(trial_id: int) -> None:
+        with lock:
+            if not silenced.is_set():
+                beat(trial_id)
+
+    def stall_heartbeat(trial_id: int) -> None:
+        with lock:
+            silenced.set()
+            beat(trial_id)  # the last beat (the thread may not have beaten yet), then a day of silence
+            backdate = sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :t WHERE trial_id = :id")
+            with storage.engine.begin() as connection:
+                connection.execute(
+                    backdate.bindparams(sqlalchemy.bindparam("t", type_=sqlalchemy.DateTime)),
+                    {"t": datetime.now() - timedelta(days=1), "id": trial_id},
+                )
+
+    monkeypatch.setattr(storage, "record_heartbeat", record_heartbeat)
+    ran_trials: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        ran_trials.append(trial.number)
+        trial.set_user_attr(WORKER_ATTR, worker_id())  # as Objective does first
+        if trial.number == 0:
+            stall_heartbeat(trial._trial_id)
+            optuna.storages.fail_stale_trials(study)  # the other worker, before its next trial
+            trial.set_user_attr("latency_ms", 1.0)  # the objective's next write, as after a real export
+        raise optuna.TrialPruned()  # counts, and needs no front row
+
+    optimize_until_done(study, objective, n_trials=2, progress=False)
+    assert ran_trials == [0, 1], "trial 0 ran once, no retry of it"
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.PRUNED] * 2
 
 
 @pytest.mark.services

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 
@@ -36,7 +35,7 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import BaseStorage
 
 from .masking import mask_url
-from .storage import StorageError, _pid_alive, worker_id
+from .storage import StorageError, _local_pid, _pid_alive, worker_id
 
 __all__ = ["SETUP_COMPLETE_ATTR", "complete_setup", "setup_wait_s"]
 
@@ -147,9 +146,3 @@ def _release_leftovers(storage: BaseStorage, study_name: str) -> None:
             log.info("deleting claim %s left by a worker that finished setting up study %s", name, study_name)
             with contextlib.suppress(KeyError):
                 optuna.delete_study(study_name=name, storage=storage)
-
-
-def _local_pid(worker: str) -> int | None:
-    """The pid of a ``host:pid`` worker of this host; ``None`` for another host's (its liveness is unknown)."""
-    host, _, pid = worker.rpartition(":")
-    return int(pid) if host == socket.gethostname() and pid.isdigit() else None

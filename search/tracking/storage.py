@@ -3,7 +3,8 @@
 Accepted forms:
 
 * ``sqlite:///runs/optuna.db``, ``postgresql://user:pw@host/db``, ``mysql://…`` — Optuna's
-  RDB storage with heartbeats: a trial whose worker stops beating is failed and retried.
+  RDB storage with heartbeats: a trial whose worker stops beating is failed and retried
+  (unless that worker is a live process of this host).
 * ``redis://host:6379/0`` — Optuna's journal storage on Redis.
 * a file path (``runs/optuna.journal``) or ``journal:PATH`` — Optuna's journal file storage.
   Journal storage has no heartbeat, so each worker records ``host:pid`` on its trials and,
@@ -67,7 +68,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
     Args:
         url: See the module docstring.
         heartbeat_interval: Seconds between heartbeats on RDB storage; a trial silent for
-            twice that long is failed and retried.
+            twice that long is failed and retried, unless its worker is a live process of this host.
         max_retry: How many times a trial whose worker died is retried.
     """
     scheme = _scheme(url)
@@ -127,7 +128,7 @@ def _rdb_storage(url: str, scheme: str, heartbeat_interval: int, max_retry: int)
             engine_kwargs = {"pool_pre_ping": True, "pool_size": RDB_POOL_SIZE, "max_overflow": RDB_MAX_OVERFLOW}
         for attempt in range(SCHEMA_RACE_ATTEMPTS):
             try:
-                _rdb_storages[key] = optuna.storages.RDBStorage(
+                _rdb_storages[key] = _LocalLivenessRDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,
@@ -141,6 +142,23 @@ def _rdb_storage(url: str, scheme: str, heartbeat_interval: int, max_retry: int)
                 log.info("another process was creating the study storage's schema; opening it again")
                 time.sleep(SCHEMA_RACE_WAIT_S * (attempt + 1) * (1 + random.random()))
     return _rdb_storages[key]
+
+
+class _LocalLivenessRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeat check never calls the trial of a live process of this host stale.
+
+    A heartbeat thread shares its worker's GIL and CPU: a C call that holds the GIL, on a loaded
+    machine, silences it past the grace period while the worker trains on (a first trial's
+    ONNX export imports held it 6.5 s on a loaded 2-core machine, past the 4 s of
+    ``heartbeat_interval_s: 2``). Another worker then failed the trial and trained its retry,
+    and the first worker's result was thrown away. Whether a process of this host lives can be
+    seen, so the heartbeat decides only for trials of other hosts' workers (or of none).
+    Optuna's own check before each trial comes through here too.
+    """
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        return [i for i in stale if not _alive_here(self.get_trial(i).user_attrs.get(WORKER_ATTR))]
 
 
 SCHEMA_RACE_ATTEMPTS = 5
@@ -177,6 +195,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _local_pid(worker: str) -> int | None:
+    """The pid of a ``host:pid`` worker of this host; ``None`` for another host's (its liveness is unknown)."""
+    host, _, pid = worker.rpartition(":")
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+
+
+def _alive_here(worker: object) -> bool:
+    """Whether ``worker`` (a ``host:pid`` id, or None) is a running process of this host."""
+    pid = _local_pid(str(worker)) if worker else None
+    return pid is not None and (pid == os.getpid() or _pid_alive(pid))
+
+
 def fail_abandoned_trials(study: optuna.Study, *, max_retry: int = 1) -> list[FrozenTrial]:
     """Fail and re-enqueue RUNNING trials whose worker is gone: started on this host by a process
     that no longer exists, or never stamped by any worker (see :func:`_orphaned`).
@@ -184,7 +214,6 @@ def fail_abandoned_trials(study: optuna.Study, *, max_retry: int = 1) -> list[Fr
     This is how journal storage (no heartbeats) recovers from a killed worker; on RDB storage
     it makes recovery immediate instead of waiting for the heartbeat grace period.
     """
-    host = socket.gethostname()
     failed = []
     trials = study.get_trials(deepcopy=False)
     for trial in (t for t in trials if t.state == TrialState.RUNNING):
@@ -193,13 +222,8 @@ def fail_abandoned_trials(study: optuna.Study, *, max_retry: int = 1) -> list[Fr
             if not _orphaned(trial):
                 continue
             owner = "a worker that died before stamping it"
-        else:
-            owner_host, _, pid_text = str(owner).rpartition(":")
-            if owner_host != host or not pid_text.isdigit():
-                continue
-            pid = int(pid_text)
-            if pid == os.getpid() or _pid_alive(pid) or _unstamped_retry(trial, trials):
-                continue
+        elif _local_pid(str(owner)) is None or _alive_here(owner) or _unstamped_retry(trial, trials):
+            continue
         try:
             study.tell(trial.number, state=TrialState.FAIL)
         except (RuntimeError, ValueError):  # another worker got there first
