@@ -23,8 +23,8 @@ from .resolve import ArchLike, resolve_arch
 
 __all__ = ["DEFAULT_ARCH", "blocknet", "create_blocknet", "register_arch", "register_arch_dir"]
 
-IMAGENET_FREE_MEAN = (0.5, 0.5, 0.5)
-IMAGENET_FREE_STD = (0.5, 0.5, 0.5)
+UNTRAINED_MEAN_STD = 0.5
+"""timm's neutral mean and std, stated for an architecture that records no training data's own."""
 
 # timm's register_model reads pretrained cfgs from this module-level dict by entry-point name.
 default_cfgs: dict[str, dict[str, Any]] = {}
@@ -40,17 +40,35 @@ def _pool_size(arch: ArchConfig) -> tuple[int, int]:
     return arch.block_specs()[-1].out_hw
 
 
+def _input_cfg(arch: ArchConfig) -> dict[str, Any]:
+    """The pretrained cfg keys that describe the input and the outputs' names.
+
+    A network blocknas trained is fed its data standardized with the data's own per-channel
+    mean and std, recorded with the class names in ``meta["preprocessing"]``
+    (:class:`blocknas.search.data.Preprocessing`): they are the cfg's ``mean``, ``std`` and
+    ``label_names``. Without that record timm's neutral 0.5 stands in and there are no names.
+    """
+    record = arch.meta.get("preprocessing") or {}
+    neutral = (UNTRAINED_MEAN_STD,) * arch.in_chans
+    cfg: dict[str, Any] = dict(
+        input_size=(arch.in_chans, *arch.input_size),
+        pool_size=_pool_size(arch),
+        mean=tuple(record.get("mean", neutral)),
+        std=tuple(record.get("std", neutral)),
+    )
+    if len(record.get("classes", ())) == arch.num_classes > 0:
+        cfg["label_names"] = tuple(record["classes"])
+    return cfg
+
+
 def _cfg(arch: ArchConfig, **overrides: Any) -> dict[str, Any]:
     """A pretrained cfg (no weights) describing the network's input and head."""
     return dict(
         url="",
         num_classes=arch.num_classes,
-        input_size=(arch.in_chans, *arch.input_size),
-        pool_size=_pool_size(arch),
         crop_pct=1.0,
         interpolation="bilinear",
-        mean=IMAGENET_FREE_MEAN,
-        std=IMAGENET_FREE_STD,
+        **_input_cfg(arch),
         first_conv="stem.conv",
         classifier="head.fc",
         license="apache-2.0",
@@ -64,9 +82,7 @@ def create_blocknet(variant: str, arch: ArchLike, pretrained: bool = False, **kw
     ``features_only=True`` / ``out_indices`` give a feature extractor over the stages.
     """
     config = resolve_arch(arch)
-    overlay = dict(
-        num_classes=config.num_classes, input_size=(config.in_chans, *config.input_size), pool_size=_pool_size(config)
-    )
+    overlay = dict(num_classes=config.num_classes, **_input_cfg(config))
     overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
     return build_model_with_cfg(
         BlockNet,

@@ -32,6 +32,7 @@ from .attrs import (
     LATENCY_MEASURED_ATTR,
     LATENCY_PREDICTED_ATTR,
     OVER_BUDGET_ATTR,
+    SEARCH_DEFINITION_ATTR,
 )
 from .pruning import PRUNED_ACCURACY_ATTR
 
@@ -174,7 +175,10 @@ _EXPORT_MANIFEST = ".blocknas-export.json"  # the files an export wrote; only th
 
 
 def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
-    """Write each front architecture to ``<export_dir>/<study>/<name>.yaml`` (metrics in ``meta``).
+    """Write each front architecture to ``<export_dir>/<study>/<name>.yaml``.
+
+    Its ``meta`` holds the study, the trial's metrics and the study's data config (``data``,
+    as the study recorded it), so ``blocknas train`` trains it on the data it was found on.
 
     Files an earlier export wrote for trials no longer on the front are removed, so the
     export is the current front; any other file in the folder (a hand-tuned copy, notes) is
@@ -185,8 +189,10 @@ def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
     folder = Path(export_dir) / study.study_name
     folder.mkdir(parents=True, exist_ok=True)
     rows = front_rows(study)
+    data = study.user_attrs.get(SEARCH_DEFINITION_ATTR, {}).get("settings", {}).get("data")
+    searched_on = {"data": data} if data else {}
     files = {
-        f"{row.name}.yaml": row.arch.replace(meta={"study": study.study_name, **row.metrics()}).to_yaml()
+        f"{row.name}.yaml": row.arch.replace(meta={"study": study.study_name, **row.metrics(), **searched_on}).to_yaml()
         for row in rows
     }
     files |= {"front.md": front_table(rows), "front.csv": front_csv(rows)}
