@@ -39,7 +39,7 @@ from blocknas.search.tracking import (
     worker_id,
 )
 
-from .conftest import require_service
+from .conftest import ran, require_service
 
 TINY = {
     "space": "tiny",
@@ -94,6 +94,11 @@ def check_consistent(config_path: Path, storage: str, tracking_uri: str, n_trial
     return study
 
 
+def trained_by(study: optuna.Study) -> set[str]:
+    """The workers that ran the study's trials (a surplus trial is discarded before any worker stamps it)."""
+    return {t.user_attrs[WORKER_ATTR] for t in ran(study.trials)}
+
+
 def test_a_trial_started_past_the_total_by_a_racing_worker_is_discarded_unrun(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -112,7 +117,9 @@ def test_a_trial_started_past_the_total_by_a_racing_worker_is_discarded_unrun(
         looks.append(counts)
         if len(looks) == 2:  # the loop's first look (the first sets the progress bar)
             # the other worker, between this count and this worker's ask (pruned: it counts, and has no front row)
-            study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+            other = study.ask()
+            other.set_user_attr(WORKER_ATTR, "other-host:1")
+            study.tell(other, state=optuna.trial.TrialState.PRUNED)
         return counts
 
     monkeypatch.setattr(runner, "trial_counts", counted_just_before_another_worker_took_the_last_trial)
@@ -123,6 +130,7 @@ def test_a_trial_started_past_the_total_by_a_racing_worker_is_discarded_unrun(
     assert (other.state, surplus.state) == (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     assert surplus.user_attrs[SURPLUS_ATTR] is True
     assert trial_counts(study) == (1, 0), "the surplus trial is not counted"
+    assert trained_by(study) == {"other-host:1"}, "the surplus trial has no worker"
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -189,8 +197,7 @@ def test_two_workers_on_postgres_and_an_mlflow_server(tmp_path: Path, postgres_u
     assert experiment is not None
     page = f"MLflow:    {mlflow_server}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
     assert all(page in out for out in outputs), outputs[0][-2000:]  # the server is the UI, one unbroken line
-    workers = {t.user_attrs["blocknas.worker"] for t in study.trials}
-    assert len(workers) == 2, "both workers ran trials"
+    assert len(trained_by(study)) == 2, "both workers ran trials"
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -218,7 +225,7 @@ def test_blocknas_workers_share_one_study(
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
     study = check_consistent(config, storage, f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", n_trials)
-    assert len({t.user_attrs["blocknas.worker"] for t in study.trials}) <= 2
+    assert len(trained_by(study)) <= 2
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
