@@ -134,6 +134,31 @@ def test_a_trial_started_past_the_total_by_a_racing_worker_is_discarded_unrun(
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trial_failed_by_another_worker_after_its_last_write_is_retried_not_a_crash(tmp_path: Path) -> None:
+    """A worker on another host cannot see this one live; past the grace period it fails the trial.
+
+    If that lands after the objective's last write, the objective returns normally and Optuna's
+    tell of the FAIL trial ends in its own ``AssertionError('Should not reach.')`` (its
+    ``ValueError`` only as context), which crashed the worker instead of letting it go on.
+    """
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"))
+    ran_trials: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        ran_trials.append(trial.number)
+        if trial.number == 0:  # what the other host's fail_stale_trials does, after this trial's last write
+            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            failed = study._storage.get_trial(trial._trial_id)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, failed)
+            return 1.0
+        raise optuna.TrialPruned()  # counts, and needs no front row
+
+    optimize_until_done(study, objective, n_trials=1, progress=False)
+    assert ran_trials == [0, 1], "the retry ran"
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 @pytest.mark.parametrize("storage_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
 def test_a_live_workers_trial_is_not_failed_when_its_heartbeat_stalls(
     tmp_path: Path, storage_kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch

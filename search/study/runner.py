@@ -213,13 +213,26 @@ def optimize_until_done(
                 continue
             try:
                 study.optimize(objective_within_total, n_trials=1, catch=(Exception,))
-            except ValueError as exc:  # Optuna's tell, after another worker failed the trial as stale
-                if "Cannot tell a FAIL trial" not in str(exc):
+            except (ValueError, AssertionError) as exc:
+                if not _failed_meanwhile(exc):
                     raise
                 log.warning("the trial was failed by another worker meanwhile (a stale heartbeat) and is retried")
             bar.set_postfix(_progress_postfix(study), refresh=False)
     finally:
         bar.close()
+
+
+def _failed_meanwhile(exc: BaseException | None) -> bool:
+    """Whether Optuna's tell refused a trial that another worker failed meanwhile (its heartbeat looked stale).
+
+    Optuna raises ``ValueError('Cannot tell a FAIL trial.')``; when the objective had returned
+    normally, its ``_run_trial`` raises ``AssertionError('Should not reach.')`` over it (as context).
+    """
+    while exc is not None:
+        if isinstance(exc, ValueError) and "Cannot tell a FAIL trial" in str(exc):
+            return True
+        exc = exc.__context__
+    return False
 
 
 def _progress_postfix(study: optuna.Study) -> dict[str, str]:
