@@ -8,6 +8,7 @@ exit status 2, no traceback, and nothing written (no ``runs/``, no ``mlflow.db``
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -19,12 +20,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from blocknas.blocks import ConfigError, load_yaml
 from blocknas.blocks.yaml_file import MAX_CONFIG_BYTES
-from blocknas.search.cli import main
+from blocknas.search.cli import build_parser, main
 from blocknas.search.files import check_safe_name
 
 from .conftest import REPO_ROOT, quick_run, quick_study
@@ -68,6 +70,16 @@ def _space(content: bytes | None) -> Builder:
         else:
             (root / "s.yaml").write_bytes(content)
         return _yaml(root, {**STUDY, "space": "s.yaml"})
+
+    return build
+
+
+def _fifo(name: str, *, space: bool = False) -> Builder:
+    """A FIFO that no writer ever opens, as the config (or, with ``space``, as the config's space file)."""
+
+    def build(root: Path) -> list[str]:
+        os.mkfifo(root / name)
+        return _yaml(root, {**STUDY, "space": name}) if space else ["--config", name]
 
     return build
 
@@ -116,6 +128,9 @@ CASES: list[Case] = [
     ("config-not-utf8", _config_bytes(b"name: x\n\xff\xfe\n"), "not a text file"),
     ("config-is-folder", _config_folder, "is a folder"),
     ("config-missing", lambda root: ["--config", "nope.yaml"], "not found"),
+    ("config-fifo", _fifo("c.yaml"), "not a regular file"),
+    ("config-device", lambda root: ["--config", "/dev/zero"], "/dev/zero: is not a regular file"),
+    ("config-over-1-mib", _config_bytes(b"name: x\n#" + b"#" * 2**20), "at most 1,048,576 bytes"),
     ("config-yaml-syntax", _config_bytes(b"name: [x\n"), "YAML syntax"),
     ("config-alias", _config_bytes(b"a: &x 1\nname: *x\n"), "c.yaml"),
     ("config-not-mapping", _config_bytes(b"- 1\n- 2\n"), "c.yaml"),
@@ -124,6 +139,7 @@ CASES: list[Case] = [
     ("space-unknown", _config(STUDY, space="nosuchspace"), "nosuchspace"),
     ("space-not-utf8", _space(b"\xff\xfe"), "s.yaml"),
     ("space-is-folder", _space(None), "is a folder"),
+    ("space-fifo", _fifo("s.yaml", space=True), "not a regular file"),
     ("space-even-kernel", _space(b"stages: [{blocks: [standard], widths: [8], kernel_sizes: [4]}]\n"), "kernel_sizes"),
     ("data-unknown", _config(STUDY, data={"name": "nosuchdata"}), "nosuchdata"),
     ("data-folder-missing", _config(STUDY, data={"name": "imagefolder", "root": "nope"}), "nope"),
@@ -341,3 +357,50 @@ def test_a_name_is_at_most_what_the_filesystem_allows(monkeypatch: pytest.Monkey
     monkeypatch.setattr(os, "pathconf", lambda _path, key: 16 if key == "PC_NAME_MAX" else 4096)
     with pytest.raises(ConfigError, match="at most 16 bytes"):
         check_safe_name("n" * 17, folder=tmp_path / "not" / "yet")
+
+
+# -- every subcommand, every kind of unusable config or arch file --------------------------
+
+
+def _file_flags() -> list[tuple[str, str]]:
+    """``(subcommand, flag)`` for every ``--config`` and ``--arch`` of every subcommand, read from the parser."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [
+        (name, flag)
+        for name, parser in sorted(sub.choices.items())
+        for flag in ("--config", "--arch")
+        if flag in parser._option_string_actions
+    ]
+
+
+UNUSABLE_FILES: dict[str, Callable[[Path], object] | None] = {
+    "missing": None,
+    "folder": Path.mkdir,
+    "empty": Path.touch,
+    "binary": lambda p: p.write_bytes(bytes(range(256)) * 4),
+}
+
+
+def _export_checkpoint(root: Path) -> list[str]:
+    """A readable weights file, so ``export`` gets as far as its ``--arch``."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(root / "w.safetensors"))
+    return ["--checkpoint", "w.safetensors"]
+
+
+@pytest.mark.parametrize("kind", sorted(UNUSABLE_FILES))
+@pytest.mark.parametrize(("command", "flag"), _file_flags())
+def test_every_subcommand_refuses_an_unusable_file(
+    command: str, flag: str, kind: str, bare_tmp_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make = UNUSABLE_FILES[kind]
+    if make is not None:
+        make(bare_tmp_dir / "f.yaml")
+    extra = _export_checkpoint(bare_tmp_dir) if command == "export" else []
+    before = set(bare_tmp_dir.rglob("*"))
+    code = main([command, flag, "f.yaml", *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith(f"blocknas {command}: error:"), err
+    assert _written(bare_tmp_dir, before) == []
