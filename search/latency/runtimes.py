@@ -88,8 +88,12 @@ def _frozen_copy(model: nn.Module, dtype: str) -> nn.Module:
     return clone
 
 
-def export_onnx(model: nn.Module, x: torch.Tensor) -> tuple[bytes, str]:
+def export_onnx(model: nn.Module, x: torch.Tensor, *, dynamic_batch: bool = False) -> tuple[bytes, str]:
     """Serialized ONNX of ``model`` (eval mode, not modified) at input ``x``, and the exporter used.
+
+    Args:
+        dynamic_batch: Name the first axis of input and output ``batch``, so the file runs at
+            any batch size (for a file to deploy; a file to time keeps the fixed shape).
 
     Returns:
         The model bytes and ``"torchscript"`` or ``"dynamo"``.
@@ -104,7 +108,10 @@ def export_onnx(model: nn.Module, x: torch.Tensor) -> tuple[bytes, str]:
             try:
                 with warnings.catch_warnings():  # the legacy exporter announces its deprecation on every call
                     warnings.simplefilter("ignore")
-                    torch.onnx.export(model, (x,), path, dynamo=False, do_constant_folding=True, **kwargs)
+                    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+                    torch.onnx.export(
+                        model, (x,), path, dynamo=False, do_constant_folding=True, dynamic_axes=axes, **kwargs
+                    )
                 return path.read_bytes(), "torchscript"
             except Exception as exc:  # any failure of the legacy path falls back to dynamo
                 log.warning(
@@ -112,6 +119,8 @@ def export_onnx(model: nn.Module, x: torch.Tensor) -> tuple[bytes, str]:
                 )
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # dynamo prints its progress
             warnings.simplefilter("ignore")
+            if dynamic_batch:  # torch.export fixes an axis of size 1: trace at batch 2
+                x, kwargs["dynamic_shapes"] = x.expand(max(2, len(x)), *x.shape[1:]), ({0: torch.export.Dim("batch")},)
             torch.onnx.export(model, (x,), path, dynamo=True, external_data=False, **kwargs)
         return path.read_bytes(), "dynamo"
 
