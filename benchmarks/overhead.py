@@ -48,7 +48,8 @@ def study_config(name: str, trials: int) -> StudyConfig:
 def hand_written(config: StudyConfig) -> list[float]:
     """What a user would write without blocknas: Optuna in memory, timm, train, measure."""
     space = SearchSpace.load(config.space)
-    data = load_data(config.data, input_size=tuple(space.input_size), in_chans=space.in_chans)
+    data = load_data(config.data, input_size=space.input_size, in_chans=space.in_chans)
+    space = space.for_data(data)
     seconds: list[float] = []
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:

@@ -55,7 +55,8 @@ def collect_rows(config: StudyConfig, n_archs: int, factor: int, seed: int, rows
     different seeds may append to one file; an architecture another one already has is skipped.
     """
     space = SearchSpace.load(config.space_path())
-    data = load_data(config.data, input_size=tuple(space.input_size), in_chans=space.in_chans)
+    data = load_data(config.data, input_size=space.input_size, in_chans=space.in_chans)
+    space = space.for_data(data)
     batch = proxy_batch(data, seed=config.seed)
     sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     limits = config.constraints.active()

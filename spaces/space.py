@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from blocknas.blocks import ArchConfig, ConfigError, list_blocks, load_yaml, parse, to_plain
 
@@ -35,6 +35,21 @@ if TYPE_CHECKING:
     from optuna.trial import BaseTrial
 
 __all__ = ["SHIPPED_DIR", "Knob", "SearchSpace", "list_spaces"]
+
+SHAPE_KEYS = ("in_chans", "num_classes", "input_size")
+"""The networks' shape: the data's, unless a space pins it."""
+
+
+class DataShape(Protocol):
+    """What a space needs to know of a dataset (``blocknas.search.data.DataSplit`` is one)."""
+
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def in_chans(self) -> int: ...
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 """Where the shipped space files (``tiny.yaml``, ``mobile32.yaml``) live."""
@@ -112,8 +127,10 @@ def _stage_knobs(index: int, stage: StageChoices, block: BlockChoices) -> list[K
 class SearchSpace:
     """A space of :class:`ArchConfig` networks, read from YAML.
 
-    The number of stages, the norm layer, input size, ``in_chans`` and ``num_classes``
-    are fixed; everything listed as choices is searched. See ``spaces/mobile32.yaml``
+    The number of stages and the norm layer are fixed; everything listed as choices is
+    searched. ``input_size``, ``in_chans`` and ``num_classes`` are the data's (a search fills
+    them in with :meth:`for_data`) unless the space pins them; sampled without data, an unpinned
+    one takes ``ArchConfig``'s default (32×32, 3 channels, 10 classes). See ``spaces/mobile32.yaml``
     for an annotated example.
     """
 
@@ -122,9 +139,9 @@ class SearchSpace:
     head: HeadChoices = dataclasses.field(default_factory=HeadChoices)
     act_layers: tuple[str, ...] = ("relu",)
     norm_layer: str = "batchnorm2d"
-    in_chans: int = 3
-    num_classes: int = 10
-    input_size: tuple[int, int] = (32, 32)
+    in_chans: int | None = None
+    num_classes: int | None = None
+    input_size: tuple[int, int] | None = None
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -132,8 +149,23 @@ class SearchSpace:
             raise ConfigError("no stages; list at least one", path="stages")
         base = {"stages": [{"block": list_blocks()[0], "out_chs": 1}]}
         check_choices(ArchConfig, "act_layer", self.act_layers, "act_layers", base)
-        for field in ("norm_layer", "in_chans", "num_classes", "input_size"):
-            check_value(ArchConfig, field, getattr(self, field), field, base)
+        for field in ("norm_layer", *SHAPE_KEYS):
+            if getattr(self, field) is not None:
+                check_value(ArchConfig, field, getattr(self, field), field, base)
+
+    def for_data(self, data: DataShape) -> SearchSpace:
+        """This space building networks for ``data``: its unpinned shape keys take the data's values.
+
+        A pinned key keeps its value: the data was loaded at it (:func:`blocknas.search.data.load_data_for`
+        checks the two agree and names both when they do not).
+        """
+        size = self.input_size or data.input_size
+        return dataclasses.replace(
+            self,
+            num_classes=self.num_classes or data.num_classes,
+            in_chans=self.in_chans or data.in_chans,
+            input_size=(int(size[0]), int(size[1])),
+        )
 
     # -- construction -----------------------------------------------------------------
 
@@ -310,9 +342,7 @@ class SearchSpace:
                 "head": {"num_features": glob["head.num_features"], "drop_rate": self.head.drop_rate},
                 "act_layer": glob["act_layer"],
                 "norm_layer": self.norm_layer,
-                "in_chans": self.in_chans,
-                "num_classes": self.num_classes,
-                "input_size": list(self.input_size),
+                **{k: getattr(self, k) for k in SHAPE_KEYS if getattr(self, k) is not None},
             }
         )
 
@@ -320,16 +350,22 @@ class SearchSpace:
 
     def describe(self) -> str:
         """A readable summary: the size, the fixed settings and every knob with its choices."""
-        h, w = self.input_size
         lines = [
             f"search space {self.name or '<unnamed>'}: {self.size():,} architectures, {len(self.stages)} stages, "
-            f"input {self.in_chans}x{h}x{w}, {self.num_classes} classes, {self.norm_layer}, "
+            f"{self._shape_text()}, {self.norm_layer}, "
             f"stem kernel {self.stem.kernel_size} stride {self.stem.stride}, head drop_rate {self.head.drop_rate}"
         ]
         knobs = self.knobs()
         width = max(len(k.name) for k in knobs)
         lines += [f"  {k.name:<{width}}  {k.describe()}{'' if k.fixed else '  *'}" for k in knobs]
         return "\n".join(lines) + "\n  (* searched; the others are fixed)"
+
+    def _shape_text(self) -> str:
+        """``input 3x32x32, 10 classes``, each unpinned part said to come from the data."""
+        chans = "the data's channels" if self.in_chans is None else f"{self.in_chans} channel(s)"
+        size = "the data's size" if self.input_size is None else "x".join(map(str, self.input_size))
+        classes = "the data's classes" if self.num_classes is None else f"{self.num_classes} classes"
+        return f"input {chans} at {size}, {classes}"
 
     def __repr__(self) -> str:
         return f"SearchSpace(name={self.name!r}, stages={len(self.stages)}, size={self.size()})"

@@ -469,7 +469,7 @@ def test_fetch_dataset_prefers_apt_then_torchvision(
     else:
         assert "downloaded with torchvision into" in message and "xdg/blocknas/fashion_mnist" in message
     assert "found at" in fetch_dataset(DataConfig(name="fashion_mnist"))
-    assert fetch_dataset(DataConfig()) == "digits: nothing to fetch"
+    assert fetch_dataset(DataConfig()) == "digits: built in, no files needed"
 
 
 def test_read_data_section(tmp_path: Path) -> None:

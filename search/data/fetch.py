@@ -17,7 +17,7 @@ from pathlib import Path
 from blocknas.blocks import ConfigError, load_yaml, parse
 
 from .idx import IDX_DATASETS, download_idx, find_idx_folder
-from .sources import DataError
+from .sources import CIFAR_FOLDERS, DataError, read_cifar
 from .splits import DataConfig
 
 __all__ = ["fetch_dataset", "read_data_section"]
@@ -38,9 +38,9 @@ def read_data_section(path: str | Path) -> DataConfig:
 def fetch_dataset(cfg: DataConfig, *, timeout_s: float = 10.0) -> str:
     """Get ``cfg``'s dataset files if they are in none of the places searched; say what was done.
 
-    Only the idx datasets (Fashion-MNIST, MNIST, KMNIST) are fetched: digits and synthetic
-    need no files, and image folders and CIFAR are the user's (CIFAR downloads itself with
-    ``download: true``).
+    The idx datasets (Fashion-MNIST, MNIST, KMNIST) are fetched, CIFAR too when the config says
+    ``download: true``; digits and synthetic need no files; an image folder is the user's, so
+    only its presence is checked. Missing data is an error, never "nothing to fetch".
 
     Returns:
         One line for the user: where the files were found, or how they were fetched.
@@ -49,7 +49,7 @@ def fetch_dataset(cfg: DataConfig, *, timeout_s: float = 10.0) -> str:
         DataError: the files could not be fetched.
     """
     if cfg.name not in IDX_DATASETS:
-        return f"{cfg.name}: nothing to fetch"
+        return _check_local(cfg)
     found = find_idx_folder(cfg.name, cfg.root)
     if found is not None:
         return f"{cfg.name}: found at {found}"
@@ -68,6 +68,26 @@ def fetch_dataset(cfg: DataConfig, *, timeout_s: float = 10.0) -> str:
         folder = download_idx(cfg.name, cfg.root, timeout_s=timeout_s)
     except DataError as exc:
         raise DataError(f"{apt_failure}{exc}") from None
+    return f"{cfg.name}: downloaded with torchvision into {folder}"
+
+
+def _check_local(cfg: DataConfig) -> str:
+    """The line for a dataset that is not an idx one: built in, found, fetched (CIFAR) or a ``DataError``."""
+    if cfg.name in ("digits", "synthetic"):
+        return f"{cfg.name}: built in, no files needed"
+    assert cfg.root is not None  # DataConfig requires it for image folders and CIFAR
+    if cfg.name == "imagefolder":
+        folder = Path(cfg.root).expanduser()
+        if not folder.is_dir():
+            raise DataError(
+                f"imagefolder: {folder} does not exist; put your images there as <class>/<image> (or "
+                "train/<class>/<image> and val/<class>/<image>), or point data.root at them"
+            )
+        return f"imagefolder: found at {folder} (your images; nothing is downloaded)"
+    folder = Path(cfg.root).expanduser() / CIFAR_FOLDERS[cfg.name]
+    if folder.is_dir():
+        return f"{cfg.name}: found at {folder}"
+    read_cifar(cfg.name, cfg.root, download=cfg.download)  # no download: an error saying what to do
     return f"{cfg.name}: downloaded with torchvision into {folder}"
 
 

@@ -12,17 +12,14 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import socket
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .sources import DataError, RawData
+from .sources import DataError, RawData, socket_timeout
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -182,7 +179,7 @@ def download_idx(name: str, root: str | None = None, *, timeout_s: float = 10.0)
     cls = getattr(torchvision.datasets, IDX_DATASETS[name].torchvision_name)
     logger.info("%s: downloading with torchvision into %s", name, target)
     try:
-        with _socket_timeout(timeout_s):
+        with socket_timeout(timeout_s):
             cls(root=str(target), download=True)
     except (OSError, RuntimeError) as exc:
         reason = " ".join(str(exc).split())  # torchvision's message spans lines, one per mirror tried
@@ -191,17 +188,6 @@ def download_idx(name: str, root: str | None = None, *, timeout_s: float = 10.0)
             f"check the network, or get the files another way and set `root:` to their folder"
         ) from None
     return target / IDX_DATASETS[name].torchvision_name / "raw"
-
-
-@contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """A default socket timeout, so a download without network fails quickly instead of hanging."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def _places(name: str, root: str | None) -> list[Path]:

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DataError", "RawData", "make_synthetic", "read_cifar", "read_digits", "read_image_folder"]
+__all__ = ["BadFilePolicy", "DataError", "RawData", "make_synthetic", "read_cifar", "read_digits", "read_image_folder"]
 
 logger = logging.getLogger(__name__)
 
-_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+"""The folder torchvision extracts each CIFAR into, under the dataset's ``root``."""
 
 
 class DataError(ValueError):
@@ -72,23 +77,42 @@ def make_synthetic(
     return RawData(x, y, None, None, num_classes, tuple(str(i) for i in range(num_classes)))
 
 
-def read_cifar(name: str, root: str, *, download: bool) -> RawData:
+@contextmanager
+def socket_timeout(seconds: float) -> Iterator[None]:
+    """A default socket timeout, so a download without network fails quickly instead of hanging."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def read_cifar(name: str, root: str, *, download: bool, timeout_s: float = 10.0) -> RawData:
     """CIFAR-10/100 in torchvision's on-disk format under ``root``; the test set is the validation split.
 
     Raises:
-        DataError: the files are absent (and ``download`` is false) or fail torchvision's checksums.
+        DataError: the files are absent (and ``download`` is false), cannot be downloaded (no network
+            within ``timeout_s``) or fail torchvision's checksums.
     """
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    folder = Path(root).expanduser() / _CIFAR_FOLDERS[name]
+    folder = Path(root).expanduser() / CIFAR_FOLDERS[name]
     if not download and not folder.is_dir():
         raise DataError(
-            f"{name}: no dataset found at {folder} (searched root {root!r} for {_CIFAR_FOLDERS[name]}/); "
+            f"{name}: no dataset found at {folder} (searched root {root!r} for {CIFAR_FOLDERS[name]}/); "
             f"put torchvision's extracted files there, or set `download: true` in the data config to fetch it"
         )
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     try:
-        train, test = (cls(str(Path(root).expanduser()), train=t, download=download) for t in (True, False))
+        with socket_timeout(timeout_s):
+            train, test = (cls(str(Path(root).expanduser()), train=t, download=download) for t in (True, False))
+    except OSError as exc:  # urllib's URLError, a timeout, a full disk: the download did not happen
+        reason = " ".join(str(exc).split())
+        raise DataError(
+            f"{name}: download into {folder.parent} failed ({reason}); check the network, or put torchvision's "
+            f"extracted files at {folder} and set `download: false`"
+        ) from None
     except RuntimeError as exc:
         raise DataError(
             f"{name}: files under {folder} are incomplete or corrupted ({exc}); "
@@ -107,7 +131,18 @@ def _hwc_uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def read_image_folder(root: str, *, input_size: tuple[int, int], in_chans: int, workers: int | None = None) -> RawData:
+BadFilePolicy = Literal["stop", "skip"]
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+
+def read_image_folder(
+    root: str,
+    *,
+    input_size: tuple[int, int] | None = None,
+    in_chans: int | None = None,
+    on_bad_file: BadFilePolicy = "stop",
+    workers: int | None = None,
+) -> RawData:
     """A torchvision ``ImageFolder`` layout, with or without ``train/`` and ``val/`` subfolders.
 
     ``root/train/<class>/*.png`` + ``root/val/<class>/*.png`` gives a fixed split; otherwise
@@ -115,13 +150,21 @@ def read_image_folder(root: str, *, input_size: tuple[int, int], in_chans: int, 
     decoded once with PIL, converted to ``L`` or ``RGB`` and resized (bilinear) to ``input_size``;
     16-bit, 32-bit integer and float images are scaled to 8 bits first (see :func:`_to_8bit`).
 
+    Args:
+        root: The folder.
+        input_size: ``(height, width)``; None: the images' own (the most common size among them).
+        in_chans: 1 (grayscale) or 3 (RGB); None: 3 if any image has colour, else 1.
+        on_bad_file: ``stop``: an image that cannot be decoded is an error, which lists every such
+            image at once; ``skip``: they are left out, and listed in a warning.
+        workers: Decoding threads (default: up to 8).
+
     Raises:
-        DataError: the folder is missing, has no class subfolders, or an image cannot be read.
+        DataError: the folder is missing or has no class subfolders, or (``stop``) an image cannot be read.
     """
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"imagefolder: {base} does not exist or is not a directory")
-    if in_chans not in (1, 3):
+    if in_chans not in (None, 1, 3):
         raise DataError(f"imagefolder: in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
     train_dir, val_dir = base / "train", base / "val"
     if not train_dir.is_dir():
@@ -130,15 +173,91 @@ def read_image_folder(root: str, *, input_size: tuple[int, int], in_chans: int, 
         train_dir = base
     classes = _find_classes(train_dir)
     class_to_idx = {c: i for i, c in enumerate(classes)}
-    decode = _Decoder(input_size, "L" if in_chans == 1 else "RGB", workers)
-    x_train, y_train = decode(_list_images(train_dir, class_to_idx, require_all=True))
-    if not val_dir.is_dir():
-        return RawData(x_train, y_train, None, None, len(classes), classes)
-    unknown = sorted(set(_find_classes(val_dir)) - set(classes))
-    if unknown:
-        raise DataError(f"imagefolder: {val_dir} has classes not in {train_dir}: {', '.join(unknown)}")
-    x_val, y_val = decode(_list_images(val_dir, class_to_idx, require_all=False))
+    splits = [_list_images(train_dir, class_to_idx, require_all=True)]
+    if val_dir.is_dir():
+        unknown = sorted(set(_find_classes(val_dir)) - set(classes))
+        if unknown:
+            raise DataError(f"imagefolder: {val_dir} has classes not in {train_dir}: {', '.join(unknown)}")
+        splits.append(_list_images(val_dir, class_to_idx, require_all=False))
+    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))  # PIL releases the GIL
+    with pool, warnings.catch_warnings():
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that; an image that large is refused either way
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        bad: dict[Path, str] = {}
+        if input_size is None or in_chans is None:
+            size, colour = _own_shape(pool, [p for samples in splits for p, _ in samples], bad)
+            input_size, in_chans = input_size or size, in_chans or (3 if colour else 1)
+        decode = _Decoder(input_size, "L" if in_chans == 1 else "RGB")
+        decoded = [_decode_all(pool, decode, [s for s in samples if s[0] not in bad], bad) for samples in splits]
+    _report_bad(bad, on_bad_file)
+    (x_train, y_train), *val = decoded
+    x_val, y_val = val[0] if val else (None, None)
     return RawData(x_train, y_train, x_val, y_val, len(classes), classes)
+
+
+def _own_shape(pool: ThreadPoolExecutor, paths: list[Path], bad: dict[Path, str]) -> tuple[tuple[int, int], bool]:
+    """The most common ``(height, width)`` among the images, and whether any has colour (headers only)."""
+    sizes: Counter[tuple[int, int]] = Counter()
+    colour = False
+    for path, found in zip(paths, pool.map(_header, paths)):
+        if isinstance(found, str):
+            bad[path] = found
+            continue
+        sizes[found[0]] += 1
+        colour = colour or found[1]
+    if not sizes:
+        raise DataError(
+            f"imagefolder: none of the {len(paths)} images can be read; the first: {next(iter(bad.values()))}"
+        )
+    (size, _), *others = sizes.most_common()
+    if others:
+        logger.info(
+            "imagefolder: the images come in %d sizes; all are resized to the most common, %dx%d "
+            "(set data.input_size to choose)", len(sizes), *size,
+        )  # fmt: skip
+    return size, colour
+
+
+def _header(path: Path) -> tuple[tuple[int, int], bool] | str:
+    """``((height, width), has colour)`` from an image's header, or why it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return (image.height, image.width), image.mode not in _GRAY_MODES
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return f"cannot decode {path}: {exc}"
+
+
+def _decode_all(
+    pool: ThreadPoolExecutor, decode: _Decoder, samples: Sequence[tuple[Path, int]], bad: dict[Path, str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decodable images of ``samples`` as one batch, with their labels; the others go to ``bad``."""
+    good: list[tuple[np.ndarray, int]] = []
+    for (path, label), found in zip(samples, pool.map(decode, (p for p, _ in samples))):
+        if isinstance(found, str):
+            bad[path] = found
+        else:
+            good.append((found, label))
+    if not good:
+        return torch.empty(0, len(decode.mode), *decode.size[::-1]), torch.empty(0, dtype=torch.long)
+    images = np.stack([image for image, _ in good])
+    if images.ndim == 3:
+        images = images[..., None]
+    return _hwc_uint8_to_tensor(images), torch.tensor([label for _, label in good], dtype=torch.long)
+
+
+def _report_bad(bad: Mapping[Path, str], on_bad_file: BadFilePolicy) -> None:
+    """Every image that cannot be decoded, at once: an error (``stop``) or a warning (``skip``)."""
+    if not bad:
+        return
+    listing = "\n".join(f"  {reason}" for _, reason in sorted(bad.items()))
+    if on_bad_file == "stop":
+        raise DataError(
+            f"imagefolder: {len(bad)} image(s) cannot be decoded; fix or remove them, or set `on_bad_file: skip` "
+            f"in the data config to leave them out:\n{listing}"
+        )
+    logger.warning(
+        "imagefolder: skipped %d image(s) that cannot be decoded (on_bad_file: skip):\n%s", len(bad), listing
+    )
 
 
 def _find_classes(folder: Path) -> tuple[str, ...]:
@@ -167,33 +286,21 @@ def _list_images(folder: Path, class_to_idx: dict[str, int], *, require_all: boo
 
 
 class _Decoder:
-    """Decodes a list of (path, label) into one uint8 batch, in parallel threads (PIL releases the GIL)."""
+    """Decodes one image file into a uint8 array of one size and mode, or says why it cannot."""
 
-    def __init__(self, input_size: tuple[int, int], mode: str, workers: int | None) -> None:
+    def __init__(self, input_size: tuple[int, int], mode: str) -> None:
         self.size, self.mode = (input_size[1], input_size[0]), mode  # PIL takes (width, height)
-        self.workers = workers or min(8, os.cpu_count() or 1)
 
-    def __call__(self, samples: Sequence[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        # PIL only warns between MAX_IMAGE_PIXELS and twice that; an image that large is refused either way
-        with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=self.workers) as pool:
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            arrays = list(pool.map(self._one, (p for p, _ in samples)))
-        images = np.stack(arrays)
-        if images.ndim == 3:
-            images = images[..., None]
-        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
-        return _hwc_uint8_to_tensor(images), labels
-
-    def _one(self, path: Path) -> np.ndarray:
+    def __call__(self, path: Path) -> np.ndarray | str:
         try:
             with Image.open(path) as image:
                 resized = _to_8bit(image, path).convert(self.mode).resize(self.size, Image.Resampling.BILINEAR)
+        except DataError as exc:  # _to_8bit's: NaN pixels, negative 32-bit values
+            return str(exc).removeprefix("imagefolder: ")
         except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"imagefolder: cannot decode {path}: {exc}") from None
+            return f"cannot decode {path}: {exc}"
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(
-                f"imagefolder: {path} is too large to decode safely ({exc}); shrink it, or remove it from the folder"
-            ) from None
+            return f"{path} is too large to decode safely ({exc}); shrink it, or remove it from the folder"
         return np.asarray(resized, dtype=np.uint8)
 
 

@@ -15,11 +15,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from blocknas.blocks import ConfigError, check_range
+from blocknas.blocks import MAX_IN_CHANS, MAX_INPUT_SIDE, ConfigError, check_range
 from blocknas.search.seeding import check_seed
 
 from .idx import IDX_DATASETS, read_idx_dataset
-from .sources import DataError, RawData, make_synthetic, read_cifar, read_digits, read_image_folder
+from .sources import BadFilePolicy, DataError, RawData, make_synthetic, read_cifar, read_digits, read_image_folder
 
 __all__ = [
     "MAX_SAMPLES",
@@ -41,6 +41,8 @@ _RESIZE_CHUNK = 4096  # images per interpolate call, bounds the temporary memory
 
 MAX_SYNTHETIC_SAMPLES = 100_000
 """Most samples of the generated ``synthetic`` dataset (1.2 GB of 3×32×32 images)."""
+SYNTHETIC_SHAPE = (3, 32, 32)
+"""``synthetic``'s images, channels × height × width, where neither the config nor the space sets them."""
 MAX_SAMPLES = 1_000_000_000
 """Largest ``max_train_samples`` / ``max_val_samples``: more than any dataset held in memory."""
 
@@ -57,6 +59,11 @@ class DataConfig:
     downloaded unless ``download: true`` is set explicitly. ``max_train_samples`` and
     ``max_val_samples`` take stratified, seeded subsamples of the two splits (before any
     resizing, so a large dataset costs memory only for what is kept).
+
+    ``input_size`` and ``in_chans`` set the shape every image is brought to; unset (and not
+    pinned by the search space), the dataset's own is used (an image folder's: its most common
+    size, and RGB if any image has colour; ``synthetic``: 3×32×32). ``on_bad_file`` decides what
+    an image folder's undecodable images do: ``stop`` (an error listing them all) or ``skip``.
     """
 
     name: DatasetName = "digits"
@@ -68,6 +75,9 @@ class DataConfig:
     seed: int = 0
     max_train_samples: int | None = None
     max_val_samples: int | None = None
+    input_size: tuple[int, int] | None = None
+    in_chans: int | None = None
+    on_bad_file: BadFilePolicy = "stop"
 
     def __post_init__(self) -> None:
         if self.name in _NEEDS_ROOT and not self.root:
@@ -93,6 +103,12 @@ class DataConfig:
             if value is not None:
                 check_range(value, key, 1, MAX_SAMPLES, hint=" (or null for all)")
         check_seed(self.seed)
+        for i, side in enumerate(self.input_size or ()):
+            check_range(side, f"input_size[{i}]", 1, MAX_INPUT_SIDE, hint=" (or null for the images' own)")
+        if self.in_chans is not None:
+            check_range(self.in_chans, "in_chans", 1, MAX_IN_CHANS, hint=" (or null for the images' own)")
+        if self.on_bad_file == "skip" and self.name != "imagefolder":
+            raise ConfigError(f"skipping bad files applies to imagefolder only, not {self.name!r}", path="on_bad_file")
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,23 +142,29 @@ class DataSplit:
         )
 
 
-def load_data(cfg: DataConfig, *, input_size: tuple[int, int] | list[int], in_chans: int = 3) -> DataSplit:
+def load_data(
+    cfg: DataConfig, *, input_size: tuple[int, int] | list[int] | None = None, in_chans: int | None = 3
+) -> DataSplit:
     """Load, resize, split and normalize a dataset; cached in-process per (config, size, channels).
 
     Args:
         cfg: which dataset and split.
-        input_size: (height, width) every image is resized to (bilinear).
+        input_size: (height, width) every image is resized to (bilinear); None: ``cfg.input_size``,
+            else the dataset's own.
         in_chans: channels of the network input; grayscale sources are replicated,
-            RGB sources are converted to luminance when ``in_chans`` is 1.
+            RGB sources are converted to luminance when ``in_chans`` is 1. None: ``cfg.in_chans``,
+            else the dataset's own.
 
     Raises:
         ConfigError: the config is invalid (checked here too, for configs built in code).
         DataError: the dataset's files are missing, empty or unreadable.
     """
-    size = (int(input_size[0]), int(input_size[1]))
-    if min(size) < 1 or in_chans < 1:
-        raise DataError(f"input_size {size} and in_chans {in_chans} must be positive")
-    return _load_cached(cfg, size, in_chans)
+    size = input_size or cfg.input_size
+    size = (int(size[0]), int(size[1])) if size else None
+    channels = in_chans or cfg.in_chans
+    if (size and min(size) < 1) or (channels is not None and channels < 1):
+        raise DataError(f"input_size {size} and in_chans {channels} must be positive")
+    return _load_cached(cfg, size, channels)
 
 
 def clear_data_cache() -> None:
@@ -151,9 +173,11 @@ def clear_data_cache() -> None:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> DataSplit:
+def _load_cached(cfg: DataConfig, wanted_size: tuple[int, int] | None, wanted_chans: int | None) -> DataSplit:
     start = time.perf_counter()
-    raw = _read(cfg, size, in_chans)
+    raw = _read(cfg, wanted_size, wanted_chans)
+    size = wanted_size or (int(raw.x_train.shape[-2]), int(raw.x_train.shape[-1]))
+    in_chans = wanted_chans or int(raw.x_train.shape[1])
     g = torch.Generator().manual_seed(cfg.seed)
     train_idx, val_idx = _split(raw, cfg.val_fraction, g)
     train_idx = _subsample(train_idx, raw.y_train, cfg.max_train_samples, g)
@@ -206,10 +230,12 @@ def _subsample(idx: torch.Tensor, y: torch.Tensor, n: int | None, g: torch.Gener
     return idx[torch.sort(stratified_sample(y[idx], n, generator=g)).values]
 
 
-def _read(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> RawData:
+def _read(cfg: DataConfig, size: tuple[int, int] | None, in_chans: int | None) -> RawData:
+    """The dataset's images at their own shape (an image folder and ``synthetic``: at ``size``/``in_chans`` if given)."""
     if cfg.name == "digits":
         return read_digits()
     if cfg.name == "synthetic":
+        size, in_chans = size or SYNTHETIC_SHAPE[1:], in_chans or SYNTHETIC_SHAPE[0]
         return make_synthetic(
             num_samples=cfg.num_samples, num_classes=cfg.num_classes, input_size=size, in_chans=in_chans, seed=cfg.seed
         )
@@ -217,7 +243,7 @@ def _read(cfg: DataConfig, size: tuple[int, int], in_chans: int) -> RawData:
         return read_idx_dataset(cfg.name, cfg.root, download=cfg.download)
     assert cfg.root is not None  # checked by DataConfig.__post_init__
     if cfg.name == "imagefolder":
-        return read_image_folder(cfg.root, input_size=size, in_chans=in_chans)
+        return read_image_folder(cfg.root, input_size=size, in_chans=in_chans, on_bad_file=cfg.on_bad_file)
     return read_cifar(cfg.name, cfg.root, download=cfg.download)
 
 
@@ -284,24 +310,47 @@ def _normalize(x_train: torch.Tensor, x_val: torch.Tensor) -> tuple[tuple[float,
 def load_data_for(
     cfg: DataConfig,
     *,
-    input_size: tuple[int, int],
-    in_chans: int,
-    num_classes: int,
+    input_size: tuple[int, int] | None,
+    in_chans: int | None,
+    num_classes: int | None,
     what: str,
     path: str,
     source: str | None,
 ) -> DataSplit:
-    """:func:`load_data`, then check the dataset's classes match the networks being built.
+    """:func:`load_data` at the shape the networks pin (None: the data's own, or ``cfg``'s), checked against it.
+
+    A shape pinned by both the networks and ``cfg`` must agree, and pinned classes must be the
+    dataset's; every mismatch is reported in one error naming both sides.
 
     Args:
-        what: The networks' origin for the message, e.g. "the space" or "the base architecture".
+        input_size, in_chans, num_classes: What the networks pin, or None to take the data's.
+        what: The networks' origin for the message, e.g. "the space 'mobile32'" or "the base architecture".
         path, source: Config key path and file named by the error.
     """
-    data = load_data(cfg, input_size=input_size, in_chans=in_chans)
-    if data.num_classes != num_classes:
-        raise ConfigError(
-            f"dataset {cfg.name!r} has {data.num_classes} classes but {what} builds {num_classes}-class networks",
-            path=path,
-            source=source,
+    pins = {"input_size": list(input_size) if input_size else None, "in_chans": in_chans}
+    settings = {"input_size": list(cfg.input_size) if cfg.input_size else None, "in_chans": cfg.in_chans}
+    problems = [
+        f"{what} pins {key} {pin}, but data.{key} is {settings[key]}; set it in one place, or make the two agree"
+        for key, pin in pins.items()
+        if pin is not None and settings[key] is not None and pin != settings[key]
+    ]
+    try:
+        data = load_data(cfg, input_size=input_size, in_chans=in_chans)
+    except DataError as exc:
+        if not problems:
+            raise
+        raise ConfigError("; ".join([*problems, str(exc)]), path=path, source=source) from None
+    if num_classes is not None and data.num_classes != num_classes:
+        problems.append(
+            f"{what} pins num_classes {num_classes}, but dataset {cfg.name!r} has {data.num_classes} classes "
+            f"({_some(data.classes)}); remove num_classes from it to take the data's, or use {num_classes}-class data"
         )
+    if problems:
+        raise ConfigError("; ".join(problems), path=path, source=source)
     return data
+
+
+def _some(names: tuple[str, ...], shown: int = 5) -> str:
+    """The first few class names, and how many more."""
+    more = f", … ({len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

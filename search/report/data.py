@@ -28,6 +28,7 @@ __all__ = [
     "Importances",
     "block_frequency",
     "fingerprints",
+    "flat_scores",
     "hypervolume_2d",
     "hypervolume_history",
     "is_feasible",
@@ -123,6 +124,38 @@ def block_frequency(trials: Iterable[FrozenTrial], front: Iterable[FrozenTrial])
         )
         for stage, block in keys
     ]
+
+
+# -- scores that rank nothing ----------------------------------------------------------------
+
+CHANCE_MARGIN = 1.1
+"""A trial scores "at chance" up to this many times ``1 / num_classes``."""
+
+
+def flat_scores(trials: Iterable[FrozenTrial]) -> str | None:
+    """Why the accuracies of the complete trials (two or more) rank nothing: all at chance, or all equal.
+
+    Then the front is decided by latency alone, which a user must be told: the usual causes are a
+    training budget too small for the data (epochs, samples) or labels that do not match the images.
+    """
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if len(complete) < 2:
+        return None
+    accuracies = [float(t.values[0]) for t in complete]
+    classes = {(t.user_attrs.get(ARCH_ATTR) or {}).get("num_classes") for t in complete}
+    fix = "train longer (train.epochs), on more images (data.max_train_samples), or check the labels"
+    if len(classes) == 1 and isinstance(k := classes.pop(), int) and k > 1:
+        if max(accuracies) <= CHANCE_MARGIN / k:
+            return (
+                f"all {len(complete)} complete trials scored at chance (best {max(accuracies):.1%}; 1 of {k} classes "
+                f"is {1 / k:.1%}): the networks learned nothing, so the front ranks latency alone; {fix}"
+            )
+    if max(accuracies) - min(accuracies) < 1e-9:
+        return (
+            f"all {len(complete)} complete trials scored the same accuracy ({accuracies[0]:.4f}), so the front "
+            f"ranks latency alone; {fix}"
+        )
+    return None
 
 
 # -- importances ----------------------------------------------------------------------------

@@ -1,55 +1,127 @@
-"""Terminal output of the commands: the Pareto front as a table and where to look next."""
+"""Terminal output of the commands: the Pareto front as a table and where to look next.
+
+Every command the summary prints runs as pasted: it names the study the run used (its config
+file and whatever the run changed from it: study name, storage, tracking URI, runs folder), so
+it finds that study and no other. A password in a URL is shown as ``***``: type it back in.
+"""
 
 from __future__ import annotations
 
 import functools
+import shlex
 
 from rich.console import Console
 from rich.table import Table
 
-from blocknas.search.study import FRONT_COLUMNS, SearchResult, StudyConfig, front_cells, latency_fingerprints
-from blocknas.search.tracking import mask_url, runs_page_url
+from blocknas.search.study import (
+    FRONT_COLUMNS,
+    SearchResult,
+    StudyConfig,
+    default_storage_url,
+    front_cells,
+    latency_fingerprints,
+    load_study_config,
+)
+from blocknas.search.tracking import mask_url, resolve_tracking_uri, runs_page_url
 
+from .data import flat_scores
 from .proxies import proxy_rich_table
 
-__all__ = ["print_search_summary"]
+__all__ = ["print_search_summary", "study_flags"]
 
 
-def _mlflow_hint(uri: str, study_name: str) -> str:
+def _location(config: StudyConfig | None) -> dict[str, str]:
+    """Where ``config`` puts its study (``{flag: value}``); without a config, where the defaults put one."""
+    runs_dir = config.runs_dir if config else "runs"
+    return {
+        "--study-name": config.name if config else "",
+        "--storage": config.storage_url if config else default_storage_url(runs_dir),
+        "--tracking-uri": resolve_tracking_uri(config.tracking_uri if config else None, runs_dir),
+        "--runs-dir": runs_dir,
+    }
+
+
+def study_flags(config: StudyConfig, *, n_trials: bool = False) -> list[str]:
+    """The flags that lead a ``blocknas`` command to ``config``'s study: ``--config`` and each location
+    the run changed from the file (all of them when the config was not read from a file).
+
+    Args:
+        config: The config the run used, command-line overrides applied.
+        n_trials: Add ``--n-trials`` too when the run changed it (to resume the same total).
+    """
+    try:
+        file = load_study_config(config.source) if config.source else None
+    except (OSError, ValueError):  # the file changed or went since the run: name everything
+        file = None
+    flags = ["--config", config.source] if file and config.source else []
+    base = _location(file)
+    for flag, value in _location(config).items():
+        if value != base[flag]:
+            flags += [flag, value]
+    if n_trials and file and file.n_trials != config.n_trials:
+        flags += ["--n-trials", str(config.n_trials)]
+    return flags
+
+
+def _command(*words: str) -> str:
+    """A shell command line, credentials masked."""
+    return mask_url(shlex.join(words))
+
+
+def _mlflow_hint(uri: str, study_name: str, flags: list[str]) -> str:
     """Where the study's runs are seen: a tracking server is its own UI (the study's runs page);
     a local store needs ``mlflow ui`` started on it."""
     if uri.startswith(("http://", "https://")):
         page = runs_page_url(uri, uri, study_name) or uri
-        return f"{mask_url(page)}   (the tracking server's UI: the study's runs)"
-    return f"mlflow ui --backend-store-uri '{mask_url(uri)}' --host 127.0.0.1   (or: make dashboard)"
+        return f"{mask_url(page)}   # the tracking server's UI: the study's runs"
+    return f"{_command('mlflow', 'ui', '--backend-store-uri', uri, '--host', '127.0.0.1')}   # or: " + _command(
+        "blocknas", "dashboard", *flags
+    )
+
+
+def _reuse_hint(arch: str) -> str:
+    """A Python one-liner that builds an exported architecture (importing ``blocknas.blocks`` registers ``blocknet``)."""
+    code = f"import blocknas.blocks, timm; print(timm.create_model('blocknet', arch={arch!r}).num_classes, 'classes')"
+    return _command("python", "-c", code)
 
 
 def print_search_summary(result: SearchResult, config: StudyConfig, console: Console | None = None) -> None:
-    """Print the front (accuracy, latency, params, MACs, blocks) and the next commands to run."""
+    """Print the front (accuracy, latency, params, MACs, blocks), warnings and the next commands to run."""
     console = console or Console()
-    table = Table(title=f"Pareto front of {result.study.study_name} ({len(result.study.trials)} trials)")
+    trials = result.study.trials
+    table = Table(title=f"Pareto front of {result.study.study_name} ({len(trials)} trials)")
     columns = [FRONT_COLUMNS[key] for key in ("trial", "accuracy", "latency", "params", "macs", "blocks")]
     for column in columns:
         table.add_column(column.header, justify="right" if column.numeric else "left")
     for cells in front_cells(result.front, columns):
         table.add_row(*cells)
     console.print(table)
-    console.print(proxy_rich_table(result.study.trials))
+    console.print(proxy_rich_table(trials))
+    flags = study_flags(config)
     # soft_wrap: a command, path or URL is never broken across lines (copied from a narrow terminal or a log)
-    print_line = functools.partial(console.print, soft_wrap=True)
-    print_line(f"MLflow:    {_mlflow_hint(result.tracking_uri, config.name)}")
+    print_line = functools.partial(console.print, soft_wrap=True, markup=False, highlight=False)
+    print_line(f"MLflow:    {_mlflow_hint(result.tracking_uri, config.name, flags)}")
     print_line(f"Exported:  {result.export_folder}/ ({len(result.exported)} architectures, front.md, front.csv)")
     if result.exported:
-        print_line(f'Reuse:     timm.create_model("blocknet", arch="{result.exported[0]}")')
-    source = f"--config {config.source}" if config.source else f"--study-name {config.name}"
-    print_line(
-        f"Report:    blocknas report {source}   (HTML + Markdown + PNGs under {config.runs_dir}/{config.name}/report/)"
-    )
-    print_line(f"Resume:    the same command continues study {config.name!r} in {mask_url(config.storage_url)}")
+        print_line(f"Reuse:     {_reuse_hint(str(result.exported[0]))}")
+    report_dir = f"{config.runs_dir}/{config.name}/report/"
+    print_line(f"Report:    {_command('blocknas', 'report', *flags)}   # HTML + Markdown + PNGs under {report_dir}")
+    resume = _command("blocknas", "search", *study_flags(config, n_trials=True))
+    print_line(f"Resume:    {resume}   # continues study {config.name} in {mask_url(config.storage_url)}")
+    for warning in _warnings(result):
+        console.print(f"[bold red]Warning:[/] {warning}", highlight=False)
+    if result.ending:
+        console.print(f"[bold yellow]Stopped:[/]   {result.ending} (the Resume command above)", highlight=False)
+
+
+def _warnings(result: SearchResult) -> list[str]:
+    """Flat scores, and latencies measured under more than one fingerprint."""
+    found = [text] if (text := flat_scores(result.study.get_trials(deepcopy=False))) else []
     fingerprints = latency_fingerprints(result.study.trials)
     if len(fingerprints) > 1:
         counts = ", ".join(f"{fp} ({n} trials)" for fp, n in fingerprints.items())
-        console.print(
-            f"[bold red]Warning:[/] latencies were measured on {len(fingerprints)} different devices or latency "
-            f"settings ({counts}); they are not comparable across fingerprints. The report's device section has details."
+        found.append(
+            f"latencies were measured on {len(fingerprints)} different devices or latency settings ({counts}); "
+            "they are not comparable across fingerprints. The report's device section has details."
         )
+    return found

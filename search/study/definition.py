@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 ALLOW_FLAG = "--allow-changed-definition"
 # training settings that change neither results nor their meaning (threads: only the last bits)
 _NEUTRAL_TRAIN_KEYS = ("threads", "eval_batch_size")
+# data settings recorded elsewhere (the shape, as the space's) or changing no result (a bad file stops a run)
+_NEUTRAL_DATA_KEYS = ("input_size", "in_chans", "on_bad_file")
 
 
 def _json(value: Any) -> Any:
@@ -53,18 +55,20 @@ def definition_settings(config: StudyConfig) -> dict[str, Any]:
     """The settings that give a trial's values their meaning: data, train, latency, objective, constraints."""
     plain = config.to_dict()
     train = {k: v for k, v in plain["train"].items() if k not in _NEUTRAL_TRAIN_KEYS}
-    settings = {key: plain[key] for key in ("data", "latency", "objective", "constraints")}
-    return _json({**settings, "train": train})
+    data = {k: v for k, v in plain["data"].items() if k not in _NEUTRAL_DATA_KEYS}
+    settings = {key: plain[key] for key in ("latency", "objective", "constraints")}
+    return _json({**settings, "data": data, "train": train})
 
 
 def search_definition(config: StudyConfig, space: SearchSpace) -> dict[str, Any]:
     """The study's definition: ``settings`` (data, train, latency, objective, constraints),
-    the space's fixed ``shape`` and each categorical knob's ``choices``."""
+    the space's fixed ``shape`` (its input size, channels and classes as the data filled them in:
+    ``space`` is resolved, :meth:`~blocknas.spaces.SearchSpace.for_data`) and each categorical knob's ``choices``."""
     settings = definition_settings(config)
     shape = {
         "in_chans": space.in_chans,
         "num_classes": space.num_classes,
-        "input_size": list(space.input_size),
+        "input_size": list(space.input_size or ()),
         "stages": len(space.stages),
         "norm_layer": space.norm_layer,
         "stem": {"kernel_size": space.stem.kernel_size, "stride": space.stem.stride},

@@ -17,10 +17,13 @@ from tqdm.auto import tqdm
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
 from blocknas.search.tracking import (
+    PARENT_RUN_ATTR,
     StudyTracker,
     fail_abandoned_trials,
+    load_study,
     mask_config,
     mask_url,
+    resolve_tracking_uri,
     retried_trials,
 )
 from blocknas.spaces import SearchSpace
@@ -32,13 +35,23 @@ from .objective import Objective
 from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
 from .screened import ScreenedObjective
 from .screening import trial_counts_toward_total
-from .start import open_study_for_run
+from .start import attempt, open_study_for_run
 
-__all__ = ["SearchResult", "SurplusTrial", "optimize_until_done", "run_search", "trial_counts"]
+__all__ = [
+    "STOPPED_TAG",
+    "SearchResult",
+    "SurplusTrial",
+    "ending_text",
+    "optimize_until_done",
+    "run_search",
+    "trial_counts",
+]
 
 log = logging.getLogger(__name__)
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+STOPPED_TAG = "blocknas.stopped"
+"""Tag on the MLflow parent run of a study that ended below ``n_trials``: why, and what to do (removed on resume)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,13 @@ class SearchResult:
     parent_run_id: str
     tracking_uri: str
     export_folder: Path
+    ending: str | None = None
+    """Why the study ended below its ``n_trials`` (``stopped by timeout at 18/30; rerun to continue``), else None."""
+
+
+def ending_text(stopped_by: str, done: int, n_trials: int) -> str:
+    """What a study that ended below its total says: why, where, and that a rerun continues it."""
+    return f"stopped by {stopped_by} at {done}/{n_trials}; rerun to continue"
 
 
 def _enqueue_baselines(study: optuna.Study, baselines: dict[str, ArchConfig]) -> None:
@@ -61,22 +81,20 @@ def _enqueue_baselines(study: optuna.Study, baselines: dict[str, ArchConfig]) ->
             study.enqueue_trial({}, user_attrs={BASELINE_ATTR: name, ARCH_ATTR: arch.to_dict()})
 
 
-def _load_baselines(config: StudyConfig, space: SearchSpace) -> dict[str, ArchConfig]:
+def _load_baselines(config: StudyConfig, problems: list[Exception]) -> dict[str, ArchConfig]:
+    """The baselines that resolve, by name; each one that does not is added to ``problems``."""
     baselines = {}
     for i, ref in enumerate(config.baselines):
         try:
-            arch = resolve_arch(ref)
+            baselines[Path(str(ref)).stem] = resolve_arch(ref)
         except (ConfigError, KeyError) as exc:
-            raise ConfigError(str(exc), path=f"baselines[{i}]", source=config.source) from None
-        if tuple(arch.input_size) != tuple(space.input_size) or arch.num_classes != space.num_classes:
-            raise ConfigError(
-                f"baseline {ref!r} is for input {arch.input_size} and {arch.num_classes} classes, "
-                f"but the space uses {space.input_size} and {space.num_classes}",
-                path=f"baselines[{i}]",
-                source=config.source,
-            )
-        baselines[Path(str(ref)).stem] = arch
+            problems.append(ConfigError(str(exc).strip('"'), path=f"baselines[{i}]", source=config.source))
     return baselines
+
+
+def _for_shape(arch: ArchConfig, space: SearchSpace) -> ArchConfig:
+    """A baseline rebuilt for the networks the space builds: their input size, channels and classes."""
+    return arch.replace(in_chans=space.in_chans, num_classes=space.num_classes, input_size=space.input_size)
 
 
 def _counts(trial: FrozenTrial, retried: set[int]) -> bool:
@@ -120,14 +138,22 @@ def _past_total(study: optuna.Study, number: int, n_trials: int) -> bool:
 def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_definition: bool = False) -> SearchResult:
     """Run (or resume) the study until it holds ``config.n_trials`` finished trials.
 
-    Everything that can be wrong with the config is checked before anything is written:
-    the space, the dataset, the baselines, the storage and the tracking store. A resumed
+    Everything that can be wrong with the config is checked before anything is written, and
+    reported in one error: the space, the dataset, the baselines and the tracking store (the
+    storage last). The networks, baselines included, are built for the data's shape where the
+    space does not pin it. A resumed
     study must have the definition it was created with (:mod:`.definition`) unless
     ``allow_changed_definition``; its space may grow.
     """
-    space = SearchSpace.load(config.space_path())
-    baselines = _load_baselines(config, space)
-    run = open_study_for_run(config, networks=space, what="the space", path="space")
+    problems: list[Exception] = []
+    space = attempt(problems, lambda: SearchSpace.load(config.space_path()))
+    baselines = _load_baselines(config, problems)
+    run = open_study_for_run(
+        config, networks=space, what=f"the space {config.space!r}", path="space", problems=problems
+    )
+    assert space is not None  # else open_study_for_run raised the problem
+    space = space.for_data(run.data)
+    baselines = {name: _for_shape(arch, space) for name, arch in baselines.items()}
     study = run.study
     param_names = check_search_definition(
         study, config, space, created=run.created, allow_changed=allow_changed_definition
@@ -138,6 +164,7 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
         config_file="study.yaml",
         set_up=lambda: _enqueue_baselines(study, baselines),
     )
+    _clear_ending(tracker, parent)
     predictor = None
     if config.latency.mode == "predicted":
         from blocknas.search.latency import LatencyPredictor
@@ -154,8 +181,14 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     objective = kind(
         config, space, run.data, tracker, parent, predictor=predictor, progress=progress, param_names=param_names
     )
-    optimize_until_done(study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress)
-    return _finish(study, config, tracker, parent)
+    try:
+        timed_out = optimize_until_done(
+            study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress
+        )
+    except BaseException as exc:
+        _end_parent_after(exc, study, tracker, parent, config.n_trials)
+        raise
+    return _finish(study, config, tracker, parent, "timeout" if timed_out else None)
 
 
 def optimize_until_done(
@@ -165,8 +198,10 @@ def optimize_until_done(
     n_trials: int,
     timeout_s: float | None = None,
     progress: bool = True,
-) -> None:
+) -> bool:
     """Run one trial at a time until the study holds ``n_trials`` (all workers) or ``timeout_s`` passes.
+
+    Returns whether ``timeout_s`` passed before the study held ``n_trials``.
 
     Counting the study's trials before each new one, rather than this worker's, makes
     ``n_trials`` a study-wide total: resumes and extra workers add up to it, never past it.
@@ -218,8 +253,11 @@ def optimize_until_done(
                     raise
                 log.warning("the trial was failed by another worker meanwhile (a stale heartbeat) and is retried")
             bar.set_postfix(_progress_postfix(study), refresh=False)
+        else:
+            return trial_counts(study)[0] < n_trials
     finally:
         bar.close()
+    return False
 
 
 def _failed_meanwhile(exc: BaseException | None) -> bool:
@@ -243,7 +281,46 @@ def _progress_postfix(study: optuna.Study) -> dict[str, str]:
     return {"best_acc": f"{best.accuracy:.3f}", "front": str(len(rows))}
 
 
-def _finish(study: optuna.Study, config: StudyConfig, tracker: StudyTracker, parent: str) -> SearchResult:
+def _clear_ending(tracker: StudyTracker, parent: str) -> None:
+    """A resumed study's parent run is running again: an earlier ending no longer holds."""
+    if STOPPED_TAG in tracker.client.get_run(parent).data.tags:
+        tracker.client.delete_tag(parent, STOPPED_TAG)
+
+
+def _end_parent(study: optuna.Study, tracker: StudyTracker, parent: str, n_trials: int, stopped_by: str | None) -> None:
+    """End the parent run when no worker runs a trial any more: FINISHED at the total, else KILLED (a timeout,
+    an interrupt) or FAILED (an error) with the reason in :data:`STOPPED_TAG`. While another worker still
+    runs a trial the run stays RUNNING: the last worker to stop ends it."""
+    done, running = trial_counts(study)
+    if running:
+        return
+    if done >= n_trials:
+        tracker.finish_parent(parent)
+        return
+    reason = ending_text(stopped_by or "the worker's exit", done, n_trials)
+    tracker.log(parent, tags={STOPPED_TAG: reason})
+    tracker.finish_parent(parent, "FAILED" if stopped_by and stopped_by.startswith("an error") else "KILLED")
+    log.warning("study %s %s", study.study_name, reason)
+
+
+def _end_parent_after(
+    exc: BaseException, study: optuna.Study, tracker: StudyTracker, parent: str, n_trials: int
+) -> None:
+    """:func:`_end_parent` for a worker leaving on ``exc``; a failure to do so is logged, never raised over ``exc``."""
+    why = (
+        "interrupt (Ctrl-C or SIGTERM)"
+        if isinstance(exc, KeyboardInterrupt)
+        else f"an error ({type(exc).__name__}: {exc})"
+    )
+    try:
+        _end_parent(study, tracker, parent, n_trials, why)
+    except Exception as error:
+        log.warning("could not end the MLflow parent run %s of study %s: %s", parent, study.study_name, error)
+
+
+def _finish(
+    study: optuna.Study, config: StudyConfig, tracker: StudyTracker, parent: str, stopped_by: str | None
+) -> SearchResult:
     exported = export_front(study, config.export_dir)
     rows = front_rows(study)
     folder = Path(config.export_dir) / study.study_name
@@ -251,12 +328,30 @@ def _finish(study: optuna.Study, config: StudyConfig, tracker: StudyTracker, par
     tracker.log_file(parent, plot)
     tracker.log_text(parent, front_table(rows), "pareto_front.md")
     tracker.log_text(parent, front_csv(rows), "pareto_front.csv")
-    done, running = trial_counts(study)
+    done, _ = trial_counts(study)
     tracker.log(parent, metrics={"n_trials_done": done, "front_size": len(rows)})
     tracker.close_orphans(study)
-    if done >= config.n_trials and running == 0:
-        tracker.finish_parent(parent)
-    return SearchResult(study, rows, exported, parent, tracker.tracking_uri, folder)
+    _end_parent(study, tracker, parent, config.n_trials, stopped_by)
+    ending = ending_text(stopped_by or "the worker's exit", done, config.n_trials) if done < config.n_trials else None
+    return SearchResult(study, rows, exported, parent, tracker.tracking_uri, folder, ending)
+
+
+def search_result(config: StudyConfig) -> SearchResult:
+    """What the runs of ``config``'s study left, read from its stores (nothing is run or written): the one
+    summary ``blocknas workers`` prints after its workers, whose own summaries it silences."""
+    study = load_study(config.name, config.storage_url)
+    tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+    rows = front_rows(study)
+    folder = Path(config.export_dir) / study.study_name
+    parent = str(study.user_attrs.get(PARENT_RUN_ATTR, ""))
+    done, _ = trial_counts(study)
+    ending = None
+    if done < config.n_trials:
+        tracker = StudyTracker(tracking_uri, config.name, runs_dir=config.runs_dir)
+        tags = tracker.client.get_run(parent).data.tags if parent else {}
+        ending = tags.get(STOPPED_TAG) or ending_text("the workers' exit", done, config.n_trials)
+    exported = [path for path in (folder / f"{row.name}.yaml" for row in rows) if path.is_file()]
+    return SearchResult(study, rows, exported, parent, tracking_uri, folder, ending)
 
 
 def _study_params(config: StudyConfig, space: SearchSpace) -> dict[str, object]:

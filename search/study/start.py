@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
 
 from blocknas.blocks import ArchConfig, ConfigError
-from blocknas.search.data import DataSplit, load_data_for
+from blocknas.search.data import DataError, DataSplit, load_data_for
 from blocknas.search.tracking import (
     StudyTracker,
+    TrackingError,
     check_tracking_store,
     complete_setup,
     fail_abandoned_trials,
@@ -28,9 +29,33 @@ from blocknas.spaces import SearchSpace
 
 from .config import StudyBase, StudyConfig
 
-__all__ = ["StudyRun", "open_study", "open_study_for_run"]
+__all__ = ["StudyRun", "attempt", "open_study", "open_study_for_run", "raise_problems"]
 
 METRIC_NAMES = {"multi": ["accuracy", "latency_ms"], "accuracy": ["accuracy"]}
+PROBLEMS = (ConfigError, DataError, TrackingError, FileNotFoundError)
+"""What is wrong with a config, its data or its stores (as opposed to a bug): collected, then reported at once."""
+T = TypeVar("T")
+
+
+def attempt(problems: list[Exception], step: Callable[[], T]) -> T | None:
+    """``step()``; or, when it finds a problem (:data:`PROBLEMS`), None and the problem added to ``problems``.
+
+    A run checks every part of its config this way, so one run reports every problem, not one per run.
+    """
+    try:
+        return step()
+    except PROBLEMS as exc:
+        problems.append(exc)
+        return None
+
+
+def raise_problems(problems: Sequence[Exception]) -> None:
+    """Raise the one problem as it is, or a :class:`ConfigError` listing them all; nothing when there is none."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        raise ConfigError(f"{len(problems)} problems, each to fix before the study starts:\n{listing}")
 
 
 def _sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -146,23 +171,44 @@ class StudyRun:
         return tracker, parent
 
 
-def open_study_for_run(config: StudyConfig, *, networks: SearchSpace | ArchConfig, what: str, path: str) -> StudyRun:
+def open_study_for_run(
+    config: StudyConfig,
+    *,
+    networks: SearchSpace | ArchConfig | None,
+    what: str,
+    path: str,
+    problems: Sequence[Exception] = (),
+) -> StudyRun:
     """Check the tracking store and the data, then open (or create) the study.
 
     Everything is checked before a study, a run or a file is made; the storage last, since
-    opening a journal file creates it.
+    opening a journal file creates it. Every problem found, ``problems`` (the caller's) included,
+    is reported in one error.
 
     Args:
         config: The study's settings.
-        networks: What the run builds networks from (their input size, channels and classes).
+        networks: What the run builds networks from: the shape it pins (input size, channels,
+            classes; a space may pin none, then the data's is used). None: it could not be read.
         what, path: The networks' origin and its config key path, for a dataset that does not fit.
+        problems: What the caller found wrong already.
     """
+    found = list(problems)
     tracking_uri = resolve_tracking_uri(config.tracking_uri, config.runs_dir)
-    check_tracking_store(tracking_uri)
-    data = load_data_for(
-        config.data, input_size=tuple(networks.input_size), in_chans=networks.in_chans,
-        num_classes=networks.num_classes, what=what, path=path, source=config.source,
-    )  # fmt: skip
+    attempt(found, lambda: check_tracking_store(tracking_uri))
+    data = attempt(
+        found,
+        lambda: load_data_for(
+            config.data,
+            input_size=getattr(networks, "input_size", None),
+            in_chans=getattr(networks, "in_chans", None),
+            num_classes=getattr(networks, "num_classes", None),
+            what=what,
+            path=path,
+            source=config.source,
+        ),
+    )
+    raise_problems(found)
+    assert data is not None  # else a problem was raised
     storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval_s)
     study, created = open_study(config, storage=storage)
     return StudyRun(study, storage, created, tracking_uri, data)

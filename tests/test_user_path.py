@@ -1,0 +1,181 @@
+"""A user's path: own data with the shipped space, one error for every config problem, endings said out loud."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+import blocknas.blocks  # noqa: F401  (registers blocknet)
+from blocknas.blocks import ArchConfig, ConfigError, parse
+from blocknas.search.data import DataConfig, DataError, fetch_dataset, load_data
+from blocknas.search.report import flat_scores
+from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, STOPPED_TAG, StudyConfig, run_search
+from blocknas.search.tracking import PARENT_RUN_ATTR
+from blocknas.spaces import SearchSpace
+
+from .conftest import quick_study
+
+
+def write_image_folder(root: Path, *, per_class: int = 8, size: int = 48, corrupt: bool = True) -> Path:
+    """3 classes of ``size``×``size`` images, RGB and grayscale mixed, each class its own brightness
+    pattern (learnable), plus one corrupt file when ``corrupt``."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("circle", "square", "stripe")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            base = np.zeros((size, size), dtype=np.float64)
+            base[:, c * size // 3 : (c + 1) * size // 3] = 200.0
+            pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels) if i % 2 else Image.fromarray(np.stack([pixels] * 3, axis=-1))
+            image.save(root / name / f"{i}.png")
+    if corrupt:
+        (root / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return root
+
+
+# -- spaces and data that fit each other ---------------------------------------------------------------
+
+
+def test_shipped_space_takes_its_shape_from_the_data() -> None:
+    space = SearchSpace.load("mobile32")
+    assert (space.in_chans, space.num_classes, space.input_size) == (None, None, None)
+    data = load_data(DataConfig(), input_size=None, in_chans=None)  # digits: 8×8 grey, 10 classes
+    sized = space.for_data(data)
+    assert (sized.in_chans, sized.num_classes, sized.input_size) == (1, 10, (8, 8))
+    tiny = SearchSpace.load("tiny").for_data(data)  # pins 1 channel at 16×16, not the classes
+    assert (tiny.in_chans, tiny.num_classes, tiny.input_size) == (1, 10, (16, 16))
+    assert "the data's classes" in SearchSpace.load("tiny").describe()
+
+
+def test_image_folder_own_shape_and_bad_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_image_folder(tmp_path / "images", per_class=4)
+    (root / "circle" / "also-broken.jpg").write_bytes(b"nope")
+    Image.fromarray(np.zeros((20, 30), dtype=np.uint8)).save(root / "stripe" / "odd-size.png")
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(name="imagefolder", root=str(root)), input_size=None, in_chans=None)
+    message = str(info.value)
+    assert "2 image(s) cannot be decoded" in message and "on_bad_file: skip" in message
+    assert "broken.png" in message and "also-broken.jpg" in message  # every bad file at once
+    skip = DataConfig(name="imagefolder", root=str(root), on_bad_file="skip", val_fraction=0.25)
+    with caplog.at_level(logging.WARNING):
+        split = load_data(skip, input_size=None, in_chans=None)
+    assert "skipped 2 image(s)" in caplog.text and "broken.png" in caplog.text and "also-broken.jpg" in caplog.text
+    assert (split.in_chans, split.input_size, split.num_classes) == (3, (48, 48), 3)  # colour; most common size
+    assert len(split.y_train) + len(split.y_val) == 13
+
+
+def test_on_bad_file_skip_is_for_image_folders() -> None:
+    with pytest.raises(ConfigError, match="on_bad_file: skipping bad files applies to imagefolder only"):
+        DataConfig(on_bad_file="skip")
+
+
+def test_every_config_problem_in_one_error(in_tmp_dir: Path) -> None:
+    space = {**SearchSpace.load("tiny").to_dict(), "num_classes": 10, "input_size": [16, 16]}
+    Path("pinned.yaml").write_text(yaml.safe_dump(space))
+    config = parse(
+        StudyConfig,
+        quick_study(
+            "problems",
+            space="pinned.yaml",
+            data={"name": "synthetic", "num_samples": 64, "num_classes": 3, "input_size": [12, 12]},
+            baselines=["blocknet_nope", "blocknet_separable", "missing.yaml"],
+        ),
+    )
+    with pytest.raises(ConfigError) as info:
+        run_search(config, progress=False)
+    message = str(info.value)
+    assert message.startswith("3 problems")
+    assert "baselines[0]" in message and "blocknet_nope" in message and "baselines[2]" in message
+    assert "pins input_size [16, 16], but data.input_size is [12, 12]" in message
+    assert not Path("runs/optuna.journal").exists()  # nothing written
+
+
+def test_pinned_classes_that_differ_name_both(in_tmp_dir: Path) -> None:
+    space = {**SearchSpace.load("tiny").to_dict(), "num_classes": 10}
+    Path("pinned.yaml").write_text(yaml.safe_dump(space))
+    data = {"name": "synthetic", "num_samples": 64, "num_classes": 3}
+    config = parse(StudyConfig, quick_study("classes", space="pinned.yaml", data=data))
+    with pytest.raises(
+        ConfigError, match=r"the space 'pinned.yaml' pins num_classes 10, but dataset 'synthetic' has 3"
+    ):
+        run_search(config, progress=False)
+
+
+def test_baselines_are_rebuilt_for_the_data(in_tmp_dir: Path) -> None:
+    data = {"name": "synthetic", "num_samples": 64, "num_classes": 3}
+    config = parse(StudyConfig, quick_study("rebuilt", n_trials=1, data=data, baselines=["blocknet_separable"]))
+    result = run_search(config, progress=False)
+    (trial,) = result.study.trials
+    arch = ArchConfig.from_dict(trial.user_attrs[ARCH_ATTR])
+    assert trial.user_attrs[BASELINE_ATTR] == "blocknet_separable"
+    assert (arch.num_classes, arch.in_chans, tuple(arch.input_size)) == (3, 1, (16, 16))  # tiny pins 1×16×16
+
+
+# -- flat scores ---------------------------------------------------------------------------------------
+
+
+def _trial(accuracy: float, classes: int) -> optuna.trial.FrozenTrial:
+    arch = ArchConfig.from_dict({"stages": [{"block": "standard", "out_chs": 8}], "num_classes": classes})
+    return optuna.trial.create_trial(values=[accuracy, 1.0], user_attrs={ARCH_ATTR: arch.to_dict()})
+
+
+def test_flat_scores_say_chance_or_equal() -> None:
+    at_chance = flat_scores([_trial(1 / 3, 3), _trial(0.35, 3)])
+    assert at_chance is not None and "all 2 complete trials scored at chance" in at_chance
+    equal = flat_scores([_trial(0.8, 3), _trial(0.8, 3)])
+    assert equal is not None and "scored the same accuracy (0.8000)" in equal
+    assert flat_scores([_trial(0.5, 3), _trial(0.8, 3)]) is None
+    assert flat_scores([_trial(1 / 3, 3)]) is None  # one trial ranks nothing either way
+
+
+# -- endings -------------------------------------------------------------------------------------------
+
+
+def test_timeout_says_so_and_ends_the_parent_run(in_tmp_dir: Path) -> None:
+    config = parse(StudyConfig, quick_study("cut", n_trials=30, timeout_s=0.01))
+    result = run_search(config, progress=False)
+    done = len(result.study.trials)
+    assert result.ending == f"stopped by timeout at {done}/30; rerun to continue"
+    client = MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.study.user_attrs[PARENT_RUN_ATTR])
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags[STOPPED_TAG] == result.ending
+
+    resumed = run_search(config.with_overrides(n_trials=done + 1, timeout_s=3600.0), progress=False)
+    assert resumed.ending is None
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and STOPPED_TAG not in parent.data.tags
+
+
+def test_an_error_ends_the_parent_run_failed(in_tmp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blocknas.search.study import runner
+
+    def broken(*args: object, **kwargs: object) -> bool:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(runner, "optimize_until_done", broken)
+    config = parse(StudyConfig, quick_study("crash", n_trials=3))
+    with pytest.raises(RuntimeError):
+        run_search(config, progress=False)
+    study = optuna.load_study(study_name="crash", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend("runs/optuna.journal")))  # fmt: skip
+    parent = MlflowClient("sqlite:///runs/mlflow.db").get_run(study.user_attrs[PARENT_RUN_ATTR])
+    assert parent.info.status == "FAILED"
+    assert "stopped by an error (RuntimeError: the disk is full) at 0/3" in parent.data.tags[STOPPED_TAG]
+
+
+def test_fetch_never_says_nothing_to_fetch_for_missing_data(tmp_path: Path) -> None:
+    assert fetch_dataset(DataConfig()) == "digits: built in, no files needed"
+    with pytest.raises(DataError, match="does not exist; put your images there"):
+        fetch_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "none")))
+    with pytest.raises(DataError, match="no dataset found"):
+        fetch_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    write_image_folder(tmp_path / "mine", per_class=1, corrupt=False)
+    assert fetch_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "mine"))).startswith("imagefolder: found")
