@@ -165,10 +165,18 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="training YAML (e.g. configs/train/default.yaml); the flags override it")
-    parser.add_argument("--arch", help="YAML path, registered model name, <study>/<name> or runs:/<run_id>")
+    parser.add_argument(
+        "--arch",
+        "--from",
+        dest="arch",
+        help="YAML path, registered model name, <study>/<name> (a discovered one; a unique prefix such as "
+        "default/t0012 is enough) or runs:/<run_id>",
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument(
-        "--dataset", help="dataset name (digits, synthetic, cifar10, ...); other data keys come from --config"
+        "--dataset",
+        help="dataset name (digits, synthetic, cifar10, ...); other data keys come from --config; default: the data "
+        "the architecture was searched on (its meta.data), all of it",
     )
     parser.add_argument("--out", dest="out_dir", help="checkpoint folder (default runs/train/<name>)")
     parser.add_argument("--name", help="run name (default: from --arch)")
@@ -211,7 +219,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="architecture (default: arch.yaml beside the checkpoint)")
     parser.add_argument("--out", dest="out_dir", help="output folder (default: <checkpoint folder>/export)")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the ONNX input and of the timing")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the timing (ONNX: any batch)")
     parser.add_argument("--threads", type=int, default=1, help="threads of the timing")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed difference from PyTorch outputs")
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+import optuna
 import pytest
 import timm
 import torch
@@ -27,8 +29,9 @@ from blocknas.blocks import (
     resolve_arch,
 )
 from blocknas.search.cli import main
-from blocknas.search.data import load_data
+from blocknas.search.data import DataConfig, Preprocessing, load_data
 from blocknas.search.latency import LatencyTarget
+from blocknas.search.study import ARCH_ATTR, SEARCH_DEFINITION_ATTR, export_front
 from blocknas.search.training import (
     AugmentConfig,
     CheckpointError,
@@ -41,6 +44,7 @@ from blocknas.search.training import (
     load_training_state,
     load_weights,
     save_weights,
+    searched_data,
     train_full,
 )
 
@@ -313,7 +317,7 @@ def test_export_onnx_and_torchscript_match_pytorch(trained: FullTrainConfig, tmp
         out / "arch.yaml", out / "best.safetensors", tmp_path, target=FAST_TIMING.replace(batch_size=2)
     )
     model = load_model(out / "arch.yaml", out / "best.safetensors")
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(7))  # timed at 2, any batch runs
     with torch.inference_mode():
         expected = model(x).numpy()
         scripted = torch.jit.load(str(result.files["torchscript"]))(x).numpy()
@@ -331,6 +335,44 @@ def test_export_onnx_and_torchscript_match_pytorch(trained: FullTrainConfig, tmp
     assert all(
         r["latency_p50_ms"] > 0 and r["input_shape"] == [2, 3, 16, 16] and r["fingerprint_id"] for r in report.values()
     )
+
+
+def test_training_and_export_record_the_preprocessing(trained: FullTrainConfig, tmp_path: Path) -> None:
+    out = Path(str(trained.out_dir))
+    data = load_data(trained.data or DataConfig(), input_size=(16, 16))
+    record = Preprocessing.of(data)
+    assert Preprocessing.from_meta(ArchConfig.from_yaml(out / "arch.yaml").meta) == record
+    export_checkpoint(out / "arch.yaml", out / "best.pt", tmp_path, formats=["onnx"], target=FAST_TIMING)
+    props = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert Preprocessing.from_metadata(props) == record
+    assert ArchConfig.from_yaml(tmp_path / "arch.yaml") == ArchConfig.from_yaml(out / "arch.yaml")
+
+
+def test_pretrained_cfg_without_a_preprocessing_record_is_neutral_per_channel() -> None:
+    cfg = timm.create_model("blocknet", arch={**ARCH, "in_chans": 1}).pretrained_cfg
+    assert (cfg["mean"], cfg["std"]) == ((0.5,), (0.5,)) and "label_names" not in cfg
+
+
+def test_training_defaults_to_the_data_the_architecture_was_searched_on() -> None:
+    searched = {"name": "fashion_mnist", "max_train_samples": 2000, "max_val_samples": 5000, "seed": 3}
+    arch = ArchConfig.from_dict(ARCH).replace(meta={"study": "default", "trial": 12, "data": searched})
+    config = FullTrainConfig(arch="default/t0012")
+    assert searched_data(arch, config) == DataConfig(name="fashion_mnist", seed=3)  # all of it, split the same
+    assert config.run_name(arch) == f"t0012_{arch.short_hash()}"  # the prefix names the exported config
+    assert config.with_overrides(dataset="digits").data == DataConfig(name="digits")
+    with pytest.raises(ConfigError, match=r"'blocknet_mobile' records no dataset .*--dataset"):
+        searched_data(ArchConfig.from_dict(ARCH), FullTrainConfig(arch="blocknet_mobile"))
+
+
+def test_front_export_records_the_studys_data(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="s", directions=["maximize", "minimize"])
+    study.set_user_attr(SEARCH_DEFINITION_ATTR, {"settings": {"data": {"name": "digits", "seed": 1}}})
+    arch = ArchConfig.from_dict(ARCH)
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 1.0], user_attrs={ARCH_ATTR: arch.to_dict()}))
+    (path,) = export_front(study, tmp_path)
+    meta = ArchConfig.from_yaml(path).meta
+    assert meta["data"] == {"name": "digits", "seed": 1} and meta["study"] == "s" and meta["trial"] == 0
+    assert searched_data(ArchConfig.from_yaml(path), FullTrainConfig(arch="s/t0000")) == DataConfig(seed=1)
 
 
 # -- MLflow ------------------------------------------------------------------------------

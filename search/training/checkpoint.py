@@ -82,8 +82,14 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first}") from None
 
 
-def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> Path:
-    """Write inference weights: safetensors for ``.safetensors``, else ``torch.save`` of the state dict."""
+def save_weights(
+    path: str | Path, state_dict: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write inference weights: safetensors for ``.safetensors``, else ``torch.save`` of the state dict.
+
+    ``metadata`` (e.g. :meth:`blocknas.search.data.Preprocessing.metadata`) goes into a
+    safetensors file's header, where ``safe_open(path).metadata()`` reads it; a ``.pth`` has none.
+    """
     path = Path(path)
     if path.suffix not in WEIGHT_SUFFIXES:
         raise CheckpointError(f"weights file {path} must end in one of {', '.join(WEIGHT_SUFFIXES)}")
@@ -91,7 +97,8 @@ def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> Pa
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        header = {**(metadata or {}), "format": "pt"}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 
 

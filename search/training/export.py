@@ -1,11 +1,14 @@
 """Export a trained network to ONNX and TorchScript, verify each file, and time each file.
 
 Every exported file is loaded back and run on the same random inputs as the PyTorch
-model; an output further than ``atol`` from PyTorch's is an :class:`ExportError`. The
+model, at batch sizes 1 and 8 (:data:`CHECK_BATCH_SIZES`); an output further than ``atol``
+from PyTorch's is an :class:`ExportError`. The ONNX input is ``(batch, C, H, W)`` with a
+dynamic ``batch`` axis, and the file's ``metadata_props`` hold the input's
+:class:`~blocknas.search.data.Preprocessing` (size, the training data's mean and std, class
+names) when the architecture records it; ``arch.yaml`` is written beside the files. The
 latency of each *file* (not of the module it came from) is measured with the latency
-engine's repeat protocol (:func:`blocknas.search.latency.measure_runner`) and written to
-``latency.json`` beside the files. The ONNX graph has a fixed input shape
-``(batch_size, C, H, W)``, the batch size of the latency target.
+engine's repeat protocol (:func:`blocknas.search.latency.measure_runner`) at the latency
+target's batch size and written to ``latency.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from blocknas.blocks import ArchLike, to_plain
+from blocknas.blocks import ArchConfig, ArchLike, to_plain
+from blocknas.search.data import Preprocessing
 from blocknas.search.latency import (
     LatencyResult,
     LatencyTarget,
@@ -36,14 +40,15 @@ from blocknas.search.threads import pinned_threads
 
 from .checkpoint import load_model
 
-__all__ = ["FORMATS", "ExportError", "ExportResult", "export_checkpoint", "export_model"]
+__all__ = ["CHECK_BATCH_SIZES", "FORMATS", "ExportError", "ExportResult", "export_checkpoint", "export_model"]
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 _FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 _RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript"}
-_CHECK_INPUTS = 3
+CHECK_BATCH_SIZES = (1, 8)
+"""Batch sizes every exported file is checked at against PyTorch (the ONNX batch axis is dynamic)."""
 
 
 class ExportError(RuntimeError):
@@ -68,6 +73,7 @@ def export_model(
     formats: Sequence[str] = FORMATS,
     target: LatencyTarget | None = None,
     atol: float = 1e-4,
+    metadata: dict[str, str] | None = None,
 ) -> ExportResult:
     """Write ``model`` in each format to ``out_dir``, check it against PyTorch and time it.
 
@@ -79,6 +85,7 @@ def export_model(
         target: Batch size, threads and repeat protocol of the timing; its ``runtime`` is
             set per format (``onnxruntime`` for ONNX, ``torchscript`` for TorchScript).
         atol: Largest allowed absolute difference between file and PyTorch outputs.
+        metadata: String pairs for the ONNX file's ``metadata_props``.
 
     Raises:
         ExportError: a file's outputs differ from PyTorch's by more than ``atol``.
@@ -92,14 +99,20 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = example_input(input_shape, target.batch_size)
-    checks = [torch.randn(x.shape, generator=torch.Generator().manual_seed(i)) for i in range(_CHECK_INPUTS)]
+    checks = [
+        torch.randn((n, *input_shape), generator=torch.Generator().manual_seed(i))
+        for i, n in enumerate(sorted({*CHECK_BATCH_SIZES, target.batch_size}))
+    ]
     with torch.inference_mode():
         expected = [model(c).numpy() for c in checks]
     files, diffs, latencies = {}, {}, {}
     for fmt in formats:
         path = out / _FILE_NAMES[fmt]
-        write, run = (_write_onnx, _onnx_outputs) if fmt == "onnx" else (_write_torchscript, _torchscript_outputs)
-        how = write(model, x, path)
+        if fmt == "onnx":
+            how = _write_onnx(model, x, path, metadata or {})
+            run = _onnx_outputs
+        else:
+            how, run = _write_torchscript(model, x, path), _torchscript_outputs
         diffs[fmt] = _max_abs_diff(run(path, checks), expected)
         if diffs[fmt] > atol:
             raise ExportError(f"{path} differs from the PyTorch model by {diffs[fmt]:.3g} (allowed {atol:g})")
@@ -112,19 +125,31 @@ def export_model(
 
 
 def export_checkpoint(arch: ArchLike, checkpoint: str | Path, out_dir: str | Path, **kwargs: Any) -> ExportResult:
-    """:func:`export_model` of the network ``arch`` with the weights in ``checkpoint``."""
+    """:func:`export_model` of the network ``arch`` with the weights in ``checkpoint``.
+
+    The ONNX metadata is the architecture's recorded :class:`Preprocessing` (none if it has
+    none), and the architecture is written beside the files as ``arch.yaml``.
+    """
     model = load_model(arch, checkpoint)
-    config = model.arch
-    return export_model(model, (config.in_chans, *config.input_size), out_dir, **kwargs)
+    config: ArchConfig = model.arch
+    preprocessing = Preprocessing.from_meta(config.meta)
+    if preprocessing is None:
+        log.warning("%s records no preprocessing (not trained by blocknas train): the ONNX file has none", arch)
+    metadata = preprocessing.metadata() if preprocessing else {}
+    result = export_model(model, (config.in_chans, *config.input_size), out_dir, metadata=metadata, **kwargs)
+    config.to_yaml(Path(out_dir) / "arch.yaml")
+    return result
 
 
-def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> str:
-    """Write the checked ONNX model; returns the exporter used (``torchscript`` or ``dynamo``)."""
+def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path, metadata: dict[str, str]) -> str:
+    """Write the checked ONNX model, batch axis dynamic, with ``metadata``; returns the exporter used."""
     import onnx
 
-    data, exporter = export_onnx(model, x)
-    onnx.checker.check_model(onnx.load_from_string(data))
-    path.write_bytes(data)
+    data, exporter = export_onnx(model, x, dynamic_batch=True)
+    proto = onnx.load_from_string(data)
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto)
+    path.write_bytes(proto.SerializeToString())
     return exporter
 
 

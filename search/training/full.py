@@ -25,8 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from blocknas.blocks import ArchConfig, ConfigError, resolve_arch
-from blocknas.search.data import DataSplit, load_data
+from blocknas.blocks import ArchConfig, ConfigError, parse, resolve_arch, to_plain
+from blocknas.search.data import PREPROCESSING_KEY, DataConfig, DataSplit, Preprocessing, load_data
 from blocknas.search.tracking import masked_yaml
 
 from .brief import BriefTrainer, seed_everything, training_threads
@@ -34,7 +34,7 @@ from .checkpoint import CheckpointError, load_training_state, save_training_stat
 from .full_config import AugmentConfig, FullTrainConfig, FullTrainResult
 from .run import TrainRun
 
-__all__ = ["FullTrainer", "RandomCropFlip", "train_full"]
+__all__ = ["FullTrainer", "RandomCropFlip", "searched_data", "train_full"]
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,12 @@ class FullTrainer(BriefTrainer):
 def train_full(config: FullTrainConfig, *, resume: bool = False, progress: bool = True) -> FullTrainResult:
     """Train ``config.arch`` on ``config.data`` for ``config.train.epochs``; checkpoint every epoch.
 
+    Without ``config.data``, the data the architecture was searched on (:func:`searched_data`).
     Files in the output folder: ``arch.yaml`` (what was trained, classes matched to the
-    data), ``train.yaml``, ``last.pt``/``best.pt`` (resumable state), ``best``/``last``
-    weights (``.safetensors`` or ``.pth``) and ``history.json``.
+    data; its ``meta`` holds the data config and the :class:`Preprocessing` its inputs need),
+    ``train.yaml``, ``last.pt``/``best.pt`` (resumable state, the architecture with that
+    ``meta`` inside), ``best``/``last`` weights (``.safetensors``, the preprocessing in its
+    header, or ``.pth``) and ``history.json``.
 
     Args:
         config: What to train, on what, how, and where to write.
@@ -171,9 +174,11 @@ def train_full(config: FullTrainConfig, *, resume: bool = False, progress: bool 
             "no architecture to train: set arch in the config or pass --arch", path="arch", source=config.source
         )
     arch = resolve_arch(config.arch)
-    data = load_data(config.data, input_size=arch.input_size, in_chans=arch.in_chans)
-    arch = _matched_to_data(arch, data, config)
     out = config.output_dir(arch)
+    data_config = config.data or searched_data(arch, config)
+    config = dataclasses.replace(config, data=data_config)  # train.yaml, the run and a resume see the data used
+    data = load_data(data_config, input_size=arch.input_size, in_chans=arch.in_chans)
+    arch = _matched_to_data(arch, data, data_config, config)
     state = _resume_state(out, config, arch) if resume else None
     if not resume:
         _check_fresh(out)
@@ -201,9 +206,37 @@ def train_full(config: FullTrainConfig, *, resume: bool = False, progress: bool 
     return result
 
 
-def _matched_to_data(arch: ArchConfig, data: DataSplit, config: FullTrainConfig) -> ArchConfig:
-    """The architecture with the dataset's class count, and where it came from in ``meta``."""
-    meta: dict[str, Any] = {"source": config.arch if isinstance(config.arch, str) else "inline", "dataset": data.name}
+def searched_data(arch: ArchConfig, config: FullTrainConfig) -> DataConfig:
+    """The data ``arch`` was found (or last trained) on, from its ``meta["data"]``, without subsample caps.
+
+    A search trains on a subsample for speed (``max_train_samples``, ``max_val_samples``);
+    a full training takes the whole dataset, split the same way.
+
+    Raises:
+        ConfigError: ``arch`` records no data (not from a search or a training) and the config names none.
+    """
+    recorded = arch.meta.get("data")
+    if not recorded:
+        raise ConfigError(
+            f"architecture {config.arch!r} records no dataset (it is not from a search or a training); "
+            "set data: in the training config or pass --dataset",
+            path="data",
+            source=config.source,
+        )
+    searched = parse(DataConfig, recorded, source=f"{config.arch} (meta)", path="meta.data")
+    full = dataclasses.replace(searched, max_train_samples=None, max_val_samples=None)
+    if full != searched:
+        log.info("training on %s without the search's subsample caps (all training and validation images)", full.name)
+    return full
+
+
+def _matched_to_data(arch: ArchConfig, data: DataSplit, data_config: DataConfig, config: FullTrainConfig) -> ArchConfig:
+    """The architecture with the dataset's class count; in ``meta`` where it came from, the data and its preprocessing."""
+    meta: dict[str, Any] = {
+        "source": config.arch if isinstance(config.arch, str) else "inline",
+        "data": to_plain(data_config),
+        PREPROCESSING_KEY: Preprocessing.of(data).to_dict(),
+    }
     if arch.meta:
         meta["search"] = dict(arch.meta)
     if arch.num_classes != data.num_classes:
@@ -266,6 +299,8 @@ def _fit(
     start = int(state["epoch"]) + 1 if state else 0
     epochs = config.train.epochs
     suffix = ".safetensors" if config.weights_format == "safetensors" else ".pth"
+    preprocessing = Preprocessing.from_meta(arch.meta)
+    metadata = preprocessing.metadata() if preprocessing else {}
     bar = tqdm(total=epochs, initial=start, desc=out.name, unit="epoch", disable=not progress)
     with logging_redirect_tqdm():
         for epoch in range(start, epochs):
@@ -284,9 +319,9 @@ def _fit(
                 "config": config.to_dict(),
                 "mlflow_run_id": run.run_id,
             }
-            _save(out, LAST, checkpoint, trainer.inference_model, suffix)
+            _save(out, LAST, checkpoint, trainer.inference_model, suffix, metadata)
             if is_best:
-                _save(out, BEST, checkpoint, trainer.inference_model, suffix)
+                _save(out, BEST, checkpoint, trainer.inference_model, suffix, metadata)
             run.log_epoch(record, epoch)  # after the checkpoint: a resume logs what a kill left unlogged
             bar.update()
             bar.set_postfix(acc=f"{record['accuracy']:.4f}", best=f"{best_acc:.4f}")
@@ -313,7 +348,9 @@ def _fit(
     )
 
 
-def _save(out: Path, kind: str, checkpoint: Mapping[str, Any], model: nn.Module, suffix: str) -> None:
+def _save(
+    out: Path, kind: str, checkpoint: Mapping[str, Any], model: nn.Module, suffix: str, metadata: Mapping[str, str]
+) -> None:
     """Weights first, then the training state: a state on disk always has its weights beside it."""
-    save_weights(out / f"{kind}{suffix}", model.state_dict())
+    save_weights(out / f"{kind}{suffix}", model.state_dict(), metadata=metadata)
     save_training_state(out / f"{kind}.pt", checkpoint)

@@ -85,7 +85,10 @@ class FullTrainConfig(FileConfig):
     Attributes:
         arch: Anything :func:`blocknas.blocks.resolve_arch` accepts: a YAML path, an inline
             mapping, a registered model name, ``<study>/<name>`` or ``runs:/<run_id>``.
-        name: Run name; default: derived from ``arch``.
+        name: Run name; default: derived from ``arch`` (a discovered ``<study>/<prefix>`` gives
+            the full name of the config it names, e.g. ``t0012_ab12cd34``).
+        data: The dataset; default (null): the data the architecture was searched or trained
+            on, as its ``meta`` records it (:func:`~blocknas.search.training.searched_data`).
         out_dir: Checkpoint folder; default ``<runs_dir>/train/<name>``.
         tracking: Log an MLflow run (experiment ``experiment``).
         tracking_uri: Default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<runs_dir>/mlflow.db``.
@@ -94,7 +97,7 @@ class FullTrainConfig(FileConfig):
 
     arch: str | dict[str, Any] | None = None
     name: str | None = None
-    data: DataConfig = DataConfig()
+    data: DataConfig | None = None
     train: TrainConfig = TrainConfig(**FULL_TRAIN_DEFAULTS)
     augment: AugmentConfig = AugmentConfig()
     ema: EmaConfig = EmaConfig()
@@ -135,18 +138,26 @@ class FullTrainConfig(FileConfig):
             if key in ("epochs", "batch_size", "lr"):
                 data["train"][key] = value
             elif key == "dataset":
-                data["data"]["name"] = value
+                data["data"] = {**(data["data"] or {}), "name": value}
             else:
                 data[key] = value
         return self.from_dict(data, source=self.source)
 
     def run_name(self, arch: ArchConfig) -> str:
-        """``name``, else the file or config name in ``arch``, else the architecture's hash."""
+        """``name``, else the file or config name in ``arch``, else the architecture's hash.
+
+        ``arch`` is the architecture as resolved, before any change for the data; a unique
+        prefix of a front config (``default/t0012``) names the config's full name, as
+        :func:`~blocknas.search.study.export_front` wrote it.
+        """
         if self.name:
             return self.name
         if isinstance(self.arch, str):
             last = self.arch.rstrip("/").replace(":", "").split("/")[-1]
-            return last.removesuffix(".yaml").removesuffix(".yml") or arch.short_hash()
+            last = last.removesuffix(".yaml").removesuffix(".yml")
+            trial = arch.meta.get("trial")
+            exported = f"t{trial:04d}_{arch.short_hash()}" if isinstance(trial, int) else ""
+            return exported if last and exported.startswith(last) else last or arch.short_hash()
         return arch.short_hash()
 
     def output_dir(self, arch: ArchConfig) -> Path:
