@@ -9,6 +9,7 @@ measurement calibrates the predictions of later candidates.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import traceback
@@ -26,6 +27,7 @@ from torch import nn
 from blocknas.blocks import ArchConfig, to_plain
 from blocknas.search.data import DataSplit
 from blocknas.search.latency import LatencyPredictor, LatencyResult, measure_latency
+from blocknas.search.latency_gate import default_gate
 from blocknas.search.tracking import WORKER_ATTR, StudyTracker, mask_url, worker_id
 from blocknas.search.training import (
     DivergedError,
@@ -160,7 +162,9 @@ class Objective:
         seed = self.seed_for(trial)
         seed_everything(seed)
         model = timm.create_model("blocknet", arch=arch)
-        measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
+        gate = default_gate()  # sibling trainers on this machine pause while it measures
+        with gate.measuring() if gate is not None else contextlib.nullcontext():
+            measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
         if self.predictor is not None:
             self.predictor.add_calibration_point(arch, measured.p50_ms)
         latency_ms = measured.p50_ms if predicted is None else predicted

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from blocknas.blocks import ConfigError, check_range
 from blocknas.search.data import DataSplit
+from blocknas.search.latency_gate import default_gate
 from blocknas.search.threads import MAX_THREADS, pinned_threads
 
 __all__ = [
@@ -355,9 +356,11 @@ class BriefTrainer:
         self.model.train()
         order = torch.randperm(len(self.y_train), generator=self.generator).to(self.runtime.device)
         loss_sum, correct, seen = 0.0, 0, 0
+        gate = default_gate()  # a latency measurement elsewhere on the machine pauses this loop between steps
         for step in range(self.steps_per_epoch):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-            batch_loss, batch_correct = self.train_step(self.x_train[idx], self.y_train[idx], epoch, step)
+            with gate.step() if gate is not None else contextlib.nullcontext():
+                batch_loss, batch_correct = self.train_step(self.x_train[idx], self.y_train[idx], epoch, step)
             loss_sum, correct, seen = loss_sum + batch_loss * len(idx), correct + batch_correct, seen + len(idx)
             if time.perf_counter() >= self.deadline:
                 return loss_sum / seen, correct / seen, True
