@@ -26,9 +26,9 @@ MAX_WORKERS = 256
 def _user_errors() -> tuple[type[BaseException], ...]:
     from blocknas.search.data import DataError
     from blocknas.search.tracking import StorageError, TrackingError
-    from blocknas.search.training import CheckpointError
+    from blocknas.search.training import CheckpointError, ExportError
 
-    return (*USER_ERRORS, DataError, StorageError, TrackingError, CheckpointError)
+    return (*USER_ERRORS, DataError, StorageError, TrackingError, CheckpointError, ExportError)
 
 
 def add_study_overrides(parser: argparse.ArgumentParser) -> None:
@@ -228,25 +228,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from blocknas.search.latency import LatencyTarget
-    from blocknas.search.training import ExportError, export_checkpoint
+    from blocknas.search.training import export_checkpoint
 
     checkpoint = Path(args.checkpoint)
     arch = args.arch or checkpoint.parent / "arch.yaml"
     if not args.arch and not Path(arch).is_file():
         raise FileNotFoundError(f"no --arch given and no arch.yaml beside {checkpoint}")
     target = LatencyTarget().replace(batch_size=args.batch_size, threads=args.threads)
-    try:
-        result = export_checkpoint(
-            arch,
-            checkpoint,
-            args.out_dir or checkpoint.parent / "export",
-            formats=args.formats,
-            target=target,
-            atol=args.atol,
-        )
-    except ExportError as exc:
-        print(f"blocknas export: verification failed: {exc}", file=sys.stderr)
-        return 1
+    result = export_checkpoint(
+        arch,
+        checkpoint,
+        args.out_dir or checkpoint.parent / "export",
+        formats=args.formats,
+        target=target,
+        atol=args.atol,
+    )
     for fmt, path in result.files.items():
         print(
             f"{fmt}: {path}  max |diff| vs PyTorch {result.max_abs_diff[fmt]:.2g}  "

@@ -77,9 +77,20 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
             f"cannot read checkpoint {path}: it does not load with torch.load(weights_only=True), which accepts "
             "only tensors and plain values (a corrupt file, or a pickled model object)"
         ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first}") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:  # OSError: a truncated zip
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """What is wrong with a checkpoint that does not load, the file named."""
+    what = "safetensors checkpoint" if path.suffix == ".safetensors" else "checkpoint"
+    if isinstance(exc, PermissionError):
+        return CheckpointError(f"cannot read {what} {path}: permission denied")
+    detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else "no data where data should be"
+    return CheckpointError(
+        f"cannot read {what} {path}: the file ({path.stat().st_size:,} bytes) is truncated or corrupt "
+        f"({type(exc).__name__}: {detail}); use an intact copy, or train again"
+    )
 
 
 def save_weights(
@@ -120,10 +131,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"cannot read safetensors checkpoint {path}: {exc}") from None
+            raise _unreadable(path, exc) from None
     loaded = _torch_load(path, "cpu")
     if isinstance(loaded, dict) and loaded.get("format") == STATE_FORMAT:
-        loaded = loaded.get("model_ema") or loaded["model"]
+        loaded = loaded.get("model_ema") or loaded.get("model")
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
     return loaded

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from blocknas.blocks import ArchConfig, ArchLike, to_plain
+from blocknas.blocks import ArchConfig, ArchLike, ConfigError, to_plain
 from blocknas.search.data import Preprocessing
 from blocknas.search.latency import (
     LatencyResult,
@@ -88,15 +89,17 @@ def export_model(
         metadata: String pairs for the ONNX file's ``metadata_props``.
 
     Raises:
-        ExportError: a file's outputs differ from PyTorch's by more than ``atol``.
+        ExportError: the model's outputs are not finite, ``out_dir`` or a folder above it is a
+            file, or a file's outputs differ from PyTorch's by more than ``atol``.
+        ConfigError: ``atol`` is not a finite positive number.
         ValueError: an unknown format.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    _check_destination(Path(out_dir), atol)
     target = (target or LatencyTarget()).replace(isolate=False, reference=False)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = example_input(input_shape, target.batch_size)
     checks = [
@@ -105,6 +108,12 @@ def export_model(
     ]
     with torch.inference_mode():
         expected = [model(c).numpy() for c in checks]
+    if not all(np.isfinite(e).all() for e in expected):
+        raise ExportError(
+            "the network computes non-finite outputs (NaN or inf) on random inputs, so no file of it can be "
+            "verified: its weights hold NaN or inf (a training that diverged?) or overflow; nothing was written"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     files, diffs, latencies = {}, {}, {}
     for fmt in formats:
         path = out / _FILE_NAMES[fmt]
@@ -114,8 +123,9 @@ def export_model(
         else:
             how, run = _write_torchscript(model, x, path), _torchscript_outputs
         diffs[fmt] = _max_abs_diff(run(path, checks), expected)
-        if diffs[fmt] > atol:
-            raise ExportError(f"{path} differs from the PyTorch model by {diffs[fmt]:.3g} (allowed {atol:g})")
+        if not diffs[fmt] <= atol:  # NaN included: a file computing non-finite outputs fails
+            path.unlink()
+            raise ExportError(f"{path} differs from the PyTorch model by {diffs[fmt]:.3g} (allowed {atol:g}); removed")
         latencies[fmt] = _file_latency(fmt, path, how, input_shape, target.replace(runtime=_RUNTIMES[fmt]))
         files[fmt] = path
         log.info("%s: max |diff| vs PyTorch %.2g, latency p50 %.4f ms", path, diffs[fmt], latencies[fmt].p50_ms)
@@ -178,6 +188,19 @@ def _torchscript_outputs(path: Path, inputs: list[torch.Tensor]) -> list[np.ndar
     module = _load_torchscript(path)
     with torch.inference_mode():
         return [module(x).numpy() for x in inputs]
+
+
+def _check_destination(out: Path, atol: float) -> None:
+    """Refuse, before anything is written, a tolerance that cannot fail and an output folder that is a file."""
+    if not (math.isfinite(atol) and atol > 0):
+        raise ConfigError(
+            f"{atol} is not a finite positive number: it is the largest allowed difference from PyTorch's outputs "
+            "(default 1e-4)",
+            path="atol",
+        )
+    blocker = next((p for p in (out, *out.parents) if (p.exists() or p.is_symlink()) and not p.is_dir()), None)
+    if blocker is not None:
+        raise ExportError(f"cannot export into {out}: {blocker} is a file, not a folder; give a new or existing folder")
 
 
 def _max_abs_diff(got: list[np.ndarray], expected: list[np.ndarray]) -> float:
