@@ -25,10 +25,11 @@ MAX_WORKERS = 256
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from blocknas.search.data import DataError
+    from blocknas.search.latency import AGENT_ERRORS
     from blocknas.search.tracking import StorageError, TrackingError
     from blocknas.search.training import CheckpointError, ExportError
 
-    return (*USER_ERRORS, DataError, StorageError, TrackingError, CheckpointError, ExportError)
+    return (*USER_ERRORS, DataError, StorageError, TrackingError, CheckpointError, ExportError, *AGENT_ERRORS)
 
 
 def add_study_overrides(parser: argparse.ArgumentParser) -> None:
@@ -361,6 +362,75 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         stop(process)
 
 
+def add_latency_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    from blocknas.search.latency import add_agent_arguments
+
+    add_agent_arguments(parser)
+
+
+def cmd_latency_agent(args: argparse.Namespace) -> int:
+    from blocknas.search.latency import agent_settings, serve_agent
+
+    serve_agent(agent_settings(args), announce=lambda line: print(line, flush=True))
+    return 0
+
+
+def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="latency_command", required=True)
+    script = sub.add_parser("agent-script", help="write the latency agent as one file (needs ONNX Runtime and NumPy)")
+    script.add_argument("--out", default="blocknas-agent.pyz", help="file to write (default blocknas-agent.pyz)")
+    script.set_defaults(latency_handler=cmd_latency_agent_script)
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    return int(args.latency_handler(args))
+
+
+def cmd_latency_agent_script(args: argparse.Namespace) -> int:
+    from blocknas.search.latency import write_agent_zipapp
+
+    try:
+        path = write_agent_zipapp(args.out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.out}: {exc.strerror or exc}", path="--out") from None
+    print(f"latency agent: {path}  (copy it to the device; run: python3 {path.name} --help)")
+    return 0
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="study or ablation YAML whose data: section names the dataset")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from blocknas.search.data import fetch_dataset, read_data_section
+
+    print(fetch_dataset(read_data_section(args.config)))
+    return 0
+
+
+def add_space_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["describe"], help="describe: size, parameter names and choices, cost range")
+    parser.add_argument("space", help="a shipped space (tiny, mobile32) or a space YAML file")
+    parser.add_argument("--samples", type=int, default=200, help="random networks the cost range is drawn from")
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    from statistics import median
+
+    from blocknas.spaces import SearchSpace
+
+    check_range(args.samples, "--samples", 1, 100_000)
+    space = SearchSpace.load(args.space)
+    print(space.describe())
+    archs = space.sampled(args.samples)
+    costs = [arch.cost() for arch in archs]
+    (h, w), first = archs[0].input_size, archs[0]
+    print(f"cost of {args.samples} random networks (seed 0) at {first.in_chans}x{h}x{w}, {first.num_classes} classes:")
+    for name, values in (("params", [c.params for c in costs]), ("MACs", [c.macs for c in costs])):
+        print(f"  {name:<6}  min {min(values):,}  median {median(values):,.0f}  max {max(values):,}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "search": ("run (or resume) a search study", add_study_overrides, cmd_search),
     "workers": ("run N local worker processes on one study", add_workers_arguments, cmd_workers),
@@ -374,6 +444,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         add_dashboard_arguments,
         cmd_dashboard,
     ),
+    "latency-agent": (
+        "serve latency measurements of ONNX models on this device (127.0.0.1 unless --allow-remote)",
+        add_latency_agent_arguments,
+        cmd_latency_agent,
+    ),
+    "latency": ("latency tools: agent-script", add_latency_arguments, cmd_latency),
 }
 
 

@@ -1,75 +1,23 @@
-"""Device fingerprint: what a latency number was measured on, and a stable short id of it.
+"""Device fingerprint: what a latency number was measured on (its short id is :func:`.host.fingerprint_id`).
 
 A latency is only comparable with another taken on the same CPU (or GPU), with the same
 software versions and the same runtime settings, so every result and every lookup-table
-entry carries this fingerprint. The id hashes everything except ``hostname`` (informational:
-containers get new host names, the hardware and software stay the same).
+entry carries this fingerprint: the host's (:func:`.host.host_fingerprint`, plus torch's
+side here, or a latency agent's own host fingerprint) and the target's runtime settings.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
-import sys
+from collections.abc import Mapping
 from functools import lru_cache
-from importlib import metadata
-from pathlib import Path
 
 import torch
 
+from .host import host_fingerprint, package_version
 from .runtimes import runtime_settings
 from .target import LatencyTarget
 
-__all__ = ["NOT_HASHED", "device_fingerprint", "fingerprint_id"]
-
-NOT_HASHED = frozenset({"hostname"})
-_ISA_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_fp16",
-    "neon",
-    "asimd",
-    "sve",
-)
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
-def _cpuinfo() -> dict[str, str]:
-    """First processor's entries of /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if info:
-                break
-            continue
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    return info
-
-
-def _cpu_quota() -> str:
-    """cgroup v2 CPU quota (``max`` or e.g. ``200000 100000``), ``unknown`` where unreadable."""
-    try:
-        return Path("/sys/fs/cgroup/cpu.max").read_text().strip()
-    except OSError:
-        return "unknown"
+__all__ = ["device_fingerprint"]
 
 
 def _torch_parallel_backend() -> str:
@@ -80,29 +28,12 @@ def _torch_parallel_backend() -> str:
 
 
 @lru_cache(maxsize=1)
-def _host_fingerprint() -> dict[str, str]:
-    info = _cpuinfo()
-    model = info.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in info:
-        model += f" (family {info['cpu family']} model {info.get('model', '?')} stepping {info.get('stepping', '?')})"
-    flags = set((info.get("flags") or info.get("Features") or "").split())
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+def _torch_side() -> dict[str, str]:
     return {
-        "cpu_model": model,
-        "cpu_isa": ",".join(f for f in _ISA_FLAGS if f in flags) or "unknown",
-        "logical_cpus": str(os.cpu_count()),
-        "usable_cpus": str(usable),
-        "cpu_quota": _cpu_quota(),
-        "os": f"{platform.system()}-{platform.machine()}",
-        "hostname": platform.node(),
-        "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_parallel": _torch_parallel_backend(),
-        "onnxruntime": _version("onnxruntime"),
-        "onnx": _version("onnx"),
-        "timm": _version("timm"),
-        "numpy": _version("numpy"),
-        "python_impl": sys.implementation.name,
+        "onnx": package_version("onnx"),
+        "timm": package_version("timm"),
     }
 
 
@@ -118,7 +49,7 @@ def _gpu_fingerprint() -> dict[str, str]:
     }
 
 
-def device_fingerprint(target: LatencyTarget) -> dict[str, str]:
+def device_fingerprint(target: LatencyTarget, host: Mapping[str, str] | None = None) -> dict[str, str]:
     """Hardware, software versions and runtime settings behind a latency measured for ``target``.
 
     Protocol settings (warm-up, repeats, precision, time cap, isolation, reference, mode)
@@ -126,12 +57,14 @@ def device_fingerprint(target: LatencyTarget) -> dict[str, str]:
 
     Args:
         target: The latency target; its runtime, threads, batch size and dtype are recorded.
+        host: The measuring device's host fingerprint (a latency agent's); default this
+            machine's, with its torch, ONNX and timm versions (and GPU for ``cuda``).
 
     Returns:
         Flat ``str -> str`` mapping, ready for MLflow tags.
     """
-    fingerprint = dict(_host_fingerprint())
-    if target.runtime == "cuda":
+    fingerprint = dict(host) if host is not None else {**host_fingerprint(), **_torch_side()}
+    if host is None and target.runtime == "cuda":
         fingerprint.update(_gpu_fingerprint())
     fingerprint.update(
         runtime=target.runtime,
@@ -142,9 +75,3 @@ def device_fingerprint(target: LatencyTarget) -> dict[str, str]:
     )
     fingerprint.update(runtime_settings(target.runtime))
     return fingerprint
-
-
-def fingerprint_id(fingerprint: dict[str, str]) -> str:
-    """Stable 10-hex-digit id of a fingerprint (``hostname`` excluded)."""
-    hashed = {k: v for k, v in fingerprint.items() if k not in NOT_HASHED}
-    return hashlib.sha1(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]

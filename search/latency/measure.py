@@ -11,6 +11,10 @@ fixed small reference network (the ``blocknet_separable`` preset at the same inp
 ``relative_to_reference`` stays comparable when the machine's load changes.
 ``isolate=True`` measures in a spawned worker process that never trains, so allocator,
 thread-pool and cache state of a training process do not leak into the numbers.
+
+With ``agent`` set, the network is exported here and measured by the latency agent on the
+target device (:mod:`.agent`, :mod:`.agent_client`), with the same protocol; the result's
+fingerprint is that device's.
 """
 
 from __future__ import annotations
@@ -26,19 +30,25 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from blocknas.search.threads import pinned_threads, seeded_rng
 
-from .fingerprint import device_fingerprint, fingerprint_id
+from .agent_client import AgentClient, AgentError
+from .fingerprint import device_fingerprint
+from .host import fingerprint_id
+from .ort_timing import run_protocol
 from .runtimes import Runner, check_runtime, create_runner, example_input, export_onnx
-from .stats import TimingSummary, sample_adaptively, summarize_chunks
+from .stats import TimingSummary
 from .target import LatencyTarget
 
 __all__ = [
     "REFERENCE_MODEL",
     "LatencyResult",
+    "agent_fingerprint",
+    "check_agent",
     "measure_latency",
     "measure_runner",
     "reference_model",
@@ -122,8 +132,11 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], target:
     Raises:
         ValueError: Unknown runtime or dtype.
         RuntimeError: ``cuda`` without a GPU, or ``compile`` where ``torch.compile`` fails.
+        AgentError: ``target.agent`` could not measure it (unreachable, too slow, refused).
     """
     check_runtime(target)
+    if target.agent is not None:
+        return _measure_on_agent(model, input_shape, target)
     if target.isolate:
         return _measure_isolated(model, input_shape, target)
     return _measure_here(model, input_shape, target)
@@ -143,23 +156,13 @@ def measure_runner(
     *,
     clock: Callable[[], float] = time.perf_counter,
 ) -> LatencyResult:
-    """Warm up, then time ``runner`` (interleaved with ``reference`` if given) until the stop rule holds."""
-    runner.time(target.warmup)
-    if reference is not None:
-        reference.time(target.warmup)
-    reference_chunks: list[list[float]] = []
+    """Warm up, then time ``runner`` (interleaved with ``reference`` if given) until the stop rule holds.
 
-    def time_chunk(n: int) -> list[float]:
-        out = runner.time(n)
-        if reference is not None:  # one reference chunk after each candidate chunk
-            reference_chunks.append(reference.time(n))
-        return out
-
-    rule = target.stop_rule()
-    chunks, reason = sample_adaptively(time_chunk, rule, clock)
-    stats = summarize_chunks(chunks, rule.rel_precision)
+    The protocol is :func:`.ort_timing.run_protocol`, the one the latency agent runs too.
+    """
+    run = run_protocol(runner, target.stop_rule(), target.warmup, reference, clock=clock)
+    stats, reason, ref_p50 = run.summary, run.stop_reason, run.reference_p50_ms
     fingerprint = {**device_fingerprint(target), **runner.settings}
-    ref_p50 = summarize_chunks(reference_chunks, rule.rel_precision).p50_ms if reference_chunks else None
     if reason != "precision":
         log.debug(
             "latency stopped by %s at n=%d with ci_rel=%.3f (wanted %.3f)",
@@ -177,6 +180,49 @@ def measure_runner(
         reference_p50_ms=ref_p50,
         stop_reason=reason,
     )
+
+
+# -- on a latency agent -----------------------------------------------------------------
+
+
+def _measure_on_agent(model: nn.Module, input_shape: tuple[int, ...], target: LatencyTarget) -> LatencyResult:
+    """Export ``model`` here, measure it on ``target.agent``; the fingerprint is the agent's device."""
+    x = example_input(input_shape, target.batch_size, target.dtype)
+    onnx_model, exporter = export_onnx(model, x)
+    answer = AgentClient.for_target(target).measure(onnx_model, target)
+    if answer.input_shape != tuple(x.shape):
+        raise AgentError(f"latency agent {target.agent} timed input {answer.input_shape}, not {tuple(x.shape)}")
+    fingerprint = {**device_fingerprint(target, host=answer.fingerprint), **answer.settings, "onnx_exporter": exporter}
+    try:
+        values: dict[str, Any] = {k: math.inf if v is None else v for k, v in answer.summary.items()}
+        stats = TimingSummary(**values)
+    except TypeError as exc:
+        raise AgentError(f"latency agent {target.agent}: unexpected statistics ({exc})") from None
+    return LatencyResult(
+        **dataclasses.asdict(stats),
+        target=target,
+        fingerprint=fingerprint,
+        fingerprint_id=fingerprint_id(fingerprint),
+        stop_reason=answer.stop_reason,
+    )
+
+
+def agent_fingerprint(target: LatencyTarget) -> dict[str, str]:
+    """The device fingerprint latencies measured on ``target.agent`` carry (asks its ``/health``)."""
+    return device_fingerprint(target, host=AgentClient.for_target(target).health()["fingerprint"])
+
+
+def check_agent(target: LatencyTarget, input_shape: tuple[int, int, int] = (3, 32, 32)) -> LatencyResult:
+    """Check ``target.agent`` before a study starts: its ``/health``, then a measurement of the reference network.
+
+    Returns:
+        The reference network's measurement (its fingerprint is the device's).
+
+    Raises:
+        AgentError: Unreachable, slower than ``agent_timeout_s``, a refused token or a bad answer.
+    """
+    agent_fingerprint(target)
+    return measure_latency(reference_model(input_shape[0]), input_shape, target)
 
 
 # -- isolation -------------------------------------------------------------------------

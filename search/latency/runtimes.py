@@ -28,7 +28,6 @@ import inspect
 import io
 import logging
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .ort_timing import ORT_SESSION_SETTINGS, OrtSession, time_calls
 from .target import RUNTIMES, LatencyTarget
 
 __all__ = [
@@ -64,9 +64,7 @@ def runtime_settings(runtime: str) -> dict[str, str]:
         return {
             "onnx_exporter": "torchscript" if _LEGACY_EXPORTER else "dynamo",
             "onnx_opset": str(ONNX_OPSET),
-            "ort_provider": "CPUExecutionProvider",
-            "ort_graph_optimization": "ORT_ENABLE_ALL",
-            "ort_execution_mode": "ORT_SEQUENTIAL",
+            **ORT_SESSION_SETTINGS,
         }
     if runtime == "compile":
         return {"torch_compile": "inductor,dynamic=False"}
@@ -144,42 +142,12 @@ class Runner(Protocol):
         ...
 
 
-def _time_calls(call: Callable[[], Any], n: int) -> list[float]:
-    clock = time.perf_counter_ns
-    out = []
-    for _ in range(n):
-        start = clock()
-        call()
-        out.append((clock() - start) / 1e6)
-    return out
-
-
-class OrtRunner:
-    """ONNX Runtime session on the CPU execution provider."""
-
-    runtime = "onnxruntime"
+class OrtRunner(OrtSession):
+    """ONNX Runtime session on the CPU execution provider, on a given input, recording its exporter."""
 
     def __init__(self, onnx_model: bytes, x: np.ndarray, *, threads: int, inter_op_threads: int, exporter: str) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
-        self.feed = {self.session.get_inputs()[0].name: x}
-        self.settings = {**runtime_settings("onnxruntime"), "onnx_exporter": exporter}
-
-    def _call(self) -> list[Any]:
-        return self.session.run(None, self.feed)
-
-    def infer(self) -> np.ndarray:
-        return np.asarray(self._call()[0], dtype=np.float32)
-
-    def time(self, n: int) -> list[float]:
-        return _time_calls(self._call, n)
+        settings = {**runtime_settings("onnxruntime"), "onnx_exporter": exporter}
+        super().__init__(onnx_model, x, threads=threads, inter_op_threads=inter_op_threads, settings=settings)
 
 
 class TorchRunner:
@@ -201,7 +169,7 @@ class TorchRunner:
 
     def time(self, n: int) -> list[float]:
         with self.grad_mode():
-            return _time_calls(lambda: self.module(self.x), n)
+            return time_calls(lambda: self.module(self.x), n)
 
 
 class CudaRunner(TorchRunner):

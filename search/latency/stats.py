@@ -8,6 +8,9 @@ Calls are timed in chunks of consecutive calls (~1/32 of the time cap each). The
 median pools the *quiet* chunks, those within ``rel_precision`` of the lowest chunk median
 (:func:`quiet_samples`), so a measurement that spans a burst of load from other processes
 reports the undisturbed latency instead of a mixture; spread statistics use every sample.
+
+Only NumPy is imported: the latency agent (:mod:`.agent`) runs this module on devices
+without torch or SciPy.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.stats import binom
 
 __all__ = [
     "StopRule",
@@ -48,7 +50,9 @@ def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int] | None:
         (n < 6 at 95%).
     """
     alpha = 1.0 - confidence
-    cdf = binom.cdf(np.arange(n + 1), n, 0.5)
+    k = np.arange(1, n + 1)
+    log_comb = np.concatenate(([0.0], np.cumsum(np.log(n - k + 1) - np.log(k))))  # log C(n, k), k = 0..n
+    cdf = np.cumsum(np.exp(log_comb - n * math.log(2)))  # Binomial(n, 1/2) CDF, SciPy's to the rank
     below = int(np.searchsorted(cdf, alpha / 2, side="right"))  # ranks m with P(B <= m) <= alpha/2
     if below == 0:
         return None

@@ -43,7 +43,8 @@ from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, build_block, build_
 from blocknas.search.files import file_lock
 from blocknas.search.threads import pinned_threads
 
-from .fingerprint import device_fingerprint, fingerprint_id
+from .fingerprint import device_fingerprint
+from .host import fingerprint_id
 from .measure import measure_latency, measure_runner
 from .runtimes import create_runner
 from .target import LatencyTarget
