@@ -157,6 +157,7 @@ def test_search_is_one_subpackage_per_subsystem() -> None:
         "threads",
         "figures",
         "interrupts",
+        "latency_gate",
         "markdown",
         "seeding",
         "yaml_config",
