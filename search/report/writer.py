@@ -34,6 +34,7 @@ from blocknas.search.study import (
     LATENCY_ATTR,
     FrontColumn,
     FrontRow,
+    Validation,
     front_rows,
     front_table,
     front_trials,
@@ -43,6 +44,7 @@ from blocknas.search.study import (
     unplaced_count,
 )
 from blocknas.search.tracking import (
+    KIND_TAG,
     PARENT_RUN_ATTR,
     StudyTracker,
     load_study,
@@ -50,6 +52,7 @@ from blocknas.search.tracking import (
     resolve_tracking_uri,
 )
 
+from .answer import answer_figures, answer_section, warnings_section
 from .data import (
     REFERENCE_LATENCY_FACTOR,
     BlockCount,
@@ -66,6 +69,7 @@ from .data import (
 from .html import markdown_to_html
 from .plots import plot_best_history, plot_blocks, plot_hypervolume, plot_importances
 from .proxies import proxy_section
+from .validation import load_validations, validation_section
 
 __all__ = ["DEFAULT_UI_BASE", "ReportResult", "report_study", "run_url", "write_report"]
 
@@ -76,7 +80,6 @@ HTML_NAME = "report.html"
 MARKDOWN_NAME = "summary.md"
 # Written by the ablation runner (search/ablation.py) into the same report folder.
 ABLATION_FILES = ("report.md", "accuracy_vs_latency.png")
-ABLATION_KIND_TAG = "blocknas.kind"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class _Runs:
     parent_params: Mapping[str, str] | None = None
     parent_tags: Mapping[str, str] | None = None
     children: Mapping[str, Any] | None = None  # run id -> mlflow Run
+    validations: Sequence[tuple[str, Validation | None]] = ()  # ``blocknas validate``'s results, by run id
 
 
 def run_url(ui_base: str, experiment_id: str, run_id: str) -> str:
@@ -179,7 +183,7 @@ def write_report(
 
 
 def _is_ablation(runs: _Runs) -> bool:
-    return (runs.parent_tags or {}).get(ABLATION_KIND_TAG) == "ablation"
+    return (runs.parent_tags or {}).get(KIND_TAG) == "ablation"
 
 
 def _fetch_runs(study: optuna.Study, tracker: StudyTracker | None) -> _Runs:
@@ -188,7 +192,10 @@ def _fetch_runs(study: optuna.Study, tracker: StudyTracker | None) -> _Runs:
         return _Runs()
     parent = tracker.client.get_run(parent_id)
     children = {run.info.run_id: run for run in tracker.children(parent_id)}
-    return _Runs(tracker.experiment_id, parent_id, dict(parent.data.params), dict(parent.data.tags), children)
+    validations = load_validations(tracker, children.values())
+    return _Runs(
+        tracker.experiment_id, parent_id, dict(parent.data.params), dict(parent.data.tags), children, validations
+    )
 
 
 def _fetch_ablation_files(folder: Path, tracker: StudyTracker | None, parent_id: str | None) -> None:
@@ -227,15 +234,19 @@ def _sections(
     if shown:
         figures.append(plot_importances(shown, folder / "importances.png", f"{name}: parameter importances"))
     figures += _progress_figures(study, hv, folder)
+    figures += answer_figures(study, folder)
     sections = [
         _header(study, runs, ui_base, storage_url),
+        *warnings_section(study, importances),
         _scatter_section(study),
+        answer_section(study),
         *_rung_section(trials),
         _front_section(study, rows, runs, ui_base),
         _blocks_section(counts),
         _importance_section(importances),
         _progress_section(study, hv),
         proxy_section(trials),
+        *validation_section(runs.validations),
     ]
     if _is_ablation(runs) and (folder / ABLATION_FILES[0]).is_file():
         sections.append(_ablation_section(folder))

@@ -9,6 +9,7 @@ from . import (
     attrs,
     config,
     definition,
+    device,
     duplicates,
     objective,
     pareto,
@@ -18,11 +19,17 @@ from . import (
     screened,
     screening,
     start,
+    validation,
+    validation_config,
+    validation_select,
+    validation_summary,
+    validation_work,
     workers,
 )
 from .attrs import *  # noqa: F403
 from .config import *  # noqa: F403
 from .definition import *  # noqa: F403
+from .device import *  # noqa: F403
 from .duplicates import *  # noqa: F403
 from .objective import *  # noqa: F403
 from .pareto import *  # noqa: F403
@@ -32,12 +39,18 @@ from .runner import *  # noqa: F403
 from .screened import *  # noqa: F403
 from .screening import *  # noqa: F403
 from .start import *  # noqa: F403
+from .validation import *  # noqa: F403
+from .validation_config import *  # noqa: F403
+from .validation_select import *  # noqa: F403
+from .validation_summary import *  # noqa: F403
+from .validation_work import *  # noqa: F403
 from .workers import *  # noqa: F403
 
 __all__ = [
     *attrs.__all__,
     *config.__all__,
     *definition.__all__,
+    *device.__all__,
     *duplicates.__all__,
     *objective.__all__,
     *pareto.__all__,
@@ -47,5 +60,10 @@ __all__ = [
     *screened.__all__,
     *screening.__all__,
     *start.__all__,
+    *validation.__all__,
+    *validation_config.__all__,
+    *validation_select.__all__,
+    *validation_summary.__all__,
+    *validation_work.__all__,
     *workers.__all__,
 ]

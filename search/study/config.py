@@ -17,6 +17,7 @@ from blocknas.search.yaml_config import FileConfig
 
 from .pruning import MAX_TRIALS, PruningConfig
 from .screening import ScreenConfig, check_proxies
+from .validation_config import ValidateConfig
 
 __all__ = [
     "MAX_HEARTBEAT_S",
@@ -115,6 +116,7 @@ class StudyConfig(StudyBase):
             those costing under 1 s per mobile32 network; ``[]``: none).
         screen: ``{proxy: auto | <name>, pool: K}``: train only the best of K candidates by
             the proxy (null: off). See :mod:`.screening`.
+        validate: The longer budget ``blocknas validate`` retrains at (:class:`ValidateConfig`).
     """
 
     space: str = "tiny"
@@ -132,6 +134,7 @@ class StudyConfig(StudyBase):
     export_dir: str = "configs/discovered"
     proxies: tuple[str, ...] | None = None
     screen: ScreenConfig | None = None
+    validate: ValidateConfig = ValidateConfig()
 
     def __post_init__(self) -> None:
         super().__post_init__()

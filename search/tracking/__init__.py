@@ -5,11 +5,12 @@ Every public name of the subpackage's modules (each module's ``__all__``), liste
 
 from __future__ import annotations
 
-from . import attrs, claims, dashboard, doctor, journal, masking, runs, storage
+from . import attrs, claims, dashboard, doctor, file_claims, journal, masking, runs, storage
 from .attrs import *  # noqa: F403
 from .claims import *  # noqa: F403
 from .dashboard import *  # noqa: F403
 from .doctor import *  # noqa: F403
+from .file_claims import *  # noqa: F403
 from .journal import *  # noqa: F403
 from .masking import *  # noqa: F403
 from .runs import *  # noqa: F403
@@ -20,6 +21,7 @@ __all__ = [
     *claims.__all__,
     *dashboard.__all__,
     *doctor.__all__,
+    *file_claims.__all__,
     *journal.__all__,
     *masking.__all__,
     *runs.__all__,

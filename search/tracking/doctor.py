@@ -10,10 +10,10 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR
+from .attrs import KIND_TAG, PARENT_RUN_ATTR, RUN_ID_ATTR
 from .masking import mask_url
 from .runs import StudyTracker, TrackingError, check_reachable
-from .storage import load_study
+from .storage import check_local_store, load_study
 
 __all__ = ["Diagnosis", "check_study", "diagnose"]
 
@@ -55,7 +55,7 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
         return result
     if [r.info.run_id for r in parents] != [parent_id]:
         result.problems.append(f"expected exactly one parent run {parent_id}, found {[r.info.run_id for r in parents]}")
-    children = tracker.children(parent_id)
+    children = [run for run in tracker.children(parent_id) if KIND_TAG not in run.data.tags]  # trials' runs only
     result.children = len(children)
     by_trial: dict[int, list] = {}
     for run in children:
@@ -95,14 +95,6 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
     return result
 
 
-def _local_file(url: str, what: str) -> None:
-    """A ``sqlite:///`` store must exist already: opening a missing one would create it."""
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise FileNotFoundError(f"no {what} at {path}: check the path, or run a search first")
-
-
 def check_study(study_name: str, *, storage_url: str, tracking_uri: str, runs_dir: str | Path = "runs") -> Diagnosis:
     """Load a study and its MLflow experiment, creating neither, and ``diagnose`` them.
 
@@ -116,9 +108,8 @@ def check_study(study_name: str, *, storage_url: str, tracking_uri: str, runs_di
         FileNotFoundError: No journal file or SQLite database at the given path.
         StorageError: No study of that name; the message lists the studies there are.
     """
-    _local_file(storage_url, "study storage")
     study = load_study(study_name, storage_url)
-    _local_file(tracking_uri, "MLflow runs store")
+    check_local_store(tracking_uri, "MLflow runs store")
     check_reachable(tracking_uri)
     try:
         experiment = MlflowClient(tracking_uri).get_experiment_by_name(study_name)

@@ -36,6 +36,7 @@ from .masking import mask_url
 __all__ = [
     "RDB_CONNECTIONS_PER_WORKER",
     "StorageError",
+    "check_local_store",
     "dispose_storages",
     "fail_abandoned_trials",
     "load_study",
@@ -266,11 +267,30 @@ def _unstamped_retry(trial: FrozenTrial, trials: list[FrozenTrial], grace_s: flo
     return inherited and (datetime.now() - trial.datetime_start).total_seconds() < grace_s
 
 
+def check_local_store(url: str, what: str) -> None:
+    """Refuse a local store (journal file, ``sqlite:///`` database) that does not exist: opening it would create it.
+
+    Raises:
+        FileNotFoundError: No such file; the message names ``what`` and the path.
+    """
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        path = Path(url.removeprefix("sqlite:///"))
+    elif "://" not in url:
+        path = Path(url.removeprefix("journal:"))
+    else:
+        return
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {what} at {path}: check the path (or --storage / --tracking-uri), or run a search first"
+        )
+
+
 def load_study(study_name: str, storage_url: str) -> optuna.Study:
-    """Load an existing study; a missing one is a ``StorageError`` naming the studies that exist."""
-    journal = Path(storage_url.removeprefix("journal:"))
-    if "://" not in storage_url and not journal.is_file():  # don't create an empty journal by looking
-        raise FileNotFoundError(f"no study storage at {journal}: run a search first, or pass --storage")
+    """Load an existing study; a missing one is a ``StorageError`` naming the studies that exist.
+
+    Nothing is created by looking: a missing journal file or SQLite database is a ``FileNotFoundError``.
+    """
+    check_local_store(storage_url, "study storage")
     storage = open_storage(storage_url)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
