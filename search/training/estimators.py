@@ -93,8 +93,8 @@ def rank_agreement(
     rng = np.random.default_rng(seed)
     boots = np.array([measures(rng.integers(0, len(x), len(x))) for _ in range(n_boot)])
     low, high = np.percentile(boots, [2.5, 97.5], axis=0)
-    intervals = [Interval(p, float(lo), float(hi)) for p, lo, hi in zip(point, low, high)]
-    return Agreement(len(x), *intervals, fraction=fraction)
+    tau, rho, overlap = (Interval(p, float(lo), float(hi)) for p, lo, hi in zip(point, low, high))
+    return Agreement(len(x), tau, rho, overlap, fraction=fraction)
 
 
 def _finite(value: float) -> float:
