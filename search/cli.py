@@ -47,6 +47,7 @@ def add_study_overrides(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="resume a study although its data, training, latency, objective or constraints changed",
     )
+    parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # workers: one summary, at the end
 
 
 def study_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -80,7 +81,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     _pin_threads()
     config = study_config(args)
     result = run_search(config, progress=not args.no_progress, allow_changed_definition=args.allow_changed_definition)
-    print_search_summary(result, config)
+    if not args.no_summary:
+        print_search_summary(result, config)
     return 0
 
 
@@ -90,12 +92,16 @@ def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    from blocknas.search.study import launch_workers
+    from blocknas.search.report import print_search_summary
+    from blocknas.search.study import launch_workers, search_result
 
     if not 1 <= args.workers <= MAX_WORKERS:
         raise ConfigError(f"{args.workers} workers requested; give -n 1 or more, up to {MAX_WORKERS}", path="--workers")
-    study_config(args)  # validate once here: a bad config is one error, not N
-    return launch_workers(args.workers, search_argv(args))
+    config = study_config(args)  # validate once here: a bad config is one error, not N
+    code = launch_workers(args.workers, [*search_argv(args), "--no-summary"])
+    if code == 0:  # one summary of the study, not one per worker
+        print_search_summary(search_result(config), config)
+    return code
 
 
 def search_argv(args: argparse.Namespace) -> list[str]:
@@ -450,12 +456,24 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         cmd_latency_agent,
     ),
     "latency": ("latency tools: agent-script", add_latency_arguments, cmd_latency),
+    "data": ("get a config's dataset onto disk if it is not there yet (or say why not)", add_data_arguments, cmd_data),
+    "space": ("describe a search space: size, parameter names and choices, cost range", add_space_arguments, cmd_space),
 }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("blocknas")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blocknas", description="Architecture search and ablation of conv blocks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, handler) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -464,17 +482,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_parties(verbose: bool) -> None:
+    """Silence what tells a user nothing: chatty loggers, Optuna's ExperimentalWarning (heartbeats on an
+    RDB storage) and MLflow's "View run … at" line after each trial on a server (``--verbose`` keeps the logs)."""
+    import os
+    import warnings
+
+    import optuna
+
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(logging.DEBUG if verbose else logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow's own switch; workers inherit it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``blocknas`` and of the thin ``scripts/*.py``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import optuna
-
-    optuna.logging.set_verbosity(logging.DEBUG if args.verbose else logging.WARNING)
+    _quiet_third_parties(args.verbose)
     install_interrupt_handlers()
     from blocknas.search.tracking import mask_log_records, mask_url, remember_secrets
 

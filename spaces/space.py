@@ -311,6 +311,17 @@ class SearchSpace:
             for values in itertools.product(*(k.choices for k in knobs)):
                 yield {"block": block.name, **{k.field: v for k, v in zip(knobs, values)}}
 
+    def sampled(self, n: int = 200, *, seed: int = 0) -> list[ArchConfig]:
+        """``n`` networks drawn at random (seeded), e.g. for the space's cost range: the extremes of a
+        space of millions are not enumerable, a sample shows where most networks are.
+
+        Unpinned shape keys take ``ArchConfig``'s defaults unless the space was made :meth:`for_data`.
+        """
+        import optuna
+
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        return [self.sample(study.ask()) for _ in range(n)]
+
     def __contains__(self, arch: object) -> bool:
         """Whether ``arch`` is one of the space's architectures."""
         if not isinstance(arch, ArchConfig) or len(arch.stages) != len(self.stages):

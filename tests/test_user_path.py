@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import subprocess
+import sys
+import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +26,7 @@ from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, STOPPED_TAG, StudyCo
 from blocknas.search.tracking import PARENT_RUN_ATTR
 from blocknas.spaces import SearchSpace
 
-from .conftest import quick_study
+from .conftest import REPO_ROOT, load_benchmark, quick_study, seed_mlflow_store
 
 
 def write_image_folder(root: Path, *, per_class: int = 8, size: int = 48, corrupt: bool = True) -> Path:
@@ -179,3 +185,157 @@ def test_fetch_never_says_nothing_to_fetch_for_missing_data(tmp_path: Path) -> N
         fetch_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
     write_image_folder(tmp_path / "mine", per_class=1, corrupt=False)
     assert fetch_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "mine"))).startswith("imagefolder: found")
+
+
+# -- hints that work when pasted -----------------------------------------------------------------------
+
+HINTS = ("MLflow:", "Reuse:", "Report:", "Resume:")
+
+
+def _hints(stdout: str) -> dict[str, str]:
+    """The commands a summary printed, by label (``Report:`` → ``blocknas report …``)."""
+    return {line.split()[0]: line.split(None, 1)[1] for line in stdout.splitlines() if line.startswith(HINTS)}
+
+
+def _path_env() -> dict[str, str]:
+    """The environment with this interpreter's folder first on PATH (``blocknas``, ``python``, ``mlflow``)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _run(command: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=_path_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _serve_mlflow_ui(command: str, cwd: Path) -> None:
+    """Start the printed ``mlflow ui`` command (on a free port) and wait until it answers; then stop it."""
+    chaos = load_benchmark("chaos")
+    port = chaos.free_port()
+    line = f"{command.split('   # ')[0]} --port {port}"
+    proc = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=cwd, env=_path_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        chaos.wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout_s=180)
+    finally:
+        chaos.stop(proc)
+
+
+@pytest.mark.parametrize("store", ["journal", "sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_every_printed_hint_runs(
+    store: str, tmp_path: Path, empty_mlflow_store: Path, request: pytest.FixtureRequest
+) -> None:
+    """A search run with --study-name, --storage and --tracking-uri (journal: by ``blocknas workers``, which
+    prints one summary; PostgreSQL: with an MLflow server) prints commands that each succeed as pasted."""
+    name = f"shapes8_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "elsewhere").mkdir()
+    tracking = f"sqlite:///{seed_mlflow_store(empty_mlflow_store, tmp_path / 'elsewhere')}"
+    storage = {"journal": "stores/j.journal", "sqlite": "sqlite:///stores/optuna.db"}.get(store, "")
+    if store == "postgresql":
+        storage, tracking = request.getfixturevalue("postgres_url"), request.getfixturevalue("mlflow_server")
+    (tmp_path / "stores").mkdir()
+    Path(tmp_path / "study.yaml").write_text(yaml.safe_dump(quick_study("other_name", n_trials=2)))
+    command = "workers -n 2" if store == "journal" else "search"
+    flags = f"--config study.yaml --study-name {name} --storage {storage} --tracking-uri {tracking} --no-progress"
+    try:
+        done = _run(f"blocknas {command} {flags}", tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("Pareto front of") == 1  # workers: one summary, not one per worker
+        assert "ExperimentalWarning" not in done.stderr and "View run" not in done.stdout
+        hints = _hints(done.stdout)
+        assert set(hints) == set(HINTS)
+        assert "import blocknas.blocks" in hints["Reuse:"]
+        ran = {label: _run(hints[label], tmp_path) for label in ("Report:", "Reuse:", "Resume:")}
+        for label, result in ran.items():
+            assert result.returncode == 0, f"{label} {hints[label]}\n{result.stderr[-3000:]}"
+        assert f"runs/{name}/report/report.html" in ran["Report:"].stdout  # this study's report, not another's
+        if tracking.startswith("http"):
+            urllib.request.urlopen(hints["MLflow:"].split()[0], timeout=30).close()
+        elif store == "journal":
+            _serve_mlflow_ui(hints["MLflow:"], tmp_path)
+    finally:
+        if store == "postgresql":
+            with contextlib.suppress(KeyError):
+                optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_offline_download_is_one_paragraph(
+    in_tmp_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import urllib.error
+
+    from blocknas.search.cli import main
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    data = {"name": "cifar10", "root": "cifar", "download": True}
+    Path("study.yaml").write_text(yaml.safe_dump(quick_study("offline", data=data)))
+    assert main(["search", "--config", "study.yaml", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "cifar10: download into" in err and "check the network" in err
+
+
+def test_version_data_and_space_describe(capsys: pytest.CaptureFixture[str]) -> None:
+    from blocknas.search.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("blocknas ")
+    assert main(["space", "describe", "mobile32", "--samples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "73,598,976 architectures" in out and "s1.inverted_residual.expand_ratio" in out
+    assert "cost of 20 random networks (seed 0) at 3x32x32, 10 classes" in out and "params  min" in out
+    assert main(["data", "--config", str(REPO_ROOT / "configs" / "digits.yaml")]) == 0
+    assert capsys.readouterr().out == "digits: built in, no files needed\n"
+
+
+# -- the report answers the question -------------------------------------------------------------------
+
+
+def _study_of(points: list[tuple[str, float, float, str | None]]) -> optuna.Study:
+    """A two-objective study of complete trials ``(blocks "a/b", accuracy, latency ms, baseline name or None)``."""
+    from blocknas.search.study import LATENCY_ATTR
+
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name="answer")
+    study.set_metric_names(["accuracy", "latency_ms"])
+    for blocks, accuracy, latency, baseline in points:
+        stages = [{"block": b, "out_chs": 8} for b in blocks.split("/")]
+        attrs = {ARCH_ATTR: ArchConfig.from_dict({"stages": stages}).to_dict(), LATENCY_ATTR: latency}
+        params, dists = ({}, {}) if baseline else ({"x": 0.5}, {"x": optuna.distributions.FloatDistribution(0, 1)})
+        attrs |= {BASELINE_ATTR: baseline} if baseline else {}
+        study.add_trial(optuna.trial.create_trial(values=[accuracy, latency], user_attrs=attrs, params=params,
+                                                  distributions=dists))  # fmt: skip
+    return study
+
+
+def test_best_accuracy_per_latency_budget_per_block() -> None:
+    from blocknas.search.report import best_per_budget, main_block
+
+    assert main_block(["separable", "standard", "standard"]) == "standard"
+    assert main_block(["separable", "standard"]) == "standard"  # a tie: the later stage's
+    study = _study_of([
+        ("standard/standard", 0.70, 1.0, None), ("separable/separable", 0.60, 0.5, None),
+        ("separable/separable", 0.90, 2.0, None), ("standard/separable", 0.80, 4.0, None),
+    ])  # fmt: skip
+    rows = best_per_budget(study.trials, budgets=[0.5, 1.0, 4.0])
+    assert [(r.budget_ms, r.winner()) for r in rows] == [(0.5, "separable"), (1.0, "standard"), (4.0, "separable")]
+    assert rows[0].best["standard"] is None and rows[2].best["separable"].values[0] == 0.9  # type: ignore[union-attr]
+
+
+def test_report_answers_the_question_and_warns(tmp_path: Path) -> None:
+    from blocknas.search.report import write_report
+
+    only_baselines = _study_of([
+        ("standard/standard", 0.9, 1.0, "blocknet_standard"), ("separable/separable", 0.95, 0.5, "blocknet_separable"),
+        *[("separable/standard", 0.5 + i / 100, 2.0 + i, None) for i in range(6)],
+    ])  # fmt: skip
+    text = write_report(only_baselines, tmp_path).markdown.read_text()
+    assert "## Which block wins, per latency budget" in text and (tmp_path / "blocks_scatter.png").is_file()
+    assert "| latency ≤ ms | separable | standard | best |" in text
+    assert "the Pareto front is made only of baselines (blocknet_separable)" in text
+    assert "importances come from only 6 sampled complete trials" in text
+    chance = _study_of([("standard", 0.1, 1.0, None), ("separable", 0.1, 2.0, None)])
+    assert "scored at chance" in write_report(chance, tmp_path / "chance").markdown.read_text()

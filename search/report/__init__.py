@@ -5,7 +5,8 @@ Every public name of the subpackage's modules (each module's ``__all__``), liste
 
 from __future__ import annotations
 
-from . import data, html, plots, proxies, text, validation, writer
+from . import answer, data, html, plots, proxies, text, validation, writer
+from .answer import *  # noqa: F403
 from .data import *  # noqa: F403
 from .html import *  # noqa: F403
 from .plots import *  # noqa: F403
@@ -15,6 +16,7 @@ from .validation import *  # noqa: F403
 from .writer import *  # noqa: F403
 
 __all__ = [
+    *answer.__all__,
     *data.__all__,
     *html.__all__,
     *plots.__all__,

@@ -34,6 +34,7 @@ __all__ = [
     "is_feasible",
     "objective_names",
     "param_importances",
+    "sampled_complete",
     "state_counts",
 ]
 
@@ -170,7 +171,8 @@ class Importances:
     missing: str | None = None
 
 
-def _sampled_complete(study: optuna.Study) -> list[FrozenTrial]:
+def sampled_complete(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete trials whose parameters were sampled (baselines excluded): what importances are computed over."""
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -199,7 +201,7 @@ def param_importances(
             ``missing`` (with the reason) instead of numbers.
     """
     names = objective_names(study)
-    sampled = _sampled_complete(study)
+    sampled = sampled_complete(study)
     if len(sampled) < min_trials:
         reason = (
             f"too few trials: {len(sampled)} complete trial(s) with sampled parameters, "

@@ -52,6 +52,7 @@ from blocknas.search.tracking import (
     resolve_tracking_uri,
 )
 
+from .answer import answer_figures, answer_section, warnings_section
 from .data import (
     REFERENCE_LATENCY_FACTOR,
     BlockCount,
@@ -233,9 +234,12 @@ def _sections(
     if shown:
         figures.append(plot_importances(shown, folder / "importances.png", f"{name}: parameter importances"))
     figures += _progress_figures(study, hv, folder)
+    figures += answer_figures(study, folder)
     sections = [
         _header(study, runs, ui_base, storage_url),
+        *warnings_section(study, importances),
         _scatter_section(study),
+        answer_section(study),
         *_rung_section(trials),
         _front_section(study, rows, runs, ui_base),
         _blocks_section(counts),

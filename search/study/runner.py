@@ -44,6 +44,7 @@ __all__ = [
     "ending_text",
     "optimize_until_done",
     "run_search",
+    "search_result",
     "trial_counts",
 ]
 
