@@ -32,14 +32,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*USER_ERRORS, DataError, StorageError, TrackingError, CheckpointError, ExportError, *AGENT_ERRORS)
 
 
-def add_study_overrides(parser: argparse.ArgumentParser) -> None:
-    """The flags every study-running command shares (they override the config file)."""
+def add_study_flags(parser: argparse.ArgumentParser) -> None:
+    """The study's config file and the flags that say where the study lives (they override the file)."""
     parser.add_argument("--config", required=True, help="study YAML (e.g. configs/default.yaml)")
-    parser.add_argument("--n-trials", type=int, help="total trials wanted in the study (all workers)")
-    parser.add_argument("--timeout", type=float, dest="timeout_s", help="stop starting trials after this many seconds")
     parser.add_argument("--storage", help="Optuna storage: journal path, sqlite:///, postgresql://, redis://")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
     parser.add_argument("--study-name", dest="name", help="override the study name")
+
+
+def add_study_overrides(parser: argparse.ArgumentParser) -> None:
+    """The flags every study-running command shares (they override the config file)."""
+    add_study_flags(parser)
+    parser.add_argument("--n-trials", type=int, help="total trials wanted in the study (all workers)")
+    parser.add_argument("--timeout", type=float, dest="timeout_s", help="stop starting trials after this many seconds")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -51,16 +56,17 @@ def add_study_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def study_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The study config file with the command-line overrides applied."""
+    """The study config file with the command-line overrides applied (those the command has)."""
     from blocknas.search.study import load_study_config
 
+    flags = vars(args)
     return load_study_config(args.config).with_overrides(
-        n_trials=args.n_trials,
-        timeout_s=args.timeout_s,
+        n_trials=flags.get("n_trials"),
+        timeout_s=flags.get("timeout_s"),
         storage=args.storage,
         tracking_uri=args.tracking_uri,
         name=args.name,
-        seed=args.seed,
+        seed=flags.get("seed"),
     )
 
 
@@ -121,6 +127,38 @@ def search_argv(args: argparse.Namespace) -> list[str]:
     if args.allow_changed_definition:
         argv.append("--allow-changed-definition")
     return [*argv, "--no-progress"] if args.no_progress else argv
+
+
+def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
+    add_study_flags(parser)
+    parser.add_argument("--epochs", type=int, help="epochs of the longer training (default 5x the study's)")
+    parser.add_argument("--train-images", type=int, help="training images of the longer training (default the study's)")
+    parser.add_argument("--random", type=int, help="random complete trials off the front to retrain (default up to 8)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from blocknas.search.study import run_validation
+    from blocknas.search.tracking import mask_url
+
+    _pin_threads()
+    config = study_config(args)
+    flags = {"epochs": args.epochs, "train_images": args.train_images, "random": args.random}
+    try:
+        validate = dataclasses.replace(config.validate, **{k: v for k, v in flags.items() if v is not None})
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=f"--{exc.path.replace('_', '-')}") from None
+    result = run_validation(dataclasses.replace(config, validate=validate), progress=not args.no_progress)
+    print(result.validation.markdown())
+    print(f"trained here: {result.trained} of {result.trainings} trainings (the rest were already recorded)")
+    print(f"results: {result.folder}/  (validate.md, validate.json, results.jsonl)")
+    print(
+        f"MLflow run {result.run_id}, child of the study's parent run {result.parent_run_id} "
+        f"at {mask_url(result.tracking_uri)}"
+    )
+    return 0
 
 
 def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -440,6 +478,11 @@ def cmd_space(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "search": ("run (or resume) a search study", add_study_overrides, cmd_search),
     "workers": ("run N local worker processes on one study", add_workers_arguments, cmd_workers),
+    "validate": (
+        "retrain a finished search's front and random trials longer: does its score rank networks right?",
+        add_validate_arguments,
+        cmd_validate,
+    ),
     "doctor": ("check that the Optuna study and its MLflow runs agree", add_doctor_arguments, cmd_doctor),
     "ablate": ("run (or resume) an ablation and write its report", add_ablate_arguments, cmd_ablate),
     "train": ("fully train one architecture, with checkpoints, resume and MLflow", add_train_arguments, cmd_train),
