@@ -339,3 +339,39 @@ def test_report_answers_the_question_and_warns(tmp_path: Path) -> None:
     assert "importances come from only 6 sampled complete trials" in text
     chance = _study_of([("standard", 0.1, 1.0, None), ("separable", 0.1, 2.0, None)])
     assert "scored at chance" in write_report(chance, tmp_path / "chance").markdown.read_text()
+
+
+# -- end to end: a user's own image folder, the shipped space and baselines, no edits ------------------
+
+
+def test_own_image_folder_with_the_shipped_space_and_baselines(
+    in_tmp_dir: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from blocknas.search.cli import main
+
+    write_image_folder(in_tmp_dir / "images", per_class=8)  # 3 classes, 48×48, RGB and grey mixed, one corrupt
+    config = {
+        "name": "own",
+        "space": "mobile32",
+        "baselines": ["blocknet_separable", "blocknet_inverted_residual"],
+        "data": {"name": "imagefolder", "root": "images", "on_bad_file": "skip", "val_fraction": 0.25},
+        "train": {"epochs": 1, "batch_size": 16},
+        "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
+        "n_trials": 3,
+    }
+    Path("own.yaml").write_text(yaml.safe_dump(config))
+    with caplog.at_level(logging.WARNING):
+        assert main(["search", "--config", "own.yaml", "--no-progress"]) == 0
+    assert "skipped 1 image(s)" in caplog.text and "broken.png" in caplog.text
+    study = optuna.load_study(study_name="own", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend("runs/optuna.journal")))  # fmt: skip
+    assert len(study.trials) == 3
+    assert {t.user_attrs.get(BASELINE_ATTR) for t in study.trials} >= {
+        "blocknet_separable",
+        "blocknet_inverted_residual",
+    }
+    for trial in study.trials:
+        arch = ArchConfig.from_dict(trial.user_attrs[ARCH_ATTR])
+        assert (arch.num_classes, arch.in_chans, tuple(arch.input_size)) == (3, 3, (48, 48))
+    out = capsys.readouterr().out
+    assert "Pareto front of own" in out and "Report:    blocknas report --config own.yaml" in out

@@ -8,6 +8,7 @@ it finds that study and no other. A password in a URL is shown as ``***``: type 
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 
 from rich.console import Console
@@ -81,7 +82,7 @@ def _mlflow_hint(uri: str, study_name: str, flags: list[str]) -> str:
 
 def _reuse_hint(arch: str) -> str:
     """A Python one-liner that builds an exported architecture (importing ``blocknas.blocks`` registers ``blocknet``)."""
-    code = f"import blocknas.blocks, timm; print(timm.create_model('blocknet', arch={arch!r}).num_classes, 'classes')"
+    code = f'import blocknas.blocks, timm; print(timm.create_model("blocknet", arch={json.dumps(arch)}))'
     return _command("python", "-c", code)
 
 
