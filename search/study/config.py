@@ -117,6 +117,10 @@ class StudyConfig(StudyBase):
         screen: ``{proxy: auto | <name>, pool: K}``: train only the best of K candidates by
             the proxy (null: off). See :mod:`.screening`.
         validate: The longer budget ``blocknas validate`` retrains at (:class:`ValidateConfig`).
+        score: What a trial's accuracy objective is: ``accuracy``, the final top-1 of the trained
+            weights, or ``ema_accuracy``, that of their exponential moving average (needs
+            ``train.ema_decay``; costs one more validation). ``benchmarks/groundtruth.py`` measures
+            how each ranks networks against full training; both are logged to MLflow.
     """
 
     space: str = "tiny"
@@ -135,9 +139,14 @@ class StudyConfig(StudyBase):
     proxies: tuple[str, ...] | None = None
     screen: ScreenConfig | None = None
     validate: ValidateConfig = ValidateConfig()
+    score: Literal["accuracy", "ema_accuracy"] = "accuracy"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.score == "ema_accuracy" and self.train.ema_decay is None:
+            raise ConfigError(
+                "score: ema_accuracy scores the EMA of the weights: set train.ema_decay (e.g. 0.99)", path="score"
+            )
         if self.proxies is not None:
             check_proxies(self.proxies)
         check_safe_name(self.name, folder=self.export_dir)

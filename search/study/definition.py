@@ -57,6 +57,10 @@ def definition_settings(config: StudyConfig) -> dict[str, Any]:
     train = {k: v for k, v in plain["train"].items() if k not in _NEUTRAL_TRAIN_KEYS}
     data = {k: v for k, v in plain["data"].items() if k not in _NEUTRAL_DATA_KEYS}
     settings = {key: plain[key] for key in ("latency", "objective", "constraints")}
+    if plain["score"] != "accuracy":  # settings added later are stored only when set: older studies still match
+        settings["score"] = plain["score"]
+    if train.get("ema_decay") is None:
+        train.pop("ema_decay", None)
     return _json({**settings, "data": data, "train": train})
 
 

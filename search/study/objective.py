@@ -196,10 +196,19 @@ class Objective:
         except DivergedError:
             self.tracker.log(run_id, tags={"blocknas.state": "diverged"})
             raise
-        metrics = {"accuracy": result.val_accuracy, "val_loss": result.val_loss, "train_seconds": result.train_seconds}
+        score = result.ema_val_accuracy if self.config.score == "ema_accuracy" else result.val_accuracy
+        assert score is not None  # StudyConfig requires train.ema_decay for ema_accuracy
+        metrics = {
+            "accuracy": score,  # the objective, as the study's ``score:`` defines it
+            "raw_accuracy": result.val_accuracy,  # the trained weights' top-1, whatever the score
+            "val_loss": result.val_loss,
+            "train_seconds": result.train_seconds,
+        }
+        if result.ema_val_accuracy is not None:
+            metrics["ema_accuracy"] = result.ema_val_accuracy
         self.tracker.log(run_id, metrics=metrics, tags={"blocknas.state": "complete"})
         trial.set_user_attr(TRAIN_SECONDS_ATTR, result.train_seconds)
-        return (result.val_accuracy, latency_ms) if self.multi else result.val_accuracy
+        return (score, latency_ms) if self.multi else score
 
     @functools.cached_property
     def proxy_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

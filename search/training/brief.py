@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -89,6 +90,7 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 256
     threads: int | None = None
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.threads is not None:
@@ -100,6 +102,8 @@ class TrainConfig:
             check_range(self.time_budget_s, "time_budget_s", 0, MAX_TIME_BUDGET_S, above=True, hint=" (or null)")
         if self.lr <= 0:
             raise ConfigError(f"{self.lr} must be > 0", path="lr")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"{self.ema_decay} must be in (0, 1), e.g. 0.99 (or null: no EMA)", path="ema_decay")
         if self.weight_decay < 0:
             raise ConfigError(f"{self.weight_decay} must be >= 0", path="weight_decay")
         if not 0 <= self.momentum < 1:
@@ -138,6 +142,7 @@ class TrainResult:
     steps: int
     device: str
     stopped_by_budget: bool = False
+    ema_val_accuracy: float | None = None
 
 
 class DivergedError(RuntimeError):
@@ -267,7 +272,7 @@ def train_briefly(
     """
     _check_classes(model, data)
     with training_threads(cfg):
-        return BriefTrainer(model, data, cfg, seed).run(on_epoch, progress)
+        return BriefTrainer(model, data, cfg, seed, ema_decay=cfg.ema_decay).run(on_epoch, progress)
 
 
 def training_threads(cfg: TrainConfig) -> contextlib.AbstractContextManager[object]:
@@ -301,7 +306,9 @@ class BriefTrainer:
     * :meth:`run`: every epoch until done or out of time.
     """
 
-    def __init__(self, model: nn.Module, data: DataSplit, cfg: TrainConfig, seed: int) -> None:
+    def __init__(
+        self, model: nn.Module, data: DataSplit, cfg: TrainConfig, seed: int, *, ema_decay: float | None = None
+    ) -> None:
         self.cfg, self.data = cfg, data
         self.runtime = _Runtime.create(resolve_device(cfg.device), amp=cfg.amp, channels_last=cfg.channels_last)
         self.model = model.to(self.runtime.device)
@@ -319,6 +326,13 @@ class BriefTrainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
         self.deadline = math.inf
+        # An exponential moving average of the weights, updated after every step (timm's, decay warm-up on).
+        self.ema = ModelEmaV3(self.model, decay=ema_decay, use_warmup=True) if ema_decay is not None else None
+
+    @property
+    def inference_model(self) -> nn.Module:
+        """What is validated as the result, kept as best and exported: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def run(self, on_epoch: Callable[[EpochStats], None] | None, progress: bool) -> TrainResult:
         start = time.perf_counter()
@@ -341,6 +355,7 @@ class BriefTrainer:
                     break
         self.model.eval()
         last = history[-1]
+        ema_accuracy = self.validate(self.ema.module)[1] if self.ema is not None else None
         return TrainResult(
             val_accuracy=last.val_accuracy,
             val_loss=last.val_loss,
@@ -349,6 +364,7 @@ class BriefTrainer:
             steps=self.steps,
             device=str(self.runtime.device),
             stopped_by_budget=out_of_time,
+            ema_val_accuracy=ema_accuracy,
         )
 
     def train_epoch(self, epoch: int) -> tuple[float, float, bool]:
@@ -390,6 +406,8 @@ class BriefTrainer:
             self.optimizer.step()
         self.scheduler.step()
         self.steps += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.steps)
         return loss_value, int(correct)
 
     def validate(self, model: nn.Module) -> tuple[float, float]:

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -84,22 +83,12 @@ class FullTrainer(BriefTrainer):
     """The brief trainer's step with augmentation before it and an EMA update after it."""
 
     def __init__(self, model: nn.Module, data: DataSplit, config: FullTrainConfig) -> None:
-        super().__init__(model, data, config.train, config.seed)
+        ema_decay = config.ema.decay if config.ema.enabled else None  # ``ema:``, not ``train.ema_decay``
+        super().__init__(model, data, config.train, config.seed, ema_decay=ema_decay)
         self.augment = RandomCropFlip.create(config.augment, data.name, config.seed + 1)
-        self.ema: ModelEmaV3 | None = None
-        if config.ema.enabled:
-            self.ema = ModelEmaV3(self.model, decay=config.ema.decay, use_warmup=True)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> tuple[float, int]:
-        result = super().train_step(self.augment(x), y, epoch, step)
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.steps)
-        return result
-
-    @property
-    def inference_model(self) -> nn.Module:
-        """What is validated, kept as best and exported: the EMA copy when there is one."""
-        return self.ema.module if self.ema is not None else self.model
+        return super().train_step(self.augment(x), y, epoch, step)
 
     def epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch, validate; the record logged and checkpointed for it."""
