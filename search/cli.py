@@ -421,6 +421,19 @@ def cmd_latency_agent(args: argparse.Namespace) -> int:
 
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="latency_command", required=True)
+    calibrate = sub.add_parser("calibrate", help="calibrate a per-block lookup table on a device, through its agent")
+    calibrate.add_argument("--agent", required=True, help="http://HOST:PORT of the latency agent on the device")
+    calibrate.add_argument("--token-env", help="environment variable holding the agent's token")
+    calibrate.add_argument("--out", required=True, help="folder of the table file (named by the device's fingerprint)")
+    calibrate.add_argument("--config", help="study YAML: its latency settings (threads, batch, protocol) and space")
+    calibrate.add_argument("--space", help="space to draw the networks from (default: the config's, else mobile32)")
+    calibrate.add_argument("--networks", type=int, default=10, help="networks that fill and fit the table")
+    calibrate.add_argument("--held-out", type=int, default=10, help="other networks it must then predict")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the networks drawn")
+    calibrate.add_argument("--input-size", type=int, default=32, help="input size where the space leaves it to data")
+    calibrate.add_argument("--in-chans", type=int, default=3, help="input channels where the space leaves them")
+    calibrate.add_argument("--num-classes", type=int, default=10, help="classes where the space leaves them")
+    calibrate.set_defaults(latency_handler=cmd_latency_calibrate)
     script = sub.add_parser("agent-script", help="write the latency agent as one file (needs ONNX Runtime and NumPy)")
     script.add_argument("--out", default="blocknas-agent.pyz", help="file to write (default blocknas-agent.pyz)")
     script.set_defaults(latency_handler=cmd_latency_agent_script)
@@ -428,6 +441,48 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     return int(args.latency_handler(args))
+
+
+def cmd_latency_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from blocknas.search.latency import (
+        MAX_CALIBRATION_NETWORKS,
+        LatencyTarget,
+        NetworkShape,
+        calibrate_table,
+        check_agent_url,
+    )
+    from blocknas.search.seeding import check_seed
+    from blocknas.search.study import load_study_config
+    from blocknas.spaces import SearchSpace
+
+    check_range(args.networks, "--networks", 1, MAX_CALIBRATION_NETWORKS)
+    check_range(args.held_out, "--held-out", 2, MAX_CALIBRATION_NETWORKS)
+    check_seed(args.seed, "--seed")
+    for flag, value in (("--input-size", args.input_size), ("--in-chans", args.in_chans)):
+        check_range(value, flag, 1, 4096)
+    check_range(args.num_classes, "--num-classes", 1, 100_000)
+    check_agent_url(args.agent, "--agent")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"{args.out} is a file; give a folder for the table", path="--out")
+    config = load_study_config(args.config) if args.config else None
+    base = config.latency if config else LatencyTarget()
+    target = base.replace(agent=args.agent, token_env=args.token_env, mode="measured", table=None)
+    space = SearchSpace.load(args.space or (config.space_path() if config else "mobile32"))
+    shape = NetworkShape((args.input_size, args.input_size), args.in_chans, args.num_classes)
+    result = calibrate_table(
+        target, space, out_dir=args.out, n_networks=args.networks, n_held_out=args.held_out, seed=args.seed, shape=shape
+    )
+    table, accuracy = result.table, result.accuracy
+    print(f"table:  {table.path}  ({len(table)} entries, {table.n_calibration_points} calibration networks)")
+    print(f"device: {table.fingerprint.get('cpu_model', '?')} (fingerprint {table.fingerprint_id}) at {args.agent}")
+    print(
+        f"held-out accuracy: {accuracy['within_10pct']:.0%} of {accuracy['n_held_out']} networks within ±10 %, "
+        f"Kendall τ {accuracy['kendall_tau']:.3f}, median |error| {accuracy['median_abs_rel_error']:.1%}"
+    )
+    print(f"use it offline: latency: {{mode: predicted, table: {table.path}}}")
+    return 0
 
 
 def cmd_latency_agent_script(args: argparse.Namespace) -> int:
@@ -498,7 +553,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         add_latency_agent_arguments,
         cmd_latency_agent,
     ),
-    "latency": ("latency tools: agent-script", add_latency_arguments, cmd_latency),
+    "latency": (
+        "latency tools: calibrate a device's lookup table, write the agent script",
+        add_latency_arguments,
+        cmd_latency,
+    ),
     "data": ("get a config's dataset onto disk if it is not there yet (or say why not)", add_data_arguments, cmd_data),
     "space": ("describe a search space: size, parameter names and choices, cost range", add_space_arguments, cmd_space),
 }

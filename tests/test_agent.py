@@ -19,15 +19,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 import timm
 import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 import blocknas.blocks  # noqa: F401 - registers the blocknet models
+from blocknas.blocks import parse
 from blocknas.search.cli import main
 from blocknas.search.latency import (
     AgentClient,
     AgentError,
+    AgentLost,
     LatencyTarget,
     check_agent,
     example_input,
@@ -35,6 +41,17 @@ from blocknas.search.latency import (
     measure_latency,
     write_agent_zipapp,
 )
+from blocknas.search.study import (
+    FAIL_REASON_ATTR,
+    FINGERPRINT_ATTR,
+    LATENCY_DEVICE_ATTR,
+    StudyConfig,
+    run_search,
+    trial_counts,
+)
+from blocknas.search.tracking import RUN_ID_ATTR, open_storage
+
+from .conftest import quick_study
 
 TOKEN = "a-long-test-token-0123456789"
 FAST = {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1, "min_time_s": 0.0}
@@ -222,6 +239,11 @@ def test_one_measurement_at_a_time(agent: Agent, tiny_onnx: bytes) -> None:
         (["latency-agent", "--port", "70000"], "is not a port"),
         (["latency-agent", "--max-model-mib", "0"], "outside"),
         (["latency", "agent-script", "--out", "no/such/folder/agent.pyz"], "cannot write"),
+        (["latency", "calibrate", "--agent", "ftp://x:1", "--out", "t"], "write http://HOST:PORT"),
+        (["latency", "calibrate", "--agent", "http://127.0.0.1:9", "--out", "t", "--networks", "0"], "--networks"),
+        (["latency", "calibrate", "--agent", "http://127.0.0.1:9", "--out", "t", "--held-out", "1"], "--held-out"),
+        (["latency", "calibrate", "--agent", "http://127.0.0.1:9", "--out", "t", "--space", "nope"], "nope"),
+        (["latency", "calibrate", "--agent", "http://127.0.0.1:9", "--out", "t", "--space", "tiny"], "unreachable"),
     ],
 )
 def test_bad_agent_flags_are_one_paragraph_and_exit_2(
@@ -245,3 +267,155 @@ def test_the_single_file_agent_needs_neither_torch_nor_scipy(tmp_path: Path) -> 
     )
     assert out.returncode == 0 and "--token-env" in out.stdout
     assert torch is not None  # this process has torch; the agent's did not
+
+
+# -- searches measuring on the agent -----------------------------------------------------------
+
+
+def study_config(name: str, latency: dict[str, object], **overrides: object) -> StudyConfig:
+    """A quick tiny-space study (synthetic data, one epoch) whose latency target is ``latency``."""
+    data = quick_study(name, **overrides)
+    data["latency"] = {**data["latency"], **latency}
+    return parse(StudyConfig, data)
+
+
+def _lines_until(agent: Agent, text: str, count: int, timeout_s: float = 120.0) -> None:
+    """Read the agent's log until ``text`` has appeared ``count`` times."""
+    assert agent.process.stdout is not None
+    seen, deadline = 0, time.monotonic() + timeout_s
+    while seen < count and time.monotonic() < deadline:
+        ready, _, _ = select.select([agent.process.stdout], [], [], 0.5)
+        if ready:
+            seen += text in agent.process.stdout.readline()
+    assert seen == count, f"the agent logged {text!r} {seen} times, not {count}"
+
+
+def test_a_search_on_the_agent_survives_the_agent_being_killed(tmp_path: Path, in_tmp_dir: Path) -> None:
+    """A real search measures on the agent; killed mid-study, the trial fails and is retried: nothing lost."""
+    agent = start_agent(tmp_path, "--token-env", "AGENT_TOKEN")
+    latency = {"agent": agent.url, "token_env": "STUDY_AGENT_TOKEN", "agent_timeout_s": 10}
+    config = study_config("killed", latency, n_trials=3)
+    os.environ["STUDY_AGENT_TOKEN"] = TOKEN
+    outcome: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            run_search(config, progress=False)
+        except BaseException as exc:  # AgentLost is a KeyboardInterrupt
+            outcome.append(exc)
+
+    worker = threading.Thread(target=search)
+    worker.start()
+    _lines_until(agent, "POST /measure", 2)  # the check's reference network, then trial 0
+    agent.stop()
+    worker.join(timeout=300)
+    assert outcome and isinstance(outcome[0], AgentLost), outcome
+    assert "queued for retry" in str(outcome[0])
+
+    study = optuna.load_study(study_name="killed", storage=open_storage(config.storage_url))
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs[FAIL_REASON_ATTR].startswith("AgentError")
+    assert trial_counts(study) == (1, 0), "trial 0 counts; the failed trial does not (its retry is queued)"
+
+    port = int(agent.url.rsplit(":", 1)[1])
+    agent = start_agent(tmp_path, "--token-env", "AGENT_TOKEN", port=port)  # the device is back
+    try:
+        result = run_search(config, progress=False)
+    finally:
+        agent.stop()
+        del os.environ["STUDY_AGENT_TOKEN"]
+    trials = result.study.trials
+    assert trial_counts(result.study) == (3, 0)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3, "nothing lost: 3 trained trials"
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number)
+    assert retry.state == TrialState.COMPLETE and retry.params == failed[0].params
+    client = MlflowClient(result.tracking_uri)
+    statuses = {client.get_run(t.user_attrs[RUN_ID_ATTR]).info.status for t in trials if RUN_ID_ATTR in t.user_attrs}
+    assert statuses <= {"FINISHED", "FAILED"}, "no run left RUNNING"
+    device = result.study.user_attrs[LATENCY_DEVICE_ATTR]  # the study names the agent's device
+    assert device["source"] == "agent" and device["where"] == agent.url and "torch" not in device["fingerprint"]
+    assert client.get_run(result.parent_run_id).data.tags["latency.device.fingerprint_id"] == device["fingerprint_id"]
+    for trial in (t for t in trials if t.state == TrialState.COMPLETE):
+        assert trial.user_attrs[FINGERPRINT_ATTR] == device["fingerprint_id"], "every candidate measured there"
+        tags = client.get_run(trial.user_attrs[RUN_ID_ATTR]).data.tags
+        assert tags["latency.fp.cpu_model"] == device["fingerprint"]["cpu_model"] and "latency.fp.torch" not in tags
+
+
+def _never_answers() -> tuple[socket.socket, str]:
+    """A listening socket that accepts connections (the kernel's backlog) and never answers: a stuck agent."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("problem", ["wrong token", "no token", "unreachable", "too slow"])
+def test_an_unusable_agent_stops_the_search_before_anything_is_written(
+    problem: str, tmp_path_factory: pytest.TempPathFactory, bare_tmp_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listener = agent = None
+    latency: dict[str, object] = {"agent_timeout_s": 2}
+    if problem in ("wrong token", "no token"):
+        agent = start_agent(tmp_path_factory.mktemp("agent"), "--token-env", "AGENT_TOKEN")
+        latency["agent"] = agent.url
+        if problem == "wrong token":
+            os.environ["STUDY_AGENT_TOKEN"] = "not-the-token-0123456789"
+            latency["token_env"] = "STUDY_AGENT_TOKEN"
+    elif problem == "unreachable":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            latency["agent"] = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    else:
+        listener, latency["agent"] = _never_answers()
+    config = quick_study("refused")
+    config["latency"].update(latency)
+    (bare_tmp_dir / "c.yaml").write_text(yaml.safe_dump(config))
+    try:
+        code = main(["search", "--config", "c.yaml", "--no-progress"])
+    finally:
+        os.environ.pop("STUDY_AGENT_TOKEN", None)
+        if agent is not None:
+            agent.stop()
+        if listener is not None:
+            listener.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    says = {"wrong token": "refused the token", "no token": "refused the token", "unreachable": "unreachable"}
+    assert says.get(problem, "did not answer within 2 s") in err
+    assert sorted(p.name for p in bare_tmp_dir.iterdir()) == ["c.yaml"], "nothing written"
+
+
+# -- a table calibrated through the agent, used offline -----------------------------------------
+
+
+def test_a_table_calibrated_through_the_agent_is_used_offline_with_its_device_and_accuracy(
+    tmp_path: Path, in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent = start_agent(tmp_path)
+    (in_tmp_dir / "study.yaml").write_text(yaml.safe_dump(quick_study("offline", n_trials=3)))
+    argv = ["latency", "calibrate", "--agent", agent.url, "--out", "tables", "--config", "study.yaml"]
+    try:  # seed 0 draws the networks the study's random sampler (seed 0) proposes first: the table covers them
+        assert main([*argv, "--networks", "6", "--held-out", "3"]) == 0
+    finally:
+        agent.stop()  # from here on nothing can be measured on the device
+    out = capsys.readouterr().out
+    (table_file,) = (in_tmp_dir / "tables").glob("*.json")
+    stored = json.loads(table_file.read_text())
+    assert table_file.stem == stored["fingerprint_id"] and "torch" not in stored["fingerprint"], "named by the device"
+    (accuracy,) = stored["accuracy"].values()
+    assert accuracy["n_held_out"] == 3 and 0 <= accuracy["within_10pct"] <= 1 and -1 <= accuracy["kendall_tau"] <= 1
+    assert f"{accuracy['within_10pct']:.0%} of 3 networks within ±10 %" in out
+
+    budget = 1e6  # every network fits: the point is where the numbers come from
+    latency = {"mode": "predicted", "table": str(table_file)}
+    config = study_config("offline", latency, n_trials=3, constraints={"latency_ms": budget})
+    result = run_search(config, progress=False)
+    device = result.study.user_attrs[LATENCY_DEVICE_ATTR]
+    assert device["source"] == "table" and device["fingerprint_id"] == stored["fingerprint_id"]
+    assert device["calibration"]["within_10pct"] == accuracy["within_10pct"], "the report can show the accuracy"
+    client = MlflowClient(result.tracking_uri)
+    for trial in result.study.trials:
+        assert trial.state == TrialState.COMPLETE and trial.user_attrs[FINGERPRINT_ATTR] == device["fingerprint_id"]
+        assert trial.constraints["latency_ms"] == trial.user_attrs["latency_ms"] - budget, "budgeted on the table"
+        metrics = client.get_run(trial.user_attrs[RUN_ID_ATTR]).data.metrics
+        assert "latency_p50_ms" not in metrics, "nothing measured on this machine"

@@ -5,9 +5,24 @@ Every public name of the subpackage's modules (each module's ``__all__``), liste
 
 from __future__ import annotations
 
-from . import agent, agent_client, fingerprint, host, measure, ort_timing, runtimes, stats, table, target
+from . import (
+    agent,
+    agent_client,
+    calibrate,
+    device,
+    fingerprint,
+    host,
+    measure,
+    ort_timing,
+    runtimes,
+    stats,
+    table,
+    target,
+)
 from .agent import *  # noqa: F403
 from .agent_client import *  # noqa: F403
+from .calibrate import *  # noqa: F403
+from .device import *  # noqa: F403
 from .fingerprint import *  # noqa: F403
 from .host import *  # noqa: F403
 from .measure import *  # noqa: F403
@@ -20,6 +35,8 @@ from .target import *  # noqa: F403
 __all__ = [
     *agent.__all__,
     *agent_client.__all__,
+    *calibrate.__all__,
+    *device.__all__,
     *fingerprint.__all__,
     *host.__all__,
     *measure.__all__,

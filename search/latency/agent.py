@@ -273,6 +273,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+        self.log_message('"%s" %s %d', self.requestline, code, len(data))  # once the answer is sent
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Nothing: :meth:`_send_json` logs each request after its answer is sent."""
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)

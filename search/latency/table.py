@@ -21,10 +21,18 @@ the runtime, threads, batch size, dtype and fingerprint id, so entries from diff
 machines or settings never mix. Writes merge with what is on disk and replace the file
 atomically (temp file + ``os.replace``, under a lock file where ``fcntl`` exists), so
 several workers can share one table and its calibration points.
+
+With ``target.agent`` every entry and calibration network is measured on the latency agent
+and the table is named by the agent's fingerprint. ``target.table`` names a table file
+calibrated on a device (``blocknas latency calibrate``): its fingerprint and settings come
+from the file, nothing is measured here, and a part missing from it is measured on the
+agent if one is given, else it is a :class:`TableError`. The file also keeps the accuracy
+its calibration reached on held-out networks (:meth:`LatencyPredictor.record_accuracy`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -33,19 +41,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, build_block, build_head, build_stem
+from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, ConfigError, build_block, build_head, build_stem
 from blocknas.search.files import file_lock
-from blocknas.search.threads import pinned_threads
+from blocknas.search.threads import pinned_threads, seeded_rng
 
 from .fingerprint import device_fingerprint
 from .host import fingerprint_id
-from .measure import measure_latency, measure_runner
+from .measure import LatencyResult, agent_fingerprint, measure_latency, measure_runner
 from .runtimes import create_runner
 from .target import LatencyTarget
 
@@ -55,6 +63,7 @@ __all__ = [
     "MIN_CALIBRATION_POINTS",
     "TABLE_VERSION",
     "LatencyPredictor",
+    "TableError",
     "TablePart",
     "overhead_part",
     "table_parts",
@@ -66,6 +75,10 @@ TABLE_VERSION = 1
 ENTRY_TIME_CAP_S = 0.5  # per table entry and round; entries are measured once and reused
 ENTRY_MIN_TIME_S = 0.1
 MIN_CALIBRATION_POINTS = 5  # networks measured end to end before the fitted correction is used
+
+
+class TableError(ConfigError):
+    """A lookup table that cannot be used: missing, unreadable, for other settings, or without a needed entry."""
 
 
 @dataclass(frozen=True)
@@ -184,9 +197,14 @@ class LatencyPredictor:
             time_cap_s=min(target.time_cap_s, ENTRY_TIME_CAP_S),
             min_time_s=min(target.min_time_s, ENTRY_MIN_TIME_S),
         )
-        self.fingerprint = device_fingerprint(target)
-        self.fingerprint_id = fingerprint_id(self.fingerprint)
-        self.path = Path(cache_dir) / f"{self.fingerprint_id}.json"
+        if target.table is not None:  # a device's table: its fingerprint is the file's
+            self.path = Path(target.table)
+            stored = _load_table(self.path)
+            self.fingerprint, self.fingerprint_id = dict(stored["fingerprint"]), str(stored["fingerprint_id"])
+        else:
+            self.fingerprint = agent_fingerprint(target) if target.agent else device_fingerprint(target)
+            self.fingerprint_id = fingerprint_id(self.fingerprint)
+            self.path = Path(cache_dir) / f"{self.fingerprint_id}.json"
         self.n_measurements = 0  # table entries this instance measured (reuse check)
         common = dict(
             runtime=target.runtime,
@@ -200,8 +218,37 @@ class LatencyPredictor:
         self._calibration_key = json.dumps(common, sort_keys=True)
         self._entries: dict[str, dict[str, Any]] = {}
         self._points: dict[str, list[float]] = {}
+        self._accuracy: dict[str, dict[str, Any]] = {}
         self._calibration = (1.0, 0.0)
         self._merge(self._read())
+        if target.table is not None:
+            self._check_table()
+
+    @classmethod
+    def open_table(cls, target: LatencyTarget) -> LatencyPredictor:
+        """The table ``target.table`` names, checked against ``target`` (and its agent, if any).
+
+        Raises:
+            TableError: Missing, unreadable, calibrated for other runtime settings, or for
+                another device than ``target.agent``.
+        """
+        return cls(target)
+
+    def _check_table(self) -> None:
+        """A device table must hold a calibration for this target's settings, and fit its agent."""
+        if self._calibration_key not in self._read().get("calibration", {}):
+            raise TableError(
+                f"latency.table {self.path} was calibrated for other settings than this latency target's "
+                f"({', '.join(f'{k}={v}' for k, v in self._common.items() if k != 'fingerprint_id')}); calibrate it "
+                "with these settings (blocknas latency calibrate --config <this study>)"
+            )
+        if self.target.agent is not None:
+            agent_id = fingerprint_id(agent_fingerprint(self.target))
+            if agent_id != self.fingerprint_id:
+                raise TableError(
+                    f"latency.table {self.path} is for device {self.fingerprint_id}, but the agent at "
+                    f"{self.target.agent} is device {agent_id}: calibrate a table for it"
+                )
 
     # -- public API -------------------------------------------------------------------
 
@@ -270,6 +317,21 @@ class LatencyPredictor:
         self._save()
 
     @property
+    def offline(self) -> bool:
+        """A device's table without an agent: it only predicts, nothing is measured here."""
+        return self.target.table is not None and self.target.agent is None
+
+    @property
+    def accuracy(self) -> dict[str, Any] | None:
+        """How well the table predicted held-out networks when it was calibrated (see :mod:`.calibrate`)."""
+        return self._accuracy.get(self._calibration_key)
+
+    def record_accuracy(self, accuracy: dict[str, Any]) -> None:
+        """Store the calibration's accuracy on held-out networks with the table."""
+        self._accuracy[self._calibration_key] = accuracy
+        self._save()
+
+    @property
     def calibration(self) -> tuple[float, float]:
         """``(scale, constant_ms)`` of the fitted correction; ``(1, 0)`` until :attr:`calibrated`."""
         return self._calibration
@@ -295,16 +357,27 @@ class LatencyPredictor:
         An entry is reused by every later prediction, so one measurement taken during a burst
         of load from other processes would bias all of them; load only ever adds time.
         """
+        if self.offline:
+            raise TableError(
+                f"latency.table {self.path} has no entry for {_describe(parts[0])}"
+                f"{f' and {len(parts) - 1} more parts' if len(parts) > 1 else ''}: the networks it was calibrated "
+                "on did not use them. Calibrate with more networks of this space "
+                "(blocknas latency calibrate --space ... --networks N), or add latency.agent to measure them there"
+            )
         target = self.entry_target
         with pinned_threads(target.threads, target.inter_op_threads):
-            runners = []
+            measures: list[Callable[[], LatencyResult]] = []
             for part in parts:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
+                with seeded_rng(0):
                     module = part.build()
-                runners.append(create_runner(module, part.input_shape, target))
-            first = [measure_runner(r, target) for r in runners]
-            second = [measure_runner(r, target) for r in reversed(runners)][::-1]
+                if target.agent is None:
+                    runner = create_runner(module, part.input_shape, target)
+                    measures.append(functools.partial(measure_runner, runner, target))
+                else:  # exported here, measured on the device
+                    shape = cast(tuple[int, int, int], part.input_shape)
+                    measures.append(functools.partial(measure_latency, module, shape, target))
+            first = [measure() for measure in measures]
+            second = [measure() for measure in reversed(measures)][::-1]
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for part, a, b in zip(parts, first, second):
             best = min(a, b, key=lambda r: r.p50_ms)
@@ -342,8 +415,9 @@ class LatencyPredictor:
         return data
 
     def _merge(self, data: dict[str, Any]) -> None:
-        """Take entries and calibration points from disk; what was measured first wins."""
+        """Take entries, calibration points and accuracies from disk; what was measured first wins."""
         self._entries = {**self._entries, **data.get("entries", {})}
+        self._accuracy = {**data.get("accuracy", {}), **self._accuracy}
         points = data.get("calibration", {}).get(self._calibration_key, {}).get("points", {})
         self._points = {**self._points, **points}
         self._calibration = _fit(list(self._points.values())) if self.calibrated else (1.0, 0.0)
@@ -363,6 +437,7 @@ class LatencyPredictor:
                 }
                 if self._points
                 else {},
+                "accuracy": self._accuracy,
             }
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp")
             try:
@@ -372,3 +447,31 @@ class LatencyPredictor:
             except BaseException:
                 os.unlink(tmp)
                 raise
+
+
+def _describe(part: TablePart) -> str:
+    fields = part.fields
+    return f"{fields['kind']} {fields.get('block', '')} {part.input_shape} -> {part.output_shape}".replace("  ", " ")
+
+
+def _load_table(path: Path) -> dict[str, Any]:
+    """A device table's JSON, checked to be one.
+
+    Raises:
+        TableError: Missing, unreadable, or not a lookup table of this version.
+    """
+    if not path.is_file():
+        raise TableError(
+            f"latency.table: no table file {path}; calibrate one with blocknas latency calibrate --agent URL --out DIR"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TableError(f"latency.table {path} is not readable JSON ({exc})") from None
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != TABLE_VERSION
+        or not isinstance(data.get("fingerprint"), dict)
+    ):
+        raise TableError(f"latency.table {path} is not a blocknas lookup table of version {TABLE_VERSION}")
+    return data

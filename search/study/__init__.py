@@ -9,6 +9,7 @@ from . import (
     attrs,
     config,
     definition,
+    device,
     duplicates,
     objective,
     pareto,
@@ -28,6 +29,7 @@ from . import (
 from .attrs import *  # noqa: F403
 from .config import *  # noqa: F403
 from .definition import *  # noqa: F403
+from .device import *  # noqa: F403
 from .duplicates import *  # noqa: F403
 from .objective import *  # noqa: F403
 from .pareto import *  # noqa: F403
@@ -48,6 +50,7 @@ __all__ = [
     *attrs.__all__,
     *config.__all__,
     *definition.__all__,
+    *device.__all__,
     *duplicates.__all__,
     *objective.__all__,
     *pareto.__all__,

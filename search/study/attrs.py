@@ -17,6 +17,7 @@ __all__ = [
     "INTERRUPTED",
     "LATENCY_ATTR",
     "LATENCY_CALIBRATED_ATTR",
+    "LATENCY_DEVICE_ATTR",
     "LATENCY_MEASURED_ATTR",
     "LATENCY_PREDICTED_ATTR",
     "OVER_BUDGET_ATTR",
@@ -58,5 +59,6 @@ FIXED_PARAMS_ATTR = "fixed_params"  # the parameters a queued trial was enqueued
 PLAN_ATTR = "ablation.plan"  # the budget-matched variants, so every worker trains the same ones
 DEFINITION_ATTR = "ablation.definition"  # what a resumed ablation must share with its first run
 
-# study user attribute of a search
+# study user attributes of a search
 SEARCH_DEFINITION_ATTR = "definition"  # what a resumed search must share with its first run (.definition)
+LATENCY_DEVICE_ATTR = "latency_device"  # the device its latencies come from (.device)

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 ALLOW_FLAG = "--allow-changed-definition"
 # training settings that change neither results nor their meaning (threads: only the last bits)
 _NEUTRAL_TRAIN_KEYS = ("threads", "eval_batch_size")
+# where latencies are measured, not what they mean: the device itself is checked by its fingerprint (.device)
+_DEVICE_ADDRESS_KEYS = ("agent", "token_env", "agent_timeout_s", "table")
 # data settings recorded elsewhere (the shape, as the space's) or changing no result (a bad file stops a run)
 _NEUTRAL_DATA_KEYS = ("input_size", "in_chans", "on_bad_file")
 
@@ -56,12 +58,13 @@ def definition_settings(config: StudyConfig) -> dict[str, Any]:
     plain = config.to_dict()
     train = {k: v for k, v in plain["train"].items() if k not in _NEUTRAL_TRAIN_KEYS}
     data = {k: v for k, v in plain["data"].items() if k not in _NEUTRAL_DATA_KEYS}
-    settings = {key: plain[key] for key in ("latency", "objective", "constraints")}
+    latency = {k: v for k, v in plain["latency"].items() if k not in _DEVICE_ADDRESS_KEYS}
+    settings = {key: plain[key] for key in ("objective", "constraints")}
     if plain["score"] != "accuracy":  # settings added later are stored only when set: older studies still match
         settings["score"] = plain["score"]
     if train.get("ema_decay") is None:
         train.pop("ema_decay", None)
-    return _json({**settings, "data": data, "train": train})
+    return _json({**settings, "data": data, "train": train, "latency": latency})
 
 
 def search_definition(config: StudyConfig, space: SearchSpace) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from torch import nn
 
 from blocknas.blocks import ArchConfig, to_plain
 from blocknas.search.data import DataSplit
-from blocknas.search.latency import LatencyPredictor, LatencyResult, measure_latency
+from blocknas.search.latency import AgentClient, AgentError, AgentLost, LatencyPredictor, measure_latency
 from blocknas.search.latency_gate import default_gate
 from blocknas.search.tracking import WORKER_ATTR, StudyTracker, mask_url, worker_id
 from blocknas.search.training import (
@@ -128,6 +128,9 @@ class Objective:
             self.tracker.log(run_id, tags={"blocknas.state": state})
             status = "FINISHED"
             raise
+        except AgentError as exc:
+            self._agent_failed(trial, run_id, exc)
+            raise
         except BaseException as exc:
             interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
             reason = INTERRUPTED if interrupted else mask_url(f"{type(exc).__name__}: {exc}")
@@ -162,18 +165,7 @@ class Objective:
         seed = self.seed_for(trial)
         seed_everything(seed)
         model = timm.create_model("blocknet", arch=arch)
-        gate = default_gate()  # sibling trainers on this machine pause while it measures
-        with gate.measuring() if gate is not None else contextlib.nullcontext():
-            measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
-        if self.predictor is not None:
-            self.predictor.add_calibration_point(arch, measured.p50_ms)
-        latency_ms = measured.p50_ms if predicted is None else predicted
-        self.tracker.log(
-            run_id, metrics={**measured.as_metrics(), "latency_ms": latency_ms}, tags=_fingerprint_tags(measured)
-        )
-        trial.set_user_attr(LATENCY_ATTR, latency_ms)
-        trial.set_user_attr(LATENCY_MEASURED_ATTR, measured.p50_ms)
-        trial.set_user_attr(FINGERPRINT_ATTR, measured.fingerprint_id)
+        latency_ms = self._latency(trial, run_id, arch, model, predicted)
         self.record_proxies(trial, run_id, model, self.config.proxy_names(), seed)
         if predicted is None:
             self._reject_over_budget(trial, run_id, {"latency_ms": latency_ms})
@@ -209,6 +201,56 @@ class Objective:
         self.tracker.log(run_id, metrics=metrics, tags={"blocknas.state": "complete"})
         trial.set_user_attr(TRAIN_SECONDS_ATTR, result.train_seconds)
         return (score, latency_ms) if self.multi else score
+
+    def _latency(self, trial: Trial, run_id: str, arch: ArchConfig, model: nn.Module, predicted: float | None) -> float:
+        """Measure ``model`` (here, or on the latency agent) and record it; the trial's latency objective.
+
+        With a device's table and no agent, the prediction is the latency: measuring here
+        would time another device, so nothing is measured.
+        """
+        if self.predictor is not None and self.predictor.offline and predicted is not None:
+            table = self.predictor
+            tags = _fingerprint_tags(table.fingerprint, table.fingerprint_id)
+            self.tracker.log(run_id, metrics={"latency_ms": predicted}, tags=tags)
+            trial.set_user_attr(FINGERPRINT_ATTR, table.fingerprint_id)
+            return predicted
+        remote = self.config.latency.agent is not None  # measured on another device: nobody here needs to pause
+        gate = None if remote else default_gate()  # sibling trainers on this machine pause while it measures
+        with gate.measuring() if gate is not None else contextlib.nullcontext():
+            measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
+        if self.predictor is not None:
+            self.predictor.add_calibration_point(arch, measured.p50_ms)
+        latency_ms = measured.p50_ms if predicted is None else predicted
+        self.tracker.log(
+            run_id,
+            metrics={**measured.as_metrics(), "latency_ms": latency_ms},
+            tags=_fingerprint_tags(measured.fingerprint, measured.fingerprint_id),
+        )
+        trial.set_user_attr(LATENCY_ATTR, latency_ms)
+        trial.set_user_attr(LATENCY_MEASURED_ATTR, measured.p50_ms)
+        trial.set_user_attr(FINGERPRINT_ATTR, measured.fingerprint_id)
+        return latency_ms
+
+    def _agent_failed(self, trial: Trial, run_id: str, exc: AgentError) -> None:
+        """The agent did not measure this trial: fail it, queue its retry; stop the worker if the agent is gone.
+
+        The network is not at fault, so it is retried (as an interrupted trial is). A timeout
+        can be passing (the device was busy): if the agent answers ``/health`` now, the search
+        goes on and the retry runs next. If not, every later trial would fail the same way, so
+        :class:`AgentLost` stops this worker (exit 2); rerunning the command resumes the study.
+        """
+        retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
+        reason = mask_url(f"AgentError: {exc}")
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        self.tracker.log(run_id, tags={"blocknas.state": "failed", "blocknas.error": reason})
+        try:
+            AgentClient.for_target(self.config.latency).health()
+        except AgentError:
+            raise AgentLost(
+                f"{exc}. Trial {trial.number} failed and is queued for retry; the agent still does not answer, so "
+                "this worker stops: rerun the same command once it answers again"
+            ) from exc
+        log.warning("trial %d: %s; queued for retry (the agent answers again)", trial.number, exc)
 
     @functools.cached_property
     def proxy_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +343,7 @@ def _epoch_metrics(stats: EpochStats) -> dict[str, float]:
     }
 
 
-def _fingerprint_tags(result: LatencyResult) -> dict[str, str]:
-    tags = {f"latency.fp.{k}": v for k, v in result.fingerprint.items()}
-    tags["latency.fingerprint_id"] = result.fingerprint_id
+def _fingerprint_tags(fingerprint: Mapping[str, str], fingerprint_id: str) -> dict[str, str]:
+    tags = {f"latency.fp.{k}": v for k, v in fingerprint.items()}
+    tags["latency.fingerprint_id"] = fingerprint_id
     return tags

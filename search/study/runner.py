@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
+from blocknas.search.latency import latency_device
 from blocknas.search.tracking import (
     PARENT_RUN_ATTR,
     StudyTracker,
@@ -31,6 +32,7 @@ from blocknas.spaces import SearchSpace
 from .attrs import ARCH_ATTR, BASELINE_ATTR, SCREEN_POOL_ATTR, SURPLUS_ATTR
 from .config import StudyConfig
 from .definition import check_search_definition
+from .device import check_device, record_device
 from .objective import Objective
 from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
 from .screened import ScreenedObjective
@@ -149,6 +151,7 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     problems: list[Exception] = []
     space = attempt(problems, lambda: SearchSpace.load(config.space_path()))
     baselines = _load_baselines(config, problems)
+    device = attempt(problems, lambda: latency_device(config.latency))  # an agent must answer first
     run = open_study_for_run(
         config, networks=space, what=f"the space {config.space!r}", path="space", problems=problems
     )
@@ -159,12 +162,15 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     param_names = check_search_definition(
         study, config, space, created=run.created, allow_changed=allow_changed_definition
     )
+    assert device is not None  # else open_study_for_run raised the problem
+    check_device(study, device, allow_changed=allow_changed_definition)
     tracker, parent = run.start_tracking(
         config,
         params=_study_params(config, space),
         config_file="study.yaml",
         set_up=lambda: _enqueue_baselines(study, baselines),
     )
+    record_device(study, tracker, parent, device)
     _clear_ending(tracker, parent)
     predictor = None
     if config.latency.mode == "predicted":

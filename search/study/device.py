@@ -1,0 +1,69 @@
+"""The study remembers the device its latencies come from, and a resume on another device is refused.
+
+A budget such as ``constraints: {latency_ms: 2}`` means something only on one device. The
+first worker stores the :class:`~blocknas.search.latency.LatencyDevice` (fingerprint, the
+agent's address or the table's path, the table's calibration accuracy) as the study user
+attribute :data:`~.attrs.LATENCY_DEVICE_ATTR` and as ``latency.device*`` tags on the parent
+run; the summary and the report name it. A worker or resume whose agent or table is another
+device is refused (exit 2) unless ``--allow-changed-definition``. Local measurements are
+recorded but not enforced: workers on several machines are allowed, and the report counts
+the trials per fingerprint.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from blocknas.blocks import ConfigError
+from blocknas.search.latency import LatencyDevice
+from blocknas.search.tracking import StudyTracker, mask_url
+
+from .attrs import LATENCY_DEVICE_ATTR
+from .definition import ALLOW_FLAG
+
+__all__ = ["check_device", "device_tags", "record_device", "study_device"]
+
+
+def study_device(study: optuna.Study) -> dict | None:
+    """The device the study recorded (plain :meth:`LatencyDevice.to_dict`), if any."""
+    return study.user_attrs.get(LATENCY_DEVICE_ATTR)
+
+
+def check_device(study: optuna.Study, device: LatencyDevice, *, allow_changed: bool = False) -> None:
+    """Refuse an agent or table that is another device than the one the study's latencies come from.
+
+    Raises:
+        ConfigError: The fingerprints differ (nothing is written), unless ``allow_changed``.
+    """
+    stored = study_device(study)
+    if stored is None or allow_changed or device.source == "local" or stored["fingerprint_id"] == device.fingerprint_id:
+        return
+    raise ConfigError(
+        f"study {study.study_name!r} measured its latencies on {stored['fingerprint'].get('cpu_model', '?')} "
+        f"(fingerprint {stored['fingerprint_id']}, {stored['source']} {mask_url(stored.get('where', ''))}), but this "
+        f"run's {device.source} is {device.name}: its latencies and budget would not compare. Point latency at that "
+        f"device, use another study name, or pass {ALLOW_FLAG}",
+        path=f"latency.{device.source}",
+    )
+
+
+def device_tags(device: LatencyDevice) -> dict[str, str]:
+    """MLflow tags naming the device on the parent run."""
+    tags = {
+        "latency.device": mask_url(device.name),
+        "latency.device.source": device.source,
+        "latency.device.fingerprint_id": device.fingerprint_id,
+    }
+    if device.calibration:
+        for key in ("within_10pct", "kendall_tau", "n_held_out"):
+            if key in device.calibration:
+                tags[f"latency.device.calibration.{key}"] = str(device.calibration[key])
+    return tags
+
+
+def record_device(study: optuna.Study, tracker: StudyTracker, parent_run_id: str, device: LatencyDevice) -> None:
+    """Store ``device`` on the study (unless it holds it already) and tag the parent run with it."""
+    stored = study_device(study)
+    if stored is None or (device.source != "local" and stored["fingerprint_id"] != device.fingerprint_id):
+        study.set_user_attr(LATENCY_DEVICE_ATTR, device.to_dict())
+    tracker.log(parent_run_id, tags=device_tags(device))
