@@ -65,4 +65,4 @@ def test_brief_training_with_an_ema_leaves_the_raw_run_unchanged() -> None:
 def test_score_is_a_study_setting() -> None:
     assert tiny_config().score == "accuracy"
     with pytest.raises(ConfigError, match="score"):
-        parse(StudyConfig, {"score": "tse"})
+        parse(StudyConfig, {"name": "s", "score": "tse"})
