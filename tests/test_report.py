@@ -45,6 +45,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalW
 
 SECTIONS = (
     "## Accuracy vs latency",
+    "## Which block wins, per latency budget",
     "## Pareto front",
     "## Blocks on the front vs all trials",
     "## Parameter importances",
@@ -165,9 +166,9 @@ def test_report_of_a_tiny_study(in_tmp_dir: Path) -> None:
     html = (folder / "report.html").read_text()
     assert "<script" not in html and "<link" not in html and 'src="http' not in html
     images = _images(html)
-    assert len(images) == 3 and all(img.startswith(b"\x89PNG") and len(img) > 5000 for img in images)
+    assert len(images) == 4 and all(img.startswith(b"\x89PNG") and len(img) > 5000 for img in images)
     assert "accuracy: not computed, too few trials: 4 complete trial(s)" in markdown
-    for name in ("pareto_front.png", "blocks.png", "hypervolume.png"):
+    for name in ("pareto_front.png", "blocks_scatter.png", "blocks.png", "hypervolume.png"):
         assert (folder / name).read_bytes().startswith(b"\x89PNG")
     logged = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
     assert {"report/report.html", "report/summary.md", "report/pareto_front.png"} <= logged
@@ -246,7 +247,7 @@ def test_ablation_report_is_included(in_tmp_dir: Path) -> None:
     assert "## Ablation `abl`" in markdown and "### block (base level: standard)" in markdown
     assert "![ablation: accuracy vs latency](accuracy_vs_latency.png)" in markdown
     assert (folder / "report.md").read_text() == ablation_md, "fetched from the parent run"
-    assert len(_images(result.html.read_text())) == 4, "scatter, blocks, hypervolume and the ablation figure"
+    assert len(_images(result.html.read_text())) == 5, "scatters, blocks, hypervolume and the ablation figure"
     assert "<section id='ablation-abl'>" in result.html.read_text()
 
 
