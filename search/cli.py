@@ -430,9 +430,13 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--networks", type=int, default=10, help="networks that fill and fit the table")
     calibrate.add_argument("--held-out", type=int, default=10, help="other networks it must then predict")
     calibrate.add_argument("--seed", type=int, default=0, help="seed of the networks drawn")
-    calibrate.add_argument("--input-size", type=int, default=32, help="input size where the space leaves it to data")
-    calibrate.add_argument("--in-chans", type=int, default=3, help="input channels where the space leaves them")
-    calibrate.add_argument("--num-classes", type=int, default=10, help="classes where the space leaves them")
+    for flag, what in (("--input-size", "input size (square)"), ("--in-chans", "input channels")):
+        calibrate.add_argument(
+            flag, type=int, help=f"{what} where the space leaves it to the data (default: the config's, else 32 / 3)"
+        )
+    calibrate.add_argument(
+        "--num-classes", type=int, default=10, help="classes where the space leaves them (default 10)"
+    )
     calibrate.set_defaults(latency_handler=cmd_latency_calibrate)
     script = sub.add_parser("agent-script", help="write the latency agent as one file (needs ONNX Runtime and NumPy)")
     script.add_argument("--out", default="blocknas-agent.pyz", help="file to write (default blocknas-agent.pyz)")
@@ -461,16 +465,20 @@ def cmd_latency_calibrate(args: argparse.Namespace) -> int:
     check_range(args.held_out, "--held-out", 2, MAX_CALIBRATION_NETWORKS)
     check_seed(args.seed, "--seed")
     for flag, value in (("--input-size", args.input_size), ("--in-chans", args.in_chans)):
-        check_range(value, flag, 1, 4096)
+        if value is not None:
+            check_range(value, flag, 1, 4096)
     check_range(args.num_classes, "--num-classes", 1, 100_000)
     check_agent_url(args.agent, "--agent")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"{args.out} is a file; give a folder for the table", path="--out")
     config = load_study_config(args.config) if args.config else None
+    data_size = config.data.input_size if config and config.data.input_size else (32, 32)
+    size = (args.input_size, args.input_size) if args.input_size else tuple(data_size)
+    in_chans = args.in_chans or (config.data.in_chans if config and config.data.in_chans else 3)
     base = config.latency if config else LatencyTarget()
     target = base.replace(agent=args.agent, token_env=args.token_env, mode="measured", table=None)
     space = SearchSpace.load(args.space or (config.space_path() if config else "mobile32"))
-    shape = NetworkShape((args.input_size, args.input_size), args.in_chans, args.num_classes)
+    shape = NetworkShape((int(size[0]), int(size[1])), in_chans, args.num_classes)
     result = calibrate_table(
         target, space, out_dir=args.out, n_networks=args.networks, n_held_out=args.held_out, seed=args.seed, shape=shape
     )

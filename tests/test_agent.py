@@ -4,6 +4,7 @@ pinned to one core, on 127.0.0.1; real ONNX Runtime measurements, real HTTP, gar
 from __future__ import annotations
 
 import http.client
+import io
 import itertools
 import json
 import os
@@ -26,6 +27,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from rich.console import Console
 
 import blocknas.blocks  # noqa: F401 - registers the blocknet models
 from blocknas.blocks import parse
@@ -41,6 +43,8 @@ from blocknas.search.latency import (
     measure_latency,
     write_agent_zipapp,
 )
+from blocknas.search.markdown import md_text
+from blocknas.search.report import print_search_summary, report_study
 from blocknas.search.study import (
     FAIL_REASON_ATTR,
     FINGERPRINT_ATTR,
@@ -244,6 +248,7 @@ def test_one_measurement_at_a_time(agent: Agent, tiny_onnx: bytes) -> None:
         (["latency", "calibrate", "--agent", "http://127.0.0.1:9", "--out", "t", "--held-out", "1"], "--held-out"),
         (["latency", "calibrate", "--agent", "http://127.0.0.1:9", "--out", "t", "--space", "nope"], "nope"),
         (["latency", "calibrate", "--agent", "http://127.0.0.1:9", "--out", "t", "--space", "tiny"], "unreachable"),
+        (["latency", "calibrate", "--agent", "http://127.0.0.1:9", "--out", "t", "--input-size", "0"], "--input-size"),
     ],
 )
 def test_bad_agent_flags_are_one_paragraph_and_exit_2(
@@ -419,3 +424,13 @@ def test_a_table_calibrated_through_the_agent_is_used_offline_with_its_device_an
         assert trial.constraints["latency_ms"] == trial.user_attrs["latency_ms"] - budget, "budgeted on the table"
         metrics = client.get_run(trial.user_attrs[RUN_ID_ATTR]).data.metrics
         assert "latency_p50_ms" not in metrics, "nothing measured on this machine"
+
+    named = f"{stored['fingerprint']['cpu_model']} (fingerprint {stored['fingerprint_id']}), predicted by the table"
+    calibrated = f"{accuracy['within_10pct']:.0%} of 3 held-out networks within ±10 %"
+    console = Console(file=io.StringIO(), width=300)
+    print_search_summary(result, config, console)
+    summary = console.file.getvalue()
+    assert named in summary and calibrated in summary and f"budget latency_ms ≤ {budget:g} ms" in summary
+    report = report_study("offline", storage_url=config.storage_url, tracking_uri=result.tracking_uri)
+    markdown = report.markdown.read_text()
+    assert md_text(named) in markdown and calibrated in markdown

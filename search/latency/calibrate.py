@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 from scipy.stats import kendalltau
 
-from blocknas.blocks import ArchConfig, BlockNet
+from blocknas.blocks import ArchConfig, BlockNet, ConfigError
 from blocknas.search.threads import seeded_rng
 from blocknas.spaces import SearchSpace
 
@@ -119,14 +119,15 @@ def calibrate_table(
 
     Raises:
         AgentError: The agent failed while calibrating.
-        ValueError: The space holds fewer than ``n_networks + 2`` distinct networks.
+        ConfigError: The space holds fewer than ``n_networks + 2`` distinct networks.
     """
     space = space.for_data(shape)
     archs = sample_architectures(space, n_networks + n_held_out, seed)
     if len(archs) < n_networks + 2:
-        raise ValueError(
+        raise ConfigError(
             f"the space {space.name or ''!r} holds {len(archs)} distinct networks; calibrating on {n_networks} "
-            "needs at least 2 more to hold out"
+            "needs at least 2 more to hold out",
+            path="networks",
         )
     fit, held_out = archs[:n_networks], archs[n_networks:]
     table = LatencyPredictor(

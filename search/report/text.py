@@ -19,9 +19,11 @@ from blocknas.search.study import (
     SearchResult,
     StudyConfig,
     default_storage_url,
+    device_text,
     front_cells,
     latency_fingerprints,
     load_study_config,
+    study_device,
 )
 from blocknas.search.tracking import mask_url, resolve_tracking_uri, runs_page_url
 
@@ -109,6 +111,8 @@ def print_search_summary(result: SearchResult, config: StudyConfig, console: Con
     print_line(f"Report:    {_command('blocknas', 'report', *flags)}   # HTML + Markdown + PNGs under {report_dir}")
     resume = _command("blocknas", "search", *study_flags(config, n_trials=True))
     print_line(f"Resume:    {resume}   # continues study {config.name} in {mask_url(config.storage_url)}")
+    if (device := study_device(result.study)) is not None:
+        print_line(f"Latency:   {device_text(device, config.constraints.latency_ms)}")
     for warning in _warnings(result):
         console.print(f"[bold red]Warning:[/] {warning}", highlight=False)
     if result.ending:

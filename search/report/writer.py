@@ -35,12 +35,14 @@ from blocknas.search.study import (
     FrontColumn,
     FrontRow,
     Validation,
+    device_text,
     front_rows,
     front_table,
     front_trials,
     latency_source,
     plot_front,
     rung_table,
+    study_device,
     unplaced_count,
 )
 from blocknas.search.tracking import (
@@ -250,7 +252,7 @@ def _sections(
     ]
     if _is_ablation(runs) and (folder / ABLATION_FILES[0]).is_file():
         sections.append(_ablation_section(folder))
-    sections += [_settings_section(study, runs), _fingerprint_section(runs)]
+    sections += [_settings_section(study, runs), _fingerprint_section(study, runs)]
     return sections, figures
 
 
@@ -450,11 +452,13 @@ def _settings_section(study: optuna.Study, runs: _Runs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fingerprint_section(runs: _Runs) -> str:
+def _fingerprint_section(study: optuna.Study, runs: _Runs) -> str:
     found: list[Fingerprint] = fingerprints(run.data.tags for run in (runs.children or {}).values())
     lines = ["## Device fingerprint\n"]
+    if (device := study_device(study)) is not None:
+        lines.append(f"Latencies of this study: {_text(device_text(device))}.\n")
     if not found:
-        return lines[0] + "\nNo trial run recorded a latency fingerprint.\n"
+        return "\n".join(lines) + "\nNo trial run recorded a latency fingerprint.\n"
     if len(found) > 1:
         lines.append(
             f"> Latencies were measured on {len(found)} different fingerprints: only numbers with the same "

@@ -12,6 +12,9 @@ the trials per fingerprint.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import optuna
 
 from blocknas.blocks import ConfigError
@@ -21,10 +24,10 @@ from blocknas.search.tracking import StudyTracker, mask_url
 from .attrs import LATENCY_DEVICE_ATTR
 from .definition import ALLOW_FLAG
 
-__all__ = ["check_device", "device_tags", "record_device", "study_device"]
+__all__ = ["check_device", "device_tags", "device_text", "record_device", "study_device"]
 
 
-def study_device(study: optuna.Study) -> dict | None:
+def study_device(study: optuna.Study) -> dict[str, Any] | None:
     """The device the study recorded (plain :meth:`LatencyDevice.to_dict`), if any."""
     return study.user_attrs.get(LATENCY_DEVICE_ATTR)
 
@@ -67,3 +70,18 @@ def record_device(study: optuna.Study, tracker: StudyTracker, parent_run_id: str
     if stored is None or (device.source != "local" and stored["fingerprint_id"] != device.fingerprint_id):
         study.set_user_attr(LATENCY_DEVICE_ATTR, device.to_dict())
     tracker.log(parent_run_id, tags=device_tags(device))
+
+
+def device_text(stored: Mapping[str, Any], latency_budget_ms: float | None = None) -> str:
+    """One line: the device (as :func:`study_device` stores it), a table's calibration accuracy, the budget on it."""
+    device = LatencyDevice(**stored)
+    text = mask_url(device.name)
+    calibration = device.calibration or {}
+    if {"within_10pct", "n_held_out", "kendall_tau"} <= set(calibration):
+        text += (
+            f"; the table predicted {calibration['within_10pct']:.0%} of {calibration['n_held_out']} held-out "
+            f"networks within ±10 % (Kendall τ {calibration['kendall_tau']:.2f}) when it was calibrated"
+        )
+    if latency_budget_ms is not None:
+        text += f"; budget latency_ms ≤ {latency_budget_ms:g} ms on this device"
+    return text
