@@ -242,7 +242,10 @@ def test_broken_input_is_one_paragraph_and_exit_2(
     assert code == 2, err
     assert "Traceback" not in err and "Warning" not in err, err
     message = [line for line in err.splitlines() if line.startswith(f"blocknas {command}: error:")]
-    assert len(message) == 1 and expected in message[0], err
+    assert len(message) == 1, err
+    # one paragraph: the error line, then (for image folders) every bad file listed below it, no blank line
+    paragraph = err[err.index(message[0]) :].strip()
+    assert expected in paragraph and "\n\n" not in paragraph, err
     assert "pw@" not in err
     assert _written(in_tmp_dir, before) == []
 
