@@ -44,6 +44,20 @@ def test_rank_agreement_of_a_perfect_and_a_reversed_estimate() -> None:
         rank_agreement([1.0, 2.0], [1.0, 2.0])
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_rank_agreement_point_values_equal_scipys(ties: bool) -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 4, 40).astype(float) if ties else rng.normal(size=40)
+    estimate = np.round(truth + rng.normal(size=40), 0 if ties else 6)
+    agreement = rank_agreement(estimate, truth, n_boot=50)
+    assert agreement.tau.value == pytest.approx(stats.kendalltau(estimate, truth)[0], abs=1e-12)
+    assert agreement.rho.value == pytest.approx(stats.spearmanr(estimate, truth)[0], abs=1e-12)
+    assert agreement.overlap.value == top_overlap(estimate, truth)
+    assert agreement.tau.low <= agreement.tau.value <= agreement.tau.high
+
+
 def test_fitted_ranker_recovers_a_planted_signal() -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(80, 6))
