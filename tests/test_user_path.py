@@ -20,7 +20,7 @@ from PIL import Image
 
 import blocknas.blocks  # noqa: F401  (registers blocknet)
 from blocknas.blocks import ArchConfig, ConfigError, parse
-from blocknas.search.data import DataConfig, DataError, fetch_dataset, load_data
+from blocknas.search.data import PREPROCESSING_KEY, DataConfig, DataError, Preprocessing, fetch_dataset, load_data
 from blocknas.search.report import flat_scores
 from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, STOPPED_TAG, StudyConfig, run_search
 from blocknas.search.tracking import PARENT_RUN_ATTR
@@ -290,6 +290,26 @@ def test_version_data_and_space_describe(capsys: pytest.CaptureFixture[str]) -> 
     assert "cost of 20 random networks (seed 0) at 3x32x32, 10 classes" in out and "params  min" in out
     assert main(["data", "--config", str(REPO_ROOT / "configs" / "digits.yaml")]) == 0
     assert capsys.readouterr().out == "digits: built in, no files needed\n"
+
+
+# -- discovered configs carry the preprocessing their network was searched with -----------------------
+
+
+def test_front_configs_carry_the_datas_preprocessing(in_tmp_dir: Path) -> None:
+    import timm
+
+    write_image_folder(in_tmp_dir / "images", per_class=4, corrupt=False)  # 48×48 RGB and grey, named classes
+    data = {"name": "imagefolder", "root": "images", "val_fraction": 0.25}
+    result = run_search(parse(StudyConfig, quick_study("shapes", data=data)), progress=False)
+    (path,) = result.exported
+    expected = Preprocessing.of(load_data(DataConfig(**data), input_size=(16, 16), in_chans=1))  # tiny: 1×16×16
+    assert expected.classes == ("circle", "square", "stripe") and expected.input_size == (1, 16, 16)
+    arch = ArchConfig.from_yaml(path)
+    assert Preprocessing.from_meta(arch.meta) == expected
+    assert yaml.safe_load(path.read_text())["meta"][PREPROCESSING_KEY]["classes"] == ["circle", "square", "stripe"]
+    cfg = timm.create_model("blocknet", arch=str(path)).pretrained_cfg
+    assert (cfg["mean"], cfg["std"], cfg["label_names"]) == (expected.mean, expected.std, expected.classes)
+    assert cfg["input_size"] == expected.input_size and cfg["num_classes"] == 3
 
 
 # -- the report answers the question -------------------------------------------------------------------

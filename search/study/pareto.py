@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from blocknas.blocks import ArchConfig
+from blocknas.search.data import PREPROCESSING_KEY, Preprocessing
 from blocknas.search.figures import pyplot, save_figure
 from blocknas.search.files import atomic_write_text, file_lock
 from blocknas.search.tracking import RUN_ID_ATTR
@@ -174,11 +175,15 @@ def front_csv(rows: list[FrontRow]) -> str:
 _EXPORT_MANIFEST = ".blocknas-export.json"  # the files an export wrote; only those are ever removed
 
 
-def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
+def export_front(
+    study: optuna.Study, export_dir: str | Path, *, preprocessing: Preprocessing | None = None
+) -> list[Path]:
     """Write each front architecture to ``<export_dir>/<study>/<name>.yaml``.
 
     Its ``meta`` holds the study, the trial's metrics and the study's data config (``data``,
-    as the study recorded it), so ``blocknas train`` trains it on the data it was found on.
+    as the study recorded it), so ``blocknas train`` trains it on the data it was found on;
+    with ``preprocessing`` (the search's data: its mean/std, class names, input size) also
+    ``meta["preprocessing"]``, so ``timm.create_model`` gives a truthful ``pretrained_cfg``.
 
     Files an earlier export wrote for trials no longer on the front are removed, so the
     export is the current front; any other file in the folder (a hand-tuned copy, notes) is
@@ -191,6 +196,8 @@ def export_front(study: optuna.Study, export_dir: str | Path) -> list[Path]:
     rows = front_rows(study)
     data = study.user_attrs.get(SEARCH_DEFINITION_ATTR, {}).get("settings", {}).get("data")
     searched_on = {"data": data} if data else {}
+    if preprocessing is not None:
+        searched_on[PREPROCESSING_KEY] = preprocessing.to_dict()
     files = {
         f"{row.name}.yaml": row.arch.replace(meta={"study": study.study_name, **row.metrics(), **searched_on}).to_yaml()
         for row in rows

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
+from blocknas.search.data import Preprocessing
 from blocknas.search.latency import latency_device
 from blocknas.search.tracking import (
     PARENT_RUN_ATTR,
@@ -195,7 +196,8 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     except BaseException as exc:
         _end_parent_after(exc, study, tracker, parent, config.n_trials)
         raise
-    return _finish(study, config, tracker, parent, "timeout" if timed_out else None)
+    ending = "timeout" if timed_out else None
+    return _finish(study, config, tracker, parent, ending, Preprocessing.of(run.data))
 
 
 def optimize_until_done(
@@ -326,9 +328,14 @@ def _end_parent_after(
 
 
 def _finish(
-    study: optuna.Study, config: StudyConfig, tracker: StudyTracker, parent: str, stopped_by: str | None
+    study: optuna.Study,
+    config: StudyConfig,
+    tracker: StudyTracker,
+    parent: str,
+    stopped_by: str | None,
+    preprocessing: Preprocessing,
 ) -> SearchResult:
-    exported = export_front(study, config.export_dir)
+    exported = export_front(study, config.export_dir, preprocessing=preprocessing)
     rows = front_rows(study)
     folder = Path(config.export_dir) / study.study_name
     plot = plot_front(study, Path(config.runs_dir) / study.study_name / "pareto.png")
