@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -35,7 +36,7 @@ from blocknas.search.study import (
 )
 from blocknas.search.tracking import RUN_ID_ATTR, StudyTracker, diagnose, open_storage
 
-from .conftest import ran
+from .conftest import load_benchmark, ran
 from .test_scaleout import finish, states, wait_for, worker, write_config
 from .test_search import ZeroedConv, children, tiny_arch, tiny_config
 
@@ -317,3 +318,27 @@ def test_sigkill_mid_rung_keeps_the_rung_record_and_resumes(tmp_path: Path) -> N
     assert trial_counts(study) == (1, 0)
     diagnosis = diagnose(study, StudyTracker(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", name))
     assert diagnosis.ok, diagnosis.problems
+
+
+def _replay_networks(informative: bool, n: int = 30) -> list:
+    """Networks whose first epochs rank like their last (informative) or in reverse; latency shuffled."""
+    replay = load_benchmark("asha_replay")
+    rng = np.random.default_rng(0)
+    finals = rng.uniform(0.80, 0.90, n)
+    latencies = rng.uniform(1.0, 2.0, n)
+    nets = []
+    for final, latency in zip(finals, latencies):
+        early = final if informative else 1.7 - final  # anti-correlated: the worst look best early
+        curve = tuple([early - 0.1] * 9 + [final])
+        nets.append(replay.Network(curve, float(latency), epoch_s=1.0))
+    return nets
+
+
+def test_asha_replay_pays_where_early_epochs_rank_like_the_last() -> None:
+    replay = load_benchmark("asha_replay")
+    pruning = PruningConfig(min_epochs=1, reduction_factor=3)
+    good = replay.replay(_replay_networks(informative=True), pruning, orders=40)
+    bad = replay.replay(_replay_networks(informative=False), pruning, orders=40)
+    assert good["ratio_median"] < 0.8
+    assert bad["ratio_median"] > 1.0  # it stops the networks that make the front
+    assert good["reached"] > bad["reached"]
