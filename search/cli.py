@@ -45,7 +45,7 @@ def add_study_overrides(parser: argparse.ArgumentParser) -> None:
     add_study_flags(parser)
     parser.add_argument("--n-trials", type=int, help="total trials wanted in the study (all workers)")
     parser.add_argument("--timeout", type=float, dest="timeout_s", help="stop starting trials after this many seconds")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="seed of the sampler and of every trial's training (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--allow-changed-definition",
@@ -217,7 +217,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML path, registered model name, <study>/<name> (a discovered one; a unique prefix such as "
         "default/t0012 is enough) or runs:/<run_id>",
     )
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--epochs", type=int, help="epochs to train (default: the config's, else 30)")
     parser.add_argument(
         "--dataset",
         help="dataset name (digits, synthetic, cifar10, ...); other data keys come from --config; default: the data "
@@ -225,7 +225,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", dest="out_dir", help="checkpoint folder (default runs/train/<name>)")
     parser.add_argument("--name", help="run name (default: from --arch)")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--seed", type=int, help="seed of the initial weights, batch order and augmentation (default 0)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt after a kill")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
     parser.add_argument("--no-tracking", action="store_true", help="no MLflow run")
@@ -263,7 +265,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="weights (best.safetensors) or training state (best.pt)")
     parser.add_argument("--arch", help="architecture (default: arch.yaml beside the checkpoint)")
     parser.add_argument("--out", dest="out_dir", help="output folder (default: <checkpoint folder>/export)")
-    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
+    parser.add_argument(
+        "--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="files to write (default: all of them)"
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the timing (ONNX: any batch)")
     parser.add_argument("--threads", type=int, default=1, help="threads of the timing")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed difference from PyTorch outputs")
@@ -420,8 +424,10 @@ def cmd_latency_agent(args: argparse.Namespace) -> int:
 
 
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="latency_command", required=True)
-    calibrate = sub.add_parser("calibrate", help="calibrate a per-block lookup table on a device, through its agent")
+    sub = parser.add_subparsers(dest="latency_command", required=True, help="what to do (each has --help)")
+    calibrate = _add_command(
+        sub, "latency calibrate", "calibrate a per-block lookup table on a device, through its agent"
+    )
     calibrate.add_argument("--agent", required=True, help="http://HOST:PORT of the latency agent on the device")
     calibrate.add_argument("--token-env", help="environment variable holding the agent's token")
     calibrate.add_argument("--out", required=True, help="folder of the table file (named by the device's fingerprint)")
@@ -430,15 +436,17 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--networks", type=int, default=10, help="networks that fill and fit the table")
     calibrate.add_argument("--held-out", type=int, default=10, help="other networks it must then predict")
     calibrate.add_argument("--seed", type=int, default=0, help="seed of the networks drawn")
-    for flag, what in (("--input-size", "input size (square)"), ("--in-chans", "input channels")):
+    for flag, what, default in (("--input-size", "input size (square)", 32), ("--in-chans", "input channels", 3)):
         calibrate.add_argument(
-            flag, type=int, help=f"{what} where the space leaves it to the data (default: the config's, else 32 / 3)"
+            flag, type=int, help=f"{what} where the space leaves it to the data (default: the config's, else {default})"
         )
     calibrate.add_argument(
         "--num-classes", type=int, default=10, help="classes where the space leaves them (default 10)"
     )
     calibrate.set_defaults(latency_handler=cmd_latency_calibrate)
-    script = sub.add_parser("agent-script", help="write the latency agent as one file (needs ONNX Runtime and NumPy)")
+    script = _add_command(
+        sub, "latency agent-script", "write the latency agent as one file (needs ONNX Runtime and NumPy)"
+    )
     script.add_argument("--out", default="blocknas-agent.pyz", help="file to write (default blocknas-agent.pyz)")
     script.set_defaults(latency_handler=cmd_latency_agent_script)
 
@@ -571,6 +579,97 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "blocknas": (
+        "blocknas data --config configs/default.yaml",
+        "blocknas search --config configs/default.yaml",
+        "blocknas report --config configs/default.yaml",
+    ),
+    "search": (
+        "blocknas search --config configs/default.yaml",
+        "blocknas search --config configs/tiny.yaml --n-trials 8 --timeout 300 --study-name tiny2",
+        "blocknas search --config configs/default.yaml --storage postgresql://blocknas@db/optuna "
+        "--tracking-uri http://mlflow:5000",
+    ),
+    "workers": (
+        "blocknas workers -n 2 --config configs/default.yaml",
+        "blocknas workers -n 4 --config configs/tiny.yaml --n-trials 16",
+    ),
+    "validate": (
+        "blocknas validate --config configs/default.yaml",
+        "blocknas validate --config configs/default.yaml --epochs 10 --random 4",
+    ),
+    "doctor": (
+        "blocknas doctor --config configs/default.yaml",
+        "blocknas doctor --study-name seed_blocks",
+    ),
+    "ablate": (
+        "blocknas ablate --config configs/ablations/seed_blocks.yaml",
+        "blocknas ablate --config configs/ablations/seed_blocks_latency.yaml --timeout 3600",
+    ),
+    "train": (
+        "blocknas train --config configs/train/default.yaml --from default/t0000 --epochs 30",
+        "blocknas train --config configs/train/default.yaml --from default/t0000 --epochs 30 --resume",
+        "blocknas train --from blocknet_mobile --dataset digits --epochs 5 --no-tracking",
+    ),
+    "export": (
+        "blocknas export --checkpoint runs/train/t0000_6ff116f0/best.safetensors",
+        "blocknas export --checkpoint runs/train/t0000_6ff116f0/best.pt --formats onnx --batch-size 8",
+    ),
+    "report": (
+        "blocknas report --config configs/default.yaml",
+        "blocknas report --study-name default",
+        "blocknas report --study-name s --storage postgresql://blocknas@db/optuna --tracking-uri http://mlflow:5000",
+    ),
+    "dashboard": (
+        "blocknas dashboard --config configs/default.yaml",
+        "blocknas dashboard --optuna --study-name default",
+    ),
+    "latency-agent": (
+        "blocknas latency-agent",
+        "blocknas latency-agent --host 0.0.0.0 --allow-remote --token-env BLOCKNAS_AGENT_TOKEN",
+    ),
+    "latency": (
+        "blocknas latency agent-script --out blocknas-agent.pyz",
+        "blocknas latency calibrate --agent http://127.0.0.1:8765 --config configs/default.yaml --out tables/",
+    ),
+    "latency calibrate": (
+        "blocknas latency calibrate --agent http://127.0.0.1:8765 --config configs/default.yaml --out tables/",
+        "blocknas latency calibrate --agent http://10.0.0.7:8765 --token-env BLOCKNAS_AGENT_TOKEN "
+        "--space mobile32 --input-size 64 --out tables/ --networks 20",
+    ),
+    "latency agent-script": ("blocknas latency agent-script --out blocknas-agent.pyz",),
+    "data": (
+        "blocknas data --config configs/default.yaml",
+        "blocknas data --config configs/ablations/seed_blocks.yaml",
+    ),
+    "space": (
+        "blocknas space describe mobile32",
+        "blocknas space describe tiny --samples 50",
+    ),
+}
+"""Command lines shown at the end of each command's ``--help`` (a test parses every one)."""
+
+
+def _epilog(words: str) -> str:
+    """The end of ``blocknas <words> --help``: its :data:`EXAMPLES` (shown as written, by
+    ``argparse.RawDescriptionHelpFormatter``)."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[words])
+
+
+def _add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], words: str, help_text: str
+) -> argparse.ArgumentParser:
+    """The (sub-)subcommand ``blocknas <words>``: its ``--help`` says ``help_text`` and ends with its examples."""
+    return sub.add_parser(
+        words.split()[-1],
+        help=help_text,
+        description=help_text,
+        epilog=_epilog(words),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -581,12 +680,17 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blocknas", description="Architecture search and ablation of conv blocks.")
+    parser = argparse.ArgumentParser(
+        prog="blocknas",
+        description="Architecture search and ablation of conv blocks.",
+        epilog=_epilog("blocknas"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="what to do (each has --help)")
     for name, (help_text, add_arguments, handler) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = _add_command(sub, name, help_text)
         add_arguments(command)
         command.set_defaults(handler=handler)
     return parser
