@@ -13,23 +13,31 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from blocknas.blocks import ConfigError, check_range
 from blocknas.search.interrupts import install_interrupt_handlers
 
 __all__ = ["main"]
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 MAX_WORKERS = 256
 """Most local worker processes ``blocknas workers -n`` starts."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from blocknas.blocks import ConfigError
     from blocknas.search.data import DataError
     from blocknas.search.latency import AGENT_ERRORS
     from blocknas.search.tracking import StorageError, TrackingError
     from blocknas.search.training import CheckpointError, ExportError
 
-    return (*USER_ERRORS, DataError, StorageError, TrackingError, CheckpointError, ExportError, *AGENT_ERRORS)
+    return (
+        ConfigError,
+        FileNotFoundError,
+        DataError,
+        StorageError,
+        TrackingError,
+        CheckpointError,
+        ExportError,
+        *AGENT_ERRORS,
+    )
 
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +106,7 @@ def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
+    from blocknas.blocks import ConfigError
     from blocknas.search.report import print_search_summary
     from blocknas.search.study import launch_workers, search_result
 
@@ -140,6 +149,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from blocknas.blocks import ConfigError
     from blocknas.search.study import run_validation
     from blocknas.search.tracking import mask_url
 
@@ -166,6 +176,7 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from blocknas.blocks import ConfigError
     from blocknas.search.tracking import check_study, mask_url
 
     name, storage, tracking_uri, runs_dir = study_location(args)
@@ -260,7 +271,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    from blocknas.search.training import FORMATS
+    from blocknas.search.export_formats import FORMATS
 
     parser.add_argument("--checkpoint", required=True, help="weights (best.safetensors) or training state (best.pt)")
     parser.add_argument("--arch", help="architecture (default: arch.yaml beside the checkpoint)")
@@ -335,6 +346,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from blocknas.blocks import ConfigError
     from blocknas.search.report import report_study
 
     name, storage, tracking_uri, runs_dir = study_location(args)
@@ -362,6 +374,7 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from blocknas.blocks import check_range
     from blocknas.search.tracking import (
         DEFAULT_HOST,
         DashboardError,
@@ -411,7 +424,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def add_latency_agent_arguments(parser: argparse.ArgumentParser) -> None:
-    from blocknas.search.latency import add_agent_arguments
+    from blocknas.search.agent_flags import add_agent_arguments
 
     add_agent_arguments(parser)
 
@@ -458,6 +471,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
 def cmd_latency_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from blocknas.blocks import ConfigError, check_range
     from blocknas.search.latency import (
         MAX_CALIBRATION_NETWORKS,
         LatencyTarget,
@@ -502,6 +516,7 @@ def cmd_latency_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_latency_agent_script(args: argparse.Namespace) -> int:
+    from blocknas.blocks import ConfigError
     from blocknas.search.latency import write_agent_zipapp
 
     try:
@@ -532,6 +547,7 @@ def add_space_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_space(args: argparse.Namespace) -> int:
     from statistics import median
 
+    from blocknas.blocks import check_range
     from blocknas.spaces import SearchSpace
 
     check_range(args.samples, "--samples", 1, 100_000)

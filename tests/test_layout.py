@@ -152,7 +152,9 @@ def test_search_is_one_subpackage_per_subsystem() -> None:
     flat = {p.stem for p in (ROOT / "search").glob("*.py")}
     assert flat <= {
         "__init__",
+        "agent_flags",
         "cli",
+        "export_formats",
         "files",
         "threads",
         "figures",

@@ -9,8 +9,9 @@ A small HTTP server (standard library only) that a user starts on the target dev
 It runs the project's measuring protocol (:func:`.ort_timing.run_protocol`: warm-up, chunks
 until the quiet-chunk median's confidence interval is tight) on an ONNX Runtime session,
 and answers with the statistics and the device's host fingerprint. Nothing here imports
-torch or SciPy: with :mod:`.host`, :mod:`.stats` and :mod:`.ort_timing` it is what
-:func:`write_agent_zipapp` packs into a single file that needs only ONNX Runtime and NumPy.
+torch or SciPy: with :mod:`.host`, :mod:`.stats`, :mod:`.ort_timing` and its flags
+(:mod:`blocknas.search.agent_flags`) it is what :func:`write_agent_zipapp` packs into a
+single file that needs only ONNX Runtime and NumPy.
 
 Safety: it listens on 127.0.0.1 unless told otherwise, and any other address needs
 ``--allow-remote`` and a shared token (``--token-env NAME``), checked with
@@ -44,6 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..agent_flags import DEFAULT_AGENT_PORT, DEFAULT_MAX_MODEL_MIB, add_agent_arguments
 from .host import fingerprint_id, host_fingerprint
 from .ort_timing import OrtSession, run_protocol
 from .stats import StopRule
@@ -70,8 +72,6 @@ T = TypeVar("T")
 
 AGENT_API = 1
 """Version of the request and answer format; the client refuses an agent with another."""
-DEFAULT_AGENT_PORT = 8765
-DEFAULT_MAX_MODEL_MIB = 64
 MAX_MODEL_MIB = 4096
 MAX_WAITING = 8
 """Requests that may wait for the measurement lock; more are answered 503."""
@@ -168,19 +168,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
-    """The agent's flags (``blocknas latency-agent`` and the single-file script share them)."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_AGENT_PORT, help=f"port (default {DEFAULT_AGENT_PORT})")
-    parser.add_argument(
-        "--allow-remote", action="store_true", help="allow a non-loopback --host (requires --token-env)"
-    )
-    parser.add_argument("--token-env", help="environment variable holding the shared token every request must send")
-    parser.add_argument(
-        "--max-model-mib", type=int, default=DEFAULT_MAX_MODEL_MIB, help="largest model accepted, in MiB"
-    )
 
 
 def agent_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> AgentSettings:
@@ -442,8 +429,9 @@ AGENT_MODULES = ("host", "stats", "ort_timing", "agent")
 def write_agent_zipapp(out: str | Path) -> Path:
     """Write the agent as one file, ``python3 FILE --help`` (needs only ONNX Runtime and NumPy).
 
-    The file is a zip application (PEP 441) of :data:`AGENT_MODULES`, copied as they are
-    into a package ``blocknas_agent``: the device runs the very code a local measurement runs.
+    The file is a zip application (PEP 441) of :data:`AGENT_MODULES`, copied as they are into
+    ``blocknas_agent/latency/``, beside the flags (``blocknas_agent/agent_flags.py``) where the
+    relative imports expect them: the device runs the very code a local measurement runs.
     """
     out = Path(out)
     here = Path(__file__).resolve().parent
@@ -451,8 +439,12 @@ def write_agent_zipapp(out: str | Path) -> Path:
         handle.write(b"#!/usr/bin/env python3\n")  # a zip is read from its end: a first line may precede it
         with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("blocknas_agent/__init__.py", '"""blocknas latency agent (single file)."""\n')
+            archive.write(here.parent / "agent_flags.py", "blocknas_agent/agent_flags.py")
+            archive.writestr("blocknas_agent/latency/__init__.py", "")
             for name in AGENT_MODULES:
-                archive.write(here / f"{name}.py", f"blocknas_agent/{name}.py")
-            archive.writestr("__main__.py", "import sys\n\nfrom blocknas_agent.agent import main\n\nsys.exit(main())\n")
+                archive.write(here / f"{name}.py", f"blocknas_agent/latency/{name}.py")
+            archive.writestr(
+                "__main__.py", "import sys\n\nfrom blocknas_agent.latency.agent import main\n\nsys.exit(main())\n"
+            )
     out.chmod(0o755)
     return out

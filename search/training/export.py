@@ -28,6 +28,7 @@ from torch import nn
 
 from blocknas.blocks import ArchConfig, ArchLike, ConfigError, to_plain
 from blocknas.search.data import Preprocessing
+from blocknas.search.export_formats import FORMATS
 from blocknas.search.latency import (
     LatencyResult,
     LatencyTarget,
@@ -45,7 +46,6 @@ __all__ = ["CHECK_BATCH_SIZES", "FORMATS", "ExportError", "ExportResult", "expor
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript")
 _FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 _RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript"}
 CHECK_BATCH_SIZES = (1, 8)
