@@ -7,6 +7,13 @@ journal fails to load with ``JSONDecodeError``. :func:`open_journal_backend` cut
 torn tail off (keeping a copy of it beside the journal) when the journal is opened, and
 before every append, under the journal's own lock, so no record is ever written after a
 partial line.
+
+A record that cannot be read anywhere else in the file (a zeroed block, a torn write that a
+writer other than blocknas appended to) would make Optuna refuse the whole file as well.
+:func:`repair_bad_records` (run when the journal is opened) moves every such line to
+``<journal>.bad``, under its line number, keeping the complete record that followed a torn
+write inside the same line, so only the unreadable bytes leave the journal and none are lost.
+:class:`ReadOnlyJournal` reads the same records without changing the file.
 """
 
 from __future__ import annotations
@@ -14,13 +21,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileSymlinkLock
 
-__all__ = ["open_journal_backend", "repair_torn_tail"]
+__all__ = [
+    "BadRecord",
+    "ReadOnlyJournal",
+    "bad_records",
+    "open_journal_backend",
+    "repair_bad_records",
+    "repair_torn_tail",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +65,12 @@ class _RepairingLock(JournalFileSymlinkLock):
 
 
 def open_journal_backend(path: str | Path) -> JournalFileBackend:
-    """Optuna's journal file backend on ``path``, its torn tail (if any) repaired first."""
+    """Optuna's journal file backend on ``path``, its torn tail and unreadable records (if any) repaired first."""
     path = str(path)
     lock = _RepairingLock(path)
     backend = JournalFileBackend(path, lock_obj=lock)
     repair_torn_tail(path, lock=lock)
+    repair_bad_records(path, lock=lock)
     return backend
 
 
@@ -135,3 +152,143 @@ def _line_start(journal: BinaryIO, end: int) -> int:
             return pos - step + found + 1
         pos -= step
     return 0
+
+
+_RECORD_START = b'{"op_code":'  # how Optuna's journal writer starts every record
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A complete line of a journal file that is not a journal record.
+
+    Attributes:
+        line: Its 1-based line number in the file.
+        raw: The whole line, newline included.
+        kept: The complete record found after a torn write inside the line (a writer appended
+            to a cut-short record), which stays in the journal; ``None`` when there is none.
+    """
+
+    line: int
+    raw: bytes
+    kept: bytes | None
+
+
+def _record(raw: bytes) -> dict[str, Any] | None:
+    """The journal record on one line, or ``None`` if the line is not one (not UTF-8 JSON, no op code)."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and type(record.get("op_code")) is int else None
+
+
+def _salvage(raw: bytes) -> bytes | None:
+    """The complete record that ends ``raw`` after a torn write's fragment, if there is one."""
+    start = raw.find(_RECORD_START, 1)
+    while start > 0:
+        if _record(raw[start:]) is not None:
+            return raw[start:]
+        start = raw.find(_RECORD_START, start + 1)
+    return None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
+    """(1-based number, bytes, record or ``None``) of every complete line; a torn last line is left out."""
+    with open(path, "rb") as journal:
+        for number, raw in enumerate(journal, start=1):
+            if raw.endswith(b"\n"):
+                yield number, raw, _record(raw)
+
+
+def bad_records(path: str | Path) -> list[BadRecord]:
+    """Every complete line of the journal ``path`` that Optuna could not read, without changing the file."""
+    return [BadRecord(number, raw, _salvage(raw)) for number, raw, record in _lines(Path(path)) if record is None]
+
+
+def repair_bad_records(path: str | Path, *, lock: JournalFileSymlinkLock | None = None) -> list[BadRecord]:
+    """Move every unreadable complete line of the journal ``path`` to ``<path>.bad``; return them.
+
+    Each line is appended to ``<path>.bad`` as ``line N of <name>, removed <time>: <its bytes>``
+    (saved before the journal changes), and a complete record after a torn write inside the line
+    stays in the journal. The journal is rewritten beside itself and renamed over, under its
+    lock and after looking again, so of workers opening a damaged journal together one repairs
+    it and the others find it repaired. Only a line no reader could pass is removed, so the
+    records before it keep their offsets for readers that have the journal open.
+
+    Args:
+        path: The journal file.
+        lock: The journal's lock (Optuna's default lock on ``path`` when not given).
+    """
+    path = Path(path)
+    if not bad_records(path):  # the common case, checked without waiting for the lock
+        return []
+    lock = lock or JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        return _remove_bad(path)
+    finally:
+        lock.release()
+
+
+def _remove_bad(path: Path) -> list[BadRecord]:
+    bad = bad_records(path)
+    if not bad:
+        return []  # another process repaired it while this one waited for the lock
+    aside = path.with_name(f"{path.name}.bad")
+    removed = datetime.now().isoformat(timespec="seconds")
+    with open(aside, "ab") as out:
+        for record in bad:
+            out.write(f"line {record.line} of {path.name}, removed {removed}: ".encode() + record.raw)
+        out.flush()
+        os.fsync(out.fileno())
+    by_line = {record.line: record for record in bad}
+    fresh = path.with_name(f"{path.name}.repairing")
+    with open(path, "rb") as journal, open(fresh, "wb") as out:
+        for number, raw in enumerate(journal, start=1):
+            if number in by_line:
+                raw = by_line[number].kept or b""
+            out.write(raw)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(fresh, os.stat(path).st_mode)
+    os.replace(fresh, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    for record in bad:
+        log.warning(
+            "journal %s: line %d is not a readable record (%d bytes, damaged or a torn write appended to); "
+            "%s, the whole line is kept in %s",
+            path,
+            record.line,
+            len(record.raw),
+            "kept the complete record after the torn write in it" if record.kept else "removed it",
+            aside,
+        )
+    return bad
+
+
+class ReadOnlyJournal(BaseJournalBackend):
+    """The readable records of a journal file as they are when it is opened; writing is refused.
+
+    What a checker reads: the records Optuna would read after :func:`repair_bad_records`, with
+    the file left as it is (a torn last line is left out, as Optuna leaves it out).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._records: list[dict[str, Any]] = []
+        for _, raw, record in _lines(self.path):
+            if record is None:
+                kept = _salvage(raw)
+                record = _record(kept) if kept else None
+            if record is not None:
+                self._records.append(record)
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        yield from self._records[log_number_from:]
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        raise PermissionError(f"{self.path} is opened read-only; nothing is written to it")
