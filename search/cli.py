@@ -173,6 +173,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
     add_location_arguments(parser)
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="mend what is reported as repairable (journal damage, a run status against its finished trial); "
+        "without it the doctor only reads",
+    )
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -182,7 +188,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     name, storage, tracking_uri, runs_dir = study_location(args)
     if not name:
         raise ConfigError("which study? give --study-name NAME or --config FILE", path="--study-name")
-    diagnosis = check_study(name, storage_url=storage, tracking_uri=tracking_uri, runs_dir=runs_dir)
+    diagnosis = check_study(name, storage_url=storage, tracking_uri=tracking_uri, runs_dir=runs_dir, repair=args.repair)
+    for done in diagnosis.repaired:
+        print(f"  repaired: {mask_url(done)}")
     print(
         f"study {name}: {diagnosis.trials} trials ({diagnosis.complete} complete), {diagnosis.children} MLflow child runs"
     )

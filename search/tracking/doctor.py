@@ -1,35 +1,69 @@
-"""Consistency between the Optuna study and its MLflow runs (``blocknas doctor``)."""
+"""Consistency between the Optuna study and its MLflow runs (``blocknas doctor``).
+
+Looking changes nothing: the study is read from a journal file as it is (a damaged record is
+reported, not repaired) and MLflow is only queried. :func:`check_study` with ``repair`` mends
+what has one right answer: the journal's damage (as every worker's opener does) and an MLflow
+run whose status disagrees with its finished trial (Optuna's state is the truth). A trial
+RUNNING in Optuna is its worker's to settle, or a resume's once that worker is gone.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import optuna
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from .attrs import KIND_TAG, PARENT_RUN_ATTR, RUN_ID_ATTR
+from .journal import bad_records, torn_tail
 from .masking import mask_url
 from .runs import StudyTracker, TrackingError, check_reachable
-from .storage import check_local_store, load_study
+from .storage import check_local_store, journal_path, load_study
 
-__all__ = ["Diagnosis", "check_study", "diagnose"]
+__all__ = ["REPAIRABLE", "RUN_STATUSES", "Diagnosis", "check_study", "diagnose"]
+
+REPAIRABLE = " (repairable with --repair)"
+"""Ends the text of every problem that ``check_study(..., repair=True)`` mends."""
+
+RUN_STATUSES: dict[TrialState, tuple[str, ...]] = {
+    TrialState.RUNNING: ("RUNNING",),
+    TrialState.COMPLETE: ("FINISHED",),
+    TrialState.PRUNED: ("FINISHED",),  # pruned, over budget or screened out: the run itself ended well
+    TrialState.FAIL: ("FAILED", "KILLED"),
+}
+"""The MLflow run statuses that agree with each Optuna trial state; a repair sets the first."""
 
 
 @dataclass
 class Diagnosis:
-    """What was checked and every inconsistency found (empty ``problems`` means healthy)."""
+    """What was checked and every inconsistency found (empty ``problems`` means healthy).
+
+    ``repairs`` mend the problems marked :data:`REPAIRABLE` (each returns what it did);
+    ``repaired`` lists what a repairing check did before it looked again.
+    """
 
     trials: int = 0
     complete: int = 0
     children: int = 0
     problems: list[str] = field(default_factory=list)
+    repairs: list[Callable[[], str]] = field(default_factory=list, repr=False)
+    repaired: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def add(self, problem: str, repair: Callable[[], str] | None = None) -> None:
+        """Record a problem, and how to mend it if there is one right way."""
+        self.problems.append(problem + (REPAIRABLE if repair else ""))
+        if repair:
+            self.repairs.append(repair)
 
 
 def _close(a: float, b: float) -> bool:
@@ -84,8 +118,7 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
             result.problems.append(
                 f"trial {trial.number} points to run {trial.user_attrs.get(RUN_ID_ATTR)}, child is {run.info.run_id}"
             )
-        if trial.state != TrialState.RUNNING and run.info.status == "RUNNING":
-            result.problems.append(f"trial {trial.number} is {trial.state.name} but its run is still RUNNING")
+        _check_status(result, tracker, trial, run)
         if trial.state == TrialState.COMPLETE:
             result.complete += 1
             for name, value in zip(metric_names, trial.values):
@@ -95,20 +128,80 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
     return result
 
 
-def check_study(study_name: str, *, storage_url: str, tracking_uri: str, runs_dir: str | Path = "runs") -> Diagnosis:
-    """Load a study and its MLflow experiment, creating neither, and ``diagnose`` them.
+def _check_status(result: Diagnosis, tracker: StudyTracker, trial: FrozenTrial, run: Any) -> None:
+    """The trial's run has a status that agrees with the trial's state (:data:`RUN_STATUSES`)."""
+    status, agreeing = run.info.status, RUN_STATUSES.get(trial.state, ())
+    if status in agreeing:
+        return
+    problem = (
+        f"trial {trial.number} is {trial.state.name} in Optuna but its run {run.info.run_id} is {status} in MLflow"
+    )
+    if trial.state == TrialState.RUNNING:
+        result.add(f"{problem} (its worker, or a resume once that worker is gone, ends the trial)")
+    else:
+        result.add(problem, partial(_set_status, tracker.client, run.info.run_id, status, agreeing[0]))
+
+
+def _set_status(client: MlflowClient, run_id: str, was: str, status: str) -> str:
+    if was == "RUNNING":
+        client.set_terminated(run_id, status=status)
+    else:  # an ended run keeps its end time
+        client.update_run(run_id, status=status)
+    return f"run {run_id}: status {was} -> {status}"
+
+
+def _journal_damage(storage_url: str) -> list[str]:
+    """What Optuna could not read in the study's journal file (none for a database), read without changing it."""
+    path = journal_path(storage_url)
+    if path is None:
+        return []
+    bad, torn = bad_records(path), torn_tail(path)
+    if bad and torn == len(bad[-1].raw) and path.read_bytes().endswith(bad[-1].raw):
+        bad.pop()  # the last line: reported (and repaired) as the torn record it is
+    found = [
+        f"journal {path}: line {record.line} is not a readable record ({len(record.raw)} bytes"
+        + ("; a complete record after a torn write in it is kept" if record.kept else "")
+        + ")"
+        for record in bad
+    ]
+    if torn:
+        found.append(f"journal {path}: ends in a torn record ({torn} bytes, a write cut short)")
+    return found
+
+
+def check_study(
+    study_name: str, *, storage_url: str, tracking_uri: str, runs_dir: str | Path = "runs", repair: bool = False
+) -> Diagnosis:
+    """Load a study and its MLflow experiment, creating and changing neither, and ``diagnose`` them.
 
     Args:
         study_name: The Optuna study, which is also the MLflow experiment name.
         storage_url: Where the study is (journal path, ``sqlite:///``, ``postgresql://``, ...).
         tracking_uri: Where its MLflow runs are.
         runs_dir: The study's runs folder (MLflow artifacts of a local store).
+        repair: Mend the problems marked :data:`REPAIRABLE` (the journal's damage is moved aside
+            as a worker's opener does), then look again; ``repaired`` says what was done.
 
     Raises:
         FileNotFoundError: No journal file or SQLite database at the given path.
         StorageError: No study of that name; the message lists the studies there are.
     """
-    study = load_study(study_name, storage_url)
+    check_local_store(storage_url, "study storage")
+    damage = _journal_damage(storage_url)  # read before the study is opened, which with ``repair`` mends it
+    study = load_study(study_name, storage_url, read_only=not repair)
+    result = _check_stores(study, study_name, tracking_uri, runs_dir)
+    if not repair:
+        result.problems[:0] = [problem + REPAIRABLE for problem in damage]
+        return result
+    repaired = [f"{problem}: moved aside" for problem in damage] + [mend() for mend in result.repairs]
+    if result.repairs:
+        result = _check_stores(study, study_name, tracking_uri, runs_dir)
+    result.repaired = repaired
+    return result
+
+
+def _check_stores(study: optuna.Study, study_name: str, tracking_uri: str, runs_dir: str | Path) -> Diagnosis:
+    """The study's MLflow experiment exists and is active, then :func:`diagnose` (the store is only read)."""
     check_local_store(tracking_uri, "MLflow runs store")
     check_reachable(tracking_uri)
     try:

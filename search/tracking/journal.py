@@ -36,6 +36,7 @@ __all__ = [
     "open_journal_backend",
     "repair_bad_records",
     "repair_torn_tail",
+    "torn_tail",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,13 @@ def repair_torn_tail(path: str | Path, *, lock: JournalFileSymlinkLock | None = 
         return _cut_tail(path)
     finally:
         lock.release()
+
+
+def torn_tail(path: str | Path) -> int:
+    """Size in bytes of the torn last record of the journal ``path`` (0 when it ends cleanly); changes nothing."""
+    path = Path(path)
+    start = _torn_from(path)
+    return 0 if start is None else path.stat().st_size - start
 
 
 def _cut_tail(path: Path) -> Path | None:

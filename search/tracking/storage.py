@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from .attrs import RETRY_HISTORY_ATTR, WORKER_ATTR
-from .journal import open_journal_backend
+from .journal import ReadOnlyJournal, open_journal_backend
 from .masking import mask_url
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "check_local_store",
     "dispose_storages",
     "fail_abandoned_trials",
+    "journal_path",
     "load_study",
     "open_storage",
     "worker_id",
@@ -63,7 +64,15 @@ def _scheme(url: str) -> str:
     return match.group(1).split("+")[0].lower() if match else ""
 
 
-def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) -> BaseStorage:
+def journal_path(url: str) -> Path | None:
+    """The journal file that the storage ``url`` names (absolute), or ``None`` for a database or Redis."""
+    scheme = _scheme(url)
+    if scheme and scheme != "journal":
+        return None
+    return Path(url.removeprefix("journal:").removeprefix("//")).resolve()
+
+
+def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1, read_only: bool = False) -> BaseStorage:
     """Open (and create if needed) the Optuna storage named by ``url``.
 
     Args:
@@ -71,6 +80,8 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
         heartbeat_interval: Seconds between heartbeats on RDB storage; a trial silent for
             twice that long is failed and retried, unless its worker is a live process of this host.
         max_retry: How many times a trial whose worker died is retried.
+        read_only: Read an existing journal file's records as they are (see :class:`ReadOnlyJournal`):
+            nothing is repaired, created or written. Opening a database or Redis writes nothing either way.
     """
     scheme = _scheme(url)
     try:
@@ -91,7 +102,10 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1) 
                 f"unsupported storage scheme {scheme!r} in {mask_url(url)!r}; use sqlite://, postgresql://, "
                 "mysql://, redis:// or a journal file path"
             )
-        path = Path(url.removeprefix("journal:").removeprefix("//")).resolve()
+        path = journal_path(url)
+        assert path is not None  # every other scheme is handled above
+        if read_only:
+            return optuna.storages.JournalStorage(ReadOnlyJournal(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(open_journal_backend(path))
     except StorageError:
@@ -285,13 +299,14 @@ def check_local_store(url: str, what: str) -> None:
         )
 
 
-def load_study(study_name: str, storage_url: str) -> optuna.Study:
+def load_study(study_name: str, storage_url: str, *, read_only: bool = False) -> optuna.Study:
     """Load an existing study; a missing one is a ``StorageError`` naming the studies that exist.
 
     Nothing is created by looking: a missing journal file or SQLite database is a ``FileNotFoundError``.
+    With ``read_only``, a journal file is not repaired either (see :func:`open_storage`).
     """
     check_local_store(storage_url, "study storage")
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, read_only=read_only)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
