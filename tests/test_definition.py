@@ -7,6 +7,11 @@ Real resumed studies through ``blocknas search`` (journal storage, MLflow SQLite
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from blocknas.search.cli import main
+from blocknas.search.pause_points import PAUSE_ENV
 from blocknas.search.study import SEARCH_DEFINITION_ATTR, definition_diff, param_names_for
+from blocknas.search.tracking.attrs import WORKER_ATTR
 from blocknas.spaces import SearchSpace
 
 from .conftest import quick_study
@@ -166,3 +173,57 @@ def test_definition_diff_names_key_paths() -> None:
     old = {"settings": {"train": {"epochs": 1}}, "shape": {"stages": 2}}
     new = {"settings": {"train": {"epochs": 3, "lr": 0.1}}, "shape": {"stages": 2}}
     assert definition_diff(old, new) == ["train.epochs: 1 -> 3", "train.lr: '<unset>' -> 0.1"]
+
+
+def _stopped(process: subprocess.Popen[str]) -> bool:
+    """Whether ``process`` is stopped (``SIGSTOP``): state ``T`` in ``/proc/<pid>/stat``."""
+    stat = Path(f"/proc/{process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_paused_creator_cannot_slip_in_another_definition(tmp_path: Path, mlflow_store: Path) -> None:
+    """Worker A creates the study and stops (``SIGSTOP``, at the pause point) before storing its
+    definition; worker B, with 2 epochs instead of 1, opens the study meanwhile. Exactly one
+    definition is stored, by whichever worker gets there first (B: A is stopped), and the other
+    worker exits 2 naming the difference, having trained nothing. Every trial trained under the
+    stored definition: its epochs (one reported accuracy per epoch) are the stored ones.
+    (Without the claim, B waited 10 s for a definition, stored its own and trained; A, continued,
+    overwrote it with its own: both exited 0 and the study's definition said 1 epoch, its trials 2.)"""
+    study = quick_study(
+        "race", objective="accuracy", pruner="none", n_trials=2,
+        data={"name": "synthetic", "num_samples": 64, "num_classes": 4},
+    )  # fmt: skip
+    for name, epochs in (("a", 1), ("b", 2)):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**study, "train": {"epochs": epochs, "batch_size": 64}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
+
+    def worker(name: str, **extra: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "blocknas.search.cli", "search", "--config", f"{name}.yaml", "--no-progress"]
+        return subprocess.Popen(
+            command, cwd=tmp_path, env={**env, **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    a = worker("a", **{PAUSE_ENV: "study-created"})
+    try:
+        deadline = time.monotonic() + 120
+        while not _stopped(a):
+            assert a.poll() is None and time.monotonic() < deadline, "worker A never reached its pause point"
+            time.sleep(0.1)
+        b = worker("b")
+        b_out, _ = b.communicate(timeout=300)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    a_out, _ = a.communicate(timeout=300)
+    assert b.returncode == 0, b_out[-3000:]
+    assert a.returncode == 2, a_out[-3000:]
+    assert "defined with other settings" in a_out and "train.epochs: 2 -> 1" in a_out, a_out[-3000:]
+    assert "Traceback" not in a_out
+    stored = optuna.load_study(
+        study_name="race",
+        storage=optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "runs/optuna.journal"))),
+    )
+    epochs = stored.user_attrs[SEARCH_DEFINITION_ATTR]["settings"]["train"]["epochs"]
+    trained = [t for t in stored.trials if t.state == TrialState.COMPLETE]
+    assert epochs == 2 and len(trained) == 2
+    assert all(len(t.intermediate_values) == epochs for t in trained), [t.intermediate_values for t in trained]
+    assert all(t.user_attrs[WORKER_ATTR].endswith(f":{b.pid}") for t in stored.trials)

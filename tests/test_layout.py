@@ -161,6 +161,7 @@ def test_search_is_one_subpackage_per_subsystem() -> None:
         "interrupts",
         "latency_gate",
         "markdown",
+        "pause_points",
         "seeding",
         "yaml_config",
     }, flat

@@ -3,9 +3,11 @@
 A study is one experiment: its trials compare only if they were trained on the same data
 with the same budget, measured against the same latency target and judged by the same
 objective and constraints. Those settings, and the space's fixed shape, are stored as the
-study user attribute :data:`~.attrs.SEARCH_DEFINITION_ATTR` by the worker that creates the
-study; a resume or another worker that differs is refused (exit 2), naming each key path
-with its old and new value. How many trials, for how long, and where things are stored
+study user attribute :data:`~.attrs.SEARCH_DEFINITION_ATTR` by the first worker to open the
+study, under a claim (first writer wins: :func:`~blocknas.search.tracking.store_once`), so a
+creator paused before storing its own cannot overwrite another's; a resume or another worker
+that differs is refused (exit 2) before it trains anything, naming each key path with its old
+and new value. How many trials, for how long, and where things are stored
 are not part of it.
 
 Growing the space is supported. Optuna refuses new choices under a parameter name a study
@@ -27,11 +29,13 @@ from typing import Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution
+from optuna.storages import BaseStorage
 
 from blocknas.blocks import ConfigError, flatten
-from blocknas.search.tracking import mask_url, wait_for_user_attr
+from blocknas.search.tracking import mask_url, store_once
 from blocknas.spaces import SearchSpace
 
+from .attrs import DEFINITION_ATTR as ABLATION_DEFINITION_ATTR
 from .attrs import SEARCH_DEFINITION_ATTR
 from .config import StudyConfig
 
@@ -136,15 +140,19 @@ def _used_choices(study: optuna.Study) -> dict[str, list[Any]]:
 
 
 def check_search_definition(
-    study: optuna.Study, config: StudyConfig, space: SearchSpace, *, created: bool, allow_changed: bool = False
+    storage: BaseStorage, study: optuna.Study, config: StudyConfig, space: SearchSpace, *, allow_changed: bool = False
 ) -> dict[str, str]:
-    """Store the definition of a new study, or check a resumed one against it.
+    """Store the definition of a new study, or check this worker's against the stored one.
+
+    The first worker to get there stores its definition, atomically (:func:`~blocknas.search.tracking.store_once`):
+    not necessarily the one that created the study, which may be paused between the two. Every
+    other worker compares its own with it before it trains anything.
 
     Args:
+        storage: The study's storage (the claim is made there).
         study: The study just created or loaded.
         config: The config being run.
         space: Its space.
-        created: This worker created the study.
         allow_changed: Continue a study whose settings changed (``--allow-changed-definition``):
             the change is logged and the stored settings become the current ones.
 
@@ -152,20 +160,15 @@ def check_search_definition(
         The parameter names to sample with (:func:`param_names_for`).
 
     Raises:
-        ConfigError: The study was defined with other settings or another space shape.
+        ConfigError: The study was defined with other settings or another space shape, or is an ablation.
     """
     current = search_definition(config, space)
-    if created:
-        study.set_user_attr(SEARCH_DEFINITION_ATTR, current)
-        return {}
-    fresh = not study.get_trials(deepcopy=False)  # the creator may still be storing it
-    stored = wait_for_user_attr(study, SEARCH_DEFINITION_ATTR, 10 if fresh else 0)
-    used = _used_choices(study)
-    if stored is None:  # a study made before definitions were stored: it is defined from now on
-        study.set_user_attr(SEARCH_DEFINITION_ATTR, current)
-        return param_names_for(space, {}, used)
-    changes = definition_diff(stored, current)
     where = f"study {config.name!r} in {mask_url(config.storage_url)}"
+    # a study made before definitions were stored is defined from now on, by the first worker to resume it
+    stored = store_once(study, storage, SEARCH_DEFINITION_ATTR, current, unless=(ABLATION_DEFINITION_ATTR,))
+    if stored is None:
+        raise ConfigError(f"{where} is an ablation, not a search; use another name", path="name", source=config.source)
+    changes = definition_diff(stored, current)
     if changes and not allow_changed:
         raise ConfigError(
             f"{where} was defined with other settings, so its trials would not compare with new ones: "
@@ -179,7 +182,7 @@ def check_search_definition(
         if changes:
             log.warning("%s continues with changed settings: %s", where, "; ".join(changes))
         study.set_user_attr(SEARCH_DEFINITION_ATTR, {**current, "choices": {**grown, **first_seen}})
-    names = param_names_for(space, first_seen, used)
+    names = param_names_for(space, first_seen, _used_choices(study))
     if names:
         log.info("%s: the space changed; knobs sampled under new names: %s", where, ", ".join(names.values()))
     return names

@@ -160,9 +160,7 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     space = space.for_data(run.data)
     baselines = {name: _for_shape(arch, space) for name, arch in baselines.items()}
     study = run.study
-    param_names = check_search_definition(
-        study, config, space, created=run.created, allow_changed=allow_changed_definition
-    )
+    param_names = check_search_definition(run.storage, study, config, space, allow_changed=allow_changed_definition)
     assert device is not None  # else open_study_for_run raised the problem
     check_device(study, device, allow_changed=allow_changed_definition)
     tracker, parent = run.start_tracking(

@@ -14,6 +14,7 @@ from optuna.storages import BaseStorage
 
 from blocknas.blocks import ArchConfig, ConfigError
 from blocknas.search.data import DataError, DataSplit, load_data_for
+from blocknas.search.pause_points import pause_point
 from blocknas.search.tracking import (
     StudyTracker,
     TrackingError,
@@ -95,6 +96,7 @@ def open_study(config: StudyConfig, *, storage: BaseStorage | None = None) -> tu
             sampler=_sampler(config, config.seed),
             pruner=_pruner(config),
         )
+        pause_point("study-created")  # a test's race window: created, its definition not yet stored
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(METRIC_NAMES[config.objective])

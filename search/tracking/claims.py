@@ -20,6 +20,12 @@ on another host lives cannot be seen from here: such a claim is waited for up to
 The claims are deleted once set-up is complete, and a worker that finds set-up complete deletes
 any claim still left: one killed between marking set-up complete and deleting its claims leaves
 them behind, and they would otherwise stay in ``optuna studies`` for good.
+
+A study's *definition* (what its trials are trained and judged under) is stored the same way,
+by :func:`store_once` under its own claim (``<study>/definition-claim/<n>``): last-writer-wins
+``set_user_attr`` would let a worker that found none store its own while the creator, paused
+between creating the study and storing its definition, stores another. Under the claim, the
+first worker to get there stores its definition and every other reads that one.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.exceptions import DuplicatedStudyError
@@ -37,7 +44,7 @@ from optuna.storages import BaseStorage
 from .masking import mask_url
 from .storage import StorageError, _local_pid, _pid_alive, worker_id
 
-__all__ = ["SETUP_COMPLETE_ATTR", "complete_setup", "setup_wait_s"]
+__all__ = ["SETUP_COMPLETE_ATTR", "complete_setup", "setup_wait_s", "store_once"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +58,8 @@ def setup_wait_s() -> float:
     return float(os.environ.get(WAIT_ENV) or 1800)
 
 
-def claim_name(study_name: str, generation: int) -> str:
-    return f"{study_name}/setup-claim/{generation}"
+def claim_name(study_name: str, generation: int, kind: str = "setup") -> str:
+    return f"{study_name}/{kind}-claim/{generation}"
 
 
 def complete_setup(
@@ -77,41 +84,100 @@ def complete_setup(
     Raises:
         StorageError: Set-up is still incomplete after ``wait_s`` under a claim whose holder cannot be checked.
     """
+
+    def steps() -> None:
+        set_up()
+        study.set_user_attr(SETUP_COMPLETE_ATTR, True)
+
+    def done() -> bool:
+        return bool(study.user_attrs.get(SETUP_COMPLETE_ATTR))
+
+    return _once(study, storage, "setup", done, steps, wait_s=wait_s, poll_s=poll_s)
+
+
+def store_once(
+    study: optuna.Study,
+    storage: BaseStorage,
+    key: str,
+    value: Any,
+    *,
+    unless: tuple[str, ...] = (),
+    wait_s: float | None = None,
+    poll_s: float = 0.5,
+) -> Any:
+    """Store ``value`` as the study's user attribute ``key`` unless some worker stored one first; the stored one.
+
+    First writer wins, across workers and hosts: the value is stored under a claim (the
+    ``definition`` claim, shared by every key), after looking again under it.
+
+    Args:
+        study: The study.
+        storage: Its storage (the claim is created there).
+        key: The user attribute.
+        value: What to store if the study holds no ``key``.
+        unless: Attributes that, present, mean the study is of another kind: nothing is stored.
+        wait_s: Longest wait for a claim of another host or an unsigned one (default :func:`setup_wait_s`).
+        poll_s: Seconds between looks at the claim.
+
+    Returns:
+        The study's ``key``: ``value`` or the one stored first; None if it holds one of ``unless`` instead.
+
+    Raises:
+        StorageError: Nothing is stored after ``wait_s`` under a claim whose holder cannot be checked.
+    """
+
+    def stored() -> bool:
+        return any(k in study.user_attrs for k in (key, *unless))
+
+    _once(study, storage, "definition", stored, lambda: study.set_user_attr(key, value), wait_s=wait_s, poll_s=poll_s)
+    return study.user_attrs.get(key)
+
+
+def _once(
+    study: optuna.Study,
+    storage: BaseStorage,
+    kind: str,
+    done: Callable[[], bool],
+    act: Callable[[], None],
+    *,
+    wait_s: float | None,
+    poll_s: float,
+) -> bool:
+    """Run ``act`` under the study's ``kind`` claim unless ``done()``; ``True`` if this worker ran it."""
     limit = setup_wait_s() if wait_s is None else wait_s
     deadline = time.monotonic() + limit
     announced = None
-    while not study.user_attrs.get(SETUP_COMPLETE_ATTR):
-        holder, generation = _claim(storage, study.study_name)
+    while not done():
+        holder, generation = _claim(storage, study.study_name, kind)
         if holder is None:
-            ran = not study.user_attrs.get(SETUP_COMPLETE_ATTR)  # checked again, now under the claim
+            ran = not done()  # checked again, now under the claim
             if ran:
-                set_up()
-                study.set_user_attr(SETUP_COMPLETE_ATTR, True)
-            _release(storage, study.study_name, generation)
+                act()
+            _release(storage, study.study_name, generation, kind)
             return ran
         if holder != announced:
-            log.info("waiting for worker %s to finish setting up study %s", holder, study.study_name)
+            log.info("waiting for worker %s to finish setting up study %s (%s)", holder, study.study_name, kind)
             announced = holder
         if _local_pid(holder) is None and time.monotonic() >= deadline:
             raise StorageError(
                 mask_url(
-                    f"study {study.study_name!r} is still being set up by worker {holder} after {limit:.0f} s; "
-                    f"if that worker is gone, delete its claim (optuna delete-study --study-name "
-                    f"'{claim_name(study.study_name, generation)}' --storage URL) and start again, or wait "
+                    f"study {study.study_name!r} is still being set up by worker {holder} ({kind} claim) after "
+                    f"{limit:.0f} s; if that worker is gone, delete its claim (optuna delete-study --study-name "
+                    f"'{claim_name(study.study_name, generation, kind)}' --storage URL) and start again, or wait "
                     f"longer with ${WAIT_ENV}"
                 )
             )
         time.sleep(poll_s)
-    _release_leftovers(storage, study.study_name)
+    _release_leftovers(storage, study.study_name, kind)
     return False
 
 
-def _claim(storage: BaseStorage, study_name: str) -> tuple[str | None, int]:
+def _claim(storage: BaseStorage, study_name: str, kind: str) -> tuple[str | None, int]:
     """``(None, n)`` if this worker now holds claim ``n``, else ``(holder, n)``: a live or unknown holder."""
     me = worker_id()
     generation = 0
     while True:
-        name = claim_name(study_name, generation)
+        name = claim_name(study_name, generation, kind)
         try:
             claim = optuna.create_study(study_name=name, storage=storage)
         except DuplicatedStudyError:
@@ -131,16 +197,16 @@ def _claim(storage: BaseStorage, study_name: str) -> tuple[str | None, int]:
         return None, generation
 
 
-def _release(storage: BaseStorage, study_name: str, generation: int) -> None:
-    """Delete the claims up to ``generation`` (set-up is complete: nobody needs them)."""
+def _release(storage: BaseStorage, study_name: str, generation: int, kind: str) -> None:
+    """Delete the claims up to ``generation`` (the step is done: nobody needs them)."""
     for n in range(generation + 1):
         with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=claim_name(study_name, n), storage=storage)
+            optuna.delete_study(study_name=claim_name(study_name, n, kind), storage=storage)
 
 
-def _release_leftovers(storage: BaseStorage, study_name: str) -> None:
-    """Delete the claims of a study whose set-up is complete (a worker killed before releasing them leaves some)."""
-    prefix = claim_name(study_name, 0)[:-1]
+def _release_leftovers(storage: BaseStorage, study_name: str, kind: str) -> None:
+    """Delete the claims of a study whose step is done (a worker killed before releasing them leaves some)."""
+    prefix = claim_name(study_name, 0, kind)[:-1]
     for name in optuna.get_all_study_names(storage):
         if name.startswith(prefix) and name[len(prefix) :].isdigit():
             log.info("deleting claim %s left by a worker that finished setting up study %s", name, study_name)
