@@ -153,8 +153,9 @@ def test_rungs_in_epochs_and_in_time() -> None:
         ({"pruner": "pareto_asha", "pruning": {"reduction_factor": 1}}, "pruning.reduction_factor: 1 must be >= 2"),
         ({"pruner": "pareto_asha", "pruning": {"min_epochs": 4}}, "pruning.min_epochs: 4 leaves no rung"),
         ({"pruner": "median", "pruning": {"min_epochs": 2}}, "pruning: settings for pruner: pareto_asha"),
+        ({"pruner": "hyperband"}, "pruner: hyperband cannot prune a multi-objective study"),
     ],
-    ids=["single_objective", "eta_below_2", "min_epochs_over_budget", "settings_without_the_pruner"],
+    ids=["single_objective", "eta_below_2", "min_epochs_over_budget", "settings_without_the_pruner", "hyperband_multi"],
 )
 def test_bad_settings_exit_2_and_write_nothing(
     settings: dict, message: str, bare_tmp_dir: Path, capsys: pytest.CaptureFixture[str]

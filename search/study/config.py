@@ -155,11 +155,19 @@ class StudyConfig(StudyBase):
         self._check_pruner()
 
     def _check_pruner(self) -> None:
-        """``pareto_asha`` needs the multi objective and a first rung inside the training budget."""
+        """``pareto_asha`` needs the multi objective and a first rung inside the training budget; ``hyperband``
+        a single objective (it would prune nothing: ``median``, the default, is likewise inert on ``multi``)."""
         if self.pruner == "pareto_asha" and self.objective != "multi":
             raise ConfigError(
                 "pareto_asha ranks accuracy against latency and needs objective: multi; a single-objective "
                 "study uses median, hyperband or none",
+                path="pruner",
+            )
+        if self.pruner == "hyperband" and self.objective == "multi":
+            raise ConfigError(
+                "hyperband cannot prune a multi-objective study (Optuna's pruners need one objective), so it "
+                "would stop nothing; use pareto_asha (Pareto-aware successive halving) or none, or objective: "
+                "accuracy",
                 path="pruner",
             )
         if self.pruning != PruningConfig() and self.pruner != "pareto_asha":
