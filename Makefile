@@ -6,7 +6,7 @@ N ?= 2
 PORT ?= 5000
 HOST ?= 127.0.0.1
 
-.PHONY: install data test lint search ablate workers dashboard
+.PHONY: install data test lint docs search ablate workers dashboard
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ lint: install
 # when root, else torchvision's download (short connect timeout). Says which it did.
 data: install
 	$(PY) scripts/get_data.py --config $(CONFIG)
+
+# The docs site (mkdocs.yml, docs/): reference pages generated from the code; a broken link fails.
+docs: install
+	$(VENV)/bin/mkdocs build --strict -d site
 
 search: data
 	$(PY) scripts/search.py --config $(CONFIG)
