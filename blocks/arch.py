@@ -35,6 +35,17 @@ class ArchConfig:
 
     ``meta`` carries free-form notes (e.g. the metrics a discovered network was found
     with); it is saved and loaded but is not part of equality or the hash.
+
+    Attributes:
+        stages: The stages, in order (at least one).
+        stem: The first conv.
+        head: The optional head conv and the dropout before the classifier.
+        act_layer: Activation of the whole network (``relu``, ``hard_swish``, ``silu``, ...).
+        norm_layer: Norm layer of the whole network (``batchnorm2d``, ...).
+        in_chans: Input channels.
+        num_classes: Classifier outputs; 0: no classifier (features only).
+        input_size: ``[height, width]`` the network is designed and measured for.
+        meta: Free-form notes (a discovered network's metrics, its data and preprocessing).
     """
 
     stages: tuple[StageConfig, ...]

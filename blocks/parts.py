@@ -54,7 +54,13 @@ def _check_stride(stride: int, key: str) -> None:
 
 @dataclass(frozen=True)
 class StemConfig:
-    """The first conv → norm → act, from ``in_chans`` to ``out_chs``."""
+    """The first conv → norm → act, from ``in_chans`` to ``out_chs``.
+
+    Attributes:
+        out_chs: Output channels.
+        kernel_size: Kernel size, odd.
+        stride: 1 or 2.
+    """
 
     out_chs: int = 16
     kernel_size: int = 3
@@ -68,7 +74,20 @@ class StemConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """``depth`` blocks of one type; the first block applies ``stride``, the rest stride 1."""
+    """``depth`` blocks of one type; the first block applies ``stride``, the rest stride 1.
+
+    Attributes:
+        block: A registered block's name (``standard``, ``separable``, ``reversed``,
+            ``inverted_residual`` or your own).
+        out_chs: Output channels of every block of the stage.
+        depth: Blocks in the stage.
+        stride: The first block's stride, 1 or 2.
+        kernel_size: The depthwise (or k×k) kernel size, odd.
+        expand_ratio: Expansion of the hidden width (``inverted_residual``; others ignore it).
+        se_ratio: Squeeze-excite reduction ratio, in [0, 1); 0: no squeeze-excite.
+        mid_norm_act: Norm and activation between the block's convs (blocks that have the choice).
+        skip: Identity shortcut where stride and widths allow; null: the block's default.
+    """
 
     block: str
     out_chs: int
@@ -96,7 +115,12 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Optional 1×1 conv to ``num_features`` (0: none, use the last stage's width), then the classifier."""
+    """Optional 1×1 conv to ``num_features`` (0: none, use the last stage's width), then the classifier.
+
+    Attributes:
+        num_features: Width of the 1×1 head conv; 0: no head conv.
+        drop_rate: Dropout before the classifier.
+    """
 
     num_features: int = 0
     drop_rate: float = 0.0

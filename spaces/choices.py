@@ -107,6 +107,10 @@ class DepthRange:
 
     Both are checked as a stage's ``depth`` is (1 to ``MAX_DEPTH``), and the choices are a ``range``,
     never a materialised list, so counting a space costs nothing per depth value.
+
+    Attributes:
+        min: Fewest blocks in the stage.
+        max: Most blocks in the stage.
     """
 
     min: int = 1
@@ -130,6 +134,13 @@ class BlockChoices:
     ``kernel_sizes`` and ``se_ratios`` override the stage's lists for this block;
     ``expand_ratios`` and ``mid_norm_acts`` exist only here, because only some blocks
     use them (``None``: the ``StageConfig`` default).
+
+    Attributes:
+        name: A registered block's name.
+        kernel_sizes: Kernel sizes for this block (null: the stage's ``kernel_sizes``).
+        se_ratios: Squeeze-excite ratios for this block (null: the stage's ``se_ratios``).
+        expand_ratios: Expansion ratios, for blocks that use one (null: the block's default).
+        mid_norm_acts: ``mid_norm_act`` choices, for blocks that have it (null: the default).
     """
 
     name: str
@@ -161,7 +172,16 @@ class BlockChoices:
 
 @dataclass(frozen=True)
 class StageChoices:
-    """The choices of one stage; the block is chosen first, then its knobs."""
+    """The choices of one stage; the block is chosen first, then its knobs.
+
+    Attributes:
+        blocks: Block names, or mappings ``{name: ..., <knob>s: [...]}`` with the block's own choices.
+        widths: Output channel choices.
+        depth: Blocks per stage: a number, or ``{min: ..., max: ...}``.
+        strides: Stride choices (1, 2).
+        kernel_sizes: Kernel size choices, odd.
+        se_ratios: Squeeze-excite ratio choices (0: none).
+    """
 
     blocks: tuple[BlockChoices, ...]
     widths: tuple[int, ...]
@@ -189,7 +209,13 @@ class StageChoices:
 
 @dataclass(frozen=True)
 class StemChoices:
-    """Stem width choices; its kernel and stride are fixed."""
+    """Stem width choices; its kernel and stride are fixed.
+
+    Attributes:
+        widths: Output channel choices.
+        kernel_size: The stem's kernel size, odd.
+        stride: The stem's stride, 1 or 2.
+    """
 
     widths: tuple[int, ...] = (16,)
     kernel_size: int = 3
@@ -202,7 +228,12 @@ class StemChoices:
 
 @dataclass(frozen=True)
 class HeadChoices:
-    """Head conv width choices (``num_features``; 0: no head conv) and a fixed drop rate."""
+    """Head conv width choices (``num_features``; 0: no head conv) and a fixed drop rate.
+
+    Attributes:
+        widths: Head conv width choices; 0: no head conv.
+        drop_rate: Dropout before the classifier.
+    """
 
     widths: tuple[int, ...] = (0,)
     drop_rate: float = 0.0

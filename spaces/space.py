@@ -132,6 +132,17 @@ class SearchSpace:
     them in with :meth:`for_data`) unless the space pins them; sampled without data, an unpinned
     one takes ``ArchConfig``'s default (32×32, 3 channels, 10 classes). See ``spaces/mobile32.yaml``
     for an annotated example.
+
+    Attributes:
+        stages: The stages' choices, in order; their number is fixed.
+        stem: The stem's width choices.
+        head: The head conv's width choices and drop rate.
+        act_layers: Activation choices for the whole network.
+        norm_layer: The norm layer, fixed.
+        in_chans: Pinned input channels (null: the data's).
+        num_classes: Pinned classes (null: the data's).
+        input_size: Pinned ``[height, width]`` (null: the data's).
+        name: The space's name (default: the file's name without ``.yaml``).
     """
 
     stages: tuple[StageChoices, ...]

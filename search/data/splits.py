@@ -64,6 +64,26 @@ class DataConfig:
     pinned by the search space), the dataset's own is used (an image folder's: its most common
     size, and RGB if any image has colour; ``synthetic``: 3×32×32). ``on_bad_file`` decides what
     an image folder's undecodable images do: ``stop`` (an error listing them all) or ``skip``.
+
+    Attributes:
+        name: The dataset: ``digits``, ``synthetic``, ``imagefolder``, ``cifar10``, ``cifar100``,
+            ``fashion_mnist``, ``mnist`` or ``kmnist``.
+        root: The folder holding the files (required for ``imagefolder`` and CIFAR); for the idx
+            datasets optional, without it the standard places are searched.
+        val_fraction: Share of the images held out for validation where the dataset has no
+            validation split of its own (``digits``, ``synthetic``, an image folder without ``val/``).
+        download: Fetch the files with torchvision into the user cache when they are missing
+            (idx datasets and CIFAR only); never implicit.
+        num_samples: ``synthetic`` only: how many images to generate.
+        num_classes: ``synthetic`` only: how many classes to generate.
+        seed: Seed of the split, the subsamples and the synthetic images.
+        max_train_samples: A stratified, seeded subsample of the training split (null: all).
+        max_val_samples: A stratified, seeded subsample of the validation split (null: all).
+        input_size: ``[height, width]`` every image is resized to (null: the space's or the dataset's own).
+        in_chans: Channels every image is brought to: grayscale is replicated, RGB becomes luminance
+            at 1 (null: the space's or the dataset's own).
+        on_bad_file: ``imagefolder`` only: ``stop`` (an error listing every undecodable image) or
+            ``skip`` (leave them out, listed in a warning).
     """
 
     name: DatasetName = "digits"

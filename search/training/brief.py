@@ -73,6 +73,26 @@ class TrainConfig:
     only takes effect on CUDA (bf16 where supported, else fp16 with a gradient scaler).
     ``threads`` pins torch's intra-op threads while training (restored after): CPU results
     depend on the thread count, so pin it when a trial must reproduce bit for bit elsewhere.
+
+    Attributes:
+        epochs: Passes over the training images; the schedule is planned for this many.
+        time_budget_s: Stop training after this many seconds, evaluation included (null: no limit).
+        batch_size: Training images per step.
+        optimizer: ``adamw`` or ``sgd`` (with Nesterov momentum).
+        lr: Peak learning rate.
+        weight_decay: Decoupled weight decay (AdamW) or L2 penalty (SGD).
+        momentum: SGD's momentum (AdamW ignores it).
+        schedule: ``cosine`` (to zero after the warm-up), ``constant`` (after the warm-up) or
+            ``onecycle`` (PyTorch's ``OneCycleLR``, which has its own warm-up).
+        warmup_epochs: Linear warm-up, in epochs (fractions allowed).
+        label_smoothing: Cross-entropy label smoothing.
+        channels_last: Train in the channels-last memory format.
+        amp: Mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); no effect on the CPU.
+        device: ``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:<n>``.
+        eval_batch_size: Validation images per forward pass.
+        threads: torch's intra-op threads while training, restored after (null: the process's setting).
+        ema_decay: Decay of an exponential moving average of the weights, validated beside them
+            (null: none; ``score: ema_accuracy`` needs it).
     """
 
     epochs: int = 3

@@ -68,6 +68,10 @@ class EmaConfig:
     """Exponential moving average of the weights (timm's ``ModelEmaV3``, decay warm-up on).
 
     When enabled, the EMA weights are the ones validated, checkpointed as best and exported.
+
+    Attributes:
+        enabled: Keep the average (its weights are then the ones validated and exported).
+        decay: The average's decay per step.
     """
 
     enabled: bool = False
@@ -92,6 +96,9 @@ class FullTrainConfig(FileConfig):
         out_dir: Checkpoint folder; default ``<runs_dir>/train/<name>``.
         tracking: Log an MLflow run (experiment ``experiment``).
         tracking_uri: Default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<runs_dir>/mlflow.db``.
+        seed: Seed of the weight initialisation, the data order and the augmentation.
+        runs_dir: Local folder for the runs, the default MLflow store and the checkpoints.
+        experiment: The MLflow experiment the run is logged in.
         weights_format: File type of the weights-only checkpoints.
     """
 
