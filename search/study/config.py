@@ -80,7 +80,14 @@ class StudyBase(FileConfig):
 
 @dataclass(frozen=True)
 class Constraints:
-    """Budgets checked before training; a candidate over any of them is never trained."""
+    """Budgets checked before training; a candidate over any of them is never trained.
+
+    Attributes:
+        latency_ms: Most milliseconds per call: the measured p50 (one measurement, then rejected
+            untrained), or with ``latency.mode: predicted`` the prediction (rejected before it is built).
+        params: Most parameters; checked from the formulas, before the network is built.
+        macs: Most multiply-accumulates per image; checked like ``params``.
+    """
 
     latency_ms: float | None = None
     params: int | None = None
@@ -110,8 +117,11 @@ class StudyConfig(StudyBase):
         pruner: ``median`` | ``hyperband`` | ``none`` (Optuna's, single objective only) or
             ``pareto_asha`` (multi objective only: Pareto-aware successive halving).
         pruning: Settings of ``pareto_asha`` (:class:`PruningConfig`).
+        seed: Seed of the sampler and of every trial's training (the same for all trials, so they
+            compare fairly); later workers add their pid to the sampler's.
         n_trials: Total trials wanted for the study (all workers together, resumes included).
         baselines: Architectures (paths or preset names) evaluated first, marked as baselines.
+        export_dir: Where the Pareto front is written, as ``<export_dir>/<name>/``.
         proxies: Zero-cost proxies logged for every trial that is built (null: ``DEFAULT_PROXIES``,
             those costing under 1 s per mobile32 network; ``[]``: none).
         screen: ``{proxy: auto | <name>, pool: K}``: train only the best of K candidates by
