@@ -111,6 +111,8 @@ def format_type(tp: Any) -> str:
 
 
 def _yaml(value: Any) -> str:
+    if value == "":
+        return '""'
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -181,7 +183,7 @@ def _cell(text: str) -> str:
     return "`".join(part if i % 2 else part.replace("|", "\\|") for i, part in enumerate(parts))
 
 
-def _config_section(cls: type, prefix: str, level: int, seen: frozenset[type]) -> list[str]:
+def _config_section(root: type, cls: type, prefix: str, level: int, seen: frozenset[type]) -> list[str]:
     docs = attribute_docs(cls)
     rows, below = [], []
     for name, tp, f in config_fields(cls):
@@ -190,7 +192,7 @@ def _config_section(cls: type, prefix: str, level: int, seen: frozenset[type]) -
         description = docs.get(name, "")
         if nested and nested[0] not in seen:
             child, suffix = nested
-            anchor = re.sub(r"[^a-z0-9]+", "-", f"{cls.__name__}-{key}".lower()).strip("-")
+            anchor = re.sub(r"[^a-z0-9]+", "-", f"{root.__name__}-{key}".lower()).strip("-")
             description = (description + " " if description else "") + f"[Keys below](#{anchor})."
             below.append((key + suffix, child, anchor))
         rows.append(f"| `{key}` | {_cell(format_type(tp))} | {_cell(_default(f))} | {_cell(description)} |")
@@ -198,7 +200,7 @@ def _config_section(cls: type, prefix: str, level: int, seen: frozenset[type]) -
     for key, child, anchor in below:
         heading = "#" * min(level, 6)
         lines += [f"{heading} `{key}` {{#{anchor}}}", "", f"`{child.__name__}`: {summary(child)}", ""]
-        lines += _config_section(child, key + ".", level + 1, seen | {child})
+        lines += _config_section(root, child, key + ".", level + 1, seen | {child})
     return lines
 
 
@@ -214,7 +216,7 @@ def config_reference() -> str:
     ]
     for title, used, cls in _roots():
         lines += [f"## {title}", "", f"Read by {used}: `{cls.__module__}.{cls.__name__}`. {summary(cls)}", ""]
-        lines += _config_section(cls, "", 3, frozenset({cls}))
+        lines += _config_section(cls, cls, "", 3, frozenset({cls}))
     return "\n".join(lines) + "\n"
 
 
@@ -230,15 +232,16 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction | argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
             continue
-        names = ", ".join(f"`{s}`" for s in action.option_strings) or f"`{action.dest}`"
-        if action.nargs != 0 and action.option_strings:
-            metavar = action.metavar or action.dest.upper()
-            names += f" `{metavar if isinstance(metavar, str) else ' '.join(metavar)}`"
+        metavar = action.metavar or action.dest.upper()
+        value = f" {metavar if isinstance(metavar, str) else ' '.join(metavar)}" if action.nargs != 0 else ""
+        names = ", ".join(f"`{s}{value}`" for s in action.option_strings) or f"`{action.metavar or action.dest}`"
         help_text = action.help or ""
         if "%(" in help_text:
             help_text = help_text % {**vars(action), "prog": parser.prog}
         default = action.default
         shown = "" if default in (None, False, argparse.SUPPRESS) or action.nargs == 0 else f"`{_yaml(default)}`"
+        if action.required and action.option_strings:
+            shown = "required"
         if action.choices and not isinstance(action.choices, dict):
             help_text += " (one of " + ", ".join(f"`{c}`" for c in action.choices) + ")"
         rows.append(f"| {names} | {_cell(shown)} | {_cell(help_text)} |")
