@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +23,14 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from blocknas.search.cli import main
 from blocknas.search.study import load_study_config, run_search
-from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, open_storage
+from blocknas.search.tracking import (
+    PARENT_RUN_ATTR,
+    RUN_ID_ATTR,
+    WORKER_ATTR,
+    StudyTracker,
+    fail_abandoned_trials,
+    open_storage,
+)
 
 from .conftest import quick_study, seed_mlflow_store
 
@@ -118,3 +128,31 @@ def test_doctor_names_every_state_disagreement(runs: Path, capsys: pytest.Captur
     code, out = _doctor(runs, capsys)
     assert code == 1 and "1 problem(s)" in out, out
     assert f"trial 3 is RUNNING in Optuna but its run {run.info.run_id} is FINISHED in MLflow" in out, out
+
+
+def test_a_resume_settles_what_a_worker_killed_between_mlflow_and_optuna_left(
+    runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker killed after ending its trial's run and before telling Optuna (and one whose run was
+    never ended after Optuna was told): the next worker's recovery leaves nothing for the doctor."""
+    study = optuna.load_study(study_name=NAME, storage=open_storage(str(runs / "optuna.journal")))
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    unended = study.trials[0].user_attrs[RUN_ID_ATTR]
+    client.update_run(unended, status="RUNNING")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    running = study.ask()
+    running.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{int(dead.stdout)}")  # a process that is gone
+    run = client.create_run(
+        client.get_run(unended).info.experiment_id,
+        tags={MLFLOW_PARENT_RUN_ID: study.user_attrs[PARENT_RUN_ATTR], "optuna.trial_number": str(running.number)},
+    )
+    running.set_user_attr(RUN_ID_ATTR, run.info.run_id)
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    assert _doctor(runs, capsys)[0] == 1
+
+    fail_abandoned_trials(study)  # what the next worker does first (search/study/start.py)
+    StudyTracker(f"sqlite:///{runs / 'mlflow.db'}", NAME, runs_dir=runs).close_orphans(study)
+    code, out = _doctor(runs, capsys)
+    assert code == 0, out
+    assert client.get_run(unended).info.status == "FINISHED"
+    assert client.get_run(run.info.run_id).info.status == "KILLED"

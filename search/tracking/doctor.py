@@ -23,21 +23,13 @@ from optuna.trial import FrozenTrial, TrialState
 from .attrs import KIND_TAG, PARENT_RUN_ATTR, RUN_ID_ATTR
 from .journal import bad_records, torn_tail
 from .masking import mask_url
-from .runs import StudyTracker, TrackingError, check_reachable
+from .runs import RUN_STATUSES, StudyTracker, TrackingError, check_reachable
 from .storage import check_local_store, journal_path, load_study
 
-__all__ = ["REPAIRABLE", "RUN_STATUSES", "Diagnosis", "check_study", "diagnose"]
+__all__ = ["REPAIRABLE", "Diagnosis", "check_study", "diagnose"]
 
 REPAIRABLE = " (repairable with --repair)"
 """Ends the text of every problem that ``check_study(..., repair=True)`` mends."""
-
-RUN_STATUSES: dict[TrialState, tuple[str, ...]] = {
-    TrialState.RUNNING: ("RUNNING",),
-    TrialState.COMPLETE: ("FINISHED",),
-    TrialState.PRUNED: ("FINISHED",),  # pruned, over budget or screened out: the run itself ended well
-    TrialState.FAIL: ("FAILED", "KILLED"),
-}
-"""The MLflow run statuses that agree with each Optuna trial state; a repair sets the first."""
 
 
 @dataclass
@@ -52,14 +44,14 @@ class Diagnosis:
     complete: int = 0
     children: int = 0
     problems: list[str] = field(default_factory=list)
-    repairs: list[Callable[[], str]] = field(default_factory=list, repr=False)
+    repairs: list[Callable[[], str | None]] = field(default_factory=list, repr=False)
     repaired: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, problem: str, repair: Callable[[], str] | None = None) -> None:
+    def add(self, problem: str, repair: Callable[[], str | None] | None = None) -> None:
         """Record a problem, and how to mend it if there is one right way."""
         self.problems.append(problem + (REPAIRABLE if repair else ""))
         if repair:
@@ -139,15 +131,7 @@ def _check_status(result: Diagnosis, tracker: StudyTracker, trial: FrozenTrial, 
     if trial.state == TrialState.RUNNING:
         result.add(f"{problem} (its worker, or a resume once that worker is gone, ends the trial)")
     else:
-        result.add(problem, partial(_set_status, tracker.client, run.info.run_id, status, agreeing[0]))
-
-
-def _set_status(client: MlflowClient, run_id: str, was: str, status: str) -> str:
-    if was == "RUNNING":
-        client.set_terminated(run_id, status=status)
-    else:  # an ended run keeps its end time
-        client.update_run(run_id, status=status)
-    return f"run {run_id}: status {was} -> {status}"
+        result.add(problem, partial(tracker.settle_run, run.info.run_id, trial.state))
 
 
 def _journal_damage(storage_url: str) -> list[str]:
@@ -193,7 +177,7 @@ def check_study(
     if not repair:
         result.problems[:0] = [problem + REPAIRABLE for problem in damage]
         return result
-    repaired = [f"{problem}: moved aside" for problem in damage] + [mend() for mend in result.repairs]
+    repaired = [f"{problem}: moved aside" for problem in damage] + [done for mend in result.repairs if (done := mend())]
     if result.repairs:
         result = _check_stores(study, study_name, tracking_uri, runs_dir)
     result.repaired = repaired

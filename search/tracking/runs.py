@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from optuna.trial import TrialState
 
 from blocknas.search.files import file_lock
 
@@ -32,6 +33,7 @@ from .attrs import PARENT_RUN_ATTR, PARENT_TOKEN_ATTR, RUN_ID_ATTR
 from .masking import mask_url
 
 __all__ = [
+    "RUN_STATUSES",
     "StudyTracker",
     "TrackingError",
     "check_reachable",
@@ -42,6 +44,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _BATCH = 100  # MLflow's log_batch limit per kind
+
+RUN_STATUSES: dict[TrialState, tuple[str, ...]] = {
+    TrialState.RUNNING: ("RUNNING",),
+    TrialState.COMPLETE: ("FINISHED",),
+    TrialState.PRUNED: ("FINISHED",),  # pruned, over budget or screened out: the run itself ended well
+    TrialState.FAIL: ("KILLED", "FAILED"),
+}
+"""The MLflow run statuses that agree with each Optuna trial state; a run that disagrees with its
+finished trial is set to the first (a failed trial's worker was killed before it could end the run)."""
 
 
 class TrackingError(RuntimeError):
@@ -288,16 +299,29 @@ class StudyTracker:
             if not token:
                 return runs
 
+    def settle_run(self, run_id: str, state: TrialState) -> str | None:
+        """Give a finished trial's run a status that agrees with the trial's (:data:`RUN_STATUSES`).
+
+        Optuna's state is the truth: a worker killed between ending the run and telling Optuna
+        (or the other way round) leaves them disagreeing. Returns what changed, or ``None``.
+        """
+        status, agreeing = self.client.get_run(run_id).info.status, RUN_STATUSES[state]
+        if status in agreeing:
+            return None
+        if state == TrialState.FAIL:
+            self.client.set_tag(run_id, "blocknas.state", "killed")
+        if status == "RUNNING":
+            self.client.set_terminated(run_id, status=agreeing[0])
+        else:  # an ended run keeps its end time
+            self.client.update_run(run_id, status=agreeing[0])
+        return f"run {run_id}: status {status} -> {agreeing[0]}"
+
     def close_orphans(self, study: optuna.Study) -> int:
-        """Mark children of trials that are no longer running (killed workers) as KILLED."""
+        """Settle the runs that killed workers left disagreeing with their finished trials (:meth:`settle_run`)."""
         closed = 0
         for trial in study.get_trials(deepcopy=False):
             run_id = trial.user_attrs.get(RUN_ID_ATTR)
-            if not run_id or trial.state == optuna.trial.TrialState.RUNNING:
-                continue
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                self.client.set_tag(run_id, "blocknas.state", "killed")
-                self.client.set_terminated(run_id, status="KILLED")
+            if run_id and trial.state.is_finished() and self.settle_run(run_id, trial.state):
                 closed += 1
         return closed
 
