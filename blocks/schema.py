@@ -178,6 +178,8 @@ def _parse_scalar(hint: Any, value: Any, path: str) -> Any:
 
 
 def _hint_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return ", ".join(map(repr, typing.get_args(hint)))
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 

@@ -17,9 +17,6 @@ from blocknas.search.interrupts import install_interrupt_handlers
 
 __all__ = ["main"]
 
-MAX_WORKERS = 256
-"""Most local worker processes ``blocknas workers -n`` starts."""
-
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from blocknas.blocks import ConfigError
@@ -75,6 +72,7 @@ def study_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         tracking_uri=args.tracking_uri,
         name=args.name,
         seed=flags.get("seed"),
+        parallel=flags.get("parallel"),
     )
 
 
@@ -88,16 +86,94 @@ def _pin_threads() -> None:
         torch.set_num_threads(int(os.environ["BLOCKNAS_THREADS"]))
 
 
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    add_study_overrides(parser)
+    parser.add_argument(
+        "--parallel",
+        type=_parallel_flag,
+        help="trials at once on this machine, as worker processes: auto (default: as many as the cores allow, "
+        "or the config's parallel:) or a number (1: this process alone)",
+    )
+
+
+def _parallel_flag(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give auto or a number of workers (1 or more)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give auto or a number of workers (1 or more)")
+    return value
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from blocknas.search.report import print_search_summary
-    from blocknas.search.study import run_search
+    from blocknas.search.study import available_cores, held_until_released, plan_parallel, run_search
 
-    _pin_threads()
+    if not held_until_released():  # a worker of a parallel search whose first worker found a problem
+        return 0
     config = study_config(args)
+    plan = plan_parallel(
+        config.parallel, n_trials=config.n_trials, threads=config.train.threads, cores=available_cores()
+    )
+    if plan.workers > 1:
+        return _search_in_parallel(args, config, plan)
+    _pin_threads()
     result = run_search(config, progress=not args.no_progress, allow_changed_definition=args.allow_changed_definition)
     if not args.no_summary:
         print_search_summary(result, config)
     return 0
+
+
+def _search_in_parallel(args: argparse.Namespace, config, plan) -> int:  # type: ignore[no-untyped-def]
+    """This process is the first worker: it checks and sets up the study (so bad input is reported once),
+    then starts the others on the study's storage, runs trials beside them and prints one summary."""
+    import subprocess
+
+    import torch
+
+    from blocknas.search.report import print_search_summary
+    from blocknas.search.study import (
+        release_workers,
+        run_search,
+        search_result,
+        start_workers,
+        stop_workers,
+        wait_workers,
+    )
+
+    logging.getLogger(__name__).info(
+        "%d trials at once (%s), %d training thread(s) each", plan.workers, plan.why, plan.threads
+    )
+    if plan.oversubscribed:
+        logging.getLogger(__name__).warning(
+            "%d workers × %d threads exceed the %d cores: trials will slow each other down",
+            plan.workers,
+            plan.threads,
+            plan.cores,
+        )
+    torch.set_num_threads(plan.threads)
+    # the others load their libraries meanwhile, held until the study is checked and set up here
+    worker_args = [*search_argv(args), "--no-summary", *([] if args.no_progress else ["--no-progress"])]
+    others: list[subprocess.Popen[bytes]] = start_workers(
+        plan.workers - 1, worker_args, threads=plan.threads, held=True
+    )
+    try:
+        run_search(
+            config,
+            progress=not args.no_progress,
+            allow_changed_definition=args.allow_changed_definition,
+            on_ready=lambda: release_workers(others),
+        )
+    except BaseException:
+        stop_workers(others)
+        raise
+    code = wait_workers(others)
+    if code == 0 and not args.no_summary:  # one summary of the study, once every worker is done
+        print_search_summary(search_result(config), config)
+    return code
 
 
 def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +184,7 @@ def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_workers(args: argparse.Namespace) -> int:
     from blocknas.blocks import ConfigError
     from blocknas.search.report import print_search_summary
-    from blocknas.search.study import launch_workers, search_result
+    from blocknas.search.study import MAX_WORKERS, launch_workers, search_result
 
     if not 1 <= args.workers <= MAX_WORKERS:
         raise ConfigError(f"{args.workers} workers requested; give -n 1 or more, up to {MAX_WORKERS}", path="--workers")
@@ -571,7 +647,7 @@ def cmd_space(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
-    "search": ("run (or resume) a search study", add_study_overrides, cmd_search),
+    "search": ("run (or resume) a search study", add_search_arguments, cmd_search),
     "workers": ("run N local worker processes on one study", add_workers_arguments, cmd_workers),
     "validate": (
         "retrain a finished search's front and random trials longer: does its score rank networks right?",

@@ -50,6 +50,13 @@ def _few_threads() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _one_trial_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``parallel: auto`` means one process per search here (``$BLOCKNAS_PARALLEL``): the suite already runs
+    one test per core, and a test that wants several workers says so (``--parallel 2``, ``parallel: 2``)."""
+    monkeypatch.setenv("BLOCKNAS_PARALLEL", "1")
+
+
+@pytest.fixture(autouse=True)
 def _no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts without a tracking URI (``$MLFLOW_TRACKING_URI`` or set in-process) and leaves
     none behind for later ones (``mlflow.set_tracking_uri`` sets both, and subprocesses inherit it)."""

@@ -18,6 +18,7 @@ from blocknas.search.yaml_config import FileConfig
 from .pruning import MAX_TRIALS, PruningConfig
 from .screening import ScreenConfig, check_proxies
 from .validation_config import ValidateConfig
+from .workers import MAX_WORKERS
 
 __all__ = [
     "MAX_HEARTBEAT_S",
@@ -131,6 +132,11 @@ class StudyConfig(StudyBase):
             weights, or ``ema_accuracy``, that of their exponential moving average (needs
             ``train.ema_decay``; costs one more validation). ``benchmarks/groundtruth.py`` measures
             how each ranks networks against full training; both are logged to MLflow.
+        sampler: ``tpe``, ``nsga2``, ``random`` or ``gp`` (Optuna's ``GPSampler``); each respects the budgets
+            the objective records with ``trial.set_constraint``.
+        parallel: Trials at once on this machine, as local worker processes on the study's storage:
+            ``auto`` (as many as the cores allow with ``train.threads`` × workers ≤ cores, or
+            ``$BLOCKNAS_PARALLEL``), or a number (1: one process). See :func:`.workers.plan_parallel`.
     """
 
     space: str = "tiny"
@@ -139,7 +145,7 @@ class StudyConfig(StudyBase):
     latency: LatencyTarget = LatencyTarget()
     objective: Literal["multi", "accuracy"] = "multi"
     constraints: Constraints = Constraints()
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
     pruner: Literal["median", "hyperband", "none", "pareto_asha"] = "median"
     pruning: PruningConfig = PruningConfig()
     seed: int = 0
@@ -150,9 +156,12 @@ class StudyConfig(StudyBase):
     screen: ScreenConfig | None = None
     validate: ValidateConfig = ValidateConfig()
     score: Literal["accuracy", "ema_accuracy"] = "accuracy"
+    parallel: Literal["auto"] | int = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.parallel != "auto":
+            check_range(self.parallel, "parallel", 1, MAX_WORKERS, hint=" (or auto: as many as the cores allow)")
         if self.score == "ema_accuracy" and self.train.ema_decay is None:
             raise ConfigError(
                 "score: ema_accuracy scores the EMA of the weights: set train.ema_decay (e.g. 0.99)", path="score"

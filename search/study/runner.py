@@ -139,7 +139,13 @@ def _past_total(study: optuna.Study, number: int, n_trials: int) -> bool:
     return sum(_tally(study.get_trials(deepcopy=False), below=number)) >= n_trials
 
 
-def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_definition: bool = False) -> SearchResult:
+def run_search(
+    config: StudyConfig,
+    *,
+    progress: bool = True,
+    allow_changed_definition: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> SearchResult:
     """Run (or resume) the study until it holds ``config.n_trials`` finished trials.
 
     Everything that can be wrong with the config is checked before anything is written, and
@@ -147,7 +153,8 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
     storage last). The networks, baselines included, are built for the data's shape where the
     space does not pin it. A resumed
     study must have the definition it was created with (:mod:`.definition`) unless
-    ``allow_changed_definition``; its space may grow.
+    ``allow_changed_definition``; its space may grow. ``on_ready`` is called once the study is
+    checked and set up, just before the first trial (``blocknas search`` starts its other workers there).
     """
     problems: list[Exception] = []
     space = attempt(problems, lambda: SearchSpace.load(config.space_path()))
@@ -188,6 +195,8 @@ def run_search(config: StudyConfig, *, progress: bool = True, allow_changed_defi
         config, space, run.data, tracker, parent, predictor=predictor, progress=progress, param_names=param_names
     )
     try:
+        if on_ready is not None:
+            on_ready()
         timed_out = optimize_until_done(
             study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress
         )

@@ -60,11 +60,18 @@ def raise_problems(problems: Sequence[Exception]) -> None:
 
 
 def _sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The config's sampler. None takes a ``constraints_func``: since Optuna 5 every sampler reads the
+    budgets the objective records with ``trial.set_constraint`` (``FrozenTrial.constraints``) itself."""
+    startup = min(10, max(2, config.n_trials // 3))
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)))
+    if config.sampler == "gp":
+        # define-by-run: a block's own knobs are outside the trials' common space and drawn at random,
+        # as the GP documents; its warning for each would repeat every trial
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
 
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
