@@ -22,8 +22,8 @@ import blocknas.blocks  # noqa: F401  (registers blocknet)
 from blocknas.blocks import ArchConfig, ConfigError, parse
 from blocknas.search.data import PREPROCESSING_KEY, DataConfig, DataError, Preprocessing, fetch_dataset, load_data
 from blocknas.search.report import flat_scores
-from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, STOPPED_TAG, StudyConfig, run_search
-from blocknas.search.tracking import PARENT_RUN_ATTR
+from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, StudyConfig, run_search
+from blocknas.search.tracking import PARENT_RUN_ATTR, STOPPED_TAG
 from blocknas.spaces import SearchSpace
 
 from .conftest import REPO_ROOT, load_benchmark, quick_study, seed_mlflow_store

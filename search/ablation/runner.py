@@ -37,6 +37,7 @@ from blocknas.search.study import (
     trial_counts,
 )
 from blocknas.search.tracking import (
+    KIND_TAG,
     StudyTracker,
     mask_config,
     mask_url,
@@ -134,7 +135,7 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
         config,
         params=flatten(mask_config(config.to_dict())),
         config_file="ablation.yaml",
-        tags={"blocknas.kind": "ablation"},
+        tags={KIND_TAG: "ablation"},
         set_up=set_up,
     )
     plan = plan_from_json(study.user_attrs[PLAN_ATTR])

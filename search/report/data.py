@@ -19,6 +19,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, OVER_BUDGET_ATTR
+from blocknas.search.tracking import FINGERPRINT_ID_TAG, FINGERPRINT_TAG_PREFIX
 
 __all__ = [
     "MIN_IMPORTANCE_TRIALS",
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 
 MIN_IMPORTANCE_TRIALS = 5  # fewer sampled complete trials than this and importances are noise
 REFERENCE_LATENCY_FACTOR = 1.1  # hypervolume reference latency = this × the slowest feasible trial
-FINGERPRINT_TAG = "latency.fp."
-FINGERPRINT_ID_TAG = "latency.fingerprint_id"
 
 
 def objective_names(study: optuna.Study) -> list[str]:
@@ -310,7 +309,9 @@ def fingerprints(run_tags: Iterable[dict[str, str]]) -> list[Fingerprint]:
     found: dict[str, dict[str, str]] = {}
     counts: Counter[str] = Counter()
     for tags in run_tags:
-        values = {k.removeprefix(FINGERPRINT_TAG): v for k, v in tags.items() if k.startswith(FINGERPRINT_TAG)}
+        values = {
+            k.removeprefix(FINGERPRINT_TAG_PREFIX): v for k, v in tags.items() if k.startswith(FINGERPRINT_TAG_PREFIX)
+        }
         if not values:
             continue
         fid = tags.get(FINGERPRINT_ID_TAG, "?")

@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from blocknas.search.latency import LATENCY_P90_METRIC
 from blocknas.search.markdown import md_code, md_link, md_text
 from blocknas.search.study import (
     FRONT_COLUMNS,
@@ -334,7 +335,7 @@ def _front_columns(runs: _Runs, ui_base: str, *, predicted: bool) -> list[FrontC
 
     def p90(row: FrontRow) -> str:
         run = (runs.children or {}).get(row.run_id)
-        return _num(run.data.metrics.get("latency_p90_ms") if run is not None else None, ".4g")
+        return _num(run.data.metrics.get(LATENCY_P90_METRIC) if run is not None else None, ".4g")
 
     def link(row: FrontRow) -> str:
         if row.run_id not in (runs.children or {}) or not runs.experiment_id:

@@ -23,8 +23,13 @@ __all__ = [
     "OVER_BUDGET_ATTR",
     "PLAN_ATTR",
     "PROXY_ATTR_PREFIX",
+    "PRUNED_ACCURACY_ATTR",
+    "PRUNED_BY_ATTR",
+    "PRUNED_EPOCH_ATTR",
+    "PRUNED_RUNG_ATTR",
     "SCREENED_OUT_ATTR",
     "SCREEN_COUNTED_ATTR",
+    "SCREEN_KEPT_ATTR",
     "SCREEN_POOL_ATTR",
     "SEARCH_DEFINITION_ATTR",
     "SURPLUS_ATTR",
@@ -49,8 +54,13 @@ PROXY_ATTR_PREFIX = "proxy."  # + a proxy's name: its zero-cost score, computed 
 SCREENED_OUT_ATTR = "screened_out_by"  # the proxy that screened this (never trained) candidate out
 SCREEN_POOL_ATTR = "screen.pool"  # the number of the trial whose screening pool this candidate was in
 SCREEN_COUNTED_ATTR = "screen.counted"  # True on the one pool member that counts toward n_trials
+SCREEN_KEPT_ATTR = "screen.kept"  # on a screened-out candidate: the number of the pool member kept instead
 TRAINING_KEY_ATTR = "training_key"  # arch hash + seed + settings digest: equal keys train identically
 DUPLICATE_OF_ATTR = "duplicate_of"  # the trial whose recorded values a duplicate took instead of training
+PRUNED_BY_ATTR = "pruned_by"  # the pruner that stopped the trial (``pareto_asha``)
+PRUNED_RUNG_ATTR = "pruned_rung"  # the rung that stopped it
+PRUNED_EPOCH_ATTR = "pruned_at_epoch"  # epochs trained when stopped
+PRUNED_ACCURACY_ATTR = "pruned_accuracy"  # validation accuracy at that rung
 
 # trial system attribute set by Optuna
 FIXED_PARAMS_ATTR = "fixed_params"  # the parameters a queued trial was enqueued with

@@ -30,7 +30,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig
-from blocknas.search.tracking import StudyTracker, fail_abandoned_trials
+from blocknas.search.tracking import DUPLICATE_OF_TAG, STATE_TAG, StudyTracker, fail_abandoned_trials
 
 from .attrs import (
     DUPLICATE_OF_ATTR,
@@ -54,7 +54,6 @@ _COPIED_ATTRS = (
     FINGERPRINT_ATTR,
     OVER_BUDGET_ATTR,
 )
-_CONSTRAINT_PREFIX = "constraints:"  # Optuna's system attrs of trial.set_constraint
 
 _LIVE = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -137,12 +136,11 @@ def take_recorded(
     for key in _COPIED_ATTRS:
         if key in original.user_attrs:
             trial.set_user_attr(key, original.user_attrs[key])
-    for key, value in original.system_attrs.items():
-        if key.startswith(_CONSTRAINT_PREFIX):
-            trial.set_constraint(key.removeprefix(_CONSTRAINT_PREFIX), value)
-    tags = {"blocknas.duplicate_of": str(original.number)}
+    for key, value in original.constraints.items():
+        trial.set_constraint(key, value)
+    tags = {DUPLICATE_OF_TAG: str(original.number)}
     if original.state == TrialState.PRUNED or original.values is None:
         tracker.log(run_id, tags=tags)
         raise optuna.TrialPruned(f"duplicate of trial {original.number}, which was pruned")
-    tracker.log(run_id, metrics=dict(zip(metric_names, original.values)), tags={**tags, "blocknas.state": "complete"})
+    tracker.log(run_id, metrics=dict(zip(metric_names, original.values)), tags={**tags, STATE_TAG: "complete"})
     return tuple(original.values)

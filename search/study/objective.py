@@ -28,7 +28,32 @@ from blocknas.blocks import ArchConfig, to_plain
 from blocknas.search.data import DataSplit
 from blocknas.search.latency import AgentClient, AgentError, AgentLost, LatencyPredictor, measure_latency
 from blocknas.search.latency_gate import default_gate
-from blocknas.search.tracking import WORKER_ATTR, StudyTracker, mask_url, worker_id
+from blocknas.search.tracking import (
+    ACCURACY_METRIC,
+    ARCH_HASH_TAG,
+    BASELINE_TAG,
+    BLOCK_TAG_PREFIX,
+    BLOCKS_TAG,
+    ERROR_TAG,
+    FINGERPRINT_ID_TAG,
+    FINGERPRINT_TAG_PREFIX,
+    LATENCY_METRIC,
+    LATENCY_PREDICTED_METRIC,
+    MACS_METRIC,
+    OBJECTIVE_METRICS,
+    OVER_BUDGET_TAG,
+    PARAMS_METRIC,
+    PRUNED_AT_EPOCH_TAG,
+    PRUNED_BY_TAG,
+    PRUNED_RUNG_TAG,
+    STATE_TAG,
+    STUDY_TAG,
+    TRAIN_SECONDS_METRIC,
+    WORKER_ATTR,
+    StudyTracker,
+    mask_url,
+    worker_id,
+)
 from blocknas.search.training import (
     DivergedError,
     EpochStats,
@@ -71,8 +96,8 @@ def latency_fingerprints(trials: Iterable[FrozenTrial]) -> dict[str, int]:
 
 def trial_tags(arch: ArchConfig) -> dict[str, str]:
     """Tags describing an architecture: its hash and the block of each stage."""
-    tags = {"blocknas.arch_hash": arch.short_hash(), "blocknas.blocks": ",".join(s.block for s in arch.stages)}
-    tags.update({f"blocknas.block.s{i}": s.block for i, s in enumerate(arch.stages)})
+    tags = {ARCH_HASH_TAG: arch.short_hash(), BLOCKS_TAG: ",".join(s.block for s in arch.stages)}
+    tags.update({f"{BLOCK_TAG_PREFIX}s{i}": s.block for i, s in enumerate(arch.stages)})
     return tags
 
 
@@ -107,9 +132,9 @@ class Objective:
 
     def run_labels(self, trial: Trial, arch: ArchConfig) -> tuple[str, dict[str, str]]:
         """Name and tags of the trial's MLflow child run; subclasses add their own tags."""
-        tags = {**trial_tags(arch), "blocknas.study": self.config.name}
+        tags = {**trial_tags(arch), STUDY_TAG: self.config.name}
         if BASELINE_ATTR in trial.user_attrs:
-            tags["blocknas.baseline"] = str(trial.user_attrs[BASELINE_ATTR])
+            tags[BASELINE_TAG] = str(trial.user_attrs[BASELINE_ATTR])
         return f"trial-{trial.number:04d}-{arch.short_hash()}", tags
 
     def __call__(self, trial: Trial) -> float | tuple[float, ...]:
@@ -125,7 +150,7 @@ class Objective:
             return values
         except optuna.TrialPruned:
             state = "over_budget" if OVER_BUDGET_ATTR in trial.user_attrs else "pruned"
-            self.tracker.log(run_id, tags={"blocknas.state": state})
+            self.tracker.log(run_id, tags={STATE_TAG: state})
             status = "FINISHED"
             raise
         except AgentError as exc:
@@ -137,9 +162,7 @@ class Objective:
             if interrupted:
                 retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
             trial.set_user_attr(FAIL_REASON_ATTR, reason)
-            self.tracker.log(
-                run_id, tags={"blocknas.state": "killed" if interrupted else "failed", "blocknas.error": reason}
-            )
+            self.tracker.log(run_id, tags={STATE_TAG: "killed" if interrupted else "failed", ERROR_TAG: reason})
             if not interrupted:
                 self.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
             status = "KILLED" if interrupted else "FAILED"
@@ -149,12 +172,14 @@ class Objective:
 
     def _evaluate(self, trial: Trial, arch: ArchConfig, run_id: str) -> float | tuple[float, ...]:
         cost = arch.cost()
-        self.tracker.log(run_id, params=self._params(arch), metrics={"params": cost.params, "macs": cost.macs})
+        self.tracker.log(
+            run_id, params=self._params(arch), metrics={PARAMS_METRIC: cost.params, MACS_METRIC: cost.macs}
+        )
         self.tracker.log_text(run_id, arch.to_yaml(), "arch.yaml")
         key = training_key(arch, self.seed_for(trial), definition_settings(self.config))
         original = find_original(trial, key)
         if original is not None:  # evaluated before under the same key: take its result (see .duplicates)
-            names = ["accuracy", "latency_ms"] if self.multi else ["accuracy"]
+            names = list(OBJECTIVE_METRICS if self.multi else OBJECTIVE_METRICS[:1])
             values = take_recorded(trial, original, self.tracker, run_id, names)
             return values if self.multi else values[0]
         self._reject_over_budget(trial, run_id, {"params": cost.params, "macs": cost.macs})
@@ -186,19 +211,19 @@ class Objective:
                 model, self.data, self.config.train, seed=seed, on_epoch=on_epoch, progress=self.progress
             )
         except DivergedError:
-            self.tracker.log(run_id, tags={"blocknas.state": "diverged"})
+            self.tracker.log(run_id, tags={STATE_TAG: "diverged"})
             raise
         score = result.ema_val_accuracy if self.config.score == "ema_accuracy" else result.val_accuracy
         assert score is not None  # StudyConfig requires train.ema_decay for ema_accuracy
         metrics = {
-            "accuracy": score,  # the objective, as the study's ``score:`` defines it
+            ACCURACY_METRIC: score,  # the objective, as the study's ``score:`` defines it
             "raw_accuracy": result.val_accuracy,  # the trained weights' top-1, whatever the score
             "val_loss": result.val_loss,
-            "train_seconds": result.train_seconds,
+            TRAIN_SECONDS_METRIC: result.train_seconds,
         }
         if result.ema_val_accuracy is not None:
             metrics["ema_accuracy"] = result.ema_val_accuracy
-        self.tracker.log(run_id, metrics=metrics, tags={"blocknas.state": "complete"})
+        self.tracker.log(run_id, metrics=metrics, tags={STATE_TAG: "complete"})
         trial.set_user_attr(TRAIN_SECONDS_ATTR, result.train_seconds)
         return (score, latency_ms) if self.multi else score
 
@@ -211,7 +236,7 @@ class Objective:
         if self.predictor is not None and self.predictor.offline and predicted is not None:
             table = self.predictor
             tags = _fingerprint_tags(table.fingerprint, table.fingerprint_id)
-            self.tracker.log(run_id, metrics={"latency_ms": predicted}, tags=tags)
+            self.tracker.log(run_id, metrics={LATENCY_METRIC: predicted}, tags=tags)
             trial.set_user_attr(FINGERPRINT_ATTR, table.fingerprint_id)
             return predicted
         remote = self.config.latency.agent is not None  # measured on another device: nobody here needs to pause
@@ -223,7 +248,7 @@ class Objective:
         latency_ms = measured.p50_ms if predicted is None else predicted
         self.tracker.log(
             run_id,
-            metrics={**measured.as_metrics(), "latency_ms": latency_ms},
+            metrics={**measured.as_metrics(), LATENCY_METRIC: latency_ms},
             tags=_fingerprint_tags(measured.fingerprint, measured.fingerprint_id),
         )
         trial.set_user_attr(LATENCY_ATTR, latency_ms)
@@ -242,7 +267,7 @@ class Objective:
         retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
         reason = mask_url(f"AgentError: {exc}")
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
-        self.tracker.log(run_id, tags={"blocknas.state": "failed", "blocknas.error": reason})
+        self.tracker.log(run_id, tags={STATE_TAG: "failed", ERROR_TAG: reason})
         try:
             AgentClient.for_target(self.config.latency).health()
         except AgentError:
@@ -280,8 +305,12 @@ class Objective:
         for decision in rungs.decisions[n_before:]:
             self.tracker.log(run_id, metrics={"rung_accuracy": stats.val_accuracy}, step=decision.rung)
         if stop is not None:
-            tags = {"pruned_by": PRUNED_BY, "pruned_at_epoch": stats.epoch + 1, "pruned_rung": rungs.decisions[-1].rung}
-            self.tracker.log(run_id, tags={f"blocknas.{k}": v for k, v in tags.items()})
+            tags = {
+                PRUNED_BY_TAG: PRUNED_BY,
+                PRUNED_AT_EPOCH_TAG: stats.epoch + 1,
+                PRUNED_RUNG_TAG: rungs.decisions[-1].rung,
+            }
+            self.tracker.log(run_id, tags=tags)
             raise stop
 
     def _predict(self, predictor: LatencyPredictor, trial: Trial, run_id: str, arch: ArchConfig) -> float:
@@ -291,7 +320,7 @@ class Objective:
         calibrated = predictor.calibrated
         self.tracker.log(
             run_id,
-            metrics={"latency_predicted_ms": predicted, "latency_predicted_raw_ms": raw},
+            metrics={LATENCY_PREDICTED_METRIC: predicted, "latency_predicted_raw_ms": raw},
             tags={
                 "latency.calibrated": str(calibrated).lower(),
                 "latency.calibration_points": predictor.n_calibration_points,
@@ -318,7 +347,7 @@ class Objective:
         if violated:
             reason = ", ".join(violated)
             trial.set_user_attr(OVER_BUDGET_ATTR, reason)
-            self.tracker.log(run_id, tags={"blocknas.over_budget": reason})
+            self.tracker.log(run_id, tags={OVER_BUDGET_TAG: reason})
             raise optuna.TrialPruned(f"over budget: {reason}")
 
     def _params(self, arch: ArchConfig) -> dict[str, Any]:
@@ -344,6 +373,6 @@ def _epoch_metrics(stats: EpochStats) -> dict[str, float]:
 
 
 def _fingerprint_tags(fingerprint: Mapping[str, str], fingerprint_id: str) -> dict[str, str]:
-    tags = {f"latency.fp.{k}": v for k, v in fingerprint.items()}
-    tags["latency.fingerprint_id"] = fingerprint_id
+    tags = {f"{FINGERPRINT_TAG_PREFIX}{k}": v for k, v in fingerprint.items()}
+    tags[FINGERPRINT_ID_TAG] = fingerprint_id
     return tags

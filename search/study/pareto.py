@@ -33,9 +33,9 @@ from .attrs import (
     LATENCY_MEASURED_ATTR,
     LATENCY_PREDICTED_ATTR,
     OVER_BUDGET_ATTR,
+    PRUNED_ACCURACY_ATTR,
     SEARCH_DEFINITION_ATTR,
 )
-from .pruning import PRUNED_ACCURACY_ATTR
 
 __all__ = [
     "FRONT_COLUMNS",

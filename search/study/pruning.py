@@ -36,14 +36,12 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ConfigError, check_range
 
+from .attrs import LATENCY_ATTR, PRUNED_ACCURACY_ATTR, PRUNED_BY_ATTR, PRUNED_EPOCH_ATTR, PRUNED_RUNG_ATTR
+
 __all__ = [
     "MAX_REDUCTION_FACTOR",
     "MAX_TRIALS",
-    "PRUNED_ACCURACY_ATTR",
     "PRUNED_BY",
-    "PRUNED_BY_ATTR",
-    "PRUNED_EPOCH_ATTR",
-    "PRUNED_RUNG_ATTR",
     "ParetoAsha",
     "PruningConfig",
     "RungDecision",
@@ -61,10 +59,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PRUNED_BY = "pareto_asha"  # value of the trial's ``pruned_by`` user attr
-PRUNED_BY_ATTR = "pruned_by"
-PRUNED_RUNG_ATTR = "pruned_rung"
-PRUNED_EPOCH_ATTR = "pruned_at_epoch"  # epochs trained when stopped
-PRUNED_ACCURACY_ATTR = "pruned_accuracy"  # validation accuracy at that rung
 
 MAX_TRIALS = 1_000_000
 """Most trials a study may ask for (``n_trials``, ``pruning.min_trials_per_rung``)."""
@@ -291,9 +285,9 @@ def rung_points(trials: Sequence[FrozenTrial], rung: int) -> list[RungPoint]:
     """The records at ``rung`` of every trial that is not failed and has a latency."""
     key = rung_accuracy_attr(rung)
     return [
-        RungPoint(t.number, float(t.user_attrs[key]), float(t.user_attrs["latency_ms"]))
+        RungPoint(t.number, float(t.user_attrs[key]), float(t.user_attrs[LATENCY_ATTR]))
         for t in trials
-        if key in t.user_attrs and "latency_ms" in t.user_attrs and t.state != TrialState.FAIL
+        if key in t.user_attrs and LATENCY_ATTR in t.user_attrs and t.state != TrialState.FAIL
     ]
 
 

@@ -20,6 +20,7 @@ from blocknas.search.data import Preprocessing
 from blocknas.search.latency import latency_device
 from blocknas.search.tracking import (
     PARENT_RUN_ATTR,
+    STOPPED_TAG,
     StudyTracker,
     fail_abandoned_trials,
     load_study,
@@ -41,7 +42,6 @@ from .screening import trial_counts_toward_total
 from .start import attempt, open_study_for_run
 
 __all__ = [
-    "STOPPED_TAG",
     "SearchResult",
     "SurplusTrial",
     "ending_text",
@@ -54,8 +54,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-STOPPED_TAG = "blocknas.stopped"
-"""Tag on the MLflow parent run of a study that ended below ``n_trials``: why, and what to do (removed on resume)."""
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,24 @@ from optuna.trial import Trial, TrialState
 
 from blocknas.blocks import ArchConfig
 from blocknas.search.latency import measure_latency
-from blocknas.search.tracking import WORKER_ATTR, worker_id
+from blocknas.search.tracking import (
+    ERROR_TAG,
+    LATENCY_METRIC,
+    MACS_METRIC,
+    PARAMS_METRIC,
+    SCREEN_PROXY_TAG,
+    SCREENED_OUT_BY_TAG,
+    STATE_TAG,
+    WORKER_ATTR,
+    worker_id,
+)
 from blocknas.search.training import seed_everything
 
 from .attrs import (
     ARCH_ATTR,
     OVER_BUDGET_ATTR,
     SCREEN_COUNTED_ATTR,
+    SCREEN_KEPT_ATTR,
     SCREEN_POOL_ATTR,
     SCREENED_OUT_ATTR,
     TRAINING_KEY_ATTR,
@@ -122,7 +133,7 @@ class ScreenedObjective(Objective):
                 rejected[trial] = TrialState.PRUNED
                 continue
             except Exception as exc:
-                self.tracker.log(candidate.run_id, tags={"blocknas.state": "failed", "blocknas.error": str(exc)})
+                self.tracker.log(candidate.run_id, tags={STATE_TAG: "failed", ERROR_TAG: str(exc)})
                 self.tracker.end_run(candidate.run_id, "FAILED")
                 rejected[trial] = TrialState.FAIL
                 continue
@@ -133,8 +144,8 @@ class ScreenedObjective(Objective):
         for candidate in feasible:
             if candidate is not best:
                 candidate.trial.set_user_attr(SCREENED_OUT_ATTR, proxy)
-                candidate.trial.set_user_attr("screen.kept", best.trial.number)
-                self._close(candidate, SCREENED_OUT, {"blocknas.screened_out_by": proxy})
+                candidate.trial.set_user_attr(SCREEN_KEPT_ATTR, best.trial.number)
+                self._close(candidate, SCREENED_OUT, {SCREENED_OUT_BY_TAG: proxy})
                 rejected[candidate.trial] = TrialState.PRUNED
             else:  # the plain path opens its run again and logs all of it: one run per trial in MLflow
                 self.tracker.client.delete_run(candidate.run_id)
@@ -147,19 +158,19 @@ class ScreenedObjective(Objective):
         name, tags = self.run_labels(trial, arch)
         candidate.run_id = self.tracker.start_child(self.parent_run_id, trial, f"{name}-screen", tags)
         cost = arch.cost()
-        self.tracker.log(candidate.run_id, metrics={"params": cost.params, "macs": cost.macs})
+        self.tracker.log(candidate.run_id, metrics={PARAMS_METRIC: cost.params, MACS_METRIC: cost.macs})
         self._reject_over_budget(trial, candidate.run_id, {"params": cost.params, "macs": cost.macs})
         seed = self.seed_for(trial)
         seed_everything(seed)
         model = timm.create_model("blocknet", arch=arch)
         if "latency_ms" in self.config.constraints.active():
             measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
-            self.tracker.log(candidate.run_id, metrics={"latency_ms": measured.p50_ms})
+            self.tracker.log(candidate.run_id, metrics={LATENCY_METRIC: measured.p50_ms})
             self._reject_over_budget(trial, candidate.run_id, {"latency_ms": measured.p50_ms})
         scores = self.record_proxies(trial, candidate.run_id, model, [proxy], seed)
-        self.tracker.log(candidate.run_id, tags={"blocknas.screen_proxy": proxy})
+        self.tracker.log(candidate.run_id, tags={SCREEN_PROXY_TAG: proxy})
         return scores[proxy].value if math.isfinite(scores[proxy].value) else -math.inf
 
     def _close(self, candidate: _Candidate, state: str, tags: dict[str, str] | None = None) -> None:
-        self.tracker.log(candidate.run_id, tags={"blocknas.state": state, **(tags or {})})
+        self.tracker.log(candidate.run_id, tags={STATE_TAG: state, **(tags or {})})
         self.tracker.end_run(candidate.run_id, "FINISHED")

@@ -16,6 +16,7 @@ from blocknas.blocks import ArchConfig, ConfigError
 from blocknas.search.data import DataError, DataSplit, load_data_for
 from blocknas.search.pause_points import pause_point
 from blocknas.search.tracking import (
+    OBJECTIVE_METRICS,
     StudyTracker,
     TrackingError,
     check_tracking_store,
@@ -32,7 +33,6 @@ from .config import StudyBase, StudyConfig
 
 __all__ = ["StudyRun", "attempt", "open_study", "open_study_for_run", "raise_problems"]
 
-METRIC_NAMES = {"multi": ["accuracy", "latency_ms"], "accuracy": ["accuracy"]}
 PROBLEMS = (ConfigError, DataError, TrackingError, FileNotFoundError)
 """What is wrong with a config, its data or its stores (as opposed to a bug): collected, then reported at once."""
 T = TypeVar("T")
@@ -106,7 +106,7 @@ def open_study(config: StudyConfig, *, storage: BaseStorage | None = None) -> tu
         pause_point("study-created")  # a test's race window: created, its definition not yet stored
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(METRIC_NAMES[config.objective])
+            study.set_metric_names(list(OBJECTIVE_METRICS[: len(directions)]))
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(

@@ -43,6 +43,8 @@ from blocknas.search.seeding import MAX_SEED
 from blocknas.search.tracking import (
     KIND_TAG,
     PARENT_RUN_ATTR,
+    STUDY_TAG,
+    VALIDATE_BUDGET_TAG,
     StudyTracker,
     TrackingError,
     check_local_store,
@@ -52,6 +54,7 @@ from blocknas.search.tracking import (
     mask_url,
     release_file_claims,
     resolve_tracking_uri,
+    tag_equals,
 )
 from blocknas.search.training import DivergedError, seed_everything, train_briefly
 
@@ -69,7 +72,6 @@ __all__ = ["VALIDATE_KIND", "ValidatePlan", "ValidateResult", "longer_study", "p
 log = logging.getLogger(__name__)
 
 VALIDATE_KIND = "validate"  # the KIND_TAG of a validation's MLflow run
-BUDGET_TAG = "blocknas.validate.budget"  # digest of the validation's budgets: one MLflow run each
 
 
 @dataclass(frozen=True)
@@ -278,16 +280,13 @@ def _publish(plan: ValidatePlan, validation: Validation, *, poll_s: float) -> st
 
 def _validation_run(tracker: StudyTracker, plan: ValidatePlan) -> str:
     """The MLflow run of this validation budget under the study's parent run; created the first time."""
-    query = (
-        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{plan.parent_run_id}' and tags.`{KIND_TAG}` = '{VALIDATE_KIND}' "
-        f"and tags.`{BUDGET_TAG}` = '{plan.budget_key}'"
-    )
+    tags = {MLFLOW_PARENT_RUN_ID: plan.parent_run_id, KIND_TAG: VALIDATE_KIND, VALIDATE_BUDGET_TAG: plan.budget_key}
+    query = " and ".join(tag_equals(tag, value) for tag, value in tags.items())
     found = tracker.client.search_runs([tracker.experiment_id], query, max_results=1)
     if found:
         return str(found[0].info.run_id)
     epochs = plan.budgets[1].epochs
-    tags = {MLFLOW_PARENT_RUN_ID: plan.parent_run_id, KIND_TAG: VALIDATE_KIND, BUDGET_TAG: plan.budget_key}
-    tags["blocknas.study"] = plan.config.name
+    tags[STUDY_TAG] = plan.config.name
     run = tracker.client.create_run(tracker.experiment_id, run_name=f"validate-{epochs}ep", tags=tags)
     log.info("created MLflow run %s for the validation of study %s", run.info.run_id, plan.config.name)
     return str(run.info.run_id)

@@ -5,7 +5,7 @@ Every public name of the subpackage's modules (each module's ``__all__``), liste
 
 from __future__ import annotations
 
-from . import attrs, claims, dashboard, doctor, file_claims, journal, masking, runs, storage
+from . import attrs, claims, dashboard, doctor, file_claims, journal, masking, names, runs, storage
 from .attrs import *  # noqa: F403
 from .claims import *  # noqa: F403
 from .dashboard import *  # noqa: F403
@@ -13,6 +13,7 @@ from .doctor import *  # noqa: F403
 from .file_claims import *  # noqa: F403
 from .journal import *  # noqa: F403
 from .masking import *  # noqa: F403
+from .names import *  # noqa: F403
 from .runs import *  # noqa: F403
 from .storage import *  # noqa: F403
 
@@ -24,6 +25,7 @@ __all__ = [
     *file_claims.__all__,
     *journal.__all__,
     *masking.__all__,
+    *names.__all__,
     *runs.__all__,
     *storage.__all__,
 ]

@@ -13,7 +13,6 @@ import optuna
 from optuna.trial import FrozenTrial
 
 __all__ = [
-    "KIND_TAG",
     "PARENT_RUN_ATTR",
     "PARENT_TOKEN_ATTR",
     "RETRY_HISTORY_ATTR",
@@ -28,7 +27,6 @@ PARENT_TOKEN_ATTR = "blocknas.parent_token"  # study user attr and parent-run ta
 RUN_ID_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow child run
 WORKER_ATTR = "blocknas.worker"  # trial user attr: ``host:pid`` of the worker that ran it
 RETRY_HISTORY_ATTR = "retry_history"  # Optuna's system attr: the trial numbers a retry stands for
-KIND_TAG = "blocknas.kind"  # MLflow tag of a run that is no trial's: an ablation's parent, a validation child
 
 
 def retried_trials(trials: Iterable[FrozenTrial]) -> set[int]:

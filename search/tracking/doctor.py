@@ -20,9 +20,10 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from .attrs import KIND_TAG, PARENT_RUN_ATTR, RUN_ID_ATTR
+from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR
 from .journal import bad_records, torn_tail
 from .masking import mask_url
+from .names import KIND_TAG, OBJECTIVE_METRICS, ROLE_TAG, STUDY_TAG, TRIAL_NUMBER_TAG, tag_equals
 from .runs import RUN_STATUSES, StudyTracker, TrackingError, check_reachable
 from .storage import check_local_store, journal_path, load_study
 
@@ -74,7 +75,7 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
     result = Diagnosis()
     parent_id = study.user_attrs.get(PARENT_RUN_ATTR)
     parents = tracker.client.search_runs(
-        [tracker.experiment_id], f"tags.`blocknas.study` = '{study.study_name}' and tags.`blocknas.role` = 'study'"
+        [tracker.experiment_id], f"{tag_equals(STUDY_TAG, study.study_name)} and {tag_equals(ROLE_TAG, 'study')}"
     )
     if not parent_id:
         result.problems.append("study has no MLflow parent run id in its user attributes")
@@ -85,9 +86,9 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
     result.children = len(children)
     by_trial: dict[int, list] = {}
     for run in children:
-        number = run.data.tags.get("optuna.trial_number")
+        number = run.data.tags.get(TRIAL_NUMBER_TAG)
         if number is None or not number.isdigit():
-            result.problems.append(f"child run {run.info.run_id} has no optuna.trial_number tag")
+            result.problems.append(f"child run {run.info.run_id} has no {TRIAL_NUMBER_TAG} tag")
             continue
         by_trial.setdefault(int(number), []).append(run)
     trials = study.get_trials(deepcopy=False)
@@ -95,7 +96,7 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
     numbers = {t.number for t in trials}
     for number in sorted(set(by_trial) - numbers):
         result.problems.append(f"MLflow child runs for trial {number}, which the study does not have")
-    metric_names = ["accuracy", "latency_ms"][: len(study.directions)]
+    metric_names = OBJECTIVE_METRICS[: len(study.directions)]
     for trial in trials:
         runs = by_trial.get(trial.number, [])
         if trial.state in (TrialState.WAITING,):

@@ -31,6 +31,7 @@ from blocknas.search.files import file_lock
 
 from .attrs import PARENT_RUN_ATTR, PARENT_TOKEN_ATTR, RUN_ID_ATTR
 from .masking import mask_url
+from .names import ROLE_TAG, STATE_TAG, STUDY_TAG, TRIAL_NUMBER_TAG, tag_equals
 
 __all__ = [
     "RUN_STATUSES",
@@ -212,7 +213,7 @@ class StudyTracker:
         if token is None:  # unique to this Optuna study: a parent of an earlier study of that name is not it
             token = uuid.uuid4().hex
             study.set_user_attr(PARENT_TOKEN_ATTR, token)
-        left = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TOKEN_ATTR}` = '{token}'", max_results=1)
+        left = self.client.search_runs([self.experiment_id], tag_equals(PARENT_TOKEN_ATTR, token), max_results=1)
         if left:
             run_id = left[0].info.run_id
             log.info("reusing MLflow parent run %s of study %s, left by a worker that died", run_id, study.study_name)
@@ -220,7 +221,7 @@ class StudyTracker:
             run_id = self.client.create_run(
                 self.experiment_id,
                 run_name=f"study-{study.study_name}",
-                tags={"blocknas.role": "study", "blocknas.study": study.study_name, PARENT_TOKEN_ATTR: token},
+                tags={ROLE_TAG: "study", STUDY_TAG: study.study_name, PARENT_TOKEN_ATTR: token},
             ).info.run_id
             log.info("created MLflow parent run %s for study %s", run_id, study.study_name)
         if not self.client.get_run(run_id).data.params:
@@ -251,7 +252,7 @@ class StudyTracker:
             tags={
                 MLFLOW_PARENT_RUN_ID: parent_run_id,
                 MLFLOW_RUN_NAME: run_name,
-                "optuna.trial_number": str(trial.number),
+                TRIAL_NUMBER_TAG: str(trial.number),
                 **tags,
             },
         )
@@ -289,7 +290,7 @@ class StudyTracker:
 
     def children(self, parent_run_id: str) -> list[Any]:
         """All child runs of a parent (any status)."""
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
+        query = tag_equals(MLFLOW_PARENT_RUN_ID, parent_run_id)
         runs: list[Any] = []
         token = None
         while True:
@@ -309,7 +310,7 @@ class StudyTracker:
         if status in agreeing:
             return None
         if state == TrialState.FAIL:
-            self.client.set_tag(run_id, "blocknas.state", "killed")
+            self.client.set_tag(run_id, STATE_TAG, "killed")
         if status == "RUNNING":
             self.client.set_terminated(run_id, status=agreeing[0])
         else:  # an ended run keeps its end time

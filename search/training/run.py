@@ -20,7 +20,17 @@ from torch import nn
 
 from blocknas.blocks import ArchConfig, to_plain
 from blocknas.search.data import DataSplit
-from blocknas.search.tracking import StudyTracker, mask_url, resolve_tracking_uri
+from blocknas.search.tracking import (
+    ARCH_HASH_TAG,
+    MACS_METRIC,
+    OUT_DIR_TAG,
+    PARAMS_METRIC,
+    ROLE_TAG,
+    TRAIN_SECONDS_METRIC,
+    StudyTracker,
+    mask_url,
+    resolve_tracking_uri,
+)
 
 from .checkpoint import load_model
 from .full_config import FullTrainConfig, FullTrainResult
@@ -67,9 +77,9 @@ class TrainRun:
             tracker.experiment_id,
             run_name=out.name,
             tags={
-                "blocknas.role": "train",
-                "blocknas.arch_hash": arch.short_hash(),
-                "blocknas.out_dir": str(out.resolve()),
+                ROLE_TAG: "train",
+                ARCH_HASH_TAG: arch.short_hash(),
+                OUT_DIR_TAG: str(out.resolve()),
             },
         )
         run_id = run.info.run_id
@@ -104,9 +114,9 @@ class TrainRun:
             "best_accuracy": result.best_accuracy,
             "best_epoch": result.best_epoch,
             "final_accuracy": result.final_accuracy,
-            "train_seconds": sum(h["seconds"] for h in result.history),
-            "params": cost.params,
-            "macs": cost.macs,
+            TRAIN_SECONDS_METRIC: sum(h["seconds"] for h in result.history),
+            PARAMS_METRIC: cost.params,
+            MACS_METRIC: cost.macs,
         }
         self.tracker.log(self.run_id, metrics=metrics)
         self.tracker.log_file(self.run_id, result.weights, "checkpoint")

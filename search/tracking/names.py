@@ -1,0 +1,86 @@
+"""The names blocknas writes to MLflow: run tags and metric names, each spelled here once.
+
+Every module that writes or reads one imports it from here (``tests/test_names.py`` fails
+on a bare spelling anywhere else). Standard library only, so anything may import it.
+The Optuna attribute keys live beside their owners: :mod:`blocknas.search.tracking.attrs`
+and :mod:`blocknas.search.study.attrs`; a latency measurement's own metrics (``latency_p90_ms``, ...)
+in :mod:`blocknas.search.latency.measure`, which does not import MLflow.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACCURACY_METRIC",
+    "ARCH_HASH_TAG",
+    "BASELINE_TAG",
+    "BLOCKS_TAG",
+    "BLOCK_TAG_PREFIX",
+    "DUPLICATE_OF_TAG",
+    "ERROR_TAG",
+    "FINGERPRINT_ID_TAG",
+    "FINGERPRINT_TAG_PREFIX",
+    "KIND_TAG",
+    "LATENCY_METRIC",
+    "LATENCY_PREDICTED_METRIC",
+    "MACS_METRIC",
+    "OBJECTIVE_METRICS",
+    "OUT_DIR_TAG",
+    "OVER_BUDGET_TAG",
+    "PARAMS_METRIC",
+    "PRUNED_AT_EPOCH_TAG",
+    "PRUNED_BY_TAG",
+    "PRUNED_RUNG_TAG",
+    "ROLE_TAG",
+    "SCREENED_OUT_BY_TAG",
+    "SCREEN_PROXY_TAG",
+    "STATE_TAG",
+    "STOPPED_TAG",
+    "STUDY_TAG",
+    "TRAIN_SECONDS_METRIC",
+    "TRIAL_NUMBER_TAG",
+    "VALIDATE_BUDGET_TAG",
+    "tag_equals",
+]
+
+# -- tags of every run ----------------------------------------------------------------------
+ROLE_TAG = "blocknas.role"  # "study" on a search's parent run, "train" on a full training's run
+STUDY_TAG = "blocknas.study"  # the study's name, on its parent run and on each trial's child run
+KIND_TAG = "blocknas.kind"  # a run that is no trial's: an ablation's parent, a validation child
+TRIAL_NUMBER_TAG = "optuna.trial_number"  # a trial's child run: the trial it records
+
+# -- a trial's child run --------------------------------------------------------------------
+STATE_TAG = "blocknas.state"  # how the trial ended: complete, failed, killed, diverged, over_budget, ...
+ERROR_TAG = "blocknas.error"  # why it failed
+ARCH_HASH_TAG = "blocknas.arch_hash"  # the architecture's short hash (also on a full training's run)
+BLOCKS_TAG = "blocknas.blocks"  # the block of each stage, comma-separated
+BLOCK_TAG_PREFIX = "blocknas.block."  # + ``s<stage index>``: that stage's block
+BASELINE_TAG = "blocknas.baseline"  # the baseline's name, for an enqueued baseline
+DUPLICATE_OF_TAG = "blocknas.duplicate_of"  # the trial whose recorded values this duplicate took
+OVER_BUDGET_TAG = "blocknas.over_budget"  # the budget a rejected (never trained) candidate exceeded
+SCREEN_PROXY_TAG = "blocknas.screen_proxy"  # the proxy that screened the candidate's pool
+SCREENED_OUT_BY_TAG = "blocknas.screened_out_by"  # the proxy that screened this candidate out
+PRUNED_BY_TAG = "blocknas.pruned_by"  # the pruner that stopped the trial
+PRUNED_AT_EPOCH_TAG = "blocknas.pruned_at_epoch"  # the epoch it was stopped after
+PRUNED_RUNG_TAG = "blocknas.pruned_rung"  # the rung that stopped it
+FINGERPRINT_TAG_PREFIX = "latency.fp."  # + a fingerprint key: the device its latency was measured on
+FINGERPRINT_ID_TAG = "latency.fingerprint_id"  # that fingerprint's short id
+
+# -- other runs -----------------------------------------------------------------------------
+STOPPED_TAG = "blocknas.stopped"  # a search's parent run: why the study stopped before its trial count
+VALIDATE_BUDGET_TAG = "blocknas.validate.budget"  # digest of a validation's budgets: one MLflow run each
+OUT_DIR_TAG = "blocknas.out_dir"  # a full training's checkpoint folder
+
+# -- metrics --------------------------------------------------------------------------------
+ACCURACY_METRIC = "accuracy"  # a trial's score (the study's first objective)
+LATENCY_METRIC = "latency_ms"  # a trial's latency objective: measured p50, or the table's prediction
+LATENCY_PREDICTED_METRIC = "latency_predicted_ms"  # the lookup table's prediction
+PARAMS_METRIC = "params"  # parameter count
+MACS_METRIC = "macs"  # multiply-accumulates of one forward pass
+TRAIN_SECONDS_METRIC = "train_seconds"  # wall time of the (brief or full) training
+OBJECTIVE_METRICS = (ACCURACY_METRIC, LATENCY_METRIC)
+"""The objectives in study order: a multi-objective study's metric names; an accuracy-only study has the first."""
+
+
+def tag_equals(tag: str, value: str) -> str:
+    """An MLflow ``search_runs`` filter clause: run tag ``tag`` equals ``value``."""
+    return f"tags.`{tag}` = '{value}'"
