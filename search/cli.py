@@ -463,6 +463,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         DEFAULT_HOST,
         DashboardError,
         check_host,
+        check_local_store,
         mask_url,
         run_optuna_dashboard,
         runs_page_url,
@@ -475,6 +476,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         check_range(args.port, "--port", 1, 65_535)
     name, storage, tracking_uri, _ = study_location(args)
     if args.optuna:
+        check_local_store(storage, "study storage")  # optuna would create a mistyped one and serve it empty
         port = args.port or 8080
         print(f"optuna-dashboard: http://{host}:{port}  (storage {mask_url(storage)}; Ctrl-C stops it)", flush=True)
         run_optuna_dashboard(storage, host=host, port=port)

@@ -332,6 +332,28 @@ def test_dashboard_refuses_a_host_it_cannot_listen_on(in_tmp_dir: Path, capsys: 
     assert "blocknas dashboard: error: --host: cannot listen on '192.0.2.1'" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], "--port: 99999 must be >= 1 and <= 65,535"),
+        (["--optuna", "--port", "0"], "--port: 0 must be >= 1"),
+        (["--optuna", "--storage", "runs/optuna.jornal"], "no study storage at runs/optuna.jornal"),
+        (["--optuna", "--storage", "sqlite:///runs/optuna.db"], "no study storage at runs/optuna.db"),
+    ],
+    ids=["port-mlflow", "port-optuna", "journal-typo", "sqlite-typo"],
+)
+def test_dashboard_refuses_a_bad_port_or_storage_before_starting(args: list[str], message: str, tmp_path: Path) -> None:
+    """A real ``blocknas dashboard``: one line, exit 2, nothing created (a mistyped journal path was
+    created and served as an empty dashboard; port 99999 failed after 60 s with the child's traceback)."""
+    command = [sys.executable, "-m", "blocknas.search.cli", "dashboard", *args]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == f"blocknas dashboard: error: {message}\n" or (
+        message in done.stderr and done.stderr.count("\n") == 1
+    ), done.stderr
+    assert not done.stdout and list(tmp_path.iterdir()) == [], "nothing served, nothing created"
+
+
 # None: the default host. 127.0.0.2 is loopback too (Linux routes all of 127/8 to lo), but a
 # server there does not answer on 127.0.0.1, so the flag demonstrably reached the server.
 HOSTS = [None, "127.0.0.2"]
