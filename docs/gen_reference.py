@@ -279,25 +279,14 @@ def cli_reference() -> str:
 
 
 def benchmark_pages() -> dict[str, str]:
-    """``benchmarks/<name>.md`` for every ``benchmarks/results/<name>.md``, and their index."""
+    """``benchmarks/<name>.md`` for every ``benchmarks/results/<name>.md`` (the overview, ``index.md``, is written by hand)."""
     pages: dict[str, str] = {}
-    index = [
-        "# Benchmarks",
-        "",
-        "Speed and quality claims are measured by the scripts in `benchmarks/`, never in timed unit tests;",
-        "each compares against a baseline measured in the same run. These pages are their result files in",
-        "`benchmarks/results/`, as the scripts wrote them: machine, load, timings and commits included.",
-        "",
-    ]
     for path in sorted(RESULTS.glob("*.md")):
         text = path.read_text(encoding="utf-8")
-        title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), path.stem)
         if not text.startswith("# "):
             text = f"# {path.stem}\n\n{text}"
-        note = f"\n\n*Rendered from `benchmarks/results/{path.name}`, written by `benchmarks/{path.stem}.py`.*\n"
+        note = f"\n\n*Rendered from `benchmarks/results/{path.name}`, as `benchmarks/{path.stem}.py` wrote it.*\n"
         pages[f"benchmarks/{path.stem}.md"] = text.rstrip() + note
-        index.append(f"- [{rst_to_markdown(title)}]({path.stem}.md): `benchmarks/results/{path.name}`")
-    pages["benchmarks/index.md"] = "\n".join(index) + "\n"
     return pages
 
 

@@ -49,7 +49,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     _pages.update(gen_reference.all_pages())
     benchmarks: list[Any] = [{"Overview": "benchmarks/index.md"}]
     for path in _pages:
-        if path.startswith("benchmarks/") and path != "benchmarks/index.md":
+        if path.startswith("benchmarks/"):
             benchmarks.append({Path(path).stem: path})
     config.nav = [
         {"Benchmarks": benchmarks} if item == {"Benchmarks": "benchmarks/index.md"} else item

@@ -36,5 +36,5 @@ def test_getting_started_example_runs(in_tmp_dir: Path, capsys: pytest.CaptureFi
     assert best.name in capsys.readouterr().out  # type: ignore[attr-defined]
     logits = model(torch.randn(2, best.arch.in_chans, 16, 16))  # type: ignore[attr-defined, operator]
     assert logits.shape == (2, 10)
-    exported = sorted((in_tmp_dir / "configs" / "discovered" / "my_study").glob("t*.yaml"))
+    exported = sorted((in_tmp_dir / "configs" / "discovered" / "demo").glob("t*.yaml"))
     assert exported and any(best.name in path.name for path in exported)  # type: ignore[attr-defined]
