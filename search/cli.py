@@ -704,6 +704,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "doctor": (
         "blocknas doctor --config configs/default.yaml",
         "blocknas doctor --study-name seed_blocks",
+        "blocknas doctor --config configs/default.yaml --repair",
     ),
     "ablate": (
         "blocknas ablate --config configs/ablations/seed_blocks.yaml",
