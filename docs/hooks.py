@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
 
 _spec = importlib.util.spec_from_file_location("gen_reference", Path(__file__).with_name("gen_reference.py"))
 assert _spec and _spec.loader
@@ -18,6 +20,7 @@ gen_reference = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gen_reference)
 
 _pages: dict[str, str] = {}
+_SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):<code>~?\.?([^<]*)</code>")
 _links = tempfile.TemporaryDirectory(prefix="blocknas-docs-")
 
 
@@ -63,6 +66,11 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     for path, text in _pages.items():
         files.append(File.generated(config, path, content=text))
     return files
+
+
+def on_page_content(html: str, page: Page, **_: Any) -> str:
+    """Docstrings cross-reference in Sphinx's roles (``:class:`X```); show them as plain code."""
+    return _SPHINX_ROLE.sub(r"<code>\1</code>", html)
 
 
 def on_shutdown() -> None:
