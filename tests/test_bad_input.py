@@ -26,6 +26,7 @@ from PIL import Image
 
 from blocknas.blocks import ConfigError, load_yaml
 from blocknas.blocks.yaml_file import MAX_CONFIG_BYTES
+from blocknas.search.ablation import MAX_VARIANTS
 from blocknas.search.cli import build_parser, main
 from blocknas.search.files import check_safe_name
 
@@ -280,6 +281,23 @@ def test_script_with_a_bad_config_exits_2_and_writes_nothing(
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_absurd_ablation_grid_is_refused_at_once(tmp_path: Path) -> None:
+    """A grid of 10^5 variants (5 factors × 10 levels) is refused when the config is read, naming the
+    count and the limit: planning builds (and budget-matches) every variant, ~4-20 ms each here, so it
+    ran for many minutes without a word, and the cells could never all be trained. A real
+    ``blocknas ablate`` subprocess; before the refusal it was still planning at the timeout."""
+    levels = [[1, 3, 5, 7, 9, 11, 13, 15, 17, 19]] + [[8 * i for i in range(1, 11)]] * 3 + [list(range(1, 11))]
+    names = ["kernel_size", "s0.out_chs", "s1.out_chs", "s2.out_chs", "depth"]
+    config = {**ABLATION, "factors": {n: {"levels": lv} for n, lv in zip(names, levels)}}
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "blocknas.search.cli", "ablate", "--config", "big.yaml", "--no-progress"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "factors: a grid of 100,000 variants (10 × 10 × 10 × 10 × 10 levels)" in proc.stderr, proc.stderr
+    assert f"{MAX_VARIANTS:,}" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"], "nothing written"
 
 
 # -- config files: regular files of bounded size, strict YAML --------------------------
