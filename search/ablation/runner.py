@@ -58,9 +58,11 @@ from .tables import (
     variants_csv,
 )
 
-__all__ = ["AblationObjective", "AblationResult", "collect_cells", "run_ablation"]
+__all__ = ["ABLATION_KIND", "AblationObjective", "AblationResult", "collect_cells", "run_ablation"]
 
 log = logging.getLogger(__name__)
+
+ABLATION_KIND = "ablation"  # the KIND_TAG of an ablation's MLflow parent run (the report tells it by this)
 
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
@@ -135,7 +137,7 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
         config,
         params=flatten(mask_config(config.to_dict())),
         config_file="ablation.yaml",
-        tags={KIND_TAG: "ablation"},
+        tags={KIND_TAG: ABLATION_KIND},
         set_up=set_up,
     )
     plan = plan_from_json(study.user_attrs[PLAN_ATTR])

@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from blocknas.search.ablation import ABLATION_KIND
 from blocknas.search.latency import LATENCY_P90_METRIC
 from blocknas.search.markdown import md_code, md_link, md_text
 from blocknas.search.study import (
@@ -186,7 +187,7 @@ def write_report(
 
 
 def _is_ablation(runs: _Runs) -> bool:
-    return (runs.parent_tags or {}).get(KIND_TAG) == "ablation"
+    return (runs.parent_tags or {}).get(KIND_TAG) == ABLATION_KIND
 
 
 def _fetch_runs(study: optuna.Study, tracker: StudyTracker | None) -> _Runs:
