@@ -20,7 +20,7 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
-from blocknas.search.tracking import open_storage
+from blocknas.search.tracking import StorageError, check_study, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -119,7 +119,7 @@ WORKER = """
 import json, sys
 from pathlib import Path
 import optuna
-from blocknas.search.tracking import open_storage
+from blocknas.search.tracking import StorageError, check_study, open_storage
 Path(sys.argv[2]).touch()  # imported: about to open the journal
 storage = open_storage(sys.argv[1])
 trials = {n: len(optuna.load_study(study_name=n, storage=storage).trials) for n in optuna.get_all_study_names(storage)}
@@ -156,3 +156,26 @@ def test_two_processes_opening_a_damaged_journal_repair_it_once(journal: Path, t
     kept = (tmp_path / "optuna.journal.bad").read_bytes()
     assert kept.count(b"not json at all") == 1 and kept.endswith(b": " + bad), kept
     assert b"not json at all" not in path.read_bytes()
+
+
+def test_a_lost_trial_creation_is_refused_not_repaired(journal: Path, tmp_path: Path) -> None:
+    """Optuna numbers trials by the order of their creation records: without one, every later
+    trial's records would land on the trial before it. Nothing is changed; the error says how
+    to keep what comes before the line."""
+    lines = journal.read_bytes().splitlines(keepends=True)
+    created = [i for i, line in enumerate(lines) if json.loads(line)["op_code"] == 4]
+    index = created[1]  # the second trial's creation: later trials' records name the ids after it
+    lines[index] = b"\x00" * 40 + b"\n"
+    path = tmp_path / "optuna.journal"
+    path.write_bytes(b"".join(lines))
+    for opening in (
+        lambda: open_storage(str(path)),
+        lambda: check_study("first", storage_url=str(path), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    ):
+        with pytest.raises(StorageError) as error:
+            opening()
+        message = str(error.value)
+        assert f"line {index + 1} " in message and "created a trial" in message, message
+        assert f"head -n {index} " in message, message
+    assert path.read_bytes() == b"".join(lines), "nothing changed"
+    assert not (tmp_path / "optuna.journal.bad").exists()

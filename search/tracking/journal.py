@@ -31,6 +31,7 @@ from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, Jour
 
 __all__ = [
     "BadRecord",
+    "JournalDamageError",
     "ReadOnlyJournal",
     "bad_records",
     "open_journal_backend",
@@ -163,6 +164,11 @@ def _line_start(journal: BinaryIO, end: int) -> int:
 
 
 _RECORD_START = b'{"op_code":'  # how Optuna's journal writer starts every record
+_CREATE_STUDY, _CREATE_TRIAL = 0, 4  # Optuna's JournalOperation codes (optuna/storages/journal/_storage.py)
+
+
+class JournalDamageError(RuntimeError):
+    """A journal's unreadable line cannot be left out without mixing up the records after it."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,42 @@ def bad_records(path: str | Path) -> list[BadRecord]:
     return [BadRecord(number, raw, _salvage(raw)) for number, raw, record in _lines(Path(path)) if record is None]
 
 
+def _kept(path: Path) -> tuple[list[dict[str, Any]], list[BadRecord]]:
+    """The records Optuna reads once the unreadable lines are left out (salvaged ones kept), and those lines.
+
+    Raises:
+        JournalDamageError: A line left out created a study or a trial that later records name.
+    """
+    records: list[dict[str, Any]] = []
+    bad: list[BadRecord] = []
+    for number, raw, record in _lines(path):
+        if record is None:
+            bad.append(BadRecord(number, raw, _salvage(raw)))
+            record = _record(bad[-1].kept) if bad[-1].kept else None
+        if record is not None:
+            records.append(record)
+    if any(record.kept is None for record in bad):
+        _check_creations(path, records, bad)
+    return records, bad
+
+
+def _check_creations(path: Path, records: list[dict[str, Any]], bad: list[BadRecord]) -> None:
+    """Optuna numbers studies and trials by the order of their creation records; a lost one shifts every later id."""
+    for what, created_by in (("study", _CREATE_STUDY), ("trial", _CREATE_TRIAL)):
+        created = sum(1 for record in records if record["op_code"] == created_by)
+        named = [record[f"{what}_id"] for record in records if isinstance(record.get(f"{what}_id"), int)]
+        if named and max(named) >= created:
+            lines = ", ".join(str(record.line) for record in bad if not record.kept)
+            first = min(record.line for record in bad if not record.kept)
+            raise JournalDamageError(
+                f"journal {path}: line {lines} cannot be read and created a {what} that later records name "
+                f"(Optuna numbers {what}s by the order of their creation records, so without it every later "
+                f"{what}'s records would land on the wrong {what}). Nothing was changed. Restore the journal from "
+                f"a copy, or keep what comes before the damage: `head -n {first - 1} {path} > fixed.journal` "
+                f"(the lines after it are lost from the study)"
+            )
+
+
 def repair_bad_records(path: str | Path, *, lock: JournalFileSymlinkLock | None = None) -> list[BadRecord]:
     """Move every unreadable complete line of the journal ``path`` to ``<path>.bad``; return them.
 
@@ -226,6 +268,10 @@ def repair_bad_records(path: str | Path, *, lock: JournalFileSymlinkLock | None 
     Args:
         path: The journal file.
         lock: The journal's lock (Optuna's default lock on ``path`` when not given).
+
+    Raises:
+        JournalDamageError: A line to remove created a study or trial that later records name
+            (Optuna numbers them by the order of creation): the journal is left as it is.
     """
     path = Path(path)
     if not bad_records(path):  # the common case, checked without waiting for the lock
@@ -239,7 +285,7 @@ def repair_bad_records(path: str | Path, *, lock: JournalFileSymlinkLock | None 
 
 
 def _remove_bad(path: Path) -> list[BadRecord]:
-    bad = bad_records(path)
+    _, bad = _kept(path)
     if not bad:
         return []  # another process repaired it while this one waited for the lock
     aside = path.with_name(f"{path.name}.bad")
@@ -283,17 +329,14 @@ class ReadOnlyJournal(BaseJournalBackend):
 
     What a checker reads: the records Optuna would read after :func:`repair_bad_records`, with
     the file left as it is (a torn last line is left out, as Optuna leaves it out).
+
+    Raises:
+        JournalDamageError: As :func:`repair_bad_records` would.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._records: list[dict[str, Any]] = []
-        for _, raw, record in _lines(self.path):
-            if record is None:
-                kept = _salvage(raw)
-                record = _record(kept) if kept else None
-            if record is not None:
-                self._records.append(record)
+        self._records, _ = _kept(self.path)
 
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         yield from self._records[log_number_from:]

@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from .attrs import RETRY_HISTORY_ATTR, WORKER_ATTR
-from .journal import ReadOnlyJournal, open_journal_backend
+from .journal import JournalDamageError, ReadOnlyJournal, open_journal_backend
 from .masking import mask_url
 
 __all__ = [
@@ -110,6 +110,8 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, max_retry: int = 1, 
         return optuna.storages.JournalStorage(open_journal_backend(path))
     except StorageError:
         raise
+    except JournalDamageError as exc:  # says what and where itself
+        raise StorageError(str(exc)) from None
     except Exception as exc:  # SQLAlchemy / redis / OS errors all mean "cannot use this storage"
         if "too many clients" in str(exc) or "Too many connections" in str(exc):
             raise StorageError(
