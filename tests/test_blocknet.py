@@ -1,4 +1,4 @@
-"""BlockNet through timm: the model surface timm's own tests check, export, and the README example."""
+"""BlockNet through timm: the model surface timm's own tests check, export, and the block guide's example."""
 
 from __future__ import annotations
 
@@ -355,30 +355,32 @@ def test_onnx_export_matches_onnxruntime(name: str, tmp_path: Path) -> None:
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
 
 
-# -- README ---------------------------------------------------------------------------
+# -- the block guide's example (docs/guides/blocks.md) ---------------------------------
+
+BLOCK_GUIDE = REPO_ROOT / "docs" / "guides" / "blocks.md"
 
 
-def readme_example(heading: str = "## Add your own block") -> str:
-    """The first ```python block after ``heading`` in README.md."""
-    text = (REPO_ROOT / "README.md").read_text()
-    assert heading in text, f"README.md has no {heading!r} section"
+def guide_example(heading: str = "## Add your own block") -> str:
+    """The first ```python block after ``heading`` in the block guide."""
+    text = BLOCK_GUIDE.read_text()
+    assert heading in text, f"{BLOCK_GUIDE.name} has no {heading!r} section"
     match = re.search(r"```python\n(.*?)```", text.split(heading, 1)[1], re.DOTALL)
-    assert match, f"no python code block after {heading!r} in README.md"
+    assert match, f"no python code block after {heading!r} in {BLOCK_GUIDE.name}"
     return match.group(1)
 
 
 @pytest.mark.usefixtures("isolated_registry")
-def test_readme_example_runs() -> None:
-    code = compile(readme_example(), "README.md", "exec")
+def test_guide_example_runs() -> None:
+    code = compile(guide_example(), str(BLOCK_GUIDE), "exec")
     for _ in range(2):  # override=True makes running it twice in one process fine
-        namespace: dict[str, object] = {"__name__": "readme_example"}
+        namespace: dict[str, object] = {"__name__": "guide_example"}
         exec(code, namespace)
     model = namespace["model"]
     assert isinstance(model, BlockNet)
     user_blocks = tuple(
         v
         for v in namespace.values()
-        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == "readme_example"
+        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == "guide_example"
     )
-    assert user_blocks, "the README example defines no block"
-    assert any(isinstance(m, user_blocks) for m in model.modules()), "the README example does not use its block"
+    assert user_blocks, "the guide's example defines no block"
+    assert any(isinstance(m, user_blocks) for m in model.modules()), "the guide's example does not use its block"

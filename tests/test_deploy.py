@@ -1,5 +1,6 @@
 """From an image folder to a deployed ONNX model: a found architecture trained on the search's own data,
-exported with its preprocessing, and run by README's "Deploy with ONNX Runtime" example at batch 8."""
+exported with its preprocessing, and run by the "Deploy with ONNX Runtime" example of
+docs/guides/train-export.md at batch 8."""
 
 from __future__ import annotations
 
@@ -53,12 +54,15 @@ def _write_folder(root: Path, per_class: dict[str, int]) -> None:
                 _image(kind, i).save(root / split / kind / f"{i:02d}.png")
 
 
-def readme_deploy_example() -> str:
-    """The Python block under README's "Deploy with ONNX Runtime" heading, as written there."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("### Deploy with ONNX Runtime", 1)[1]
+DEPLOY_GUIDE = REPO_ROOT / "docs" / "guides" / "train-export.md"
+
+
+def guide_deploy_example() -> str:
+    """The Python block under the deploy guide's "Deploy with ONNX Runtime" heading, as written there."""
+    guide = DEPLOY_GUIDE.read_text()
+    section = guide.split("## Deploy with ONNX Runtime", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, 'README\'s "Deploy with ONNX Runtime" section has no ```python block'
+    assert match, f'{DEPLOY_GUIDE.name}\'s "Deploy with ONNX Runtime" section has no ```python block'
     return match.group(1)
 
 
@@ -100,9 +104,9 @@ def test_found_network_trains_on_its_data_exports_and_runs_in_onnxruntime_at_bat
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
     capsys.readouterr()
 
-    # README's example, verbatim, on 8 validation images
+    # the guide's example, verbatim, on 8 validation images
     script = in_tmp_dir / "deploy.py"
-    script.write_text(readme_deploy_example())
+    script.write_text(guide_deploy_example())
     images = [p for kind in CLASSES for p in sorted((folder / "val" / kind).iterdir())][:8]  # the order load_data reads
     monkeypatch.setattr("sys.argv", [str(script), str(onnx_path), *map(str, images)])
     run = runpy.run_path(str(script), run_name="__main__")
@@ -117,7 +121,7 @@ def test_found_network_trains_on_its_data_exports_and_runs_in_onnxruntime_at_bat
 
 
 def test_preprocessing_metadata_round_trips_as_json() -> None:
-    """What the README promises a deployer: every metadata value parses as JSON."""
+    """What the deploy guide promises a deployer: every metadata value parses as JSON."""
     data = load_data(DataConfig(name="synthetic", num_samples=64, num_classes=4), input_size=(8, 8), in_chans=1)
     record = Preprocessing.of(data)
     assert {k: json.loads(v) for k, v in record.metadata().items()} == record.to_dict()
