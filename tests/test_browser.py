@@ -5,7 +5,7 @@ Selenium; nothing is downloaded at run time. Skipped when they are missing, fail
 when ``BLOCKNAS_REQUIRE_SERVICES=1`` (CI). Screenshots go to ``$BLOCKNAS_SCREENSHOTS`` when set,
 else to a temporary folder. With ``BLOCKNAS_SCREENSHOT_CONFIG=configs/default.yaml`` the tests
 run over that study in ``./runs`` instead of a tiny one (resuming it, so a finished study runs
-no trial): that is how the README's images in ``docs/img`` are made.
+no trial): that is how the docs' images in ``docs/img`` are made.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ WINDOW = (1200, 800)
 WAIT_S = 30
 STUDY = "browser"
 SHOT_CONFIG = os.environ.get("BLOCKNAS_SCREENSHOT_CONFIG")  # a study config to shoot instead of the tiny study
-REPORT_SECTIONS = {  # section id in report.html -> its screenshot (README)
+REPORT_SECTIONS = {  # section id in report.html -> its screenshot (docs/guides/reports.md)
     "accuracy-vs-latency": None,  # in report.png, the page's first screen
     "pareto-front": "report_front.png",
     "blocks-on-the-front-vs-all-trials": "report_blocks.png",
