@@ -45,7 +45,7 @@ from optuna.trial import TrialState
 
 from blocknas.search.study import DUPLICATE_OF_ATTR, FAIL_REASON_ATTR, INTERRUPTED, TRAINING_KEY_ATTR, trial_counts
 from blocknas.search.tracking import RDB_CONNECTIONS_PER_WORKER, StudyTracker, diagnose, open_storage, retried_trials
-from blocknas.search.tracking.dashboard import free_port, mlflow_server_command, stop, wait_until_up
+from blocknas.search.tracking.dashboard import free_port, mlflow_server_command, mlflow_server_env, stop, wait_until_up
 
 RESULTS = Path(__file__).parent / "results" / "chaos.md"
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -99,7 +99,7 @@ def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     command = mlflow_server_command(f"sqlite:///{folder / SERVER_STORE}", port=port)
     proc = subprocess.Popen(
         [*command, "--artifacts-destination", str(folder / "server-artifacts")],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=mlflow_server_env(),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

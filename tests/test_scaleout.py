@@ -550,3 +550,42 @@ def test_storage_password_never_reaches_mlflow_or_output(
     texts += [out.out + out.err, (report / "summary.md").read_text(), (report / "report.html").read_text()]
     assert f"study storage: `{storage.replace(secret, '***')}`" in texts[-2]  # the report names it, masked
     assert not any(secret in t for t in texts)
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_mlflow_servers_start_without_mlflows_job_runner(mlflow_server: str) -> None:
+    port = mlflow_server.rsplit(":", 1)[1]
+    servers = [
+        int(p.parent.name)
+        for p in Path("/proc").glob("[0-9]*/cmdline")
+        if f"--port {port} " in _cmdline(int(p.parent.name)) + " " and "mlflow server" in _cmdline(int(p.parent.name))
+    ]
+    assert servers, f"no mlflow server process on port {port}"
+    runners = [
+        _cmdline(c) for s in servers for c in _children(s) if "huey" in _cmdline(c) or "_job_runner" in _cmdline(c)
+    ]
+    assert not runners, f"MLflow's job runner started beside the server: {runners}"

@@ -32,6 +32,7 @@ __all__ = [
     "free_port",
     "launch_mlflow_server",
     "mlflow_server_command",
+    "mlflow_server_env",
     "run_optuna_dashboard",
     "runs_page_url",
     "start_mlflow_server",
@@ -96,6 +97,16 @@ def mlflow_server_command(
     ]
 
 
+def mlflow_server_env() -> dict[str, str]:
+    """This process's environment for ``mlflow server``, without MLflow 3's job runner unless asked for.
+
+    MLflow 3 starts seven ``huey`` job consumers beside every server (GenAI jobs: scorers, trace
+    roll-ups) that blocknas never submits; on a small machine they cost ~250 MB each and CPU at
+    start. ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` set in the environment is kept as it is.
+    """
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+
+
 def runs_page_url(ui_base: str, tracking_uri: str, experiment: str) -> str | None:
     """The MLflow UI page of an experiment's runs table, or ``None`` if there is no such experiment.
 
@@ -136,7 +147,9 @@ def launch_mlflow_server(
         raise DashboardError(f"{mask_url(tracking_uri)} is already a tracking server: open it in a browser")
     command = mlflow_server_command(tracking_uri, host=host, port=port)
     log.debug("starting %s", mask_url(" ".join(command)))
-    process = subprocess.Popen(command, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True, env=mlflow_server_env()
+    )
     return process, f"http://{host}:{port}"
 
 
