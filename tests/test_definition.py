@@ -23,11 +23,11 @@ from optuna.trial import TrialState
 
 from blocknas.search.cli import main
 from blocknas.search.pause_points import PAUSE_ENV
-from blocknas.search.study import SEARCH_DEFINITION_ATTR, definition_diff, param_names_for
+from blocknas.search.study import DEFINITION_ATTR, SEARCH_DEFINITION_ATTR, definition_diff, param_names_for
 from blocknas.search.tracking.attrs import WORKER_ATTR
 from blocknas.spaces import SearchSpace
 
-from .conftest import quick_study
+from .conftest import quick_run, quick_study
 
 SPACE: dict[str, Any] = {
     "name": "grow",
@@ -181,7 +181,46 @@ def _stopped(process: subprocess.Popen[str]) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "T"
 
 
-def test_a_paused_creator_cannot_slip_in_another_definition(tmp_path: Path, mlflow_store: Path) -> None:
+def _race(
+    root: Path, command: str, first: dict[str, Any], second: dict[str, Any]
+) -> tuple[subprocess.Popen[str], str, subprocess.Popen[str], str]:
+    """``blocknas COMMAND`` with ``first`` stopped at the pause point ``study-created`` (just created the
+    study, its definition not stored), then with ``second`` run to its end, then ``first`` continued.
+
+    Returns:
+        Each worker with its output, once both have exited.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def worker(name: str, config: dict[str, Any], **extra: str) -> subprocess.Popen[str]:
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        argv = [sys.executable, "-m", "blocknas.search.cli", command, "--config", f"{name}.yaml", "--no-progress"]
+        return subprocess.Popen(
+            argv, cwd=root, env={**env, **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    a = worker("a", first, **{PAUSE_ENV: "study-created"})
+    try:
+        deadline = time.monotonic() + 120
+        while not _stopped(a):
+            assert a.poll() is None and time.monotonic() < deadline, "worker A never reached its pause point"
+            time.sleep(0.1)
+        b = worker("b", second)
+        b_out, _ = b.communicate(timeout=300)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    a_out, _ = a.communicate(timeout=300)
+    return a, a_out, b, b_out
+
+
+def _journal_study(root: Path, name: str) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(root / "runs/optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.mark.usefixtures("mlflow_store")  # a migrated store: the workers skip MLflow's migrations
+def test_a_paused_creator_cannot_slip_in_another_definition(tmp_path: Path) -> None:
     """Worker A creates the study and stops (``SIGSTOP``, at the pause point) before storing its
     definition; worker B, with 2 epochs instead of 1, opens the study meanwhile. Exactly one
     definition is stored, by whichever worker gets there first (B: A is stopped), and the other
@@ -193,37 +232,31 @@ def test_a_paused_creator_cannot_slip_in_another_definition(tmp_path: Path, mlfl
         "race", objective="accuracy", pruner="none", n_trials=2,
         data={"name": "synthetic", "num_samples": 64, "num_classes": 4},
     )  # fmt: skip
-    for name, epochs in (("a", 1), ("b", 2)):
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**study, "train": {"epochs": epochs, "batch_size": 64}}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
-
-    def worker(name: str, **extra: str) -> subprocess.Popen[str]:
-        command = [sys.executable, "-m", "blocknas.search.cli", "search", "--config", f"{name}.yaml", "--no-progress"]
-        return subprocess.Popen(
-            command, cwd=tmp_path, env={**env, **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-
-    a = worker("a", **{PAUSE_ENV: "study-created"})
-    try:
-        deadline = time.monotonic() + 120
-        while not _stopped(a):
-            assert a.poll() is None and time.monotonic() < deadline, "worker A never reached its pause point"
-            time.sleep(0.1)
-        b = worker("b")
-        b_out, _ = b.communicate(timeout=300)
-    finally:
-        os.kill(a.pid, signal.SIGCONT)
-    a_out, _ = a.communicate(timeout=300)
+    a, a_out, b, b_out = _race(tmp_path, "search", study, {**study, "train": {"epochs": 2, "batch_size": 64}})
     assert b.returncode == 0, b_out[-3000:]
     assert a.returncode == 2, a_out[-3000:]
     assert "defined with other settings" in a_out and "train.epochs: 2 -> 1" in a_out, a_out[-3000:]
     assert "Traceback" not in a_out
-    stored = optuna.load_study(
-        study_name="race",
-        storage=optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "runs/optuna.journal"))),
-    )
+    stored = _journal_study(tmp_path, "race")
     epochs = stored.user_attrs[SEARCH_DEFINITION_ATTR]["settings"]["train"]["epochs"]
     trained = [t for t in stored.trials if t.state == TrialState.COMPLETE]
     assert epochs == 2 and len(trained) == 2
     assert all(len(t.intermediate_values) == epochs for t in trained), [t.intermediate_values for t in trained]
+    assert all(t.user_attrs[WORKER_ATTR].endswith(f":{b.pid}") for t in stored.trials)
+
+
+@pytest.mark.usefixtures("mlflow_store")
+def test_a_paused_creator_cannot_slip_in_another_ablation_definition(tmp_path: Path) -> None:
+    """The same race on an ablation: B (2 epochs) stores the definition and trains every cell, A
+    (1 epoch), continued, exits 2 naming the difference. (Before the claim, B waited 30 s for A's
+    definition, then exited 2 calling the study "not an ablation".)"""
+    ablation = quick_run(
+        name="race", base="blocknet_separable", factors={"block": {"levels": ["standard", "separable"]}}, seeds=1
+    )
+    a, a_out, b, b_out = _race(tmp_path, "ablate", ablation, {**ablation, "train": {"epochs": 2, "batch_size": 64}})
+    assert b.returncode == 0, b_out[-3000:]
+    assert a.returncode == 2 and "train.epochs: 2 -> 1" in a_out and "Traceback" not in a_out, a_out[-3000:]
+    stored = _journal_study(tmp_path, "race")
+    assert stored.user_attrs[DEFINITION_ATTR]["settings"]["train"]["epochs"] == 2
+    assert len(stored.trials) == 2 and all(t.state == TrialState.COMPLETE for t in stored.trials)
     assert all(t.user_attrs[WORKER_ATTR].endswith(f":{b.pid}") for t in stored.trials)

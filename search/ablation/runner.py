@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig, ConfigError, flatten
@@ -30,6 +30,7 @@ from blocknas.search.study import (
     INTERRUPTED,
     LATENCY_MEASURED_ATTR,
     PLAN_ATTR,
+    SEARCH_DEFINITION_ATTR,
     Objective,
     StudyConfig,
     open_study_for_run,
@@ -42,7 +43,7 @@ from blocknas.search.tracking import (
     mask_config,
     mask_url,
     retried_trials,
-    wait_for_user_attr,
+    store_once,
 )
 
 from .config import AblationConfig, build_variants, definition_changes, format_level
@@ -127,7 +128,7 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     study_config = _study_config(config)
     run = open_study_for_run(study_config, networks=base, what="the base architecture", path="base")
     study = run.study
-    seed_batches = _check_definition(study, config, base, run.created)
+    seed_batches = _check_definition(study, run.storage, config, base)
 
     def set_up() -> None:
         if study.user_attrs.get(PLAN_ATTR) is None:
@@ -180,19 +181,19 @@ def _study_config(config: AblationConfig) -> StudyConfig:
 
 
 def _check_definition(
-    study: optuna.Study, config: AblationConfig, base: ArchConfig, created: bool
+    study: optuna.Study, storage: BaseStorage, config: AblationConfig, base: ArchConfig
 ) -> list[tuple[int, ...]]:
     """A resumed study must be the same ablation: same variants, same data, training and latency settings.
 
     It may add seeds to the same variants (``seeds: 12`` → ``seeds: 26``): the stored plan, with its
     matched widths, is kept, and only the new cells run. Returns the seed batches: the first run's
-    seeds, then each growth's new ones.
+    seeds, then each growth's new ones. The first worker to get there stores its definition (a claim:
+    first writer wins, see :func:`~blocknas.search.tracking.store_once`), not necessarily the creator,
+    which may be paused in between; every other compares its own with it before it trains.
     """
     current = config.definition(base)
-    if created:
-        study.set_user_attr(DEFINITION_ATTR, {**current, "seed_batches": [list(config.seed_list)]})
-        return [config.seed_list]
-    stored = wait_for_user_attr(study, DEFINITION_ATTR, 30)
+    mine = {**current, "seed_batches": [list(config.seed_list)]}
+    stored = store_once(study, storage, DEFINITION_ATTR, mine, unless=(SEARCH_DEFINITION_ATTR,))
     where = f"study {config.name!r} in {mask_url(config.storage_url)}"
     if not isinstance(stored, dict) or "cells" not in stored:
         raise ConfigError(f"{where} exists but is not an ablation; use another name", path="name", source=config.source)
