@@ -156,7 +156,7 @@ def test_a_parallel_search_reports_bad_input_once(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "blocknas.search.cli", "search", "--config", str(config), "--parallel", "2",
          "--no-progress"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.count("error:") == 1 and "nope" in done.stderr, done.stderr
