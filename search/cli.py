@@ -21,9 +21,10 @@ __all__ = ["main"]
 def _user_errors() -> tuple[type[BaseException], ...]:
     from blocknas.blocks import ConfigError
     from blocknas.search.data import DataError
-    from blocknas.search.latency import AGENT_ERRORS
+    from blocknas.search.latency.agent_client import AGENT_ERRORS
     from blocknas.search.tracking import StorageError, TrackingError
-    from blocknas.search.training import CheckpointError, ExportError
+    from blocknas.search.training import CheckpointError
+    from blocknas.search.training.export import ExportError
 
     return (
         ConfigError,
@@ -110,7 +111,8 @@ def _parallel_flag(text: str) -> int | str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from blocknas.search.report import print_search_summary
-    from blocknas.search.study import available_cores, held_until_released, plan_parallel, run_search
+    from blocknas.search.study import available_cores, plan_parallel, run_search
+    from blocknas.search.study.workers import held_until_released
 
     if not held_until_released():  # a worker of a parallel search whose first worker found a problem
         return 0
@@ -135,14 +137,9 @@ def _search_in_parallel(args: argparse.Namespace, config, plan) -> int:  # type:
     import torch
 
     from blocknas.search.report import print_search_summary
-    from blocknas.search.study import (
-        release_workers,
-        run_search,
-        search_result,
-        start_workers,
-        stop_workers,
-        wait_workers,
-    )
+    from blocknas.search.study import run_search
+    from blocknas.search.study.runner import search_result
+    from blocknas.search.study.workers import release_workers, start_workers, stop_workers, wait_workers
 
     logging.getLogger(__name__).info(
         "%d trials at once (%s), %d training thread(s) each", plan.workers, plan.why, plan.threads
@@ -184,7 +181,8 @@ def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_workers(args: argparse.Namespace) -> int:
     from blocknas.blocks import ConfigError
     from blocknas.search.report import print_search_summary
-    from blocknas.search.study import MAX_WORKERS, launch_workers, search_result
+    from blocknas.search.study.runner import search_result
+    from blocknas.search.study.workers import MAX_WORKERS, launch_workers
 
     if not 1 <= args.workers <= MAX_WORKERS:
         raise ConfigError(f"{args.workers} workers requested; give -n 1 or more, up to {MAX_WORKERS}", path="--workers")
@@ -408,7 +406,8 @@ def add_location_arguments(parser: argparse.ArgumentParser) -> None:
 def study_location(args: argparse.Namespace) -> tuple[str | None, str, str, str]:
     """``(study name, storage URL, tracking URI, runs dir)`` from ``--config`` and the flags."""
     from blocknas.search.files import check_safe_name
-    from blocknas.search.study import default_storage_url, load_study_config
+    from blocknas.search.study import load_study_config
+    from blocknas.search.study.config import default_storage_url
     from blocknas.search.tracking import resolve_tracking_uri
 
     if args.config:
@@ -458,18 +457,10 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from blocknas.blocks import check_range
-    from blocknas.search.tracking import (
-        DEFAULT_HOST,
-        DashboardError,
-        check_host,
-        check_local_store,
-        mask_url,
-        run_optuna_dashboard,
-        runs_page_url,
-        start_mlflow_server,
-        stop,
-    )
+    from blocknas.blocks.schema import check_range
+    from blocknas.search.tracking import DashboardError, check_host, mask_url, runs_page_url, start_mlflow_server, stop
+    from blocknas.search.tracking.dashboard import DEFAULT_HOST, run_optuna_dashboard
+    from blocknas.search.tracking.storage import check_local_store
 
     host = check_host(DEFAULT_HOST if args.host is None else args.host)
     if args.port is not None:
@@ -516,7 +507,7 @@ def add_latency_agent_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_latency_agent(args: argparse.Namespace) -> int:
-    from blocknas.search.latency import agent_settings, serve_agent
+    from blocknas.search.latency.agent import agent_settings, serve_agent
 
     serve_agent(agent_settings(args), announce=lambda line: print(line, flush=True))
     return 0
@@ -557,14 +548,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
 def cmd_latency_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from blocknas.blocks import ConfigError, check_range
-    from blocknas.search.latency import (
-        MAX_CALIBRATION_NETWORKS,
-        LatencyTarget,
-        NetworkShape,
-        calibrate_table,
-        check_agent_url,
-    )
+    from blocknas.blocks import ConfigError
+    from blocknas.blocks.schema import check_range
+    from blocknas.search.latency import LatencyTarget, NetworkShape, calibrate_table
+    from blocknas.search.latency.calibrate import MAX_CALIBRATION_NETWORKS
+    from blocknas.search.latency.target import check_agent_url
     from blocknas.search.seeding import check_seed
     from blocknas.search.study import load_study_config
     from blocknas.spaces import SearchSpace
@@ -633,7 +621,7 @@ def add_space_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_space(args: argparse.Namespace) -> int:
     from statistics import median
 
-    from blocknas.blocks import check_range
+    from blocknas.blocks.schema import check_range
     from blocknas.spaces import SearchSpace
 
     check_range(args.samples, "--samples", 1, 100_000)
@@ -822,7 +810,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quiet_third_parties(args.verbose)
     install_interrupt_handlers()
-    from blocknas.search.tracking import mask_log_records, mask_url, remember_secrets
+    from blocknas.search.tracking import mask_log_records, mask_url
+    from blocknas.search.tracking.masking import remember_secrets
 
     # Credentials never leave the process: every log record, error and traceback is masked, and
     # the command line's URLs are learned first, in case a driver repeats a password outside one.

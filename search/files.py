@@ -9,7 +9,8 @@ import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from blocknas.blocks import ConfigError, excerpt
+from blocknas.blocks import ConfigError
+from blocknas.blocks.schema import excerpt
 
 __all__ = ["MAX_NAME_BYTES", "atomic_write", "atomic_write_text", "check_safe_name", "file_lock"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from blocknas.blocks import check_range
+from blocknas.blocks.schema import check_range
 
 __all__ = ["MAX_SEED", "check_seed"]
 

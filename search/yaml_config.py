@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from blocknas.blocks import ConfigError, load_yaml, parse, to_plain
+from blocknas.blocks import ConfigError, load_yaml, parse
+from blocknas.blocks.schema import to_plain
 
 __all__ = ["FileConfig"]
 

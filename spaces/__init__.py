@@ -6,18 +6,7 @@ an architecture; ``space.size()`` and ``space.grid()`` count and enumerate it.
 
 from __future__ import annotations
 
-from .choices import BlockChoices, DepthRange, HeadChoices, StageChoices, StemChoices, block_uses
-from .space import SHIPPED_DIR, Knob, SearchSpace, list_spaces
+from .choices import block_uses
+from .space import SHIPPED_DIR, SearchSpace, list_spaces
 
-__all__ = [
-    "SHIPPED_DIR",
-    "BlockChoices",
-    "DepthRange",
-    "HeadChoices",
-    "Knob",
-    "SearchSpace",
-    "StageChoices",
-    "StemChoices",
-    "block_uses",
-    "list_spaces",
-]
+__all__ = ["SHIPPED_DIR", "SearchSpace", "block_uses", "list_spaces"]

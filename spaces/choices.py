@@ -14,17 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from blocknas.blocks import (
-    ConfigError,
-    CostKnobs,
-    HeadConfig,
-    StageConfig,
-    StemConfig,
-    get_block,
-    list_blocks,
-    parse,
-    to_plain,
-)
+from blocknas.blocks import ConfigError, CostKnobs, HeadConfig, StageConfig, StemConfig, get_block, list_blocks, parse
+from blocknas.blocks.schema import to_plain
 
 __all__ = [
     "BLOCK_KNOBS",

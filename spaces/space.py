@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from blocknas.blocks import ArchConfig, ConfigError, list_blocks, load_yaml, parse, to_plain
+from blocknas.blocks import ArchConfig, ConfigError, list_blocks, load_yaml, parse
+from blocknas.blocks.schema import to_plain
 
 from .choices import (
     BLOCK_KNOBS,

@@ -1,16 +1,32 @@
 """Ablations: config, plan, runner, paired statistics, tables and budget matching.
 
-Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+The names scripts, benchmarks, tests and the docs import from here; the rest is imported from its module.
 """
 
 from __future__ import annotations
 
-from . import budget_match, config, plan, runner, stats, tables
-from .budget_match import *  # noqa: F403
-from .config import *  # noqa: F403
-from .plan import *  # noqa: F403
-from .runner import *  # noqa: F403
-from .stats import *  # noqa: F403
-from .tables import *  # noqa: F403
+from .budget_match import match_width, scale_widths, widths
+from .config import MAX_VARIANTS, AblationConfig, build_variants, definition_changes, load_ablation_config
+from .plan import cost_measure, make_plan
+from .runner import AblationResult, run_ablation
+from .stats import mean_std, paired_difference
+from .tables import CellResult, factor_rows
 
-__all__ = [*budget_match.__all__, *config.__all__, *plan.__all__, *runner.__all__, *stats.__all__, *tables.__all__]
+__all__ = [
+    "MAX_VARIANTS",
+    "AblationConfig",
+    "AblationResult",
+    "CellResult",
+    "build_variants",
+    "cost_measure",
+    "definition_changes",
+    "factor_rows",
+    "load_ablation_config",
+    "make_plan",
+    "match_width",
+    "mean_std",
+    "paired_difference",
+    "run_ablation",
+    "scale_widths",
+    "widths",
+]

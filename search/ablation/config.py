@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from blocknas.blocks import ArchConfig, ConfigError, StageConfig, check_range, excerpt, resolve_arch
+from blocknas.blocks import ArchConfig, ConfigError, StageConfig, resolve_arch
+from blocknas.blocks.schema import check_range, excerpt
 from blocknas.search.data import DataConfig
 from blocknas.search.latency import LatencyTarget
 from blocknas.search.seeding import check_seed
-from blocknas.search.study import StudyBase
+from blocknas.search.study.config import StudyBase
 from blocknas.search.training import TrainConfig
 
 __all__ = [

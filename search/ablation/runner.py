@@ -21,30 +21,25 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from blocknas.blocks import ArchConfig, ConfigError, flatten
+from blocknas.blocks import ArchConfig, ConfigError
+from blocknas.blocks.schema import flatten
 from blocknas.search.markdown import md_code, md_text
 from blocknas.search.study import (
     DEFINITION_ATTR,
     FAIL_REASON_ATTR,
-    FIXED_PARAMS_ATTR,
     INTERRUPTED,
     LATENCY_MEASURED_ATTR,
     PLAN_ATTR,
     SEARCH_DEFINITION_ATTR,
     Objective,
     StudyConfig,
-    open_study_for_run,
     optimize_until_done,
     trial_counts,
 )
-from blocknas.search.tracking import (
-    KIND_TAG,
-    StudyTracker,
-    mask_config,
-    mask_url,
-    retried_trials,
-    store_once,
-)
+from blocknas.search.study.attrs import FIXED_PARAMS_ATTR
+from blocknas.search.study.start import open_study_for_run
+from blocknas.search.tracking import KIND_TAG, StudyTracker, mask_config, mask_url, retried_trials
+from blocknas.search.tracking.claims import store_once
 
 from .config import AblationConfig, build_variants, definition_changes, format_level
 from .plan import PlannedVariant, make_plan, plan_from_json, plan_to_json

@@ -1,15 +1,27 @@
 """Datasets: configs, sources (digits, synthetic, idx/Fashion-MNIST, image folders, CIFAR) and in-memory splits.
 
-Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+The names scripts, benchmarks, tests and the docs import from here; the rest is imported from its module.
 """
 
 from __future__ import annotations
 
-from . import fetch, idx, preprocessing, sources, splits
-from .fetch import *  # noqa: F403
-from .idx import *  # noqa: F403
-from .preprocessing import *  # noqa: F403
-from .sources import *  # noqa: F403
-from .splits import *  # noqa: F403
+from .fetch import fetch_dataset, read_data_section
+from .idx import IDX_DATASETS, read_idx, standard_places
+from .preprocessing import PREPROCESSING_KEY, Preprocessing
+from .sources import DataError
+from .splits import DataConfig, DataSplit, clear_data_cache, load_data
 
-__all__ = [*fetch.__all__, *idx.__all__, *preprocessing.__all__, *sources.__all__, *splits.__all__]
+__all__ = [
+    "IDX_DATASETS",
+    "PREPROCESSING_KEY",
+    "DataConfig",
+    "DataError",
+    "DataSplit",
+    "Preprocessing",
+    "clear_data_cache",
+    "fetch_dataset",
+    "load_data",
+    "read_data_section",
+    "read_idx",
+    "standard_places",
+]

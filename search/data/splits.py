@@ -15,7 +15,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from blocknas.blocks import MAX_IN_CHANS, MAX_INPUT_SIDE, ConfigError, check_range
+from blocknas.blocks import ConfigError
+from blocknas.blocks.arch import MAX_IN_CHANS, MAX_INPUT_SIDE
+from blocknas.blocks.schema import check_range
 from blocknas.search.seeding import check_seed
 
 from .idx import IDX_DATASETS, read_idx_dataset

@@ -1,48 +1,58 @@
 """Latency: target, measurement, statistics, runtimes, device fingerprint and the per-block lookup table.
 
-Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+The names scripts, benchmarks, tests and the docs import from here; the rest is imported from its module.
 """
 
 from __future__ import annotations
 
-from . import (
-    agent,
-    agent_client,
-    calibrate,
-    device,
-    fingerprint,
-    host,
-    measure,
-    ort_timing,
-    runtimes,
-    stats,
-    table,
-    target,
+from .agent import write_agent_zipapp
+from .agent_client import AgentClient, AgentError, AgentLost
+from .calibrate import NetworkShape, calibrate_table, sample_architectures
+from .fingerprint import device_fingerprint
+from .host import fingerprint_id
+from .measure import LatencyResult, check_agent, measure_latency, reference_model
+from .runtimes import create_runner, example_input, export_onnx
+from .stats import (
+    StopRule,
+    median_ci,
+    median_ci_ranks,
+    next_chunk_size,
+    quiet_samples,
+    sample_adaptively,
+    stop_reason,
+    summarize,
+    summarize_chunks,
 )
-from .agent import *  # noqa: F403
-from .agent_client import *  # noqa: F403
-from .calibrate import *  # noqa: F403
-from .device import *  # noqa: F403
-from .fingerprint import *  # noqa: F403
-from .host import *  # noqa: F403
-from .measure import *  # noqa: F403
-from .ort_timing import *  # noqa: F403
-from .runtimes import *  # noqa: F403
-from .stats import *  # noqa: F403
-from .table import *  # noqa: F403
-from .target import *  # noqa: F403
+from .table import LatencyPredictor, table_parts
+from .target import LatencyTarget
 
 __all__ = [
-    *agent.__all__,
-    *agent_client.__all__,
-    *calibrate.__all__,
-    *device.__all__,
-    *fingerprint.__all__,
-    *host.__all__,
-    *measure.__all__,
-    *ort_timing.__all__,
-    *runtimes.__all__,
-    *stats.__all__,
-    *table.__all__,
-    *target.__all__,
+    "AgentClient",
+    "AgentError",
+    "AgentLost",
+    "LatencyPredictor",
+    "LatencyResult",
+    "LatencyTarget",
+    "NetworkShape",
+    "StopRule",
+    "calibrate_table",
+    "check_agent",
+    "create_runner",
+    "device_fingerprint",
+    "example_input",
+    "export_onnx",
+    "fingerprint_id",
+    "measure_latency",
+    "median_ci",
+    "median_ci_ranks",
+    "next_chunk_size",
+    "quiet_samples",
+    "reference_model",
+    "sample_adaptively",
+    "sample_architectures",
+    "stop_reason",
+    "summarize",
+    "summarize_chunks",
+    "table_parts",
+    "write_agent_zipapp",
 ]

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, ConfigError, build_block, build_head, build_stem
+from blocknas.blocks import ArchConfig, BlockNet, BlockSpec, ConfigError
+from blocknas.blocks.layers import build_block, build_head, build_stem
 from blocknas.search.files import file_lock
 from blocknas.search.threads import pinned_threads, seeded_rng
 

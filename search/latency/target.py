@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from blocknas.blocks import ConfigError, check_range
+from blocknas.blocks import ConfigError
+from blocknas.blocks.schema import check_range
 from blocknas.search.threads import MAX_THREADS
 
 from .stats import StopRule

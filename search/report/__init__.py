@@ -1,27 +1,26 @@
 """Reports: data, HTML, plots, the terminal summary and the writer.
 
-Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+The names scripts, benchmarks, tests and the docs import from here; the rest is imported from its module.
 """
 
 from __future__ import annotations
 
-from . import answer, data, html, plots, proxies, text, validation, writer
-from .answer import *  # noqa: F403
-from .data import *  # noqa: F403
-from .html import *  # noqa: F403
-from .plots import *  # noqa: F403
-from .proxies import *  # noqa: F403
-from .text import *  # noqa: F403
-from .validation import *  # noqa: F403
-from .writer import *  # noqa: F403
+from .answer import best_per_budget, main_block
+from .data import block_frequency, flat_scores, hypervolume_2d, hypervolume_history, is_feasible, param_importances
+from .text import print_search_summary
+from .writer import ReportResult, report_study, write_report
 
 __all__ = [
-    *answer.__all__,
-    *data.__all__,
-    *html.__all__,
-    *plots.__all__,
-    *proxies.__all__,
-    *text.__all__,
-    *validation.__all__,
-    *writer.__all__,
+    "ReportResult",
+    "best_per_budget",
+    "block_frequency",
+    "flat_scores",
+    "hypervolume_2d",
+    "hypervolume_history",
+    "is_feasible",
+    "main_block",
+    "param_importances",
+    "print_search_summary",
+    "report_study",
+    "write_report",
 ]

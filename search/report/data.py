@@ -18,8 +18,9 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, OVER_BUDGET_ATTR
-from blocknas.search.tracking import FINGERPRINT_ID_TAG, FINGERPRINT_TAG_PREFIX
+from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR
+from blocknas.search.study.attrs import OVER_BUDGET_ATTR
+from blocknas.search.tracking.names import FINGERPRINT_ID_TAG, FINGERPRINT_TAG_PREFIX
 
 __all__ = [
     "MIN_IMPORTANCE_TRIALS",

@@ -9,7 +9,8 @@ from optuna.trial import FrozenTrial
 from rich.table import Table
 
 from blocknas.search.markdown import md_code, md_text
-from blocknas.search.study import ProxyCorrelation, proxy_correlations, screen_counts
+from blocknas.search.study import proxy_correlations
+from blocknas.search.study.screening import ProxyCorrelation, screen_counts
 
 __all__ = ["proxy_rich_table", "proxy_section"]
 

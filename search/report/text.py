@@ -14,17 +14,11 @@ import shlex
 from rich.console import Console
 from rich.table import Table
 
-from blocknas.search.study import (
-    FRONT_COLUMNS,
-    SearchResult,
-    StudyConfig,
-    default_storage_url,
-    device_text,
-    front_cells,
-    latency_fingerprints,
-    load_study_config,
-    study_device,
-)
+from blocknas.search.study import SearchResult, StudyConfig, load_study_config
+from blocknas.search.study.config import default_storage_url
+from blocknas.search.study.device import device_text, study_device
+from blocknas.search.study.objective import latency_fingerprints
+from blocknas.search.study.pareto import FRONT_COLUMNS, front_cells
 from blocknas.search.tracking import mask_url, resolve_tracking_uri, runs_page_url
 
 from .data import flat_scores

@@ -9,7 +9,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from blocknas.search.markdown import md_text
-from blocknas.search.study import VALIDATE_KIND, Validation
+from blocknas.search.study import Validation
+from blocknas.search.study.validation import VALIDATE_KIND
 from blocknas.search.tracking import KIND_TAG, StudyTracker
 
 __all__ = ["load_validations", "validation_section"]

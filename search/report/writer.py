@@ -28,33 +28,21 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from blocknas.search.ablation import ABLATION_KIND
-from blocknas.search.latency import LATENCY_P90_METRIC
+from blocknas.search.ablation.runner import ABLATION_KIND
+from blocknas.search.latency.measure import LATENCY_P90_METRIC
 from blocknas.search.markdown import md_code, md_link, md_text
-from blocknas.search.study import (
+from blocknas.search.study import LATENCY_ATTR, FrontRow, Validation, front_rows, front_trials, rung_table
+from blocknas.search.study.device import device_text, study_device
+from blocknas.search.study.pareto import (
     FRONT_COLUMNS,
-    LATENCY_ATTR,
     FrontColumn,
-    FrontRow,
-    Validation,
-    device_text,
-    front_rows,
     front_table,
-    front_trials,
     latency_source,
     plot_front,
-    rung_table,
-    study_device,
     unplaced_count,
 )
-from blocknas.search.tracking import (
-    KIND_TAG,
-    PARENT_RUN_ATTR,
-    StudyTracker,
-    load_study,
-    mask_url,
-    resolve_tracking_uri,
-)
+from blocknas.search.tracking import KIND_TAG, PARENT_RUN_ATTR, StudyTracker, mask_url, resolve_tracking_uri
+from blocknas.search.tracking.storage import load_study
 
 from .answer import answer_figures, answer_section, warnings_section
 from .data import (

@@ -1,69 +1,111 @@
 """Studies: config, runner, objective, trial attribute keys, Pareto front and workers.
 
-Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+The names scripts, benchmarks, tests and the docs import from here; the rest is imported from its module.
 """
 
 from __future__ import annotations
 
-from . import (
-    attrs,
-    config,
-    definition,
-    device,
-    duplicates,
-    objective,
-    pareto,
-    pruning,
-    retry,
-    runner,
-    screened,
-    screening,
-    start,
-    validation,
-    validation_config,
-    validation_select,
-    validation_summary,
-    validation_work,
-    workers,
+from .attrs import (
+    ARCH_ATTR,
+    BASELINE_ATTR,
+    DEFINITION_ATTR,
+    DUPLICATE_OF_ATTR,
+    FAIL_REASON_ATTR,
+    FINGERPRINT_ATTR,
+    INTERRUPTED,
+    LATENCY_ATTR,
+    LATENCY_DEVICE_ATTR,
+    LATENCY_MEASURED_ATTR,
+    PLAN_ATTR,
+    SCREENED_OUT_ATTR,
+    SEARCH_DEFINITION_ATTR,
+    SURPLUS_ATTR,
+    TRAINING_KEY_ATTR,
 )
-from .attrs import *  # noqa: F403
-from .config import *  # noqa: F403
-from .definition import *  # noqa: F403
-from .device import *  # noqa: F403
-from .duplicates import *  # noqa: F403
-from .objective import *  # noqa: F403
-from .pareto import *  # noqa: F403
-from .pruning import *  # noqa: F403
-from .retry import *  # noqa: F403
-from .runner import *  # noqa: F403
-from .screened import *  # noqa: F403
-from .screening import *  # noqa: F403
-from .start import *  # noqa: F403
-from .validation import *  # noqa: F403
-from .validation_config import *  # noqa: F403
-from .validation_select import *  # noqa: F403
-from .validation_summary import *  # noqa: F403
-from .validation_work import *  # noqa: F403
-from .workers import *  # noqa: F403
+from .config import Constraints, StudyConfig, load_study_config
+from .definition import definition_diff, definition_settings, param_names_for
+from .objective import Objective
+from .pareto import FrontRow, draw_front, export_front, front_rows, front_trials
+from .pruning import (
+    MAX_TRIALS,
+    PRUNED_BY,
+    ParetoAsha,
+    PruningConfig,
+    RungPoint,
+    RungRow,
+    crowding_distances,
+    non_dominated_fronts,
+    rank_points,
+    rung_accuracy_attr,
+    rung_table,
+)
+from .runner import SearchResult, optimize_until_done, run_search, trial_counts
+from .screening import proxy_correlations
+from .start import open_study
+from .validation import run_validation
+from .validation_config import ValidateConfig
+from .validation_select import SelectedNetwork
+from .validation_summary import TrainingBudget, ValidatedNetwork, Validation, summarize
+from .validation_work import Retraining, TrainingRecords, retrain_all
+from .workers import ParallelPlan, available_cores, plan_parallel, threads_per_worker
 
 __all__ = [
-    *attrs.__all__,
-    *config.__all__,
-    *definition.__all__,
-    *device.__all__,
-    *duplicates.__all__,
-    *objective.__all__,
-    *pareto.__all__,
-    *pruning.__all__,
-    *retry.__all__,
-    *runner.__all__,
-    *screened.__all__,
-    *screening.__all__,
-    *start.__all__,
-    *validation.__all__,
-    *validation_config.__all__,
-    *validation_select.__all__,
-    *validation_summary.__all__,
-    *validation_work.__all__,
-    *workers.__all__,
+    "ARCH_ATTR",
+    "BASELINE_ATTR",
+    "DEFINITION_ATTR",
+    "DUPLICATE_OF_ATTR",
+    "FAIL_REASON_ATTR",
+    "FINGERPRINT_ATTR",
+    "INTERRUPTED",
+    "LATENCY_ATTR",
+    "LATENCY_DEVICE_ATTR",
+    "LATENCY_MEASURED_ATTR",
+    "MAX_TRIALS",
+    "PLAN_ATTR",
+    "PRUNED_BY",
+    "SCREENED_OUT_ATTR",
+    "SEARCH_DEFINITION_ATTR",
+    "SURPLUS_ATTR",
+    "TRAINING_KEY_ATTR",
+    "Constraints",
+    "FrontRow",
+    "Objective",
+    "ParallelPlan",
+    "ParetoAsha",
+    "PruningConfig",
+    "Retraining",
+    "RungPoint",
+    "RungRow",
+    "SearchResult",
+    "SelectedNetwork",
+    "StudyConfig",
+    "TrainingBudget",
+    "TrainingRecords",
+    "ValidateConfig",
+    "ValidatedNetwork",
+    "Validation",
+    "available_cores",
+    "crowding_distances",
+    "definition_diff",
+    "definition_settings",
+    "draw_front",
+    "export_front",
+    "front_rows",
+    "front_trials",
+    "load_study_config",
+    "non_dominated_fronts",
+    "open_study",
+    "optimize_until_done",
+    "param_names_for",
+    "plan_parallel",
+    "proxy_correlations",
+    "rank_points",
+    "retrain_all",
+    "run_search",
+    "run_validation",
+    "rung_accuracy_attr",
+    "rung_table",
+    "summarize",
+    "threads_per_worker",
+    "trial_counts",
 ]

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from blocknas.blocks import ConfigError, check_range
+from blocknas.blocks import ConfigError
+from blocknas.blocks.schema import check_range
 from blocknas.search.data import DataConfig
 from blocknas.search.files import check_safe_name
 from blocknas.search.latency import LatencyTarget

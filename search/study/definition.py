@@ -31,8 +31,10 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.storages import BaseStorage
 
-from blocknas.blocks import ConfigError, flatten
-from blocknas.search.tracking import mask_url, store_once
+from blocknas.blocks import ConfigError
+from blocknas.blocks.schema import flatten
+from blocknas.search.tracking import mask_url
+from blocknas.search.tracking.claims import store_once
 from blocknas.spaces import SearchSpace
 
 from .attrs import DEFINITION_ATTR as ABLATION_DEFINITION_ATTR

@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 
 from blocknas.blocks import ConfigError
-from blocknas.search.latency import LatencyDevice
+from blocknas.search.latency.device import LatencyDevice
 from blocknas.search.tracking import StudyTracker, mask_url
 
 from .attrs import LATENCY_DEVICE_ATTR

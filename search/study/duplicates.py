@@ -30,7 +30,8 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig
-from blocknas.search.tracking import DUPLICATE_OF_TAG, STATE_TAG, StudyTracker, fail_abandoned_trials
+from blocknas.search.tracking import StudyTracker, fail_abandoned_trials
+from blocknas.search.tracking.names import DUPLICATE_OF_TAG, STATE_TAG
 
 from .attrs import (
     DUPLICATE_OF_ATTR,

@@ -24,11 +24,13 @@ import torch
 from optuna.trial import FrozenTrial, Trial
 from torch import nn
 
-from blocknas.blocks import ArchConfig, to_plain
+from blocknas.blocks import ArchConfig
+from blocknas.blocks.schema import to_plain
 from blocknas.search.data import DataSplit
 from blocknas.search.latency import AgentClient, AgentError, AgentLost, LatencyPredictor, measure_latency
 from blocknas.search.latency_gate import default_gate
-from blocknas.search.tracking import (
+from blocknas.search.tracking import WORKER_ATTR, StudyTracker, mask_url, worker_id
+from blocknas.search.tracking.names import (
     ACCURACY_METRIC,
     ARCH_HASH_TAG,
     BASELINE_TAG,
@@ -49,19 +51,9 @@ from blocknas.search.tracking import (
     STATE_TAG,
     STUDY_TAG,
     TRAIN_SECONDS_METRIC,
-    WORKER_ATTR,
-    StudyTracker,
-    mask_url,
-    worker_id,
 )
-from blocknas.search.training import (
-    DivergedError,
-    EpochStats,
-    ProxyScore,
-    proxy_batch,
-    seed_everything,
-    train_briefly,
-)
+from blocknas.search.training import DivergedError, EpochStats, proxy_batch, seed_everything, train_briefly
+from blocknas.search.training.proxies import ProxyScore
 from blocknas.spaces import SearchSpace
 
 from .attrs import (

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from blocknas.blocks import ConfigError, check_range
+from blocknas.blocks import ConfigError
+from blocknas.blocks.schema import check_range
 
 from .attrs import LATENCY_ATTR, PRUNED_ACCURACY_ATTR, PRUNED_BY_ATTR, PRUNED_EPOCH_ATTR, PRUNED_RUNG_ATTR
 

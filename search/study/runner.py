@@ -15,20 +15,21 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from blocknas.blocks import ArchConfig, ConfigError, flatten, resolve_arch
+from blocknas.blocks import ArchConfig, ConfigError, resolve_arch
+from blocknas.blocks.schema import flatten
 from blocknas.search.data import Preprocessing
-from blocknas.search.latency import latency_device
+from blocknas.search.latency.device import latency_device
 from blocknas.search.tracking import (
     PARENT_RUN_ATTR,
     STOPPED_TAG,
     StudyTracker,
     fail_abandoned_trials,
-    load_study,
     mask_config,
     mask_url,
     resolve_tracking_uri,
     retried_trials,
 )
+from blocknas.search.tracking.storage import load_study
 from blocknas.spaces import SearchSpace
 
 from .attrs import ARCH_ATTR, BASELINE_ATTR, SCREEN_POOL_ATTR, SURPLUS_ATTR

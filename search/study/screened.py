@@ -25,7 +25,8 @@ from optuna.trial import Trial, TrialState
 
 from blocknas.blocks import ArchConfig
 from blocknas.search.latency import measure_latency
-from blocknas.search.tracking import (
+from blocknas.search.tracking import WORKER_ATTR, worker_id
+from blocknas.search.tracking.names import (
     ERROR_TAG,
     LATENCY_METRIC,
     MACS_METRIC,
@@ -33,8 +34,6 @@ from blocknas.search.tracking import (
     SCREEN_PROXY_TAG,
     SCREENED_OUT_BY_TAG,
     STATE_TAG,
-    WORKER_ATTR,
-    worker_id,
 )
 from blocknas.search.training import seed_everything
 

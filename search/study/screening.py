@@ -18,9 +18,11 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from scipy import stats
 from torch import Tensor, nn
 
-from blocknas.blocks import ConfigError, check_range
+from blocknas.blocks import ConfigError
+from blocknas.blocks.schema import check_range
 from blocknas.search.tracking import StudyTracker
-from blocknas.search.training import ProxyScore, UnknownProxyError, check_proxy_names, score_proxies
+from blocknas.search.training import UnknownProxyError, score_proxies
+from blocknas.search.training.proxies import ProxyScore, check_proxy_names
 
 from .attrs import PROXY_ATTR_PREFIX, SCREEN_COUNTED_ATTR, SCREEN_POOL_ATTR, SCREENED_OUT_ATTR
 

@@ -13,13 +13,12 @@ import optuna
 from optuna.storages import BaseStorage
 
 from blocknas.blocks import ArchConfig, ConfigError
-from blocknas.search.data import DataError, DataSplit, load_data_for
+from blocknas.search.data import DataError, DataSplit
+from blocknas.search.data.splits import load_data_for
 from blocknas.search.pause_points import pause_point
 from blocknas.search.tracking import (
-    OBJECTIVE_METRICS,
     StudyTracker,
     TrackingError,
-    check_tracking_store,
     complete_setup,
     fail_abandoned_trials,
     mask_url,
@@ -27,6 +26,8 @@ from blocknas.search.tracking import (
     open_storage,
     resolve_tracking_uri,
 )
+from blocknas.search.tracking.names import OBJECTIVE_METRICS
+from blocknas.search.tracking.runs import check_tracking_store
 from blocknas.spaces import SearchSpace
 
 from .config import StudyBase, StudyConfig

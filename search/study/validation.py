@@ -43,19 +43,16 @@ from blocknas.search.seeding import MAX_SEED
 from blocknas.search.tracking import (
     KIND_TAG,
     PARENT_RUN_ATTR,
-    STUDY_TAG,
-    VALIDATE_BUDGET_TAG,
     StudyTracker,
     TrackingError,
-    check_local_store,
     check_reachable,
     claim_file,
-    load_study,
     mask_url,
     release_file_claims,
     resolve_tracking_uri,
-    tag_equals,
 )
+from blocknas.search.tracking.names import STUDY_TAG, VALIDATE_BUDGET_TAG, tag_equals
+from blocknas.search.tracking.storage import check_local_store, load_study
 from blocknas.search.training import DivergedError, seed_everything, train_briefly
 
 from .attrs import ARCH_ATTR

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from blocknas.blocks import check_range
-from blocknas.search.data import MAX_SAMPLES
+from blocknas.blocks.schema import check_range
+from blocknas.search.data.splits import MAX_SAMPLES
 from blocknas.search.seeding import check_seed
-from blocknas.search.training import MAX_EPOCHS
+from blocknas.search.training.brief import MAX_EPOCHS
 
 from .pruning import MAX_TRIALS
 

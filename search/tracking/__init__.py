@@ -1,31 +1,72 @@
 """Tracking: MLflow runs, Optuna storage, dashboards and the doctor.
 
-Every public name of the subpackage's modules (each module's ``__all__``), listed once, there.
+The names scripts, benchmarks, tests and the docs import from here; the rest is imported from its module.
 """
 
 from __future__ import annotations
 
-from . import attrs, claims, dashboard, doctor, file_claims, journal, masking, names, runs, storage
-from .attrs import *  # noqa: F403
-from .claims import *  # noqa: F403
-from .dashboard import *  # noqa: F403
-from .doctor import *  # noqa: F403
-from .file_claims import *  # noqa: F403
-from .journal import *  # noqa: F403
-from .masking import *  # noqa: F403
-from .names import *  # noqa: F403
-from .runs import *  # noqa: F403
-from .storage import *  # noqa: F403
+from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR, WORKER_ATTR, retried_trials
+from .claims import SETUP_COMPLETE_ATTR, complete_setup
+from .dashboard import (
+    DashboardError,
+    check_host,
+    free_port,
+    launch_mlflow_server,
+    runs_page_url,
+    start_mlflow_server,
+    stop,
+    wait_until_up,
+)
+from .doctor import Diagnosis, check_study, diagnose
+from .file_claims import claim_file, release_file_claims
+from .journal import repair_torn_tail
+from .masking import mask_config, mask_log_records, mask_url, masked_yaml
+from .names import KIND_TAG, STOPPED_TAG
+from .runs import StudyTracker, TrackingError, check_reachable, resolve_tracking_uri
+from .storage import (
+    RDB_CONNECTIONS_PER_WORKER,
+    StorageError,
+    dispose_storages,
+    fail_abandoned_trials,
+    open_storage,
+    worker_id,
+)
 
 __all__ = [
-    *attrs.__all__,
-    *claims.__all__,
-    *dashboard.__all__,
-    *doctor.__all__,
-    *file_claims.__all__,
-    *journal.__all__,
-    *masking.__all__,
-    *names.__all__,
-    *runs.__all__,
-    *storage.__all__,
+    "KIND_TAG",
+    "PARENT_RUN_ATTR",
+    "RDB_CONNECTIONS_PER_WORKER",
+    "RUN_ID_ATTR",
+    "SETUP_COMPLETE_ATTR",
+    "STOPPED_TAG",
+    "WORKER_ATTR",
+    "DashboardError",
+    "Diagnosis",
+    "StorageError",
+    "StudyTracker",
+    "TrackingError",
+    "check_host",
+    "check_reachable",
+    "check_study",
+    "claim_file",
+    "complete_setup",
+    "diagnose",
+    "dispose_storages",
+    "fail_abandoned_trials",
+    "free_port",
+    "launch_mlflow_server",
+    "mask_config",
+    "mask_log_records",
+    "mask_url",
+    "masked_yaml",
+    "open_storage",
+    "release_file_claims",
+    "repair_torn_tail",
+    "resolve_tracking_uri",
+    "retried_trials",
+    "runs_page_url",
+    "start_mlflow_server",
+    "stop",
+    "wait_until_up",
+    "worker_id",
 ]

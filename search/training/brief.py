@@ -33,7 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from blocknas.blocks import ConfigError, check_range
+from blocknas.blocks import ConfigError
+from blocknas.blocks.schema import check_range
 from blocknas.search.data import DataSplit
 from blocknas.search.latency_gate import default_gate
 from blocknas.search.threads import MAX_THREADS, pinned_threads

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from blocknas.blocks import ArchLike, BlockNet
+from blocknas.blocks import BlockNet
+from blocknas.blocks.resolve import ArchLike
 from blocknas.search.files import atomic_write
 
 __all__ = [

@@ -26,18 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from blocknas.blocks import ArchConfig, ArchLike, ConfigError, to_plain
+from blocknas.blocks import ArchConfig, ConfigError
+from blocknas.blocks.resolve import ArchLike
+from blocknas.blocks.schema import to_plain
 from blocknas.search.data import Preprocessing
 from blocknas.search.export_formats import FORMATS
-from blocknas.search.latency import (
-    LatencyResult,
-    LatencyTarget,
-    OrtRunner,
-    TorchRunner,
-    example_input,
-    export_onnx,
-    measure_runner,
-)
+from blocknas.search.latency import LatencyResult, LatencyTarget, example_input, export_onnx
+from blocknas.search.latency.measure import measure_runner
+from blocknas.search.latency.runtimes import OrtRunner, TorchRunner
 from blocknas.search.threads import pinned_threads
 
 from .checkpoint import load_model

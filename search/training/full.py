@@ -24,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from blocknas.blocks import ArchConfig, ConfigError, parse, resolve_arch, to_plain
+from blocknas.blocks import ArchConfig, ConfigError, parse, resolve_arch
+from blocknas.blocks.schema import to_plain
 from blocknas.search.data import PREPROCESSING_KEY, DataConfig, DataSplit, Preprocessing, load_data
 from blocknas.search.tracking import masked_yaml
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from blocknas.blocks import ArchConfig, ConfigError, check_range
+from blocknas.blocks import ArchConfig, ConfigError
+from blocknas.blocks.schema import check_range
 from blocknas.search.data import DataConfig
 from blocknas.search.files import check_safe_name
 from blocknas.search.seeding import check_seed

@@ -18,18 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from blocknas.blocks import ArchConfig, to_plain
+from blocknas.blocks import ArchConfig
+from blocknas.blocks.schema import to_plain
 from blocknas.search.data import DataSplit
-from blocknas.search.tracking import (
+from blocknas.search.tracking import StudyTracker, mask_url, resolve_tracking_uri
+from blocknas.search.tracking.names import (
     ARCH_HASH_TAG,
     MACS_METRIC,
     OUT_DIR_TAG,
     PARAMS_METRIC,
     ROLE_TAG,
     TRAIN_SECONDS_METRIC,
-    StudyTracker,
-    mask_url,
-    resolve_tracking_uri,
 )
 
 from .checkpoint import load_model
