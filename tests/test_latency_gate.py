@@ -66,3 +66,39 @@ def test_a_measurement_stops_waiting_for_a_stuck_step(tmp_path: Path) -> None:
         assert held is False  # measured beside the stuck step, and says so
     with measurer.measuring(wait_s=0.05) as held:
         assert held is True
+
+
+def _sibling_validator(folder: str, ready, out) -> None:  # type: ignore[no-untyped-def]
+    """Another process: validate a small network on 4 batches through the machine-wide gate in ``folder``."""
+    import os
+    import tempfile
+
+    os.environ["TMPDIR"] = folder
+    tempfile.tempdir = None
+    import torch
+
+    from blocknas.search.training import evaluate
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    ready.set()
+    evaluate(model, torch.zeros(8, 3, 2, 2), torch.zeros(8, dtype=torch.long), batch_size=2, device="cpu")
+    gate = default_gate()
+    assert gate is not None
+    out.put((gate.pauses, gate.paused_s))
+
+
+def test_a_sibling_validation_pauses_while_latency_is_measured(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Event(), ctx.Queue()
+    import os
+
+    measurer = LatencyGate(tmp_path / f"blocknas-latency-{os.getuid()}")
+    with measurer.measuring():
+        sibling = ctx.Process(target=_sibling_validator, args=(str(tmp_path), ready, out))
+        sibling.start()
+        assert ready.wait(120)
+        sibling.join(1.0)
+        assert sibling.is_alive() and out.empty(), "validation ran through a closed gate"
+    pauses, paused_s = out.get(timeout=120)
+    sibling.join(60)
+    assert pauses == 1 and paused_s > 0

@@ -249,10 +249,11 @@ def _evaluate(
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
     correct = torch.zeros((), device=runtime.device, dtype=torch.int64)
+    gate = default_gate()  # validation, like training, pauses between batches while latency is measured
     with torch.inference_mode():
         for start in range(0, len(y), batch_size):
             yb = y[start : start + batch_size].to(runtime.device, non_blocking=True)
-            with runtime.autocast():
+            with runtime.autocast(), gate.step() if gate is not None else contextlib.nullcontext():
                 logits = model(runtime.inputs(x[start : start + batch_size]))
             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
             correct += (logits.argmax(dim=1) == yb).sum()
