@@ -395,3 +395,15 @@ def test_own_image_folder_with_the_shipped_space_and_baselines(
         assert (arch.num_classes, arch.in_chans, tuple(arch.input_size)) == (3, 3, (48, 48))
     out = capsys.readouterr().out
     assert "Pareto front of own" in out and "Report:    blocknas report --config own.yaml" in out
+
+
+def test_the_resume_hint_keeps_what_the_command_line_changed(tmp_path: Path) -> None:
+    from blocknas.search.report.text import study_flags
+    from blocknas.search.study import load_study_config
+
+    config_path = REPO_ROOT / "configs" / "tiny.yaml"
+    config = load_study_config(config_path).with_overrides(n_trials=7, parallel=2)
+    flags = study_flags(config, n_trials=True)
+    assert flags[flags.index("--n-trials") + 1] == "7"
+    assert flags[flags.index("--parallel") + 1] == "2"
+    assert "--parallel" not in study_flags(load_study_config(config_path), n_trials=True)

@@ -44,7 +44,7 @@ def study_flags(config: StudyConfig, *, n_trials: bool = False) -> list[str]:
 
     Args:
         config: The config the run used, command-line overrides applied.
-        n_trials: Add ``--n-trials`` too when the run changed it (to resume the same total).
+        n_trials: Add ``--n-trials`` and ``--parallel`` too when the run changed them (to resume the same way).
     """
     try:
         file = load_study_config(config.source) if config.source else None
@@ -57,6 +57,8 @@ def study_flags(config: StudyConfig, *, n_trials: bool = False) -> list[str]:
             flags += [flag, value]
     if n_trials and file and file.n_trials != config.n_trials:
         flags += ["--n-trials", str(config.n_trials)]
+    if n_trials and file and file.parallel != config.parallel:
+        flags += ["--parallel", str(config.parallel)]
     return flags
 
 
