@@ -155,8 +155,9 @@ def _once(
                 act()
             _release(storage, study.study_name, generation, kind)
             return ran
-        if holder != announced:
-            log.info("waiting for worker %s to finish setting up study %s (%s)", holder, study.study_name, kind)
+        if holder != announced:  # a definition is one write: waiting for it is not news
+            level = logging.INFO if kind == "setup" else logging.DEBUG
+            log.log(level, "waiting for worker %s to finish setting up study %s (%s)", holder, study.study_name, kind)
             announced = holder
         if _local_pid(holder) is None and time.monotonic() >= deadline:
             raise StorageError(
