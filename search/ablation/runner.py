@@ -183,7 +183,7 @@ def _check_definition(
     It may add seeds to the same variants (``seeds: 12`` → ``seeds: 26``): the stored plan, with its
     matched widths, is kept, and only the new cells run. Returns the seed batches: the first run's
     seeds, then each growth's new ones. The first worker to get there stores its definition (a claim:
-    first writer wins, see :func:`~blocknas.search.tracking.store_once`), not necessarily the creator,
+    first writer wins, see :func:`~blocknas.search.tracking.claims.store_once`), not necessarily the creator,
     which may be paused in between; every other compares its own with it before it trains.
     """
     current = config.definition(base)

@@ -4,10 +4,10 @@ A study is one experiment: its trials compare only if they were trained on the s
 with the same budget, measured against the same latency target and judged by the same
 objective and constraints. Those settings, and the space's fixed shape, are stored as the
 study user attribute :data:`~.attrs.SEARCH_DEFINITION_ATTR` by the first worker to open the
-study, under a claim (first writer wins: :func:`~blocknas.search.tracking.store_once`), so a
-creator paused before storing its own cannot overwrite another's; a resume or another worker
-that differs is refused (exit 2) before it trains anything, naming each key path with its old
-and new value. How many trials, for how long, and where things are stored
+study, under a claim (first writer wins: :func:`~blocknas.search.tracking.claims.store_once`),
+so a creator paused before storing its own cannot overwrite another's; a resume or another
+worker that differs is refused (exit 2) before it trains anything, naming each key path with
+its old and new value. How many trials, for how long, and where things are stored
 are not part of it.
 
 Growing the space is supported. Optuna refuses new choices under a parameter name a study
@@ -146,9 +146,10 @@ def check_search_definition(
 ) -> dict[str, str]:
     """Store the definition of a new study, or check this worker's against the stored one.
 
-    The first worker to get there stores its definition, atomically (:func:`~blocknas.search.tracking.store_once`):
-    not necessarily the one that created the study, which may be paused between the two. Every
-    other worker compares its own with it before it trains anything.
+    The first worker to get there stores its definition, atomically
+    (:func:`~blocknas.search.tracking.claims.store_once`): not necessarily the one that created the
+    study, which may be paused between the two. Every other worker compares its own with it before
+    it trains anything.
 
     Args:
         storage: The study's storage (the claim is made there).
