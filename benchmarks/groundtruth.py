@@ -186,14 +186,33 @@ def git_commit() -> str:
 def _train(
     arch: ArchConfig, data: DataConfig, train: Any, seed: int, *, augment: bool, validate: tuple[int, ...] | None = None
 ) -> list[dict[str, float]]:
-    """``blocknas train``'s trainer and EMA (no files, no tracking); one record per epoch.
+    """:func:`train_model` for a blocknet architecture."""
+    split = load_data(data, input_size=arch.input_size, in_chans=arch.in_chans)
+    seed_everything(seed)
+    model = timm.create_model("blocknet", arch=arch, num_classes=split.num_classes)
+    return train_model(model, split, data, train, seed, augment=augment, validate=validate, arch=arch.to_dict())
+
+
+def train_model(
+    model: torch.nn.Module,
+    split: Any,
+    data: DataConfig,
+    train: Any,
+    seed: int,
+    *,
+    augment: bool,
+    validate: tuple[int, ...] | None = None,
+    arch: dict[str, Any] | None = None,
+) -> list[dict[str, float]]:
+    """``blocknas train``'s trainer and EMA (no files, no tracking) on ``split``; one record per epoch.
 
     Each record holds the epoch's mean training loss; the epochs in ``validate`` (default: all) also
     the EMA weights' top-1 (``ema_val_accuracy``) and the raw weights' (``val_accuracy``, the last one only
     when every epoch is validated: the truth needs only the EMA curve, and validation costs a third of training).
+    Seed the model's initialisation before building it; ``seed`` fixes the data order and augmentation.
     """
     config = FullTrainConfig(
-        arch=arch.to_dict(),
+        arch=arch,
         data=data,
         train=train,
         augment=AugmentConfig() if augment else AugmentConfig(crop_padding=0, hflip=False),
@@ -201,9 +220,7 @@ def _train(
         seed=seed,
         tracking=False,
     )
-    split = load_data(data, input_size=arch.input_size, in_chans=arch.in_chans)
-    seed_everything(seed)
-    trainer = FullTrainer(timm.create_model("blocknet", arch=arch, num_classes=split.num_classes), split, config)
+    trainer = FullTrainer(model, split, config)
     every = validate is None
     history = []
     with training_threads(train):

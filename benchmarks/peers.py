@@ -53,6 +53,8 @@ PEERS = (
     "resnet10t",
     "ghostnet_050",
     "efficientnet_lite0",
+    "cifar_resnet8",
+    "cifar_resnet20",
 )
 TARGET = LatencyTarget(runtime="onnxruntime", threads=1, batch_size=1)
 INPUT = (3, 32, 32)
@@ -79,10 +81,53 @@ class Row:
         return float(np.std(list(self.accuracy.values()), ddof=1)) if len(self.accuracy) > 1 else float("nan")
 
 
+class BasicBlock(torch.nn.Module):
+    """He et al.'s CIFAR basic block: two 3×3 conv-BN, ReLU, identity or 1×1-projection shortcut."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(
+            nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(out_chs),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_chs, out_chs, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out_chs),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_chs != out_chs:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def cifar_resnet(depth: int, num_classes: int = 10, in_chans: int = INPUT[0]) -> torch.nn.Module:
+    """The classic small-image ResNet (He et al. 2016, section 4.2): depth 6n+2, a stride-1 3×3 stem of 16
+    channels, three stages of n basic blocks at 16/32/64 channels (strides 1/2/2), global pooling, one linear
+    layer. Shortcuts that change shape are 1×1 projections (the paper's option B)."""
+    if (depth - 2) % 6:
+        raise ValueError(f"a CIFAR ResNet has depth 6n+2, not {depth}")
+    n, nn = (depth - 2) // 6, torch.nn
+    layers: list[nn.Module] = [nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)]
+    chs = 16
+    for out_chs, stride in ((16, 1), (32, 2), (64, 2)):
+        for i in range(n):
+            layers.append(BasicBlock(chs, out_chs, stride if i == 0 else 1))
+            chs = out_chs
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(chs, num_classes)]
+    return nn.Sequential(*layers)
+
+
+CIFAR_RESNETS = {"cifar_resnet8": 8, "cifar_resnet20": 20}
+
+
 def build(name: str, arch: Path | None) -> torch.nn.Module:
-    """A found network from its YAML, or a timm peer with 10 classes and 3 input channels, untrained."""
+    """A found network from its YAML, a CIFAR ResNet, or a timm peer with 10 classes and 3 input channels, untrained."""
     if arch is not None:
         return timm.create_model("blocknet", arch=str(arch))
+    if name in CIFAR_RESNETS:
+        return cifar_resnet(CIFAR_RESNETS[name])
     return timm.create_model(name, pretrained=False, num_classes=10, in_chans=INPUT[0])
 
 
@@ -95,19 +140,38 @@ def count_macs(model: torch.nn.Module) -> int:
     return counter.get_total_flops() // 2
 
 
-def evaluate(name: str, arch: Path | None, config: StudyConfig, train: TrainConfig, seeds: list[int]) -> Row:
+def evaluate(
+    name: str, arch: Path | None, config: StudyConfig, train: TrainConfig, seeds: list[int], recipe: str = "brief"
+) -> Row:
+    """Measure ``name`` and train it once per seed with ``recipe``: ``brief`` (the study's trainer and data) or
+    ``groundtruth`` (``benchmarks/groundtruth.py``'s: ``blocknas train``'s recipe with EMA, its data and epochs)."""
     model = build(name, arch)
     row = Row(name, arch is not None, sum(p.numel() for p in model.parameters()), count_macs(model))
     row.latency_ms = measure_latency(model.eval(), INPUT, TARGET).p50_ms
-    data = load_data(config.data, input_size=INPUT[1:], in_chans=INPUT[0])
+    data_config = config.data
+    if recipe == "groundtruth":
+        truth = _groundtruth().truth_config(train.epochs, config.data.max_train_samples or 10_000)
+        data_config, train = truth.data, truth.train
+    data = load_data(data_config, input_size=INPUT[1:], in_chans=INPUT[0])
     start = time.perf_counter()
     for seed in seeds:
         seed_everything(seed)
-        result = train_briefly(build(name, arch), data, train, seed=seed)
-        row.accuracy[seed] = result.val_accuracy
-        log.info("%s seed %d: %.4f in %.0f s", name, seed, result.val_accuracy, result.train_seconds)
+        if recipe == "groundtruth":
+            curve = _groundtruth().train_model(build(name, arch), data, data_config, train, seed, augment=True)
+            row.accuracy[seed] = curve[-1]["ema_val_accuracy"]
+        else:
+            row.accuracy[seed] = train_briefly(build(name, arch), data, train, seed=seed).val_accuracy
+        log.info("%s seed %d: %.4f", name, seed, row.accuracy[seed])
     row.train_seconds = time.perf_counter() - start
     return row
+
+
+def _groundtruth():  # type: ignore[no-untyped-def]
+    """``benchmarks/groundtruth.py`` as a module (its recipe and trainer)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import groundtruth
+
+    return groundtruth
 
 
 def dominates(a: Row, b: Row) -> bool:
@@ -216,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(PEERS), help="comma-separated timm model names")
     parser.add_argument("--max-train-samples", type=int, help="override the study's training subsample")
     parser.add_argument("--no-found", action="store_true", help="peers only")
+    parser.add_argument(
+        "--recipe",
+        choices=("brief", "groundtruth"),
+        default="brief",
+        help="brief: the study's own trainer and data; groundtruth: groundtruth.py's recipe (blocknas train's, "
+        "EMA, all 10,000 test images; --epochs and --max-train-samples set its budget, e.g. 10 and 10000)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "peers.md"))
     parser.add_argument("--note", default="", help="a line about the setup, written into the results")
     args = parser.parse_args(argv)
@@ -236,10 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
     ).stdout.strip()
+    if args.recipe == "groundtruth":
+        args.note = (
+            f"**Recipe: the ground-truth one** (`benchmarks/groundtruth.py`: `configs/train/default.yaml`, crop+flip, "
+            f"EMA 0.998, EMA top-1 on all 10,000 test images), {args.epochs} epochs on "
+            f"{config.data.max_train_samples or 10_000:,} training images; the recipe line above is the brief one. "
+            + args.note
+        )
     rows: list[Row] = []
     start = time.perf_counter()
     for i, (name, arch) in enumerate(todo):
-        rows.append(evaluate(name, arch, config, train, list(range(args.seeds))))
+        rows.append(evaluate(name, arch, config, train, list(range(args.seeds)), args.recipe))
         log.info(
             "%d/%d %s: %.4f ± %.4f, %.3f ms", i + 1, len(todo), name, rows[-1].mean, rows[-1].std, rows[-1].latency_ms
         )

@@ -144,3 +144,14 @@ def test_groundtruth_resumes_without_retraining_a_finished_row(tmp_path: Path, m
         argv = ["collect", "--config", config, "--n-random", "2", "--second-seed", "1", "--rows", str(rows)]
         assert gt.main([*argv, "--shard", str(shard), "--shards", "2"]) == 0
     assert rows.read_text() == before
+
+
+def test_peers_cifar_resnets_have_the_papers_sizes() -> None:
+    import torch
+
+    peers = load_benchmark("peers")
+    sizes = {d: sum(p.numel() for p in peers.cifar_resnet(d).parameters()) for d in (8, 20)}
+    assert 0.07e6 < sizes[8] < 0.09e6 and 0.26e6 < sizes[20] < 0.28e6  # He et al.: ResNet-20 0.27M
+    assert peers.cifar_resnet(8)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="6n\\+2"):
+        peers.cifar_resnet(10)
