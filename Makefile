@@ -6,7 +6,7 @@ N ?= 2
 PORT ?= 5000
 HOST ?= 127.0.0.1
 
-.PHONY: install data test lint docs search ablate workers dashboard
+.PHONY: install data test test-min lint docs search ablate workers dashboard
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,22 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(PY) -m pytest -q -n 2
+
+# The declared minimums of the pure-Python pins (pyproject.toml's optuna, mlflow, timm) on a fast
+# subset of tests. A second venv sees the main one's site-packages after its own (a .pth line), so
+# torch/torchvision are reused, not installed twice, and pip installs only what the minimums change.
+VENV_MIN ?= .venv-min
+MIN_PINNED := optuna mlflow timm
+MIN_TESTS := tests/test_search.py tests/test_blocknet.py tests/test_reuse.py
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
+MIN_SELECT := end_to_end or over_budget or test_blocknet or logged_to_mlflow or through_timm
+test-min: install
+	rm -rf $(VENV_MIN)
+	python3 -m venv $(VENV_MIN)
+	echo "import site; site.addsitedir('$$($(PY) -c '$(PURELIB)')')" > "$$($(VENV_MIN)/bin/python -c '$(PURELIB)')/zz_main_venv.pth"
+	$(VENV_MIN)/bin/python -m pip install --quiet -e '.[dev]' $$($(PY) scripts/min_pins.py $(MIN_PINNED))
+	$(VENV_MIN)/bin/python scripts/min_pins.py --check $(MIN_PINNED)
+	$(VENV_MIN)/bin/python -m pytest -q -p no:cacheprovider $(MIN_TESTS) -k '$(MIN_SELECT)'
 
 lint: install
 	$(VENV)/bin/ruff check .
