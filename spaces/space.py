@@ -168,7 +168,7 @@ class SearchSpace:
     def for_data(self, data: DataShape) -> SearchSpace:
         """This space building networks for ``data``: its unpinned shape keys take the data's values.
 
-        A pinned key keeps its value: the data was loaded at it (:func:`blocknas.search.data.load_data_for`
+        A pinned key keeps its value: the data was loaded at it (:func:`blocknas.search.data.splits.load_data_for`
         checks the two agree and names both when they do not).
         """
         size = self.input_size or data.input_size

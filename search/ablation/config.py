@@ -139,7 +139,7 @@ class MatchConfig:
 class AblationConfig(StudyBase):
     """Everything an ablation needs: base architecture, factors, seeds, data, training, latency, budget match.
 
-    The study's name and stores are :class:`~blocknas.search.study.StudyBase`'s; the report
+    The study's name and stores are :class:`~blocknas.search.study.config.StudyBase`'s; the report
     goes to ``<runs_dir>/<name>/report``.
 
     Attributes:

@@ -1,7 +1,7 @@
 """The study remembers the device its latencies come from, and a resume on another device is refused.
 
 A budget such as ``constraints: {latency_ms: 2}`` means something only on one device. The
-first worker stores the :class:`~blocknas.search.latency.LatencyDevice` (fingerprint, the
+first worker stores the :class:`~blocknas.search.latency.device.LatencyDevice` (fingerprint, the
 agent's address or the table's path, the table's calibration accuracy) as the study user
 attribute :data:`~.attrs.LATENCY_DEVICE_ATTR` and as ``latency.device*`` tags on the parent
 run; the summary and the report name it. A worker or resume whose agent or table is another

@@ -7,7 +7,7 @@ dynamic ``batch`` axis, and the file's ``metadata_props`` hold the input's
 :class:`~blocknas.search.data.Preprocessing` (size, the training data's mean and std, class
 names) when the architecture records it; ``arch.yaml`` is written beside the files. The
 latency of each *file* (not of the module it came from) is measured with the latency
-engine's repeat protocol (:func:`blocknas.search.latency.measure_runner`) at the latency
+engine's repeat protocol (:func:`blocknas.search.latency.measure.measure_runner`) at the latency
 target's batch size and written to ``latency.json``.
 """
 
