@@ -23,6 +23,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from blocknas.search.data import DataError
     from blocknas.search.latency.agent_client import AGENT_ERRORS
     from blocknas.search.tracking import StorageError, TrackingError
+    from blocknas.search.tracking.faults import StorageFault
     from blocknas.search.training import CheckpointError
     from blocknas.search.training.export import ExportError
 
@@ -31,6 +32,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         DataError,
         StorageError,
+        StorageFault,
         TrackingError,
         CheckpointError,
         ExportError,
@@ -797,6 +799,8 @@ def _quiet_third_parties(verbose: bool) -> None:
 
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # MLflow logs a database error with its traceback, then raises it: the raise is what is reported
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(logging.DEBUG if verbose else logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow's own switch; workers inherit it
@@ -819,18 +823,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     remember_secrets(*(value for value in vars(args).values() if isinstance(value, str)))
     try:
         return int(args.handler(args))
-    except _user_errors() as exc:
-        print(mask_url(f"blocknas {args.command}: error: {exc}"), file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             f"blocknas {args.command}: interrupted; finished trials are kept, rerun the same command to resume",
             file=sys.stderr,
         )
         return 130
-    except Exception:  # a bug: its traceback, but not the secrets its messages may hold
-        print(mask_url(traceback.format_exc()), file=sys.stderr)
-        return 1
+    except Exception as exc:
+        from blocknas.search.tracking.faults import storage_fault
+
+        fault = storage_fault(exc)  # a full disk, a forbidden folder, a lost database: the user must act
+        if fault is None and not isinstance(exc, _user_errors()):
+            print(mask_url(traceback.format_exc()), file=sys.stderr)  # a bug: its traceback, but not the secrets
+            return 1
+        print(mask_url(f"blocknas {args.command}: error: {fault or exc}"), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from blocknas.search.data import DataSplit
 from blocknas.search.latency import AgentClient, AgentError, AgentLost, LatencyPredictor, measure_latency
 from blocknas.search.latency_gate import default_gate
 from blocknas.search.tracking import WORKER_ATTR, StudyTracker, mask_url, worker_id
+from blocknas.search.tracking.faults import StorageFault, storage_fault
 from blocknas.search.tracking.names import (
     ACCURACY_METRIC,
     ARCH_HASH_TAG,
@@ -149,6 +150,11 @@ class Objective:
             self._agent_failed(trial, run_id, exc)
             raise
         except BaseException as exc:
+            fault = None if isinstance(exc, (KeyboardInterrupt, SystemExit)) else storage_fault(exc)
+            if fault is not None:
+                status = "KILLED"
+                self._cut_short(trial, run_id, fault)
+                raise
             interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
             reason = INTERRUPTED if interrupted else mask_url(f"{type(exc).__name__}: {exc}")
             if interrupted:
@@ -268,6 +274,20 @@ class Objective:
                 "this worker stops: rerun the same command once it answers again"
             ) from exc
         log.warning("trial %d: %s; queued for retry (the agent answers again)", trial.number, exc)
+
+    def _cut_short(self, trial: Trial, run_id: str, fault: StorageFault) -> None:
+        """A storage fault cut the trial short: queue its retry and say why, as far as the stores still take writes.
+
+        Where even the retry cannot be written, the trial stays RUNNING and the next worker's
+        recovery fails and retries it (its worker, this one, will have exited).
+        """
+        reason = mask_url(f"StorageFault: {fault}")
+        try:
+            retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
+            self.tracker.log(run_id, tags={STATE_TAG: "killed", ERROR_TAG: reason})
+        except Exception as error:
+            log.warning("trial %d: %s; could not record it (%s)", trial.number, fault, error)
 
     @functools.cached_property
     def proxy_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

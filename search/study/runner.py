@@ -29,6 +29,7 @@ from blocknas.search.tracking import (
     resolve_tracking_uri,
     retried_trials,
 )
+from blocknas.search.tracking.faults import storage_fault
 from blocknas.search.tracking.storage import load_study
 from blocknas.spaces import SearchSpace
 
@@ -147,6 +148,35 @@ def run_search(
 ) -> SearchResult:
     """Run (or resume) the study until it holds ``config.n_trials`` finished trials.
 
+    A store that cannot be written or reached (a full disk, a forbidden folder, a lost
+    database connection) raises :class:`~blocknas.search.tracking.faults.StorageFault`, one
+    paragraph naming it; the trial it cut short is retried by the next run.
+    """
+    try:
+        return _run_search(
+            config, progress=progress, allow_changed_definition=allow_changed_definition, on_ready=on_ready
+        )
+    except Exception as exc:
+        fault = storage_fault(exc, stores=_stores(config))
+        if fault is None or fault is exc:
+            raise
+        raise fault from exc
+
+
+def _stores(config: StudyConfig) -> tuple[str, ...]:
+    """The storage and tracking URLs a study writes to (named when a database reports a fault without a path)."""
+    return config.storage_url, resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+
+
+def _run_search(
+    config: StudyConfig,
+    *,
+    progress: bool = True,
+    allow_changed_definition: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> SearchResult:
+    """:func:`run_search` without turning storage faults into one paragraph.
+
     Everything that can be wrong with the config is checked before anything is written, and
     reported in one error: the space, the dataset, the baselines and the tracking store (the
     storage last). The networks, baselines included, are built for the data's shape where the
@@ -229,6 +259,8 @@ def optimize_until_done(
     ``blocknas.surplus``, no MLflow run, not counted. The total is trained, never more.
     """
 
+    faults: list[Exception] = []
+
     def objective_within_total(trial: optuna.trial.Trial) -> Any:
         if _past_total(study, trial.number, n_trials):
             trial.set_user_attr(SURPLUS_ATTR, True)
@@ -236,7 +268,12 @@ def optimize_until_done(
                 f"trial {trial.number} is past n_trials={n_trials}: another worker started the last trial at the "
                 "same moment; discarded before it ran (not counted, no MLflow run)"
             )
-        return objective(trial)
+        try:
+            return objective(trial)
+        except Exception as exc:
+            if storage_fault(exc) is not None:  # the worker stops once Optuna has failed the trial (retry queued)
+                faults.append(exc)
+            raise
 
     start = time.monotonic()
     done, _ = trial_counts(study)
@@ -247,6 +284,8 @@ def optimize_until_done(
         disable=not progress,
         unit="trial",
     )
+    quiet = _NoFaultTracebacks()
+    logging.getLogger("optuna.study._optimize").addFilter(quiet)
     try:
         while timeout_s is None or time.monotonic() - start < timeout_s:
             with warnings.catch_warnings():
@@ -267,12 +306,23 @@ def optimize_until_done(
                 if not _failed_meanwhile(exc):
                     raise
                 log.warning("the trial was failed by another worker meanwhile (a stale heartbeat) and is retried")
+            if faults:
+                raise faults[0]
             bar.set_postfix(_progress_postfix(study), refresh=False)
         else:
             return trial_counts(study)[0] < n_trials
     finally:
+        logging.getLogger("optuna.study._optimize").removeFilter(quiet)
         bar.close()
     return False
+
+
+class _NoFaultTracebacks(logging.Filter):
+    """Drops Optuna's "Trial N failed" warning, a traceback, for a trial a storage fault cut short: the worker
+    stops and says it in one paragraph."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is not None and storage_fault(record.exc_info[1]))
 
 
 def _failed_meanwhile(exc: BaseException | None) -> bool:
@@ -321,14 +371,26 @@ def _end_parent(study: optuna.Study, tracker: StudyTracker, parent: str, n_trial
 def _end_parent_after(
     exc: BaseException, study: optuna.Study, tracker: StudyTracker, parent: str, n_trials: int
 ) -> None:
-    """:func:`_end_parent` for a worker leaving on ``exc``; a failure to do so is logged, never raised over ``exc``."""
-    why = (
-        "interrupt (Ctrl-C or SIGTERM)"
-        if isinstance(exc, KeyboardInterrupt)
-        else f"an error ({type(exc).__name__}: {exc})"
-    )
+    """:func:`_end_parent` for a worker leaving on ``exc``; a failure to do so is logged, never raised over ``exc``.
+
+    A storage fault names itself in the reason; when it keeps the study's trials from being counted
+    (a lost database), the parent run is ended FAILED with that reason all the same.
+    """
+    fault = storage_fault(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        why = "interrupt (Ctrl-C or SIGTERM)"
+    elif fault is not None:
+        why = f"an error: a storage fault ({str(fault).split(' What to do:')[0]})"
+    else:
+        why = f"an error ({type(exc).__name__}: {exc})"
     try:
-        _end_parent(study, tracker, parent, n_trials, why)
+        try:
+            _end_parent(study, tracker, parent, n_trials, why)
+        except Exception as error:
+            if fault is None or storage_fault(error) is None:
+                raise
+            tracker.log(parent, tags={STOPPED_TAG: f"stopped by {why}; rerun to continue"})
+            tracker.finish_parent(parent, "FAILED")
     except Exception as error:
         log.warning("could not end the MLflow parent run %s of study %s: %s", parent, study.study_name, error)
 
