@@ -136,12 +136,13 @@ def test_the_journal_filling_mid_trial_ends_the_parent_run_saying_why(
     tmp_path: Path, one_trial_sizes: dict[str, int], mlflow_server: str
 ) -> None:
     """The tracking server's disk has room, so the parent run records why the study stopped."""
+    journal = str(tmp_path / "runs" / "optuna.journal")
     name = f"full-journal-{uuid.uuid4().hex[:8]}"
     config = write_config(tmp_path, name, n_trials=4, tracking_uri=mlflow_server)
     code, out = search(tmp_path, config, max_file_bytes=one_trial_sizes["optuna.journal"] + 1500)
     assert code == 2, out[-3000:]
     assert_one_paragraph(out, "cannot write", "optuna.journal", "File too large")
-    study = study_of(config, "runs/optuna.journal")
+    study = study_of(config, journal)
     assert 1 <= trial_counts(study)[0] < 4, "the limit falls mid-study"
     parent = MlflowClient(mlflow_server).get_run(study.user_attrs[PARENT_RUN_ATTR])
     assert parent.info.status == "FAILED"
@@ -149,7 +150,7 @@ def test_the_journal_filling_mid_trial_ends_the_parent_run_saying_why(
 
     code, out = search(tmp_path, config)
     assert code == 0, out[-3000:]
-    assert_finished_exactly(config, "runs/optuna.journal", 4, mlflow_server)
+    assert_finished_exactly(config, journal, 4, mlflow_server)
     assert MlflowClient(mlflow_server).get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "FINISHED"
 
 

@@ -22,12 +22,14 @@ from blocknas.search.latency.device import latency_device
 from blocknas.search.tracking import (
     PARENT_RUN_ATTR,
     STOPPED_TAG,
+    WORKER_ATTR,
     StudyTracker,
     fail_abandoned_trials,
     mask_config,
     mask_url,
     resolve_tracking_uri,
     retried_trials,
+    worker_id,
 )
 from blocknas.search.tracking.faults import storage_fault
 from blocknas.search.tracking.storage import load_study
@@ -355,9 +357,11 @@ def _clear_ending(tracker: StudyTracker, parent: str) -> None:
 def _end_parent(study: optuna.Study, tracker: StudyTracker, parent: str, n_trials: int, stopped_by: str | None) -> None:
     """End the parent run when no worker runs a trial any more: FINISHED at the total, else KILLED (a timeout,
     an interrupt) or FAILED (an error) with the reason in :data:`STOPPED_TAG`. While another worker still
-    runs a trial the run stays RUNNING: the last worker to stop ends it."""
-    done, running = trial_counts(study)
-    if running:
+    runs a trial the run stays RUNNING: the last worker to stop ends it (a trial of this worker's that a
+    storage fault left RUNNING is not another worker's)."""
+    done, _ = trial_counts(study)
+    me = worker_id()
+    if any(_runs(t) and t.user_attrs.get(WORKER_ATTR) != me for t in study.get_trials(deepcopy=False)):
         return
     if done >= n_trials:
         tracker.finish_parent(parent)

@@ -10,6 +10,7 @@ recovery, when even that cannot be written), so a rerun after fixing the cause c
 from __future__ import annotations
 
 import errno
+import io
 import os
 
 from .masking import mask_url
@@ -68,12 +69,28 @@ def storage_fault(exc: BaseException, *, stores: tuple[str, ...] = ()) -> Storag
 def _disk_fault(exc: BaseException) -> StorageFault | None:
     if not isinstance(exc, OSError) or exc.errno not in DISK_ERRNOS:
         return None
-    path = exc.filename if exc.filename is not None else "a file of the runs folder or a store"
+    path = exc.filename if exc.filename is not None else _file_written(exc)
     name = errno.errorcode.get(exc.errno, str(exc.errno))
     return StorageFault(
         f"cannot write {path}: {exc.strerror or os.strerror(exc.errno)} ({name}). "
         f"What to do: {DISK_ERRNOS[exc.errno]}. {_RESUME}"
     )
+
+
+def _file_written(exc: OSError) -> str:
+    """The file a failed ``write`` was writing (an ``OSError`` from ``write`` names none): the open file in the
+    innermost frame that holds one, e.g. Optuna's journal appending a record."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            name = getattr(value, "name", None) if isinstance(value, io.IOBase) else None
+            if isinstance(name, str):
+                return name
+    return "a file of the runs folder or a store"
 
 
 def _database_fault(exc: BaseException, stores: tuple[str, ...]) -> StorageFault | None:
