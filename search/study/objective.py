@@ -53,6 +53,7 @@ from blocknas.search.tracking.names import (
     STUDY_TAG,
     TRAIN_SECONDS_METRIC,
 )
+from blocknas.search.tracking.runs import TrackingOutage
 from blocknas.search.training import DivergedError, EpochStats, proxy_batch, seed_everything, train_briefly
 from blocknas.search.training.proxies import ProxyScore
 from blocknas.spaces import SearchSpace
@@ -135,7 +136,12 @@ class Objective:
         arch = self.architecture(trial)
         trial.set_user_attr(ARCH_ATTR, arch.to_dict())
         run_name, tags = self.run_labels(trial, arch)
-        run_id = self.tracker.start_child(self.parent_run_id, trial, run_name, tags)
+        try:
+            run_id = self.tracker.start_child(self.parent_run_id, trial, run_name, tags)
+        except TrackingOutage as outage:  # no run was made: the trial is retried, not counted
+            retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
+            trial.set_user_attr(FAIL_REASON_ATTR, mask_url(f"TrackingOutage: {outage}"))
+            raise
         status = "FAILED"
         try:
             values = self._evaluate(trial, arch, run_id)

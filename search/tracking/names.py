@@ -31,6 +31,7 @@ __all__ = [
     "PRUNED_BY_TAG",
     "PRUNED_RUNG_TAG",
     "ROLE_TAG",
+    "RUN_KEY_TAG",
     "SCREENED_OUT_BY_TAG",
     "SCREEN_PROXY_TAG",
     "STATE_TAG",
@@ -47,6 +48,7 @@ ROLE_TAG = "blocknas.role"  # "study" on a search's parent run, "train" on a ful
 STUDY_TAG = "blocknas.study"  # the study's name, on its parent run and on each trial's child run
 KIND_TAG = "blocknas.kind"  # a run that is no trial's: an ablation's parent, a validation child
 TRIAL_NUMBER_TAG = "optuna.trial_number"  # a trial's child run: the trial it records
+RUN_KEY_TAG = "blocknas.run_key"  # a trial's child run: the key its creation was retried under (one run per key)
 
 # -- a trial's child run --------------------------------------------------------------------
 STATE_TAG = "blocknas.state"  # how the trial ended: complete, failed, killed, diverged, over_budget, ...

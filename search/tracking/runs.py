@@ -8,6 +8,7 @@ study's user attributes; the child run id in the trial's, and the trial number i
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -16,13 +17,14 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
+import requests
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from optuna.trial import TrialState
@@ -30,13 +32,16 @@ from optuna.trial import TrialState
 from blocknas.search.files import file_lock
 
 from .attrs import PARENT_RUN_ATTR, PARENT_TOKEN_ATTR, RUN_ID_ATTR
+from .faults import StorageFault
 from .masking import mask_url
-from .names import ROLE_TAG, STATE_TAG, STUDY_TAG, TRIAL_NUMBER_TAG, tag_equals
+from .names import ROLE_TAG, RUN_KEY_TAG, STATE_TAG, STUDY_TAG, TRIAL_NUMBER_TAG, tag_equals
 
 __all__ = [
+    "RETRY_WINDOW_ENV",
     "RUN_STATUSES",
     "StudyTracker",
     "TrackingError",
+    "TrackingOutage",
     "check_reachable",
     "check_tracking_store",
     "resolve_tracking_uri",
@@ -58,6 +63,51 @@ finished trial is set to the first (a failed trial's worker was killed before it
 
 class TrackingError(RuntimeError):
     """The MLflow tracking server or store cannot be used."""
+
+
+class TrackingOutage(StorageFault, TrackingError):
+    """The tracking server stayed unreachable for the whole retry window during a trial.
+
+    A :class:`~blocknas.search.tracking.faults.StorageFault`: the trial it cut short is failed
+    and queued for retry (never counted), and the worker exits 2 with this paragraph.
+    """
+
+
+RETRY_WINDOW_ENV = "BLOCKNAS_TRACKING_RETRY_S"
+"""How long (seconds, default 120) a trial's tracking write keeps retrying an unreachable server."""
+DEFAULT_RETRY_WINDOW_S = 120.0
+_T = TypeVar("_T")
+
+
+def retry_window_s() -> float:
+    """:data:`RETRY_WINDOW_ENV`'s window, else :data:`DEFAULT_RETRY_WINDOW_S`.
+
+    Raises:
+        TrackingError: The variable is set to something that is not a number of seconds >= 0.
+    """
+    text = os.environ.get(RETRY_WINDOW_ENV, "").strip()
+    if not text:
+        return DEFAULT_RETRY_WINDOW_S
+    try:
+        window = float(text)
+    except ValueError:
+        window = -1.0
+    if not window >= 0:  # also NaN
+        raise TrackingError(f"{RETRY_WINDOW_ENV}={text!r} is not a number of seconds >= 0: set it to e.g. 120")
+    return window
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (MLflow's, which carries the HTTP library's as context) says the server was not
+    reached or did not answer: refused, reset, timed out, or too many 5xx/429 answers."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def resolve_tracking_uri(configured: str | None, runs_dir: str | Path = "runs") -> str:
@@ -173,6 +223,8 @@ class StudyTracker:
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
+        self.retry_window_s = retry_window_s()
+        self._down = False  # an outage was declared: the next write tries once, not for a whole window
         try:
             with _sqlite_init_lock(tracking_uri):
                 self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -213,16 +265,17 @@ class StudyTracker:
         if token is None:  # unique to this Optuna study: a parent of an earlier study of that name is not it
             token = uuid.uuid4().hex
             study.set_user_attr(PARENT_TOKEN_ATTR, token)
-        left = self.client.search_runs([self.experiment_id], tag_equals(PARENT_TOKEN_ATTR, token), max_results=1)
+        left = self._keyed_run(PARENT_TOKEN_ATTR, token)
         if left:
-            run_id = left[0].info.run_id
+            run_id = left
             log.info("reusing MLflow parent run %s of study %s, left by a worker that died", run_id, study.study_name)
         else:
-            run_id = self.client.create_run(
-                self.experiment_id,
+            run_id = self.create_keyed_run(
+                PARENT_TOKEN_ATTR,
+                token,
                 run_name=f"study-{study.study_name}",
-                tags={ROLE_TAG: "study", STUDY_TAG: study.study_name, PARENT_TOKEN_ATTR: token},
-            ).info.run_id
+                tags={ROLE_TAG: "study", STUDY_TAG: study.study_name},
+            )
             log.info("created MLflow parent run %s for study %s", run_id, study.study_name)
         if not self.client.get_run(run_id).data.params:
             self.log(run_id, params=params)
@@ -240,14 +293,80 @@ class StudyTracker:
     def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    # -- writes that outlive a lost answer or a short outage -------------------------------
+
+    def _retrying(self, what: str, call: Callable[[], _T]) -> _T:
+        """``call()`` (MLflow requests) without MLflow's own retries, retried here while the server is unreachable.
+
+        MLflow's client retries a POST whose answer was lost, so a run-create could make two runs
+        behind our back; here each attempt is one request, and the caller makes its retry safe
+        (:meth:`create_keyed_run` looks its key up first; tags, params, metrics and ends repeat harmlessly).
+        Retries back off up to 10 s apart for :attr:`retry_window_s`; then :class:`TrackingOutage`.
+        After an outage the next write tries once, so a trial cut short does not wait a window per write.
+        """
+        deadline = time.monotonic() + (0.0 if self._down else self.retry_window_s)
+        delay = 0.5
+        while True:
+            try:
+                with _http_limits(timeout_s=MLFLOW_HTTP_REQUEST_TIMEOUT.get(), max_retries=0):
+                    result = call()
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._down = True
+                    raise TrackingOutage(
+                        mask_url(
+                            f"the MLflow tracking server {self.tracking_uri} did not answer for "
+                            f"{self.retry_window_s:g} s ({what}: {str(exc).splitlines()[0]}). A trial it cut short "
+                            "is failed and queued for retry, not counted. What to do: check that the server is up "
+                            f"and reachable from here ({RETRY_WINDOW_ENV} sets how long a write keeps retrying). "
+                            "Nothing finished is lost: rerun the same command then, and the study continues."
+                        )
+                    ) from exc
+                log.warning("MLflow tracking server unreachable (%s); retrying for up to %.0f s more", what, left)
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 10.0)
+                continue
+            self._down = False
+            return result
+
+    def _keyed_run(self, key_tag: str, key: str) -> str | None:
+        """The id of the live run tagged ``key_tag`` = ``key`` (the oldest, were there several), else None."""
+        found = self.client.search_runs(
+            [self.experiment_id], tag_equals(key_tag, key), max_results=1, order_by=["attributes.start_time ASC"]
+        )
+        return str(found[0].info.run_id) if found else None
+
+    def create_keyed_run(self, key_tag: str, key: str, *, run_name: str, tags: Mapping[str, str]) -> str:
+        """Create a run tagged ``key_tag`` = ``key``, at most one per key: the id of the one made.
+
+        Each attempt after the first looks the key up first and adopts the run a create whose
+        answer was lost made, so a lost answer or an outage never leaves a second run.
+        """
+        attempted = False
+
+        def create_or_adopt() -> str:
+            nonlocal attempted
+            if attempted and (found := self._keyed_run(key_tag, key)) is not None:
+                log.info("adopting MLflow run %s: a create whose answer was lost made it", found)
+                return found
+            attempted = True
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, key_tag: key})
+            return str(run.info.run_id)
+
+        return self._retrying(f"creating run {run_name}", create_or_adopt)
+
     # -- child runs ---------------------------------------------------------------------
 
     def start_child(
         self, parent_run_id: str, trial: optuna.trial.BaseTrial, run_name: str, tags: Mapping[str, str]
     ) -> str:
-        """Create the child run of ``trial`` and record each id on the other."""
-        run = self.client.create_run(
-            self.experiment_id,
+        """Create the child run of ``trial`` (once, under a fresh :data:`RUN_KEY_TAG`) and record each id on the other."""
+        run_id = self.create_keyed_run(
+            RUN_KEY_TAG,
+            uuid.uuid4().hex,
             run_name=run_name,
             tags={
                 MLFLOW_PARENT_RUN_ID: parent_run_id,
@@ -256,11 +375,11 @@ class StudyTracker:
                 **tags,
             },
         )
-        trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
-        return run.info.run_id
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        return run_id
 
     def end_run(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status=status)
+        self._retrying(f"ending run {run_id}", lambda: self.client.set_terminated(run_id, status=status))
 
     def log(
         self,
@@ -280,13 +399,18 @@ class StudyTracker:
         for params_, metrics_, tags_ in itertools.zip_longest(
             _chunks(param_list), _chunks(metric_list), _chunks(tag_list)
         ):
-            self.client.log_batch(run_id, metrics=metrics_ or [], params=params_ or [], tags=tags_ or [])
+            self._retrying(
+                f"logging to run {run_id}",
+                functools.partial(
+                    self.client.log_batch, run_id, metrics=metrics_ or [], params=params_ or [], tags=tags_ or []
+                ),
+            )
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, mask_url(text), artifact_file)
+        self._retrying(f"logging {artifact_file}", lambda: self.client.log_text(run_id, mask_url(text), artifact_file))
 
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        self._retrying(f"logging {path}", lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
     def children(self, parent_run_id: str) -> list[Any]:
         """All child runs of a parent (any status)."""
