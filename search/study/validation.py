@@ -284,6 +284,6 @@ def _validation_run(tracker: StudyTracker, plan: ValidatePlan) -> str:
         return str(found[0].info.run_id)
     epochs = plan.budgets[1].epochs
     tags[STUDY_TAG] = plan.config.name
-    run = tracker.client.create_run(tracker.experiment_id, run_name=f"validate-{epochs}ep", tags=tags)
-    log.info("created MLflow run %s for the validation of study %s", run.info.run_id, plan.config.name)
-    return str(run.info.run_id)
+    run_id = tracker.create_run(run_name=f"validate-{epochs}ep", tags=tags)
+    log.info("created MLflow run %s for the validation of study %s", run_id, plan.config.name)
+    return run_id

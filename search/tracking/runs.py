@@ -358,15 +358,17 @@ class StudyTracker:
 
         return self._retrying(f"creating run {run_name}", create_or_adopt)
 
+    def create_run(self, *, run_name: str, tags: Mapping[str, str]) -> str:
+        """Create a run once, however its answers fare: :meth:`create_keyed_run` under a fresh :data:`RUN_KEY_TAG`."""
+        return self.create_keyed_run(RUN_KEY_TAG, uuid.uuid4().hex, run_name=run_name, tags=tags)
+
     # -- child runs ---------------------------------------------------------------------
 
     def start_child(
         self, parent_run_id: str, trial: optuna.trial.BaseTrial, run_name: str, tags: Mapping[str, str]
     ) -> str:
-        """Create the child run of ``trial`` (once, under a fresh :data:`RUN_KEY_TAG`) and record each id on the other."""
-        run_id = self.create_keyed_run(
-            RUN_KEY_TAG,
-            uuid.uuid4().hex,
+        """Create the child run of ``trial`` (once: :meth:`create_run`) and record each id on the other."""
+        run_id = self.create_run(
             run_name=run_name,
             tags={
                 MLFLOW_PARENT_RUN_ID: parent_run_id,

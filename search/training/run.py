@@ -72,8 +72,7 @@ class TrainRun:
                 if epoch not in logged:
                     reopened.log_epoch({k: v for k, v in record.items() if k != "epoch"}, epoch)
             return reopened
-        run = tracker.client.create_run(
-            tracker.experiment_id,
+        run_id = tracker.create_run(
             run_name=out.name,
             tags={
                 ROLE_TAG: "train",
@@ -81,7 +80,6 @@ class TrainRun:
                 OUT_DIR_TAG: str(out.resolve()),
             },
         )
-        run_id = run.info.run_id
         tracker.log(run_id, params=_params(config, arch))
         tracker.log_file(run_id, out / "arch.yaml")
         tracker.log_file(run_id, out / "train.yaml")
