@@ -279,29 +279,46 @@ def profile_trainer(bench: Bench, arch: ArchConfig) -> str:
     return buf.getvalue()
 
 
-def summary(bench: Bench) -> dict[str, Any]:
+LIKE_FOR_LIKE = (("baseline", "channels_last"), ("trainer_nchw", "plain"))
+"""The trainer against the plain loop in the same memory format: what the trainer's own loop costs."""
+
+
+def ratio_stats(speeds: dict[str, dict[str, list[float]]], arm: str, ref: str) -> dict[str, Any] | None:
+    """``arm``'s images/s over ``ref``'s, paired by network and round: median, min, max, and per network."""
+    ratios, per_net = [], {}
+    for label, by_arm in speeds.items():
+        r = [g / b for g, b in zip(by_arm.get(arm, []), by_arm.get(ref, []), strict=False) if g and b]
+        ratios += r
+        if r:
+            per_net[label] = {"median": statistics.median(r), "min": min(r), "max": max(r)}
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "per_network": per_net}
+
+
+def summary(speeds: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
     """Per arm: median images/s over networks × rounds, and the ratio to the reference arm per network/round."""
     arms: dict[str, Any] = {}
     for arm in (*TRAIN_ARMS, *EVAL_ARMS):
         ref = "eval_no_grad" if arm in EVAL_ARMS else "plain"
-        speeds, ratios, per_net = [], [], {}
-        for label, _ in bench.nets:
-            got, base = bench.speeds.get(label, {}).get(arm, []), bench.speeds.get(label, {}).get(ref, [])
-            r = [g / b for g, b in zip(got, base, strict=False) if g and b]
-            speeds += [g for g in got if g]
-            ratios += r
-            if r:
-                per_net[label] = {"median": statistics.median(r), "min": min(r), "max": max(r)}
-        if speeds:
+        got = [g for by_arm in speeds.values() for g in by_arm.get(arm, []) if g]
+        if got:
+            stats = ratio_stats(speeds, arm, ref) or {}
             arms[arm] = {
                 "reference": ref,
-                "images_per_s": statistics.median(speeds),
-                "ratio_median": statistics.median(ratios) if ratios else None,
-                "ratio_min": min(ratios) if ratios else None,
-                "ratio_max": max(ratios) if ratios else None,
-                "per_network": per_net,
+                "images_per_s": statistics.median(got),
+                "ratio_median": stats.get("median"),
+                "ratio_min": stats.get("min"),
+                "ratio_max": stats.get("max"),
+                "per_network": stats.get("per_network", {}),
             }
     return arms
+
+
+def like_for_like(speeds: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """:data:`LIKE_FOR_LIKE`'s ratios."""
+    pairs = {f"{a}/{b}": ratio_stats(speeds, a, b) for a, b in LIKE_FOR_LIKE}
+    return {k: v for k, v in pairs.items() if v is not None}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -335,6 +352,17 @@ def render(result: dict[str, Any]) -> str:
             if r is not None
             else f"| `{arm}` | {row['images_per_s']:.0f} | – | – | – | `{row['reference']}` |"
         )
+    if result.get("like_for_like"):
+        lines += [
+            "",
+            "Like for like: the trainer against the plain loop in the same memory format (paired by network and round):",
+            "",
+        ]
+        for pair, st in result["like_for_like"].items():
+            per = ", ".join(f"`{k}` {v['median']:.3f}" for k, v in st["per_network"].items())
+            lines.append(
+                f"- `{pair}`: **{st['median']:.3f}×** (min {st['min']:.3f}, max {st['max']:.3f}; per network: {per})"
+            )
     lines += ["", "Per network (median ratio to the reference over rounds):", ""]
     labels = [label for label, _, _ in s["networks"]]
     lines += ["| arm | " + " | ".join(f"`{x}`" for x in labels) + " |", "|---" * (len(labels) + 1) + "|"]
@@ -386,7 +414,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=RESULTS / "throughput.md", help="results file (.md; .json beside it)"
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite the .md (and the ratios in the .json) from the .json of an earlier run",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        try:
+            earlier = json.loads(args.out.with_suffix(".json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            print(
+                f"throughput: cannot read {args.out.with_suffix('.json')} ({exc}); run the benchmark first",
+                file=sys.stderr,
+            )
+            return 2
+        earlier["arms"], earlier["like_for_like"] = summary(earlier["speeds"]), like_for_like(earlier["speeds"])
+        write(earlier, args.out)
+        return 0
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in (*TRAIN_ARMS, *EVAL_ARMS)]
     if unknown or args.networks < 1 or args.rounds < 1 or args.steps < 1 or args.warmup < 0:
@@ -446,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         result["settings"]["rounds_done"] = rnd + 1
-        result["arms"] = summary(bench)
+        result["arms"] = summary(bench.speeds)
+        result["like_for_like"] = like_for_like(bench.speeds)
         result["speeds"] = bench.speeds
         result["compile"] = {k: {"compile_s": v["compile_s"], "error": v["error"]} for k, v in bench.compiled.items()}
         write(result, args.out)
