@@ -21,7 +21,8 @@ machine's load hits them alike; the result is each arm's median images/s and its
 
     python benchmarks/throughput.py [--networks 4] [--rounds 3] [--steps 40] [--warmup 5]
 
-Writes benchmarks/results/throughput.md and .json (after every round).
+Writes benchmarks/results/throughput.md and .json (after every round); ``--render`` rewrites the .md
+from the .json (e.g. after adding ``notes``). ``--arms`` picks arms, ``--out`` another file.
 """
 
 from __future__ import annotations
