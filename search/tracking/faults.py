@@ -14,6 +14,7 @@ import io
 import os
 
 from .masking import mask_url
+from .storage import StorageError
 
 __all__ = ["DISK_ERRNOS", "StorageFault", "storage_fault"]
 
@@ -44,12 +45,15 @@ class StorageFault(RuntimeError):
 
 
 def storage_fault(exc: BaseException, *, stores: tuple[str, ...] = ()) -> StorageFault | None:
-    """The :class:`StorageFault` that ``exc`` (or an exception it was raised from or during) stands for, else None.
+    """The :class:`StorageFault` that ``exc`` (or an exception it was raised from or during) stands for, else None
+    (also for a :class:`~blocknas.search.tracking.storage.StorageError`: a storage never opened is bad input).
 
     Args:
         exc: The exception a command stopped on.
         stores: The storage and tracking URLs in use, named when a database reports the fault without a path.
     """
+    if isinstance(exc, StorageError):  # a storage that cannot be opened says so itself, naming it
+        return None
     seen: set[int] = set()
     pending: list[BaseException | None] = [exc]
     while pending:
