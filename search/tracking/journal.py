@@ -21,6 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +32,10 @@ from typing import Any, BinaryIO
 
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileSymlinkLock
 
+from ..pause_points import pause_point
+
 __all__ = [
+    "LOCK_GRACE_ENV",
     "BadRecord",
     "JournalDamageError",
     "ReadOnlyJournal",
@@ -43,21 +49,52 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
+LOCK_GRACE_ENV = "BLOCKNAS_JOURNAL_LOCK_GRACE_S"
 
 
 class _RepairingLock(JournalFileSymlinkLock):
-    """Optuna's default journal lock, cutting a torn tail off each time it is taken.
+    """Optuna's default journal lock (the same lock file), that knows whether it still holds it.
 
-    Optuna's backend takes this lock around every append, so the repair and the write that
-    follows it are one step for every other worker (they take the same lock file).
+    Optuna's waiters break a lock held longer than its grace period (30 s, or
+    ``$BLOCKNAS_JOURNAL_LOCK_GRACE_S``): a worker stopped while holding it (``SIGSTOP``, a
+    suspended VM, swap) finds, when it goes on, that another process took the lock and wrote.
+    Optuna's own lock then raises "did not possess lock" from its release, after its write, and
+    would remove a third process's lock. This one names itself in the link (a unique target;
+    Optuna's locks never read it), so :meth:`held` tells whether the lock is still this one's
+    and :meth:`release` never removes another's. Each time it is taken a torn tail is cut off,
+    so the repair and the write that follows are one step for every other worker.
     """
 
     def __init__(self, journal: str) -> None:
-        super().__init__(journal)
+        super().__init__(journal, grace_period=int(os.environ.get(LOCK_GRACE_ENV, "30")))
         self._journal = Path(journal)
+        self._token = ""
 
     def acquire(self) -> bool:
-        super().acquire()
+        sleep_s, seen_mtime, seen_at = 0.001, None, time.monotonic()
+        self._token = f"{self._journal}#{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        while True:
+            try:
+                os.symlink(self._token, self._lock_file)
+                break
+            except FileExistsError:
+                try:
+                    mtime = os.lstat(self._lock_file).st_mtime
+                except OSError:
+                    continue  # released meanwhile
+                if mtime != seen_mtime:
+                    seen_mtime, seen_at = mtime, time.monotonic()
+                elif self.grace_period is not None and time.monotonic() - seen_at > self.grace_period:
+                    log.warning(
+                        "journal %s: its lock has been held for over %d s; breaking it",
+                        self._journal,
+                        self.grace_period,
+                    )
+                    _remove_lock(self._lock_file)
+                    sleep_s = 0.001
+                    continue
+                time.sleep(sleep_s)
+                sleep_s = min(2 * sleep_s, 1.0)
         try:
             _cut_tail(self._journal)
         except BaseException:
@@ -65,12 +102,70 @@ class _RepairingLock(JournalFileSymlinkLock):
             raise
         return True
 
+    def held(self) -> bool:
+        """Whether the lock file is still the one this lock created (nobody broke it)."""
+        try:
+            return os.readlink(self._lock_file) == self._token
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        if self.held():
+            _remove_lock(self._lock_file)
+        else:
+            log.warning(
+                "journal %s: this process's lock was broken by another (held past the grace period)", self._journal
+            )
+
+
+def _remove_lock(lock_file: str) -> None:
+    """Remove a lock file the way Optuna does (renamed first, so two removers never remove a third's lock)."""
+    aside = f"{lock_file}{uuid.uuid4().hex}.rename"
+    try:
+        os.rename(lock_file, aside)
+    except OSError:
+        return  # already removed
+    os.unlink(aside)
+
+
+class _Backend(JournalFileBackend):
+    """Optuna's journal file backend whose append survives a broken lock.
+
+    The records are written in one ``write`` to a file opened for appending, so they land whole
+    or not at all. The lock is checked just before: if another process broke it (this one was
+    stopped past the grace period) nothing was written, and the append starts again under a
+    fresh lock. If it was broken after the write, the records are in and only a warning says so.
+    """
+
+    _lock: _RepairingLock
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        data = ("\n".join(json.dumps(record, separators=(",", ":")) for record in logs) + "\n").encode()
+        first = True
+        while True:
+            self._lock.acquire()
+            try:
+                if first:  # a test stops a writer here holding the lock, once
+                    pause_point("journal-append")
+                    first = False
+                if not self._lock.held():
+                    log.warning("journal %s: nothing was written; writing again under a fresh lock", self._file_path)
+                    continue  # the release below leaves the other process's lock alone
+                with open(self._file_path, "ab", buffering=0) as journal:  # one write() call, no buffer
+                    left = memoryview(data)
+                    while left:  # short only at a disk or size limit: the next call raises its error
+                        left = left[journal.write(left) or 0 :]
+                    os.fsync(journal.fileno())
+                return
+            finally:
+                self._lock.release()
+
 
 def open_journal_backend(path: str | Path) -> JournalFileBackend:
     """Optuna's journal file backend on ``path``, its torn tail and unreadable records (if any) repaired first."""
     path = str(path)
     lock = _RepairingLock(path)
-    backend = JournalFileBackend(path, lock_obj=lock)
+    backend = _Backend(path, lock_obj=lock)
     repair_torn_tail(path, lock=lock)
     repair_bad_records(path, lock=lock)
     return backend
