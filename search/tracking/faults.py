@@ -73,8 +73,10 @@ def storage_fault(exc: BaseException, *, stores: tuple[str, ...] = ()) -> Storag
 def _disk_fault(exc: BaseException) -> StorageFault | None:
     if not isinstance(exc, OSError) or exc.errno not in DISK_ERRNOS:
         return None
-    path = exc.filename if exc.filename is not None else _file_written(exc)
+    path = str(exc.filename) if exc.filename is not None else _file_written(exc)
     name = errno.errorcode.get(exc.errno, str(exc.errno))
+    if exc.filename is not None and not os.path.lexists(path):  # refused creating it: the folder is what to fix
+        path = f"in {os.path.dirname(path) or '.'} (creating {os.path.basename(path)})"
     return StorageFault(
         f"cannot write {path}: {exc.strerror or os.strerror(exc.errno)} ({name}). "
         f"What to do: {DISK_ERRNOS[exc.errno]}. {_RESUME}"
