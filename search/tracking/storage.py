@@ -139,6 +139,10 @@ def _rdb_storage(url: str, scheme: str, heartbeat_interval: int, max_retry: int)
     """
     key = (url, heartbeat_interval, max_retry)
     if key not in _rdb_storages:
+        same_url = next((storage for (u, _, _), storage in _rdb_storages.items() if u == url), None)
+        if same_url is not None:  # other heartbeat settings, the same engine: one pool per URL per process
+            _rdb_storages[key] = _with_heartbeat(same_url, heartbeat_interval, max_retry)
+            return _rdb_storages[key]
         if scheme == "sqlite":
             engine_kwargs: dict[str, object] = {"connect_args": {"timeout": 60}}
         else:
@@ -194,11 +198,22 @@ def _lost_schema_race(exc: Exception) -> bool:
     return "alembic_version" in text or "already exists" in text or "duplicate key" in text.lower()
 
 
+def _with_heartbeat(storage: optuna.storages.RDBStorage, interval: int, max_retry: int) -> optuna.storages.RDBStorage:
+    """``storage`` (its engine, pool and sessions shared) with other heartbeat settings."""
+    other = object.__new__(type(storage))  # not copy.copy: Optuna's __setstate__ builds a new engine
+    other.__dict__.update(storage.__dict__)
+    other.heartbeat_interval, other.grace_period = interval, 2 * interval
+    other.heartbeat_stale_trial_callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    other.failed_trial_callback = other.heartbeat_stale_trial_callback
+    return other
+
+
+@atexit.register
 @atexit.register
 def dispose_storages() -> None:
     """Close every pooled database connection this process opened (also run at exit)."""
     for storage in _rdb_storages.values():
-        storage.engine.dispose()
+        storage.engine.dispose()  # shared engines: disposing twice is harmless
     _rdb_storages.clear()
 
 
