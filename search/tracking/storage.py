@@ -209,7 +209,6 @@ def _with_heartbeat(storage: optuna.storages.RDBStorage, interval: int, max_retr
 
 
 @atexit.register
-@atexit.register
 def dispose_storages() -> None:
     """Close every pooled database connection this process opened (also run at exit)."""
     for storage in _rdb_storages.values():
