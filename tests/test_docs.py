@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+MAX_README_LINES = 250
 
 
 def _mkdocs(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -83,3 +86,19 @@ def test_strict_build_fails_on_a_broken_link(tmp_path: Path, page: str, problem:
 def test_every_config_key_is_documented() -> None:
     """Each key of each YAML file blocknas reads has a description in its dataclass's ``Attributes:``."""
     assert _gen_reference().undocumented_keys() == []
+
+
+def test_readme_is_at_most_250_lines() -> None:
+    """The README says what blocknas answers, sets it up and links the docs; the rest lives in ``docs/``."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= MAX_README_LINES, (
+        f"README.md has {len(lines)} lines (at most {MAX_README_LINES}): move text to docs/"
+    )
+
+
+def test_readme_links_resolve() -> None:
+    """Every relative link and image of the README names a file of the repository (its docs pages, its figure)."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", README.read_text(encoding="utf-8"))
+    local = [t.split("#")[0] for t in targets if "://" not in t and not t.startswith("#")]
+    assert any(t.startswith("docs/") and t.endswith(".md") for t in local), "the README links no docs page"
+    assert [t for t in local if not (ROOT / t).is_file()] == []
