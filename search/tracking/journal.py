@@ -24,15 +24,17 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileSymlinkLock
 
 from ..pause_points import pause_point
+
+_T = TypeVar("_T")
 
 __all__ = [
     "LOCK_GRACE_ENV",
@@ -185,10 +187,15 @@ def repair_torn_tail(path: str | Path, *, lock: JournalFileSymlinkLock | None = 
     path = Path(path)
     if _torn_from(path) is None:  # the common case, checked without waiting for the lock
         return None
+    return _under_lock(path, lock, _cut_tail)
+
+
+def _under_lock(path: Path, lock: JournalFileSymlinkLock | None, repair: Callable[[Path], _T]) -> _T:
+    """``repair(path)`` holding the journal's lock (Optuna's default lock on ``path`` when not given)."""
     lock = lock or JournalFileSymlinkLock(str(path))
     lock.acquire()
     try:
-        return _cut_tail(path)
+        return repair(path)
     finally:
         lock.release()
 
@@ -371,12 +378,7 @@ def repair_bad_records(path: str | Path, *, lock: JournalFileSymlinkLock | None 
     path = Path(path)
     if not bad_records(path):  # the common case, checked without waiting for the lock
         return []
-    lock = lock or JournalFileSymlinkLock(str(path))
-    lock.acquire()
-    try:
-        return _remove_bad(path)
-    finally:
-        lock.release()
+    return _under_lock(path, lock, _remove_bad)
 
 
 def _remove_bad(path: Path) -> list[BadRecord]:
