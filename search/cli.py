@@ -814,14 +814,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quiet_third_parties(args.verbose)
     install_interrupt_handlers()
-    from blocknas.search.tracking import mask_log_records, mask_url
-    from blocknas.search.tracking.masking import remember_secrets
+    try:  # from here on a signal is a KeyboardInterrupt: one answered below, even during the imports
+        from blocknas.search.tracking import mask_log_records
+        from blocknas.search.tracking.masking import remember_secrets
 
-    # Credentials never leave the process: every log record, error and traceback is masked, and
-    # the command line's URLs are learned first, in case a driver repeats a password outside one.
-    mask_log_records()
-    remember_secrets(*(value for value in vars(args).values() if isinstance(value, str)))
-    try:
+        # Credentials never leave the process: every log record, error and traceback is masked, and
+        # the command line's URLs are learned first, in case a driver repeats a password outside one.
+        mask_log_records()
+        remember_secrets(*(value for value in vars(args).values() if isinstance(value, str)))
         return int(args.handler(args))
     except KeyboardInterrupt:
         print(
@@ -830,6 +830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     except Exception as exc:
+        from blocknas.search.tracking import mask_url
         from blocknas.search.tracking.faults import storage_fault
 
         fault = storage_fault(exc)  # a full disk, a forbidden folder, a lost database: the user must act

@@ -169,3 +169,20 @@ def test_interrupts_hammering_a_journal_storage_never_land_inside_it(handlers: N
     numbers = {t.number for t in reloaded.get_trials()}
     assert set(created) <= numbers
     assert not list(tmp_path.glob("optuna.journal.lock*")), "a journal lock file was left behind"
+
+
+def test_a_signal_while_the_cli_starts_up_is_answered_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The handlers are installed before the heavy imports: a SIGTERM there (a worker killed as it starts,
+    as the chaos test does) is a KeyboardInterrupt that ``main`` must answer with 130, not let escape."""
+    from blocknas.search import cli
+    from blocknas.search.tracking import masking
+
+    def signal_arrives(*_: object) -> None:
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(masking, "remember_secrets", signal_arrives)
+    monkeypatch.setattr(cli, "install_interrupt_handlers", lambda: None)  # the test's own process keeps its handlers
+    assert cli.main(["doctor", "--config", "configs/default.yaml"]) == 130
+    assert "interrupted" in capsys.readouterr().err
