@@ -62,12 +62,13 @@ def reference(networks: list[Network]) -> tuple[float, float]:
     return min(n.curve[-1] for n in networks) - 0.01, 1.1 * max(n.latency_ms for n in networks)
 
 
-def time_to(networks: list[Network], order: list[int], pruning: PruningConfig | None, goal: float) -> float:
-    """Seconds until the front of complete networks reaches hypervolume ``goal`` (inf: never).
+def time_to(
+    networks: list[Network], order: list[int], pruning: PruningConfig | None, goal: float, ref: tuple[float, float]
+) -> float:
+    """Seconds until the front of complete networks reaches hypervolume ``goal`` above ``ref`` (inf: never).
 
     ``pruning`` None is the plain arm: every network trains the full budget.
     """
-    ref = reference(networks)
     epochs = len(networks[0].curve)
     rungs = pruning.rung_epochs(epochs) if pruning else []
     recorded: list[list[RungPoint]] = [[] for _ in rungs]
@@ -80,9 +81,7 @@ def time_to(networks: list[Network], order: list[int], pruning: PruningConfig | 
             assert pruning is not None
             here = RungPoint(i, net.curve[at - 1], net.latency_ms)
             recorded[k].append(here)
-            n = len(recorded[k])
-            keep = n if n < pruning.min_trials_per_rung else math.ceil(n / pruning.reduction_factor)
-            if rank_points(recorded[k], TIE_REL).index(here) >= keep:
+            if rank_points(recorded[k], TIE_REL).index(here) >= pruning.keep(len(recorded[k])):
                 stopped_at = at
                 break
         clock += net.epoch_s * (stopped_at or epochs)
@@ -95,12 +94,13 @@ def time_to(networks: list[Network], order: list[int], pruning: PruningConfig | 
 
 def replay(networks: list[Network], pruning: PruningConfig, orders: int, seed: int = 0) -> dict[str, Any]:
     """Pruned / plain time to 95 % of the table's hypervolume over ``orders`` random orders."""
-    goal = TARGET * hypervolume_2d([(n.curve[-1], n.latency_ms) for n in networks], reference(networks))
+    ref = reference(networks)
+    goal = TARGET * hypervolume_2d([(n.curve[-1], n.latency_ms) for n in networks], ref)
     rng = np.random.default_rng(seed)
     ratios, reached = [], 0
     for _ in range(orders):
         order = [int(i) for i in rng.permutation(len(networks))]
-        plain, pruned = time_to(networks, order, None, goal), time_to(networks, order, pruning, goal)
+        plain, pruned = time_to(networks, order, None, goal, ref), time_to(networks, order, pruning, goal, ref)
         reached += math.isfinite(pruned)
         ratios.append(pruned / plain)
     low, high = np.percentile(ratios, [2.5, 97.5], method="nearest")  # no interpolation: some ratios are ∞

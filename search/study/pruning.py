@@ -107,6 +107,10 @@ class PruningConfig:
         if self.latency_tie_rel is not None and not 0 <= self.latency_tie_rel < 1:
             raise ConfigError(f"{self.latency_tie_rel} must be in [0, 1), e.g. 0.02", path="latency_tie_rel")
 
+    def keep(self, n: int) -> int:
+        """How many of the ``n`` trials recorded at a rung go on: all while ``n < min_trials_per_rung``, then ⌈n/η⌉."""
+        return n if n < self.min_trials_per_rung else math.ceil(n / self.reduction_factor)
+
     def rung_epochs(self, epochs: int) -> list[int]:
         """Epoch counts of the stopping rungs for a full budget of ``epochs`` (the budget itself excluded)."""
         rungs, at = [], self.min_epochs
@@ -225,7 +229,7 @@ class ParetoAsha:
         others = [p for p in rung_points(trial.study.get_trials(deepcopy=False), rung) if p.trial != trial.number]
         points = [*others, here]
         n = len(points)
-        keep = n if n < self.config.min_trials_per_rung else math.ceil(n / self.config.reduction_factor)
+        keep = self.config.keep(n)
         rank = next(i for i, p in enumerate(rank_points(points, self.tie_rel)) if p.trial == trial.number) + 1
         decision = RungDecision(rung, epoch, n, rank, keep, rank <= keep)
         trial.set_user_attr(_rung_decision_attr(rung), decision.as_attr())
