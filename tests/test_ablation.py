@@ -39,31 +39,10 @@ from blocknas.search.study import DEFINITION_ATTR, PLAN_ATTR
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, diagnose, open_storage
 
 from .conftest import REPO_ROOT
+from .helpers.configs import ablation
+from .helpers.mlflow import children
 
 FAMILIES = ["standard", "separable", "reversed", "inverted_residual"]
-
-
-def ablation(**overrides: Any) -> AblationConfig:
-    """A 2-level × 2-seed ablation on 8×8 digits that trains in about a second per cell."""
-    data: dict[str, Any] = {
-        "name": "abl",
-        "base": {
-            "stem": {"out_chs": 8},
-            "stages": [
-                {"block": "standard", "out_chs": 16, "stride": 2},
-                {"block": "standard", "out_chs": 24, "stride": 2},
-            ],
-            "input_size": [8, 8],
-        },
-        "factors": {"block": {"levels": ["standard", "separable"]}},
-        "seeds": 2,
-        "data": {"name": "digits"},
-        "train": {"epochs": 1, "batch_size": 256},
-        "latency": {"time_cap_s": 0.05, "min_repeats": 5, "warmup": 2},
-        "match": "params",
-    }
-    data.update(overrides)
-    return parse(AblationConfig, data)
 
 
 # -- budget matching ----------------------------------------------------------------------
@@ -265,11 +244,6 @@ def test_shipped_ablations_load_and_match() -> None:
 
 
 # -- end to end ---------------------------------------------------------------------------
-
-
-def children(client: MlflowClient, parent_id: str) -> list:
-    run = client.get_run(parent_id)
-    return client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
 def test_ablation_end_to_end_and_resume(in_tmp_dir: Path) -> None:

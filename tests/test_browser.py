@@ -31,7 +31,7 @@ from blocknas.search.tracking import (
 )
 
 from .conftest import seed_mlflow_store
-from .test_search import tiny_config
+from .helpers.configs import tiny_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 

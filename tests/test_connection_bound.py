@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage
 
 from blocknas.search.tracking import RDB_CONNECTIONS_PER_WORKER, dispose_storages, open_storage
 
-from .test_scaleout import finish, write_config
+from .helpers.workers import finish, write_config
 
 pytestmark = pytest.mark.services
 

@@ -34,29 +34,8 @@ from blocknas.search.tracking.attrs import WORKER_ATTR
 from blocknas.spaces import SearchSpace
 
 from .conftest import quick_run, quick_study
-
-SPACE: dict[str, Any] = {
-    "name": "grow",
-    "in_chans": 1,
-    "num_classes": 4,
-    "input_size": [16, 16],
-    "stem": {"widths": [8], "kernel_size": 3, "stride": 1},
-    "stages": [
-        {
-            "blocks": ["standard", {"name": "inverted_residual", "expand_ratios": [2]}],
-            "depth": {"min": 1, "max": 1},
-            "widths": [8, 16],
-            "strides": [2],
-            "kernel_sizes": [3],
-            "se_ratios": [0.0],
-        }
-    ],
-    "head": {"widths": [0]},
-}
-
-CONFIG = quick_study(
-    "grow", space="space.yaml", data={"name": "synthetic", "num_samples": 64, "num_classes": 4}, n_trials=2
-)
+from .helpers.configs import GROW_CONFIG as CONFIG
+from .helpers.configs import GROW_SPACE as SPACE
 
 
 def _grow(space: dict[str, Any], knob: str) -> None:

@@ -24,7 +24,8 @@ from blocknas.search.study import ARCH_ATTR, DUPLICATE_OF_ATTR, TRAINING_KEY_ATT
 from blocknas.search.tracking import RUN_ID_ATTR
 
 from .conftest import ran
-from .test_definition import CONFIG, SPACE
+from .helpers.configs import GROW_CONFIG as CONFIG
+from .helpers.configs import GROW_SPACE as SPACE
 
 TWO = {**SPACE, "stages": [{**SPACE["stages"][0], "blocks": ["standard"]}]}  # widths 8 | 16: 2 architectures
 

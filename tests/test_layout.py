@@ -208,3 +208,40 @@ def test_checker_catches_a_planted_problem(tmp_path: Path, relative: str, text: 
         files["search/data/other.py"] = "from .sources import read\n"
     found = violations(_plant(tmp_path, files), tmp_path)
     assert any(problem.startswith(expected) for problem in found), found
+
+
+def imports_of_test_modules(tests: Path) -> list[str]:
+    """Every import of a test module (``test_*``) by a file under ``tests``: shared helpers live in
+    ``tests/helpers/`` or ``conftest.py``, so editing one test file never breaks another's imports."""
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or "", *(alias.name for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(part.startswith("test_") for name in names for part in name.split(".")):
+                found.append(f"{path.relative_to(tests)}:{node.lineno} imports a test module")
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    assert imports_of_test_modules(ROOT / "tests") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("from .test_search import tiny_config\n", 1),
+        ("def f():\n    from tests.test_a import x\n", 2),
+        ("from . import test_a\n", 1),
+        ("from .helpers.configs import tiny_config\nimport tests.test_a\n", 2),
+    ],
+)
+def test_the_test_import_check_catches_a_planted_import(tmp_path: Path, text: str, line: int) -> None:
+    (tmp_path / "helpers").mkdir()
+    (tmp_path / "helpers" / "configs.py").write_text("")
+    (tmp_path / "test_b.py").write_text(text)
+    assert imports_of_test_modules(tmp_path) == [f"test_b.py:{line} imports a test module"]

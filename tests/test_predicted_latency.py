@@ -23,7 +23,7 @@ from blocknas.search.report import report_study
 from blocknas.search.study import DUPLICATE_OF_ATTR, draw_front, run_search
 from blocknas.search.tracking import RUN_ID_ATTR
 
-from .test_search import tiny_config
+from .helpers.configs import tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

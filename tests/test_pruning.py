@@ -37,8 +37,10 @@ from blocknas.search.study import (
 from blocknas.search.tracking import RUN_ID_ATTR, StudyTracker, diagnose, open_storage
 
 from .conftest import load_benchmark, ran
-from .test_scaleout import finish, states, wait_for, worker, write_config
-from .test_search import ZeroedConv, children, tiny_arch, tiny_config
+from .helpers.blocks import ZeroedConv
+from .helpers.configs import tiny_arch, tiny_config
+from .helpers.mlflow import children
+from .helpers.workers import finish, states, wait_for, worker, write_config
 
 PRUNE = {"min_epochs": 1, "reduction_factor": 3, "min_trials_per_rung": 4}
 

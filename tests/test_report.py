@@ -39,7 +39,8 @@ from blocknas.search.tracking import (
     wait_until_up,
 )
 
-from .test_search import children, tiny_config
+from .helpers.configs import tiny_config
+from .helpers.mlflow import children
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

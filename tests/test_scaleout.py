@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -40,42 +39,8 @@ from blocknas.search.tracking import (
 )
 
 from .conftest import ran, require_service
-
-TINY = {
-    "space": "tiny",
-    "data": {"name": "digits"},
-    "train": {"epochs": 1, "batch_size": 128},
-    "latency": {"time_cap_s": 0.1, "min_repeats": 5, "warmup": 2},
-    "sampler": "random",
-    "heartbeat_interval_s": 2,
-}
-
-
-def write_config(folder: Path, name: str, **overrides: object) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, **TINY, **overrides}))
-    return path
-
-
-def worker(config: Path, *args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
-    command = [sys.executable, "-m", "blocknas.search.cli", "search", "--config", str(config), "--no-progress", *args]
-    return subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=_default_sigint,
-    )  # fmt: skip
-
-
-def _default_sigint() -> None:
-    """Give the worker a default SIGINT even when this test runs as a background job (which
-    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-3000:]
-    return out
+from .helpers.configs import ablation
+from .helpers.workers import TINY, finish, states, wait_for, worker, write_config
 
 
 def check_consistent(config_path: Path, storage: str, tracking_uri: str, n_trials: int) -> optuna.Study:
@@ -306,22 +271,6 @@ def test_redis_journal_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert trial_counts(result.study) == (2, 0)
 
 
-def wait_for(predicate, timeout: float = 180, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def states(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials()
-    except KeyError:
-        return []
-
-
 def _kill_mid_trial(tmp_path: Path, name: str, storage: str, sig: int) -> tuple[subprocess.Popen, list]:
     """Start a worker, wait until one trial finished and the next is running, send ``sig``."""
     # Trials long enough (16 epochs: ~3 s on an idle machine, longer under load) that the signal
@@ -442,8 +391,6 @@ def test_doctor_checks_a_study_and_writes_nothing(in_tmp_dir: Path, capsys: pyte
 
 def test_doctor_checks_an_ablation_by_name(in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from blocknas.search.ablation import run_ablation
-
-    from .test_ablation import ablation
 
     assert run_ablation(ablation(seeds=1), progress=False).complete
     capsys.readouterr()

@@ -15,7 +15,8 @@ from blocknas.search.data import DataConfig, load_data
 from blocknas.search.study import StudyConfig, definition_settings, run_search
 from blocknas.search.training import TrainConfig, seed_everything, train_briefly
 
-from .test_search import children, tiny_config
+from .helpers.configs import tiny_config
+from .helpers.mlflow import children
 
 
 def test_ema_accuracy_scores_the_trials_and_both_accuracies_are_logged(in_tmp_dir: Path) -> None:

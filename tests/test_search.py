@@ -16,38 +16,13 @@ from mlflow.tracking import MlflowClient
 
 import blocknas.blocks  # noqa: F401  (registers blocknet)
 from blocknas.blocks import ArchConfig, ConfigError, get_block, register_block, resolve_arch
-from blocknas.search.study import StudyConfig, load_study_config, open_study, run_search, trial_counts
+from blocknas.search.study import load_study_config, open_study, run_search, trial_counts
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
 
 from .conftest import REPO_ROOT
-
-
-def tiny_config(**overrides: object) -> StudyConfig:
-    data = {
-        "name": "t",
-        "space": "tiny",
-        "data": {"name": "digits"},
-        "train": {"epochs": 1, "batch_size": 128},
-        "latency": {"time_cap_s": 0.1, "min_repeats": 5, "warmup": 2},
-        "n_trials": 4,
-        "sampler": "random",
-    }
-    data.update(overrides)
-    from blocknas.blocks import parse
-
-    return parse(StudyConfig, data)
-
-
-def tiny_arch(path: Path, *blocks: str) -> str:
-    """Write an architecture for the tiny space (16×16 grey digits, 10 classes), one stage per block."""
-    stages = [{"block": block, "out_chs": 16, "stride": 2} for block in blocks]
-    ArchConfig.from_dict({"stages": stages, "in_chans": 1, "input_size": [16, 16], "num_classes": 10}).to_yaml(path)
-    return str(path)
-
-
-def children(client: MlflowClient, parent_id: str) -> list:
-    run = client.get_run(parent_id)
-    return client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+from .helpers.blocks import ZeroedConv
+from .helpers.configs import tiny_arch, tiny_config
+from .helpers.mlflow import children
 
 
 def test_study_end_to_end_and_resume(in_tmp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,13 +158,6 @@ def test_objective_mismatch_on_existing_study_is_an_error(in_tmp_dir: Path) -> N
     open_study(tiny_config())
     with pytest.raises(ConfigError, match="directions"):
         open_study(tiny_config(objective="accuracy"))
-
-
-class ZeroedConv(get_block("standard")):  # type: ignore[misc]
-    """A standard conv whose output is all zeros: the network can only learn class priors."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * 0
 
 
 @pytest.mark.usefixtures("isolated_registry")
