@@ -37,7 +37,7 @@ from blocknas.search.study import (
     run_search,
     summarize,
 )
-from blocknas.search.tracking import KIND_TAG, PARENT_RUN_ATTR, claim_file, open_storage, release_file_claims
+from blocknas.search.tracking import KIND_TAG, PARENT_RUN_ATTR, FileClaims, open_storage
 from blocknas.search.training import TrainConfig
 
 from .conftest import quick_study, seed_mlflow_store
@@ -175,12 +175,13 @@ def test_bad_input_exits_2_and_writes_nothing(
 def test_a_dead_holders_claim_is_taken_over_a_live_ones_is_not(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    claims = FileClaims(tmp_path)
     (tmp_path / "k.0.claim").write_text(f"{socket.gethostname()}:{dead.pid}")
-    assert claim_file(tmp_path, "k") is None and (tmp_path / "k.1.claim").is_file()  # taken over, as claim 1
+    assert claims.claim("k").held and (tmp_path / "k.1.claim").is_file()  # taken over, as claim 1
     live = f"{socket.gethostname()}:{os.getppid()}"
     (tmp_path / "j.0.claim").write_text(live)
-    assert claim_file(tmp_path, "j") == live
-    release_file_claims(tmp_path, "k")
+    assert str(claims.claim("j").holder) == live
+    claims.release("k")
     assert not list(tmp_path.glob("k.*"))
 
 

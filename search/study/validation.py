@@ -43,12 +43,11 @@ from blocknas.search.seeding import MAX_SEED
 from blocknas.search.tracking import (
     KIND_TAG,
     PARENT_RUN_ATTR,
+    FileClaims,
     StudyTracker,
     TrackingError,
     check_reachable,
-    claim_file,
     mask_url,
-    release_file_claims,
     resolve_tracking_uri,
 )
 from blocknas.search.tracking.names import STUDY_TAG, VALIDATE_BUDGET_TAG, tag_equals
@@ -257,8 +256,8 @@ def _publish(plan: ValidatePlan, validation: Validation, *, poll_s: float) -> st
     atomic_write_text(plan.folder / "validate.md", markdown)
     atomic_write_text(plan.folder / "validate.json", data)
     tracker = StudyTracker(plan.tracking_uri, plan.config.name, runs_dir=plan.config.runs_dir)
-    claims, key = plan.folder / "claims", f"publish-{plan.budget_key}"
-    while (holder := claim_file(claims, key)) is not None:
+    claims, key = FileClaims(plan.folder / "claims"), f"publish-{plan.budget_key}"
+    while (holder := claims.claim(key).holder) is not None:
         log.info("waiting for %s to log the validation on MLflow", holder)
         time.sleep(poll_s)
     try:
@@ -271,7 +270,7 @@ def _publish(plan: ValidatePlan, validation: Validation, *, poll_s: float) -> st
         tracker.log_text(run_id, markdown, "validate.md")
         tracker.end_run(run_id, "FINISHED")
     finally:
-        release_file_claims(claims, key)
+        claims.release(key)
     return run_id
 
 

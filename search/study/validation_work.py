@@ -3,7 +3,7 @@
 Each finished training is one JSON line in ``results.jsonl`` (appended under a file lock),
 keyed by a training key (architecture, seed, data and training settings: the budget), so a
 rerun, or a second process, skips it. Before training, a process claims the key with a claim
-file (:func:`~blocknas.search.tracking.claim_file`) and checks the results again under the
+file (:class:`~blocknas.search.tracking.FileClaims`, the claim primitive's file backend) and checks the results again under the
 claim; a process killed mid-training leaves its claim, which the next process to look takes
 over once the holder is gone. Processes on several machines share the work when the folder is
 on a file system they all see; a claim of another host is waited for until it is released.
@@ -21,7 +21,7 @@ from typing import Any
 
 from blocknas.search.data import DataConfig
 from blocknas.search.files import file_lock
-from blocknas.search.tracking import claim_file, release_file_claims, worker_id
+from blocknas.search.tracking import FileClaims, worker_id
 from blocknas.search.training import TrainConfig
 
 from .validation_select import SelectedNetwork
@@ -91,15 +91,15 @@ def retrain_all(
         train: Trains one job; returns ``(accuracy, seconds)``.
         poll_s: Seconds between looks while every job left is held by another process.
     """
-    claims = store.folder / "claims"
+    claims = FileClaims(store.folder / "claims")
     trained = 0
     waiting: dict[str, str] = {}
     while pending := [job for job in jobs if job.key not in store.read()]:
         held = {}
         for job in pending:
-            holder = claim_file(claims, job.key)
-            if holder is not None:
-                held[job.key] = holder
+            claim = claims.claim(job.key)
+            if claim.holder is not None:
+                held[job.key] = str(claim.holder)
                 continue
             try:
                 if job.key not in store.read():  # looked at again, now under the claim
@@ -107,7 +107,7 @@ def retrain_all(
                     _train_and_record(job, store, train)
                     trained += 1
             finally:
-                release_file_claims(claims, job.key)
+                claims.release(job.key)
             break
         else:
             if held != waiting:

@@ -6,7 +6,7 @@ The names scripts, benchmarks, tests and the docs import from here; the rest is 
 from __future__ import annotations
 
 from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR, WORKER_ATTR, retried_trials
-from .claims import SETUP_COMPLETE_ATTR, complete_setup
+from .claims import SETUP_COMPLETE_ATTR, Claim, Claims, FileClaims, Holder, StudyClaims, complete_setup
 from .dashboard import (
     DashboardError,
     check_host,
@@ -18,7 +18,6 @@ from .dashboard import (
     wait_until_up,
 )
 from .doctor import Diagnosis, check_study, diagnose
-from .file_claims import claim_file, release_file_claims
 from .journal import repair_torn_tail
 from .masking import mask_config, mask_log_records, mask_url, masked_yaml
 from .names import KIND_TAG, STOPPED_TAG
@@ -40,15 +39,19 @@ __all__ = [
     "SETUP_COMPLETE_ATTR",
     "STOPPED_TAG",
     "WORKER_ATTR",
+    "Claim",
+    "Claims",
     "DashboardError",
     "Diagnosis",
+    "FileClaims",
+    "Holder",
     "StorageError",
+    "StudyClaims",
     "StudyTracker",
     "TrackingError",
     "check_host",
     "check_reachable",
     "check_study",
-    "claim_file",
     "complete_setup",
     "diagnose",
     "dispose_storages",
@@ -60,7 +63,6 @@ __all__ = [
     "mask_url",
     "masked_yaml",
     "open_storage",
-    "release_file_claims",
     "repair_torn_tail",
     "resolve_tracking_uri",
     "retried_trials",
