@@ -58,7 +58,13 @@ from blocknas.search.training import (
     seed_everything,
     training_threads,
 )
-from blocknas.search.training.estimators import fit_ranker, rank_agreement, training_speed_estimate
+from blocknas.search.training.estimators import (
+    fit_ranker,
+    matched_tau,
+    rank_agreement,
+    tau_difference,
+    training_speed_estimate,
+)
 from blocknas.spaces import SearchSpace
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -375,18 +381,22 @@ def analyse(rows: list[dict[str, Any]], fraction: float, n_boot: int) -> dict[st
         (a + b) / 2 for a, b in zip(_zscores(estimates["ranker(zero-cost+brief)"]), _zscores(brief))
     ]
     per_network_s = {name: [_cost(r, name) for r in first] for name in estimates}
+    latency = [r["latency_ms"] for r in first]
     table = {}
     for name, values in estimates.items():
         agreement = rank_agreement(values, truth, fraction=fraction, n_boot=n_boot)
         costs = [s for s in per_network_s[name] if s is not None]
         table[name] = {
             **dataclasses.asdict(agreement),
+            "tau_at_equal_latency": dataclasses.asdict(matched_tau(values, truth, latency, n_boot=n_boot)[0]),
+            "tau_minus_default": dataclasses.asdict(tau_difference(values, brief, truth, n_boot=n_boot)),
             "seconds_median": statistics.median(costs) if costs else None,
         }
     return {
         "n_networks": len(first),
         "n_rows": len(rows),
         "estimators": table,
+        "equal_latency_pairs": matched_tau(truth, truth, latency, n_boot=1)[1],
         "noise": noise_floors(rows, n_boot),
         "rungs": rung_agreement(first, n_boot),
         "truth_range": [min(truth), max(truth)],
@@ -455,14 +465,19 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"official test images after the last epoch: {result['truth_range'][0]:.4f}–{result['truth_range'][1]:.4f} "
         f"(sd {result['truth_sd'] * 100:.2f} pp), median {result['truth_seconds_median']:.0f} s a network.\n",
         f"## Estimates against the truth (bootstrap 95 % intervals over networks; top {args.fraction:.0%} overlap)\n",
-        "| estimate | Kendall τ | Spearman ρ | top overlap | s per network (median) |",
-        "|---|---|---|---|---:|",
+        "| estimate | Kendall τ | τ − τ(`default`), paired | τ at equal latency | Spearman ρ | top overlap "
+        "| s per network (median) |",
+        "|---|---|---|---|---|---|---:|",
     ]
     for name, e in sorted(est.items(), key=lambda item: -item[1]["tau"]["value"]):
         cost = "—" if e["seconds_median"] is None else f"{e['seconds_median']:.1f}"
-        tau, rho, ov = (e[k] for k in ("tau", "rho", "overlap"))
+        tau, diff, partial, rho, ov = (
+            e[k] for k in ("tau", "tau_minus_default", "tau_at_equal_latency", "rho", "overlap")
+        )
         lines.append(
             f"| `{name}` | {tau['value']:+.2f} [{tau['low']:+.2f}, {tau['high']:+.2f}] | "
+            f"{diff['value']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] | "
+            f"{partial['value']:+.2f} [{partial['low']:+.2f}, {partial['high']:+.2f}] | "
             f"{rho['value']:+.2f} [{rho['low']:+.2f}, {rho['high']:+.2f}] | "
             f"{ov['value']:.0%} [{ov['low']:.0%}, {ov['high']:.0%}] | {cost} |"
         )
@@ -473,7 +488,12 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         "`images4k_1ep` 4,000 images for 1 epoch; `constant_lr` no warm-up, constant rate; `res16_4k` 16×16 inputs, "
         "4,000 images; `two_seeds_half` the mean of two 1-epoch runs (seeds 0 and 1000); `proxy.*` zero-cost "
         "proxies on the untrained network; `ranker(...)` ridge regression fitted on the networks' own `default` "
-        "scores, 5-fold out-of-fold predictions (what a study could fit on its own completed trials).",
+        "scores, 5-fold out-of-fold predictions (what a study could fit on its own completed trials). "
+        "*τ − τ(`default`)* is the difference from the default score's τ over the same bootstrap samples "
+        "(an interval above 0 says the estimate ranks better than the default score). *τ at equal latency* is "
+        f"Kendall's τ over the {result['equal_latency_pairs']} pairs of networks whose latencies are within 15 % of "
+        "each other: how an estimate orders networks that a multi-objective search cannot tell apart by latency; "
+        "an estimate that only tracks network size is near 0 there however high its plain τ.",
     ]
     noise = result["noise"]
     if noise.get("n", 0) >= 3:

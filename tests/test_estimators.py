@@ -8,8 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from blocknas.search.training.estimators import fit_ranker, rank_agreement, top_overlap, training_speed_estimate
+from blocknas.search.training.estimators import (
+    fit_ranker,
+    matched_tau,
+    rank_agreement,
+    tau_difference,
+    top_overlap,
+    training_speed_estimate,
+)
 
 from .conftest import REPO_ROOT, load_benchmark
 
@@ -155,3 +163,42 @@ def test_peers_cifar_resnets_have_the_papers_sizes() -> None:
     assert peers.cifar_resnet(8)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="6n\\+2"):
         peers.cifar_resnet(10)
+
+
+def test_matched_tau_counts_only_pairs_of_similar_latency() -> None:
+    latency = [1.0, 1.05, 5.0, 5.2, 20.0]
+    truth = [0.1, 0.2, 0.5, 0.4, 0.9]
+    # agrees on the pair (1.0, 1.05) and disagrees on (5.0, 5.2); the far pairs do not count
+    estimate = [1.0, 2.0, 3.0, 4.0, -100.0]
+    tau, pairs = matched_tau(estimate, truth, latency, tolerance=0.1, n_boot=20)
+    assert pairs == 2 and tau.value == 0.0
+    tau, pairs = matched_tau([1.0, 2.0, 4.0, 3.0, -100.0], truth, latency, tolerance=0.1, n_boot=20)
+    assert tau.value == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        matched_tau(estimate, truth, [0.0, *latency[1:]])
+
+
+def test_an_estimate_that_only_tracks_latency_ranks_nothing_at_equal_latency() -> None:
+    rng = np.random.default_rng(0)
+    latency = rng.uniform(1, 10, 60)
+    quality = rng.normal(size=60)
+    truth = latency + quality  # bigger is better, and something else matters too
+    size_only = latency + rng.normal(scale=0.3, size=60)  # size, measured with a little noise
+    assert rank_agreement(size_only, truth, n_boot=200).tau.value > 0.5
+    blind, _ = matched_tau(size_only, truth, latency, n_boot=300)
+    assert blind.low < 0 < blind.high
+    seeing, _ = matched_tau(quality, truth, latency, n_boot=300)
+    assert seeing.low > 0.3
+
+
+def test_tau_difference_is_paired() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=40)
+    same = tau_difference(truth + 1, truth * 3, truth, n_boot=200)  # both rank perfectly: no difference at all
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    noisy = truth + rng.normal(scale=2.0, size=40)
+    better = tau_difference(truth, noisy, truth, n_boot=300)
+    assert better.value == pytest.approx(1 - stats.kendalltau(noisy, truth).statistic)
+    assert better.low > 0
+    with pytest.raises(ValueError, match="equally long"):
+        tau_difference([1.0, 2.0, 3.0], [1.0, 2.0], [1.0, 2.0, 3.0])
