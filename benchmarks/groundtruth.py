@@ -43,6 +43,7 @@ import yaml
 
 import blocknas.blocks  # noqa: F401  (registers the blocknet models)
 from blocknas.blocks import ArchConfig, resolve_arch
+from blocknas.search.ablation import load_ablation_config, make_plan
 from blocknas.search.data import DataConfig, load_data
 from blocknas.search.latency import measure_latency
 from blocknas.search.study import StudyConfig, load_study_config
@@ -68,6 +69,10 @@ from blocknas.search.training.estimators import (
 from blocknas.spaces import SearchSpace
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The seed question's four blocks, widths matched on parameters (the ablation's own plan): at the
+# ground-truth budget beside its brief-budget answer in results/seed_blocks.md.
+SEED_QUESTION = Path(__file__).resolve().parent.parent / "configs" / "ablations" / "seed_blocks.yaml"
+SEED_QUESTION_SEEDS = (0, 1)
 ROWS = RESULTS / "groundtruth.rows.jsonl"
 REQUIRED = (
     "arch_hash",
@@ -115,6 +120,13 @@ class Job:
         return self.arch.short_hash(), self.seed
 
 
+def seed_question_jobs() -> list[Job]:
+    """The seed question's variants (standard, separable, reversed, inverted residual at matched params), each seed."""
+    ablation = load_ablation_config(SEED_QUESTION)
+    plan = make_plan(ablation, ablation.base_arch())
+    return [Job(v.arch, seed, f"seed_blocks:{v.name}") for seed in SEED_QUESTION_SEEDS for v in plan]
+
+
 def jobs(config: StudyConfig, n_random: int, second_seed: int, front_dir: Path | None) -> list[Job]:
     """Every job, in a fixed order: presets, the study's front, uniform samples; then a second seed of the first ones."""
     space = SearchSpace.load(config.space_path())
@@ -131,8 +143,9 @@ def jobs(config: StudyConfig, n_random: int, second_seed: int, front_dir: Path |
         if cost.params <= limits.get("params", float("inf")) and cost.macs <= limits.get("macs", float("inf")):
             randoms.append(Job(arch, 0, f"random:{len(randoms)}"))
     again = [dataclasses.replace(j, seed=1) for j in randoms[:second_seed]]
-    # The second seeds come early enough to finish in a short run: after the presets and 25 samples.
-    ordered = first + randoms[:25] + again + randoms[25:]
+    # The second seeds come early enough to finish in a short run: after the presets, the seed
+    # question and 25 samples.
+    ordered = first + seed_question_jobs() + randoms[:25] + again + randoms[25:]
     unique: dict[tuple[str, int], Job] = {}
     for job in ordered:
         unique.setdefault(job.key, job)
@@ -403,6 +416,7 @@ def analyse(rows: list[dict[str, Any]], fraction: float, n_boot: int) -> dict[st
         "truth_sd": statistics.pstdev(truth),
         "truth_seconds_median": statistics.median(r["truth_seconds"] for r in rows),
         "commits": sorted({r.get("commit", "unknown") for r in rows}),
+        "seed_question": seed_question(rows),
     }
 
 
@@ -450,6 +464,47 @@ def rung_agreement(rows: list[dict[str, Any]], n_boot: int) -> list[dict[str, An
             **dataclasses.asdict(rank_agreement([r["val_acc_curve"][e] for r in rows], final, n_boot=n_boot)),
         }
         for e in range(epochs - 1)
+    ]
+
+
+def seed_question(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed question's accuracy per block and seed at both budgets: the ground truth from these rows,
+    the brief budget from the ablation's own cells (``results/seed_blocks/params*``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from seed_blocks import accuracies, read_cells
+
+    level_of = {job.arch.short_hash(): job.source.removeprefix("seed_blocks:block=") for job in seed_question_jobs()}
+    truth: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["arch_hash"] in level_of:
+            truth.setdefault(level_of[r["arch_hash"]], {})[r["seed"]] = r["val_acc_curve"][-1]
+    cells = [RESULTS / "seed_blocks" / name / "cells.csv" for name in ("params", "params_seeds_12_20")]
+    brief = accuracies(read_cells([c for c in cells if c.is_file()]))
+    return {"truth": truth, "brief": brief, "arch_hashes": level_of}
+
+
+def render_seed_question(result: dict[str, Any]) -> list[str]:
+    """Both budgets' tables side by side (one after the other), Student-t intervals over paired seeds."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from seed_blocks import table as seed_table
+
+    question = result["seed_question"]
+    truth = {level: {int(k): v for k, v in by_seed.items()} for level, by_seed in question["truth"].items()}
+    brief = {level: {int(k): v for k, v in by_seed.items()} for level, by_seed in question["brief"].items()}
+    if not truth:
+        return []
+    n_seeds = max(len(by_seed) for by_seed in truth.values())
+    return [
+        "\n## The seed question at the ground-truth budget (four blocks, widths matched on parameters)\n",
+        "`configs/ablations/seed_blocks.yaml`'s plan (the same four architectures, arch hashes "
+        f"{', '.join(f'`{h}`' for h in question['arch_hashes'])}), trained with the ground-truth recipe, "
+        f"{n_seeds} seed(s) so far; the brief-budget answer is the ablation's own cells "
+        "(`results/seed_blocks.md`). Intervals: Student-t 95 % over seeds, paired by seed; with 2 seeds an "
+        "interval is 12.7 standard errors wide, so read the ground-truth side as a direction, not an answer.\n",
+        "### Ground-truth budget (10 epochs, 10,000 images, augmentation, EMA)\n",
+        *seed_table(truth, 0.5),
+        "\n### Brief budget (2 epochs, 2,000 images: the default study's)\n",
+        *seed_table(brief, 0.5),
     ]
 
 
@@ -506,6 +561,7 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"[{noise['default']['tau']['low']:+.2f}, {noise['default']['tau']['high']:+.2f}], mean |Δ| "
             f"{noise['default_abs_diff_pp']:.2f} pp.",
         ]
+    lines += render_seed_question(result)
     lines += ["\n## How early the ground-truth curve ranks networks (epoch k vs the last epoch)\n"]
     lines += ["| epoch | τ | top overlap |", "|---:|---|---|"]
     for r in result["rungs"]:

@@ -138,7 +138,8 @@ def test_groundtruth_resumes_without_retraining_a_finished_row(tmp_path: Path, m
     study = gt.load_study_config(config)
     all_jobs = gt.jobs(study, 2, 1, None)
     assert [j.source for j in all_jobs][-3:] == ["random:0", "random:1", "random:0"]  # the second seed last here
-    assert len({j.key for j in all_jobs}) == len(all_jobs) == 8  # 5 presets + 2 samples + 1 second seed
+    # 5 presets + the seed question's 4 blocks × 2 seeds + 2 samples + 1 second seed
+    assert len({j.key for j in all_jobs}) == len(all_jobs) == 16
     assert [j.key for j in gt.jobs(study, 2, 1, None)] == [j.key for j in all_jobs]  # fixed by its seeds
     rows = tmp_path / "rows.jsonl"
     _write(rows, [_row(h, s, epochs=10) for h, s in (j.key for j in all_jobs)])
@@ -202,3 +203,27 @@ def test_tau_difference_is_paired() -> None:
     assert better.low > 0
     with pytest.raises(ValueError, match="equally long"):
         tau_difference([1.0, 2.0, 3.0], [1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_groundtruth_answers_the_seed_question_from_its_rows() -> None:
+    gt = load_benchmark("groundtruth")
+    jobs = gt.seed_question_jobs()
+    assert sorted({j.source for j in jobs}) == [
+        "seed_blocks:block=inverted_residual",
+        "seed_blocks:block=reversed",
+        "seed_blocks:block=separable",
+        "seed_blocks:block=standard",
+    ]
+    params = {j.arch.params() for j in jobs}
+    assert max(params) / min(params) < 1.1  # matched on parameters, as the ablation plans them
+    planted = {"standard": 0.80, "separable": 0.83, "reversed": 0.84, "inverted_residual": 0.82}
+    rows = []
+    for job in jobs:
+        row = _row(job.arch.short_hash(), job.seed, epochs=10)
+        row["val_acc_curve"][-1] = planted[job.source.removeprefix("seed_blocks:block=")] + job.seed / 1000
+        rows.append(row)
+    question = gt.seed_question([*rows, _row("other", 0, epochs=10)])
+    assert question["truth"]["reversed"] == {0: 0.84, 1: 0.841}
+    text = "\n".join(gt.render_seed_question({"seed_question": question}))
+    assert "| reversed − standard | 2 | +4.00 [+4.00, +4.00]" in text
+    assert "Brief budget" in text
