@@ -41,6 +41,7 @@ from blocknas.blocks import parse
 from blocknas.search.data import load_data
 from blocknas.search.report import hypervolume_2d
 from blocknas.search.study import LATENCY_ATTR, StudyConfig, load_study_config, run_search
+from blocknas.search.study.attrs import SCREEN_POOL_ATTR
 from blocknas.search.training import list_proxies, proxy_batch, score_proxies, seed_everything, train_briefly
 from blocknas.spaces import SearchSpace
 
@@ -155,7 +156,11 @@ def search_part(config: StudyConfig, seeds: int, budget_s: float) -> dict:
                         "wall_s": wall,
                         "start": start,
                         "trained": sum(t.state == TrialState.COMPLETE for t in trials),
-                        "screened_out": sum("screened_out_by" in t.user_attrs for t in trials),
+                        "screened_out": sum(
+                            t.user_attrs.get(SCREEN_POOL_ATTR, 1) - 1
+                            for t in trials
+                            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                        ),
                         "points": [
                             (t.datetime_complete.timestamp() - start, t.values[0], t.user_attrs[LATENCY_ATTR])
                             for t in trials

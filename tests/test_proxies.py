@@ -1,4 +1,7 @@
-"""Zero-cost proxies: hand-computed values, determinism, the trained model untouched, screened studies."""
+"""Zero-cost proxies: hand-computed values, determinism, the trained model untouched, config checks.
+
+Screened studies: tests/test_screening.py.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 import timm
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
-from rich.console import Console
 from torch import nn
 
 import blocknas.blocks  # noqa: F401  (registers blocknet)
 from blocknas.blocks import ConfigError, parse
 from blocknas.search.data import DataSplit
-from blocknas.search.report import print_search_summary, report_study
-from blocknas.search.study import (
-    SCREENED_OUT_ATTR,
-    StudyConfig,
-    proxy_correlations,
-    run_search,
-    trial_counts,
-)
-from blocknas.search.tracking import PARENT_RUN_ATTR
+from blocknas.search.study import StudyConfig
 from blocknas.search.training import (
     DEFAULT_PROXIES,
     TrainConfig,
@@ -125,62 +117,8 @@ def test_proxies_are_deterministic_and_leave_the_model_and_its_training_alone() 
 
 
 def study_config(**overrides: object) -> StudyConfig:
-    data = {
-        "name": "p",
-        "space": "tiny",
-        "data": {"name": "synthetic", "max_train_samples": 200, "max_val_samples": 100},
-        "train": {"epochs": 1, "batch_size": 50},
-        "latency": {"time_cap_s": 0.05, "min_repeats": 3, "warmup": 1},
-        "n_trials": 2,
-        "sampler": "random",
-        "proxies": ["params", "naswot", "snip"],
-        "screen": {"proxy": "snip", "pool": 3},
-    }
-    data.update(overrides)
+    data = {"name": "p", "space": "tiny", "proxies": ["params", "naswot", "snip"], **overrides}
     return parse(StudyConfig, data)
-
-
-def test_screened_study_trains_only_the_kept_candidates_and_resumes(in_tmp_dir: Path) -> None:
-    # A params budget between the tiny space's smallest and largest networks: some candidates are over it.
-    config = study_config(constraints={"params": 6000})
-    result = run_search(config, progress=False)
-    study = result.study
-    assert trial_counts(study) == (2, 0)
-    trials = study.get_trials(deepcopy=False)
-    screened = [t for t in trials if SCREENED_OUT_ATTR in t.user_attrs]
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    over = [t for t in trials if "over_budget" in t.user_attrs]
-    assert len(trials) == 2 * 3 and screened
-    assert all(t.state == optuna.trial.TrialState.PRUNED and "train_seconds" not in t.user_attrs for t in screened)
-    assert all("proxy.snip" not in t.user_attrs for t in over)  # budgets first: never built, never scored
-    assert not any(SCREENED_OUT_ATTR in t.user_attrs for t in over)
-    for t in complete:  # the kept one beat its pool's other feasible candidates on snip
-        pool = [o for o in screened if o.user_attrs["screen.kept"] == t.number]
-        assert all(o.user_attrs["proxy.snip"] <= t.user_attrs["proxy.snip"] for o in pool)
-        assert {"proxy.params", "proxy.naswot", "proxy.snip"} <= set(t.user_attrs)
-
-    client = MlflowClient(result.tracking_uri)
-    parent = client.get_run(study.user_attrs[PARENT_RUN_ATTR])
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    states = [r.data.tags.get("blocknas.state") for r in runs]
-    assert states.count("screened_out") == len(screened) and states.count("complete") == len(complete)
-    screened_runs = [r for r in runs if r.data.tags.get("blocknas.state") == "screened_out"]
-    assert all("train_seconds" not in r.data.metrics and "proxy.snip" in r.data.metrics for r in screened_runs)
-    complete_runs = [r for r in runs if r.data.tags.get("blocknas.state") == "complete"]
-    assert all("proxy.naswot.ms" in r.data.metrics for r in complete_runs)
-    assert next(c.proxy for c in proxy_correlations(trials)) == "params"
-
-    grown = run_search(study_config(constraints={"params": 6000}, n_trials=3), progress=False)
-    assert trial_counts(grown.study) == (3, 0) and len(grown.study.trials) == 3 * 3
-
-    console = Console(record=True, width=160)
-    print_search_summary(grown, config, console)
-    text = console.export_text()
-    assert "Kendall τ" in text and "params (baseline)" in text and "snip" in text
-    report = report_study("p", storage_url=config.storage_url, tracking_uri=grown.tracking_uri)
-    summary = (report.folder / "summary.md").read_text()
-    assert "## Zero-cost proxies vs brief accuracy" in summary and "| snip |" in summary
-    assert "Screened out (PRUNED, never trained):" in summary
 
 
 @pytest.mark.parametrize(
@@ -189,6 +127,7 @@ def test_screened_study_trains_only_the_kept_candidates_and_resumes(in_tmp_dir: 
         ({"proxies": ["params", "nope"]}, "proxies\\[1\\].*unknown proxy 'nope'.*registered: .*synflow"),
         ({"screen": {"proxy": "nope", "pool": 3}}, "screen.proxy.*registered: .*zico"),
         ({"screen": {"proxy": "auto", "pool": 1}}, "screen.pool.*>= 2"),
+        ({"screen": {"proxy": "auto", "pool": 257}}, "screen.pool.*<= 256"),
     ],
 )
 def test_bad_proxy_settings_are_config_errors(setting: dict, message: str) -> None:

@@ -30,6 +30,7 @@ from blocknas.search.report import (
     write_report,
 )
 from blocknas.search.study import draw_front, run_search
+from blocknas.search.study.attrs import SCREEN_POOL_ATTR, SCREEN_PROXY_ATTR
 from blocknas.search.tracking import (
     DashboardError,
     StudyTracker,
@@ -285,7 +286,7 @@ def test_report_shows_planted_markup_as_text_and_reads_no_file(in_tmp_dir: Path)
                 user_attrs={"arch": arch, "latency_ms": 1e6, f"proxy.{planted}": float(i)},
             )
         )
-    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"screened_out_by": planted}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={SCREEN_PROXY_ATTR: planted, SCREEN_POOL_ATTR: 4}))
 
     assert main(["report", "--study-name", name]) == 0
     folder = in_tmp_dir / "runs" / name / "report"

@@ -57,8 +57,11 @@ def proxy_section(trials: Sequence[FrozenTrial]) -> str:
     lines += ["| " + " | ".join(map(md_text, _cells(row))) + " |" for row in rows]
     counts = screen_counts(trials)
     if counts:
-        total = ", ".join(f"{n} by {md_code(proxy)}" for proxy, n in sorted(counts.items()))
-        lines.append(f"\nScreened out (PRUNED, never trained): {total}.")
+        total = ", ".join(
+            f"{n} trials by {md_code(proxy)}, {pool} candidates screened, {pool - n} never trained"
+            for proxy, (n, pool) in sorted(counts.items())
+        )
+        lines.append(f"\nScreening (experimental; each trial trained the best of its pool): {total}.")
     lines.append(f"\n{LONGER_TRAINING_NOTE}")
     return "\n".join(lines) + "\n"
 

@@ -17,7 +17,7 @@ from .attrs import (
     LATENCY_DEVICE_ATTR,
     LATENCY_MEASURED_ATTR,
     PLAN_ATTR,
-    SCREENED_OUT_ATTR,
+    SCREEN_PROXY_ATTR,
     SEARCH_DEFINITION_ATTR,
     SURPLUS_ATTR,
     TRAINING_KEY_ATTR,
@@ -39,9 +39,10 @@ from .pruning import (
     rung_accuracy_attr,
     rung_table,
 )
-from .runner import SearchResult, optimize_until_done, run_search, trial_counts
+from .runner import SearchResult, optimize_until_done, run_search
 from .screening import proxy_correlations
 from .start import open_study
+from .tally import retried_trials, trial_counts
 from .validation import run_validation
 from .validation_config import ValidateConfig
 from .validation_select import SelectedNetwork
@@ -63,7 +64,7 @@ __all__ = [
     "MAX_TRIALS",
     "PLAN_ATTR",
     "PRUNED_BY",
-    "SCREENED_OUT_ATTR",
+    "SCREEN_PROXY_ATTR",
     "SEARCH_DEFINITION_ATTR",
     "SURPLUS_ATTR",
     "TRAINING_KEY_ATTR",
@@ -101,6 +102,7 @@ __all__ = [
     "proxy_correlations",
     "rank_points",
     "retrain_all",
+    "retried_trials",
     "run_search",
     "run_validation",
     "rung_accuracy_attr",

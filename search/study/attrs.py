@@ -27,10 +27,10 @@ __all__ = [
     "PRUNED_BY_ATTR",
     "PRUNED_EPOCH_ATTR",
     "PRUNED_RUNG_ATTR",
-    "SCREENED_OUT_ATTR",
-    "SCREEN_COUNTED_ATTR",
     "SCREEN_KEPT_ATTR",
     "SCREEN_POOL_ATTR",
+    "SCREEN_PROXY_ATTR",
+    "SCREEN_SCORES_ATTR",
     "SEARCH_DEFINITION_ATTR",
     "SURPLUS_ATTR",
     "TRAINING_KEY_ATTR",
@@ -51,10 +51,10 @@ FAIL_REASON_ATTR = "fail_reason"  # why a trial failed: the exception, or INTERR
 INTERRUPTED = "interrupted"  # the fail reason of a trial stopped by Ctrl-C / SIGTERM
 TRAIN_SECONDS_ATTR = "train_seconds"  # wall time of the brief training
 PROXY_ATTR_PREFIX = "proxy."  # + a proxy's name: its zero-cost score, computed before training
-SCREENED_OUT_ATTR = "screened_out_by"  # the proxy that screened this (never trained) candidate out
-SCREEN_POOL_ATTR = "screen.pool"  # the number of the trial whose screening pool this candidate was in
-SCREEN_COUNTED_ATTR = "screen.counted"  # True on the one pool member that counts toward n_trials
-SCREEN_KEPT_ATTR = "screen.kept"  # on a screened-out candidate: the number of the pool member kept instead
+SCREEN_PROXY_ATTR = "screen.proxy"  # the proxy that ranked the trial's screening pool
+SCREEN_POOL_ATTR = "screen.pool_size"  # candidates screened for the trial (the config's pool, or fewer at the timeout)
+SCREEN_SCORES_ATTR = "screen.scores"  # each candidate's proxy score, in draw order (None: over budget or failed)
+SCREEN_KEPT_ATTR = "screen.kept_score"  # the trained (kept) candidate's score (None: no candidate was scored)
 TRAINING_KEY_ATTR = "training_key"  # arch hash + seed + settings digest: equal keys train identically
 DUPLICATE_OF_ATTR = "duplicate_of"  # the trial whose recorded values a duplicate took instead of training
 PRUNED_BY_ATTR = "pruned_by"  # the pruner that stopped the trial (``pareto_asha``)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from blocknas.blocks import ArchConfig, ConfigError, resolve_arch
@@ -28,22 +27,22 @@ from blocknas.search.tracking import (
     mask_config,
     mask_url,
     resolve_tracking_uri,
-    retried_trials,
     worker_id,
 )
 from blocknas.search.tracking.faults import storage_fault
 from blocknas.search.tracking.storage import load_study
 from blocknas.spaces import SearchSpace
 
-from .attrs import ARCH_ATTR, BASELINE_ATTR, SCREEN_POOL_ATTR, SURPLUS_ATTR
+from .attrs import ARCH_ATTR, BASELINE_ATTR, SURPLUS_ATTR
 from .config import StudyConfig
 from .definition import check_search_definition
 from .device import check_device, record_device
+from .duplicates import release_training_claims
 from .objective import Objective
 from .pareto import FrontRow, export_front, front_csv, front_rows, front_table, plot_front
 from .screened import ScreenedObjective
-from .screening import trial_counts_toward_total
 from .start import attempt, open_study_for_run
+from .tally import past_total, trial_counts
 
 __all__ = [
     "SearchResult",
@@ -52,12 +51,9 @@ __all__ = [
     "optimize_until_done",
     "run_search",
     "search_result",
-    "trial_counts",
 ]
 
 log = logging.getLogger(__name__)
-
-DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -103,42 +99,8 @@ def _for_shape(arch: ArchConfig, space: SearchSpace) -> ArchConfig:
     return arch.replace(in_chans=space.in_chans, num_classes=space.num_classes, input_size=space.input_size)
 
 
-def _counts(trial: FrozenTrial, retried: set[int]) -> bool:
-    """Whether a finished trial counts toward the total (see :func:`trial_counts`)."""
-    failed = trial.state == TrialState.FAIL and trial.number not in retried and SURPLUS_ATTR not in trial.user_attrs
-    return (trial.state in DONE_STATES or failed) and trial_counts_toward_total(trial)
-
-
-def _runs(trial: FrozenTrial) -> bool:
-    """Whether a trial is in progress as one of the total's trials (not a screening pool's extra candidate)."""
-    return trial.state == TrialState.RUNNING and trial.user_attrs.get(SCREEN_POOL_ATTR, trial.number) == trial.number
-
-
-def trial_counts(study: optuna.Study) -> tuple[int, int]:
-    """``(done, running)``: trials that count toward the total, and trials in progress.
-
-    Complete, pruned (incl. over budget) and failed trials count; a failed trial that was
-    re-enqueued for retry (its worker died) does not, its retry does, and neither does a
-    surplus trial (discarded unrun, see :func:`optimize_until_done`). A screening pool counts
-    once (its trained candidate); the extra candidates a running pool asked for are not running trials.
-    """
-    return _tally(study.get_trials(deepcopy=False))
-
-
-def _tally(trials: list[FrozenTrial], below: int | None = None) -> tuple[int, int]:
-    """:func:`trial_counts` of ``trials``, or of those numbered below ``below``."""
-    retried = retried_trials(trials)
-    counted = [t for t in trials if below is None or t.number < below]
-    return sum(_counts(t, retried) for t in counted), sum(_runs(t) for t in counted)
-
-
 class SurplusTrial(RuntimeError):
     """A trial numbered past the study's total: another worker started the last one at the same moment."""
-
-
-def _past_total(study: optuna.Study, number: int, n_trials: int) -> bool:
-    """Whether ``n_trials`` trials numbered before trial ``number`` already count or run."""
-    return sum(_tally(study.get_trials(deepcopy=False), below=number)) >= n_trials
 
 
 def run_search(
@@ -264,7 +226,7 @@ def optimize_until_done(
     faults: list[Exception] = []
 
     def objective_within_total(trial: optuna.trial.Trial) -> Any:
-        if _past_total(study, trial.number, n_trials):
+        if past_total(study.get_trials(deepcopy=False), trial.number, n_trials):
             trial.set_user_attr(SURPLUS_ATTR, True)
             raise SurplusTrial(
                 f"trial {trial.number} is past n_trials={n_trials}: another worker started the last trial at the "
@@ -310,6 +272,7 @@ def optimize_until_done(
                 log.warning("the trial was failed by another worker meanwhile (a stale heartbeat) and is retried")
             if faults:
                 raise faults[0]
+            release_training_claims(study)  # the trial is told (its result recorded): its claim is not needed
             bar.set_postfix(_progress_postfix(study), refresh=False)
         else:
             return trial_counts(study)[0] < n_trials
@@ -361,7 +324,8 @@ def _end_parent(study: optuna.Study, tracker: StudyTracker, parent: str, n_trial
     storage fault left RUNNING is not another worker's)."""
     done, _ = trial_counts(study)
     me = worker_id()
-    if any(_runs(t) and t.user_attrs.get(WORKER_ATTR) != me for t in study.get_trials(deepcopy=False)):
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if any(t.user_attrs.get(WORKER_ATTR) != me for t in running):
         return
     if done >= n_trials:
         tracker.finish_parent(parent)

@@ -1,11 +1,8 @@
 """Zero-cost proxies in a study: which to compute, how well each ranks the study's own trials, and screening.
 
-Screening (``screen: {proxy: auto | <name>, pool: K}``): each slot of the study proposes K
-candidates, the first from the trial Optuna runs and the other K−1 from ``study.ask()``;
-the budget checks come first, the proxy keeps the best feasible candidate, which is trained,
-and the others end as PRUNED with the ``screened_out_by`` attribute (never trained). Only
-the slot's representative (the trained candidate, or the host when none was feasible)
-counts toward ``n_trials``.
+Screening (``screen: {proxy: auto | <name>, pool: K}``, experimental): each trial draws K
+candidates, checks the budgets, scores the feasible ones with the proxy and trains only the
+best, all inside that one trial (:mod:`.screened`): no extra trials, no extra MLflow runs.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from blocknas.search.tracking import StudyTracker
 from blocknas.search.training import UnknownProxyError, score_proxies
 from blocknas.search.training.proxies import ProxyScore, check_proxy_names
 
-from .attrs import PROXY_ATTR_PREFIX, SCREEN_COUNTED_ATTR, SCREEN_POOL_ATTR, SCREENED_OUT_ATTR
+from .attrs import PROXY_ATTR_PREFIX, SCREEN_POOL_ATTR, SCREEN_PROXY_ATTR
 
 __all__ = [
     "AUTO_MIN_TRIALS",
@@ -39,23 +36,25 @@ __all__ = [
     "proxy_values",
     "record_proxies",
     "screen_counts",
-    "trial_counts_toward_total",
 ]
 
 AUTO_MIN_TRIALS = 10  # complete trials before ``proxy: auto`` trusts a τ; ``params`` until then
 BASELINE_PROXY = "params"
-MAX_POOL = 1024
-"""Most candidates screened per trial."""
+MAX_POOL = 256
+"""Most candidates screened per trial: each is a sampler draw, a network build and a proxy pass
+(and a latency measurement when latency is budgeted), all inside one trial's time."""
 
 
 @dataclass(frozen=True)
 class ScreenConfig:
-    """The study YAML's ``screen:`` mapping (absent: no screening).
+    """The study YAML's ``screen:`` mapping (absent: no screening). Experimental: zero-cost
+    proxies mostly track network size, and screening has not been shown to pay.
 
     Attributes:
         proxy: ``auto`` (the proxy with the best Kendall τ on the study's complete trials once
             there are ``AUTO_MIN_TRIALS``, ``params`` before) or a registered proxy's name.
-        pool: Candidates proposed per trial (K >= 2); the best by the proxy is trained.
+        pool: Candidates drawn per trial, 2 to ``MAX_POOL`` (256); the best by the proxy is
+            trained, within that one trial.
     """
 
     proxy: str = "auto"
@@ -139,18 +138,18 @@ def auto_proxy(trials: Sequence[FrozenTrial], candidates: Sequence[str]) -> str:
     return max(rows, key=lambda r: r.kendall_tau).proxy if rows else BASELINE_PROXY
 
 
-def trial_counts_toward_total(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` counts toward ``n_trials``: a screening pool counts once, through its representative."""
-    return SCREEN_POOL_ATTR not in trial.user_attrs or bool(trial.user_attrs.get(SCREEN_COUNTED_ATTR))
+def screen_counts(trials: Iterable[FrozenTrial]) -> dict[str, tuple[int, int]]:
+    """Per screening proxy: ``(trials, candidates)`` screened by the finished (complete or pruned) trials.
 
-
-def screen_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
-    """Screened-out candidates per screening proxy."""
-    counts: dict[str, int] = {}
+    Each such trial evaluated one of its candidates; a failed trial's retry inherits its screening, so
+    failed trials are left out.
+    """
+    counts: dict[str, tuple[int, int]] = {}
     for t in trials:
-        by = t.user_attrs.get(SCREENED_OUT_ATTR)
-        if by:
-            counts[str(by)] = counts.get(str(by), 0) + 1
+        proxy = t.user_attrs.get(SCREEN_PROXY_ATTR)
+        if proxy and t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            n, pool = counts.get(str(proxy), (0, 0))
+            counts[str(proxy)] = (n + 1, pool + int(t.user_attrs.get(SCREEN_POOL_ATTR, 0)))
     return counts
 
 

@@ -32,7 +32,7 @@ from blocknas.spaces import SearchSpace
 
 from .config import StudyBase, StudyConfig
 
-__all__ = ["StudyRun", "attempt", "open_study", "open_study_for_run", "raise_problems"]
+__all__ = ["StudyRun", "attempt", "make_sampler", "open_study", "open_study_for_run", "raise_problems"]
 
 PROBLEMS = (ConfigError, DataError, TrackingError, FileNotFoundError)
 """What is wrong with a config, its data or its stores (as opposed to a bug): collected, then reported at once."""
@@ -60,8 +60,8 @@ def raise_problems(problems: Sequence[Exception]) -> None:
         raise ConfigError(f"{len(problems)} problems, each to fix before the study starts:\n{listing}")
 
 
-def _sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """The config's sampler. None takes a ``constraints_func``: since Optuna 5 every sampler reads the
+def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The config's sampler (the study's, and a screening pool's throwaway study's). None takes a ``constraints_func``: since Optuna 5 every sampler reads the
     budgets the objective records with ``trial.set_constraint`` (``FrozenTrial.constraints``) itself."""
     startup = min(10, max(2, config.n_trials // 3))
     if config.sampler == "nsga2":
@@ -101,7 +101,7 @@ def open_study(config: StudyConfig, *, storage: BaseStorage | None = None) -> tu
             study_name=config.name,
             storage=storage,
             directions=directions,
-            sampler=_sampler(config, config.seed),
+            sampler=make_sampler(config, config.seed),
             pruner=_pruner(config),
         )
         pause_point("study-created")  # a test's race window: created, its definition not yet stored
@@ -113,7 +113,7 @@ def open_study(config: StudyConfig, *, storage: BaseStorage | None = None) -> tu
         study = optuna.load_study(
             study_name=config.name,
             storage=storage,
-            sampler=_sampler(config, config.seed + os.getpid()),
+            sampler=make_sampler(config, config.seed + os.getpid()),
             pruner=_pruner(config),
         )
     found = [d.name.lower() for d in study.directions]

@@ -32,8 +32,10 @@ __all__ = [
     "PRUNED_RUNG_TAG",
     "ROLE_TAG",
     "RUN_KEY_TAG",
-    "SCREENED_OUT_BY_TAG",
+    "SCREEN_KEPT_SCORE_TAG",
+    "SCREEN_POOL_TAG",
     "SCREEN_PROXY_TAG",
+    "SCREEN_SCORES_TAG",
     "STATE_TAG",
     "STOPPED_TAG",
     "STUDY_TAG",
@@ -59,8 +61,10 @@ BLOCK_TAG_PREFIX = "blocknas.block."  # + ``s<stage index>``: that stage's block
 BASELINE_TAG = "blocknas.baseline"  # the baseline's name, for an enqueued baseline
 DUPLICATE_OF_TAG = "blocknas.duplicate_of"  # the trial whose recorded values this duplicate took
 OVER_BUDGET_TAG = "blocknas.over_budget"  # the budget a rejected (never trained) candidate exceeded
-SCREEN_PROXY_TAG = "blocknas.screen_proxy"  # the proxy that screened the candidate's pool
-SCREENED_OUT_BY_TAG = "blocknas.screened_out_by"  # the proxy that screened this candidate out
+SCREEN_PROXY_TAG = "blocknas.screen_proxy"  # the proxy that ranked the trial's screening pool
+SCREEN_POOL_TAG = "blocknas.screen_pool"  # how many candidates were screened for the trial
+SCREEN_KEPT_SCORE_TAG = "blocknas.screen_kept_score"  # the trained candidate's proxy score
+SCREEN_SCORES_TAG = "blocknas.screen_scores"  # every candidate's score, JSON, in draw order (null: not scored)
 PRUNED_BY_TAG = "blocknas.pruned_by"  # the pruner that stopped the trial
 PRUNED_AT_EPOCH_TAG = "blocknas.pruned_at_epoch"  # the epoch it was stopped after
 PRUNED_RUNG_TAG = "blocknas.pruned_rung"  # the rung that stopped it

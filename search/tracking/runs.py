@@ -54,7 +54,7 @@ _BATCH = 100  # MLflow's log_batch limit per kind
 RUN_STATUSES: dict[TrialState, tuple[str, ...]] = {
     TrialState.RUNNING: ("RUNNING",),
     TrialState.COMPLETE: ("FINISHED",),
-    TrialState.PRUNED: ("FINISHED",),  # pruned, over budget or screened out: the run itself ended well
+    TrialState.PRUNED: ("FINISHED",),  # pruned or over budget: the run itself ended well
     TrialState.FAIL: ("KILLED", "FAILED"),
 }
 """The MLflow run statuses that agree with each Optuna trial state; a run that disagrees with its
