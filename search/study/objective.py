@@ -24,7 +24,7 @@ import torch
 from optuna.trial import FrozenTrial, Trial
 from torch import nn
 
-from blocknas.blocks import ArchConfig
+from blocknas.blocks import ArchConfig, Cost
 from blocknas.blocks.schema import to_plain
 from blocknas.search.data import DataSplit
 from blocknas.search.latency import AgentClient, AgentError, AgentLost, LatencyPredictor, measure_latency
@@ -54,7 +54,14 @@ from blocknas.search.tracking.names import (
     TRAIN_SECONDS_METRIC,
 )
 from blocknas.search.tracking.runs import TrackingOutage
-from blocknas.search.training import DivergedError, EpochStats, proxy_batch, seed_everything, train_briefly
+from blocknas.search.training import (
+    DivergedError,
+    EpochStats,
+    TrainResult,
+    proxy_batch,
+    seed_everything,
+    train_briefly,
+)
 from blocknas.search.training.proxies import ProxyScore
 from blocknas.spaces import SearchSpace
 
@@ -78,7 +85,7 @@ from .pruning import PRUNED_BY, ParetoAsha, TrialRungs
 from .retry import retry_interrupted
 from .screening import record_proxies
 
-__all__ = ["Objective", "latency_fingerprints", "trial_tags"]
+__all__ = ["Objective", "TrialContext", "latency_fingerprints", "trial_tags"]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +103,32 @@ def trial_tags(arch: ArchConfig) -> dict[str, str]:
 
 
 @dataclass
+class TrialContext:
+    """One trial on its way through :class:`Objective`'s steps; each step fills in what later steps read.
+
+    The fields without a default are set by the step that makes them: reading one before that
+    step ran is an ``AttributeError``, never a silent default.
+    """
+
+    trial: Trial
+    arch: ArchConfig
+    run_id: str = ""
+    status: str = "FAILED"  # the MLflow run's end status, as far as the trial got
+    predicted: float | None = None  # the table's latency (predicted mode only)
+    seed: int = field(init=False, repr=False)
+    cost: Cost = field(init=False, repr=False)
+    model: nn.Module = field(init=False, repr=False)
+    latency_ms: float = field(init=False, repr=False)  # the latency objective
+    result: TrainResult = field(init=False, repr=False)
+
+
+@dataclass
 class Objective:
-    """Callable for ``study.optimize``; returns (accuracy, latency_ms) or accuracy alone."""
+    """Callable for ``study.optimize``; returns (accuracy, latency_ms) or accuracy alone.
+
+    A subclass changes where a trial's network and seed come from and how its run is labelled
+    (:meth:`architecture`, :meth:`seed_for`, :meth:`run_labels`); the steps are the same for all.
+    """
 
     config: StudyConfig
     space: SearchSpace | None  # None: a subclass overrides architecture()
@@ -132,91 +163,138 @@ class Objective:
         return f"trial-{trial.number:04d}-{arch.short_hash()}", tags
 
     def __call__(self, trial: Trial) -> float | tuple[float, ...]:
+        """One trial: its architecture, its MLflow child run, the steps inside the run, the run closed."""
+        ctx = self._draw(trial)
+        self._open_run(ctx)
+        try:
+            values = self._evaluate(ctx)
+            ctx.status = "FINISHED"
+            return values
+        except BaseException as exc:
+            self._record_end(ctx, exc)
+            raise
+        finally:
+            self.tracker.end_run(ctx.run_id, ctx.status)
+
+    def _evaluate(self, ctx: TrialContext) -> float | tuple[float, ...]:
+        """The steps, cheapest first; a step that rejects the trial raises (pruned, over budget, failed)."""
+        self._log_cost(ctx)
+        ctx.seed = self.seed_for(ctx.trial)
+        recorded = self._recorded_values(ctx)
+        if recorded is not None:
+            return recorded
+        self._check_cost_budget(ctx)
+        self._predict_latency(ctx)
+        self._build_model(ctx)
+        self._measure_latency(ctx)
+        self._score_proxies(ctx)
+        self._check_latency_budget(ctx)
+        self._train(ctx)
+        return self._record_result(ctx)
+
+    # -- the steps, in order ------------------------------------------------------------
+
+    def _draw(self, trial: Trial) -> TrialContext:
+        """Own the trial (its worker) and draw its architecture, stored on the trial."""
         trial.set_user_attr(WORKER_ATTR, worker_id())
         arch = self.architecture(trial)
         trial.set_user_attr(ARCH_ATTR, arch.to_dict())
-        run_name, tags = self.run_labels(trial, arch)
-        try:
-            run_id = self.tracker.start_child(self.parent_run_id, trial, run_name, tags)
-        except TrackingOutage as outage:  # no run was made: the trial is retried, not counted
-            retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
-            trial.set_user_attr(FAIL_REASON_ATTR, mask_url(f"TrackingOutage: {outage}"))
-            raise
-        status = "FAILED"
-        try:
-            values = self._evaluate(trial, arch, run_id)
-            status = "FINISHED"
-            return values
-        except optuna.TrialPruned:
-            state = "over_budget" if OVER_BUDGET_ATTR in trial.user_attrs else "pruned"
-            self.tracker.log(run_id, tags={STATE_TAG: state})
-            status = "FINISHED"
-            raise
-        except AgentError as exc:
-            self._agent_failed(trial, run_id, exc)
-            raise
-        except BaseException as exc:
-            fault = None if isinstance(exc, (KeyboardInterrupt, SystemExit)) else storage_fault(exc)
-            if fault is not None:
-                status = "KILLED"
-                self._cut_short(trial, run_id, fault)
-                raise
-            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            reason = INTERRUPTED if interrupted else mask_url(f"{type(exc).__name__}: {exc}")
-            if interrupted:
-                retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
-            trial.set_user_attr(FAIL_REASON_ATTR, reason)
-            self.tracker.log(run_id, tags={STATE_TAG: "killed" if interrupted else "failed", ERROR_TAG: reason})
-            if not interrupted:
-                self.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
-            status = "KILLED" if interrupted else "FAILED"
-            raise
-        finally:
-            self.tracker.end_run(run_id, status)
+        return TrialContext(trial, arch)
 
-    def _evaluate(self, trial: Trial, arch: ArchConfig, run_id: str) -> float | tuple[float, ...]:
-        cost = arch.cost()
+    def _open_run(self, ctx: TrialContext) -> None:
+        """Open the trial's MLflow child run. An outage makes no run: the trial is retried, not counted."""
+        run_name, tags = self.run_labels(ctx.trial, ctx.arch)
+        try:
+            ctx.run_id = self.tracker.start_child(self.parent_run_id, ctx.trial, run_name, tags)
+        except TrackingOutage as outage:
+            retry_interrupted(ctx.trial)  # before its fail reason: the retry inherits the trial's attributes
+            ctx.trial.set_user_attr(FAIL_REASON_ATTR, mask_url(f"TrackingOutage: {outage}"))
+            raise
+
+    def _log_cost(self, ctx: TrialContext) -> None:
+        """Log the run's parameters, the analytic cost (params, MACs) and the architecture YAML."""
+        ctx.cost = ctx.arch.cost()
+        metrics = {PARAMS_METRIC: ctx.cost.params, MACS_METRIC: ctx.cost.macs}
+        self.tracker.log(ctx.run_id, params=self._params(ctx.arch), metrics=metrics)
+        self.tracker.log_text(ctx.run_id, ctx.arch.to_yaml(), "arch.yaml")
+
+    def _recorded_values(self, ctx: TrialContext) -> float | tuple[float, ...] | None:
+        """A duplicate's values: the result of the trial evaluated first under the same key
+        (see :mod:`.duplicates`); None if this trial is to train."""
+        key = training_key(ctx.arch, ctx.seed, definition_settings(self.config))
+        original = find_original(ctx.trial, key)
+        if original is None:
+            return None
+        names = list(OBJECTIVE_METRICS if self.multi else OBJECTIVE_METRICS[:1])
+        values = take_recorded(ctx.trial, original, self.tracker, ctx.run_id, names)
+        return values if self.multi else values[0]
+
+    def _check_cost_budget(self, ctx: TrialContext) -> None:
+        """Reject the trial if its parameters or MACs are over budget, before anything is built."""
+        self._reject_over_budget(ctx.trial, ctx.run_id, {"params": ctx.cost.params, "macs": ctx.cost.macs})
+
+    def _predict_latency(self, ctx: TrialContext) -> None:
+        """Predicted mode: the table's latency (logged with its raw sum and whether it was calibrated),
+        and its budget, before anything is built or exported."""
+        predictor = self.predictor
+        if predictor is None:
+            return
+        raw = predictor.raw_sum(ctx.arch)  # measures and stores any missing table entries
+        predicted = predictor.corrected(raw)
+        calibrated = predictor.calibrated
         self.tracker.log(
-            run_id, params=self._params(arch), metrics={PARAMS_METRIC: cost.params, MACS_METRIC: cost.macs}
+            ctx.run_id,
+            metrics={LATENCY_PREDICTED_METRIC: predicted, "latency_predicted_raw_ms": raw},
+            tags={
+                "latency.calibrated": str(calibrated).lower(),
+                "latency.calibration_points": predictor.n_calibration_points,
+            },
         )
-        self.tracker.log_text(run_id, arch.to_yaml(), "arch.yaml")
-        key = training_key(arch, self.seed_for(trial), definition_settings(self.config))
-        original = find_original(trial, key)
-        if original is not None:  # evaluated before under the same key: take its result (see .duplicates)
-            names = list(OBJECTIVE_METRICS if self.multi else OBJECTIVE_METRICS[:1])
-            values = take_recorded(trial, original, self.tracker, run_id, names)
-            return values if self.multi else values[0]
-        self._reject_over_budget(trial, run_id, {"params": cost.params, "macs": cost.macs})
-        predicted = None
-        if self.predictor is not None:  # predicted mode: reject before building or exporting anything
-            predicted = self._predict(self.predictor, trial, run_id, arch)
-            self._reject_over_budget(trial, run_id, {"latency_ms": predicted})
-        seed = self.seed_for(trial)
-        seed_everything(seed)
-        model = timm.create_model("blocknet", arch=arch)
-        latency_ms = self._latency(trial, run_id, arch, model, predicted)
-        self.record_proxies(trial, run_id, model, self.config.proxy_names(), seed)
-        if predicted is None:
-            self._reject_over_budget(trial, run_id, {"latency_ms": latency_ms})
+        ctx.trial.set_user_attr(LATENCY_ATTR, predicted)
+        ctx.trial.set_user_attr(LATENCY_PREDICTED_ATTR, predicted)
+        ctx.trial.set_user_attr(LATENCY_CALIBRATED_ATTR, calibrated)
+        ctx.predicted = predicted
+        self._reject_over_budget(ctx.trial, ctx.run_id, {"latency_ms": predicted})
 
-        rungs = self._pareto_rungs(trial, latency_ms)
+    def _build_model(self, ctx: TrialContext) -> None:
+        """The untrained network, its initialisation seeded with the trial's seed."""
+        seed_everything(ctx.seed)
+        ctx.model = timm.create_model("blocknet", arch=ctx.arch)
 
-        def on_epoch(stats: EpochStats) -> None:
-            self.tracker.log(run_id, metrics=_epoch_metrics(stats), step=stats.epoch)
-            if rungs is not None:
-                self._check_rungs(rungs, run_id, stats)
-            elif not self.multi:
-                trial.report(stats.val_accuracy, stats.epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
+    def _measure_latency(self, ctx: TrialContext) -> None:
+        """The trial's latency objective, recorded: measured (here or on the latency agent), or predicted.
 
+        With a device's table and no agent, the prediction is the latency: measuring here
+        would time another device, so nothing is measured.
+        """
+        if self.predictor is not None and self.predictor.offline and ctx.predicted is not None:
+            ctx.latency_ms = self._table_latency(ctx, self.predictor, ctx.predicted)
+        else:
+            ctx.latency_ms = self._measured_latency(ctx)
+
+    def _score_proxies(self, ctx: TrialContext) -> None:
+        """The study's zero-cost proxies of the untrained network (recorded; they decide nothing here)."""
+        self.record_proxies(ctx.trial, ctx.run_id, ctx.model, self.config.proxy_names(), ctx.seed)
+
+    def _check_latency_budget(self, ctx: TrialContext) -> None:
+        """Reject the trial if its measured latency is over budget (a predicted one was checked before building)."""
+        if ctx.predicted is None:
+            self._reject_over_budget(ctx.trial, ctx.run_id, {"latency_ms": ctx.latency_ms})
+
+    def _train(self, ctx: TrialContext) -> None:
+        """Brief training, each epoch logged and offered to the pruner; a diverged run is tagged ``diverged``."""
+        on_epoch = functools.partial(self._after_epoch, ctx, self._pareto_rungs(ctx.trial, ctx.latency_ms))
         try:
-            result = train_briefly(
-                model, self.data, self.config.train, seed=seed, on_epoch=on_epoch, progress=self.progress
+            ctx.result = train_briefly(
+                ctx.model, self.data, self.config.train, seed=ctx.seed, on_epoch=on_epoch, progress=self.progress
             )
         except DivergedError:
-            self.tracker.log(run_id, tags={STATE_TAG: "diverged"})
+            self.tracker.log(ctx.run_id, tags={STATE_TAG: "diverged"})
             raise
+
+    def _record_result(self, ctx: TrialContext) -> float | tuple[float, ...]:
+        """Log the trained network's score, raw accuracy, loss and training time; the trial's objective values."""
+        result = ctx.result
         score = result.ema_val_accuracy if self.config.score == "ema_accuracy" else result.val_accuracy
         assert score is not None  # StudyConfig requires train.ema_decay for ema_accuracy
         metrics = {
@@ -227,40 +305,43 @@ class Objective:
         }
         if result.ema_val_accuracy is not None:
             metrics["ema_accuracy"] = result.ema_val_accuracy
-        self.tracker.log(run_id, metrics=metrics, tags={STATE_TAG: "complete"})
-        trial.set_user_attr(TRAIN_SECONDS_ATTR, result.train_seconds)
-        return (score, latency_ms) if self.multi else score
+        self.tracker.log(ctx.run_id, metrics=metrics, tags={STATE_TAG: "complete"})
+        ctx.trial.set_user_attr(TRAIN_SECONDS_ATTR, result.train_seconds)
+        return (score, ctx.latency_ms) if self.multi else score
 
-    def _latency(self, trial: Trial, run_id: str, arch: ArchConfig, model: nn.Module, predicted: float | None) -> float:
-        """Measure ``model`` (here, or on the latency agent) and record it; the trial's latency objective.
+    def _record_end(self, ctx: TrialContext, exc: BaseException) -> None:
+        """Record why the trial stopped early and the status its run ends with."""
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        if isinstance(exc, optuna.TrialPruned):
+            self._pruned(ctx)
+        elif isinstance(exc, AgentError):
+            self._agent_failed(ctx, exc)
+        elif (fault := None if interrupted else storage_fault(exc)) is not None:
+            ctx.status = "KILLED"
+            self._cut_short(ctx, fault)
+        else:
+            self._failed(ctx, exc, interrupted=interrupted)
 
-        With a device's table and no agent, the prediction is the latency: measuring here
-        would time another device, so nothing is measured.
-        """
-        if self.predictor is not None and self.predictor.offline and predicted is not None:
-            table = self.predictor
-            tags = _fingerprint_tags(table.fingerprint, table.fingerprint_id)
-            self.tracker.log(run_id, metrics={LATENCY_METRIC: predicted}, tags=tags)
-            trial.set_user_attr(FINGERPRINT_ATTR, table.fingerprint_id)
-            return predicted
-        remote = self.config.latency.agent is not None  # measured on another device: nobody here needs to pause
-        gate = None if remote else default_gate()  # sibling trainers on this machine pause while it measures
-        with gate.measuring() if gate is not None else contextlib.nullcontext():
-            measured = measure_latency(model, (arch.in_chans, *arch.input_size), self.config.latency)
-        if self.predictor is not None:
-            self.predictor.add_calibration_point(arch, measured.p50_ms)
-        latency_ms = measured.p50_ms if predicted is None else predicted
-        self.tracker.log(
-            run_id,
-            metrics={**measured.as_metrics(), LATENCY_METRIC: latency_ms},
-            tags=_fingerprint_tags(measured.fingerprint, measured.fingerprint_id),
-        )
-        trial.set_user_attr(LATENCY_ATTR, latency_ms)
-        trial.set_user_attr(LATENCY_MEASURED_ATTR, measured.p50_ms)
-        trial.set_user_attr(FINGERPRINT_ATTR, measured.fingerprint_id)
-        return latency_ms
+    # -- how a trial ends early -----------------------------------------------------------
 
-    def _agent_failed(self, trial: Trial, run_id: str, exc: AgentError) -> None:
+    def _pruned(self, ctx: TrialContext) -> None:
+        """Pruned (over a budget, by the pruner, or as its duplicate's original was): a finished run, tagged so."""
+        state = "over_budget" if OVER_BUDGET_ATTR in ctx.trial.user_attrs else "pruned"
+        self.tracker.log(ctx.run_id, tags={STATE_TAG: state})
+        ctx.status = "FINISHED"
+
+    def _failed(self, ctx: TrialContext, exc: BaseException, *, interrupted: bool) -> None:
+        """An error fails the trial (traceback on its run); an interrupt kills it and queues its retry."""
+        reason = INTERRUPTED if interrupted else mask_url(f"{type(exc).__name__}: {exc}")
+        if interrupted:
+            retry_interrupted(ctx.trial)  # before its fail reason: the retry inherits the trial's attributes
+        ctx.trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        self.tracker.log(ctx.run_id, tags={STATE_TAG: "killed" if interrupted else "failed", ERROR_TAG: reason})
+        if not interrupted:
+            self.tracker.log_text(ctx.run_id, traceback.format_exc(), "error.txt")
+        ctx.status = "KILLED" if interrupted else "FAILED"
+
+    def _agent_failed(self, ctx: TrialContext, exc: AgentError) -> None:
         """The agent did not measure this trial: fail it, queue its retry; stop the worker if the agent is gone.
 
         The network is not at fault, so it is retried (as an interrupted trial is). A timeout
@@ -268,10 +349,11 @@ class Objective:
         goes on and the retry runs next. If not, every later trial would fail the same way, so
         :class:`AgentLost` stops this worker (exit 2); rerunning the command resumes the study.
         """
+        trial = ctx.trial
         retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
         reason = mask_url(f"AgentError: {exc}")
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
-        self.tracker.log(run_id, tags={STATE_TAG: "failed", ERROR_TAG: reason})
+        self.tracker.log(ctx.run_id, tags={STATE_TAG: "failed", ERROR_TAG: reason})
         try:
             AgentClient.for_target(self.config.latency).health()
         except AgentError:
@@ -281,7 +363,7 @@ class Objective:
             ) from exc
         log.warning("trial %d: %s; queued for retry (the agent answers again)", trial.number, exc)
 
-    def _cut_short(self, trial: Trial, run_id: str, fault: StorageFault) -> None:
+    def _cut_short(self, ctx: TrialContext, fault: StorageFault) -> None:
         """A storage fault cut the trial short: queue its retry and say why, as far as the stores still take writes.
 
         Where even the retry cannot be written, the trial stays RUNNING and the next worker's
@@ -289,11 +371,51 @@ class Objective:
         """
         reason = mask_url(f"StorageFault: {fault}")
         try:
-            retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
-            trial.set_user_attr(FAIL_REASON_ATTR, reason)
-            self.tracker.log(run_id, tags={STATE_TAG: "killed", ERROR_TAG: reason})
+            retry_interrupted(ctx.trial)  # before its fail reason: the retry inherits the trial's attributes
+            ctx.trial.set_user_attr(FAIL_REASON_ATTR, reason)
+            self.tracker.log(ctx.run_id, tags={STATE_TAG: "killed", ERROR_TAG: reason})
         except Exception as error:
-            log.warning("trial %d: %s; could not record it (%s)", trial.number, fault, error)
+            log.warning("trial %d: %s; could not record it (%s)", ctx.trial.number, fault, error)
+
+    # -- what the steps use -----------------------------------------------------------------
+
+    def _table_latency(self, ctx: TrialContext, table: LatencyPredictor, predicted: float) -> float:
+        """The table's prediction as the latency, recorded with the fingerprint of the table's device."""
+        tags = _fingerprint_tags(table.fingerprint, table.fingerprint_id)
+        self.tracker.log(ctx.run_id, metrics={LATENCY_METRIC: predicted}, tags=tags)
+        ctx.trial.set_user_attr(FINGERPRINT_ATTR, table.fingerprint_id)
+        return predicted
+
+    def _measured_latency(self, ctx: TrialContext) -> float:
+        """Measure the network here or on the agent; it calibrates the predictions; the prediction,
+        if any, stays the latency objective."""
+        arch, trial = ctx.arch, ctx.trial
+        remote = self.config.latency.agent is not None  # measured on another device: nobody here needs to pause
+        gate = None if remote else default_gate()  # sibling trainers on this machine pause while it measures
+        with gate.measuring() if gate is not None else contextlib.nullcontext():
+            measured = measure_latency(ctx.model, (arch.in_chans, *arch.input_size), self.config.latency)
+        if self.predictor is not None:
+            self.predictor.add_calibration_point(arch, measured.p50_ms)
+        latency_ms = measured.p50_ms if ctx.predicted is None else ctx.predicted
+        self.tracker.log(
+            ctx.run_id,
+            metrics={**measured.as_metrics(), LATENCY_METRIC: latency_ms},
+            tags=_fingerprint_tags(measured.fingerprint, measured.fingerprint_id),
+        )
+        trial.set_user_attr(LATENCY_ATTR, latency_ms)
+        trial.set_user_attr(LATENCY_MEASURED_ATTR, measured.p50_ms)
+        trial.set_user_attr(FINGERPRINT_ATTR, measured.fingerprint_id)
+        return latency_ms
+
+    def _after_epoch(self, ctx: TrialContext, rungs: TrialRungs | None, stats: EpochStats) -> None:
+        """Log the epoch's curve point; pareto_asha's rungs, or Optuna's pruner (one objective), may stop the trial."""
+        self.tracker.log(ctx.run_id, metrics=_epoch_metrics(stats), step=stats.epoch)
+        if rungs is not None:
+            self._check_rungs(rungs, ctx.run_id, stats)
+        elif not self.multi:
+            ctx.trial.report(stats.val_accuracy, stats.epoch)
+            if ctx.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
 
     @functools.cached_property
     def proxy_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,24 +452,6 @@ class Objective:
             }
             self.tracker.log(run_id, tags=tags)
             raise stop
-
-    def _predict(self, predictor: LatencyPredictor, trial: Trial, run_id: str, arch: ArchConfig) -> float:
-        """The table's prediction for ``arch``, logged with its raw sum and whether it was calibrated."""
-        raw = predictor.raw_sum(arch)  # measures and stores any missing table entries
-        predicted = predictor.corrected(raw)
-        calibrated = predictor.calibrated
-        self.tracker.log(
-            run_id,
-            metrics={LATENCY_PREDICTED_METRIC: predicted, "latency_predicted_raw_ms": raw},
-            tags={
-                "latency.calibrated": str(calibrated).lower(),
-                "latency.calibration_points": predictor.n_calibration_points,
-            },
-        )
-        trial.set_user_attr(LATENCY_ATTR, predicted)
-        trial.set_user_attr(LATENCY_PREDICTED_ATTR, predicted)
-        trial.set_user_attr(LATENCY_CALIBRATED_ATTR, calibrated)
-        return predicted
 
     def _reject_over_budget(self, trial: Trial, run_id: str, values: dict[str, float]) -> None:
         """Record constraints on ``values`` with ``trial.set_constraint``; prune the trial if any is violated.
