@@ -198,3 +198,27 @@ def test_sigterm_while_screening_fails_the_one_trial_and_a_rerun_retries_it(
     runs = _children(client, loaded)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert main(["doctor", "--study-name", "scr"]) == 0, capsys.readouterr().out
+
+
+def test_the_study_timeout_is_checked_between_candidates(in_tmp_dir: Path) -> None:
+    """A pool of 8 whose first candidate is scored (the worker stopped there) after the study's timeout
+    has passed: the pool stops at that one, which the trial trains; then the study stops by its timeout.
+    (Before: a pool ran to its end whatever the timeout: 100,000 candidates ran for hours.)"""
+    timeout_s = 10
+    study = quick_study("late", n_trials=2, timeout_s=timeout_s, proxies=["params"], screen={"pool": 8})
+    (in_tmp_dir / "s.yaml").write_text(yaml.safe_dump(study))
+    worker = _search(in_tmp_dir, **{PAUSE_ENV: "screen-candidate"})
+    try:
+        deadline = time.monotonic() + 180
+        while not _stopped(worker):
+            assert worker.poll() is None and time.monotonic() < deadline, "never reached its pause point"
+            time.sleep(0.1)
+        time.sleep(timeout_s + 1)  # stopped: the timeout, counted from before the pool, passes meanwhile
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    out, _ = worker.communicate(timeout=300)
+    assert worker.returncode == 0, out[-3000:]
+    assert "stopped by timeout at 1/2" in out, out[-3000:]
+    storage = open_storage(str(in_tmp_dir / "runs" / "optuna.journal"))
+    (trial,) = optuna.load_study(study_name="late", storage=storage).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["screen.pool_size"] == 1
