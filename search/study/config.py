@@ -126,8 +126,9 @@ class StudyConfig(StudyBase):
         export_dir: Where the Pareto front is written, as ``<export_dir>/<name>/``.
         proxies: Zero-cost proxies logged for every trial that is built (null: ``DEFAULT_PROXIES``,
             those costing under 1 s per mobile32 network; ``[]``: none).
-        screen: ``{proxy: auto | <name>, pool: K}``: train only the best of K candidates by
-            the proxy (null: off). See :mod:`.screening`.
+        screen: ``{proxy: auto | <name>, pool: K}``, experimental (proxies mostly track network
+            size; not shown to pay): each trial draws K candidates (2-256), scores them by the
+            proxy and trains only the best, all within that one trial (null: off). See :mod:`.screened`.
         validate: The longer budget ``blocknas validate`` retrains at (:class:`ValidateConfig`).
         score: What a trial's accuracy objective is: ``accuracy``, the final top-1 of the trained
             weights, or ``ema_accuracy``, that of their exponential moving average (needs
