@@ -43,8 +43,15 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from blocknas.search.study import DUPLICATE_OF_ATTR, FAIL_REASON_ATTR, INTERRUPTED, TRAINING_KEY_ATTR, trial_counts
-from blocknas.search.tracking import RDB_CONNECTIONS_PER_WORKER, StudyTracker, diagnose, open_storage, retried_trials
+from blocknas.search.study import (
+    DUPLICATE_OF_ATTR,
+    FAIL_REASON_ATTR,
+    INTERRUPTED,
+    TRAINING_KEY_ATTR,
+    retried_trials,
+    trial_counts,
+)
+from blocknas.search.tracking import RDB_CONNECTIONS_PER_WORKER, StudyTracker, diagnose, open_storage
 from blocknas.search.tracking.dashboard import free_port, mlflow_server_command, mlflow_server_env, stop, wait_until_up
 
 RESULTS = Path(__file__).parent / "results" / "chaos.md"

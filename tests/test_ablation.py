@@ -35,7 +35,7 @@ from blocknas.search.ablation import (
     scale_widths,
     widths,
 )
-from blocknas.search.study import DEFINITION_ATTR, PLAN_ATTR
+from blocknas.search.study import PLAN_ATTR
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, StudyTracker, diagnose, open_storage
 
 from .conftest import REPO_ROOT
@@ -306,13 +306,6 @@ def test_an_ablation_grows_by_seeds_and_keeps_its_matched_variants(in_tmp_dir: P
     assert "| separable | 3 |" in (ablation().report_dir / "report.md").read_text()
     assert len(run_ablation(ablation(seeds=[0, 5, 7]), progress=False).study.trials) == 6  # a plain resume
     assert len(run_ablation(ablation(seeds=[0, 5, 7, 9]), progress=False).study.trials) == 8  # grown twice
-
-
-def test_an_ablation_stored_by_an_earlier_version_grows_too(in_tmp_dir: Path) -> None:
-    first = run_ablation(ablation(seeds=1), progress=False).study
-    stored = first.user_attrs[DEFINITION_ATTR]
-    first.set_user_attr(DEFINITION_ATTR, {"cells": stored["cells"], "settings": stored["settings"]})  # the old form
-    assert len(run_ablation(ablation(seeds=2), progress=False).study.trials) == 4
 
 
 def test_latency_matched_ablation_measures_real_networks(in_tmp_dir: Path) -> None:

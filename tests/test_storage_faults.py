@@ -30,8 +30,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from blocknas.search.study import load_study_config, trial_counts
-from blocknas.search.tracking import STOPPED_TAG, StudyTracker, diagnose, open_storage, retried_trials
+from blocknas.search.study import load_study_config, retried_trials, trial_counts
+from blocknas.search.tracking import STOPPED_TAG, StudyTracker, diagnose, open_storage
 from blocknas.search.tracking.attrs import PARENT_RUN_ATTR, RUN_ID_ATTR
 
 from .conftest import quick_study, seed_mlflow_store

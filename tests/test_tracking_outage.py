@@ -25,8 +25,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
-from blocknas.search.study import load_study_config, trial_counts
-from blocknas.search.tracking import open_storage, retried_trials
+from blocknas.search.study import load_study_config, retried_trials, trial_counts
+from blocknas.search.tracking import open_storage
 from blocknas.search.tracking.names import STUDY_TAG, TRIAL_NUMBER_TAG, tag_equals
 
 from .conftest import quick_study

@@ -21,7 +21,7 @@ import itertools
 import json
 import math
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -253,15 +253,10 @@ class AblationConfig(StudyBase):
         plain = self.to_dict()
         variants = self._variants_key(base)
         return {
-            "cells": self.cells_digest(base, self.seed_list),
+            "cells": _digest({**variants, "seeds": list(self.seed_list)}),
             "variants": _digest(variants),
-            "seeds": list(self.seed_list),
             "settings": {k: plain[k] for k in ("data", "train", "latency")},
         }
-
-    def cells_digest(self, base: ArchConfig, seeds: Sequence[int]) -> str:
-        """``definition()["cells"]`` had the ablation listed ``seeds``."""
-        return _digest({**self._variants_key(base), "seeds": list(seeds)})
 
     def _variants_key(self, base: ArchConfig) -> dict[str, Any]:
         plain = self.to_dict()

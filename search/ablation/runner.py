@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig, ConfigError
@@ -26,19 +25,19 @@ from blocknas.blocks.schema import flatten
 from blocknas.search.markdown import md_code, md_text
 from blocknas.search.study import (
     DEFINITION_ATTR,
-    FAIL_REASON_ATTR,
-    INTERRUPTED,
     LATENCY_MEASURED_ATTR,
     PLAN_ATTR,
     SEARCH_DEFINITION_ATTR,
     Objective,
     StudyConfig,
     optimize_until_done,
+    retried_trials,
     trial_counts,
 )
 from blocknas.search.study.attrs import FIXED_PARAMS_ATTR
 from blocknas.search.study.start import open_study_for_run
-from blocknas.search.tracking import KIND_TAG, StudyTracker, mask_config, mask_url, retried_trials
+from blocknas.search.study.tally import COUNTED_STATES, counts_toward_total, outcome
+from blocknas.search.tracking import KIND_TAG, StudyTracker, mask_config, mask_url
 from blocknas.search.tracking.claims import store_once
 
 from .config import AblationConfig, build_variants, definition_changes, format_level
@@ -62,8 +61,8 @@ ABLATION_KIND = "ablation"  # the KIND_TAG of an ablation's MLflow parent run (t
 
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
-DONE = ("COMPLETE", "PRUNED", "FAIL")  # cell states that need no (re)run
-_PREFERENCE = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "INTERRUPTED")
+DONE = tuple(state.name for state in COUNTED_STATES)  # cell states that need no (re)run: the trial counts
+_PREFERENCE = (*DONE, "RUNNING", "WAITING")
 
 
 @dataclass
@@ -190,7 +189,7 @@ def _check_definition(
     mine = {**current, "seed_batches": [list(config.seed_list)]}
     stored = store_once(study, storage, DEFINITION_ATTR, mine, unless=(SEARCH_DEFINITION_ATTR,))
     where = f"study {config.name!r} in {mask_url(config.storage_url)}"
-    if not isinstance(stored, dict) or "cells" not in stored:
+    if not isinstance(stored, dict) or not {"cells", "variants", "seed_batches", "settings"} <= set(stored):
         raise ConfigError(f"{where} exists but is not an ablation; use another name", path="name", source=config.source)
     advice = "use another name to start a new ablation, or restore the original config to resume"
     changed, one_sided = definition_changes(stored["settings"], current["settings"])
@@ -200,20 +199,12 @@ def _check_definition(
         )
     if one_sided:
         log.warning("settings known to only one blocknas version, defaults apply: %s", ", ".join(one_sided))
-    batches = [tuple(b) for b in stored.get("seed_batches", [stored.get("seeds", config.seed_list)])]
+    batches = [tuple(b) for b in stored["seed_batches"]]
     if stored["cells"] == current["cells"]:
         return batches
-    if "variants" not in stored:  # written by a blocknas before seeds could be added: find its seeds
-        first = next(
-            (config.seed_list[:n] for n in range(1, len(config.seed_list))
-             if config.cells_digest(base, config.seed_list[:n]) == stored["cells"]),
-            None,
-        )  # fmt: skip
-        if first is not None:
-            stored, batches = {**stored, "variants": current["variants"]}, [first]
     had = [s for b in batches for s in b]
     added = [s for s in config.seed_list if s not in had]
-    if stored.get("variants") != current["variants"] or not added or len(had) + len(added) != len(config.seed_list):
+    if stored["variants"] != current["variants"] or not added or len(had) + len(added) != len(config.seed_list):
         raise ConfigError(
             f"{where} was started with other variants or seeds (base, factors, design or budget match changed, "
             f"or seeds removed: it has seeds {had}); adding seeds is allowed; {advice}",
@@ -259,35 +250,12 @@ def _cell(trial: FrozenTrial) -> tuple[str, int] | None:
     return str(params[VARIANT_PARAM]), int(seed)
 
 
-def _state(trial: FrozenTrial) -> str:
-    """The trial's state name, with ``INTERRUPTED`` for a trial stopped by Ctrl-C / SIGTERM."""
-    if trial.state == TrialState.FAIL and trial.user_attrs.get(FAIL_REASON_ATTR) == INTERRUPTED:
-        return "INTERRUPTED"
-    return trial.state.name
-
-
 def _finished_cells(study: optuna.Study) -> set[tuple[str, int]]:
-    """Cells with a finished trial; an interrupted one, or one retried after its worker died, is not finished."""
+    """Cells whose trial counts toward the study's total (:mod:`blocknas.search.study.tally`): a retried trial
+    (interrupted, or its worker died) or a surplus one does not finish its cell."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_trials(trials)
-    return {cell for t in trials if (cell := _cell(t)) and _state(t) in DONE and t.number not in retried}
-
-
-def _requeue_interrupted(study: optuna.Study, cells: set[tuple[str, int]]) -> None:
-    """Retry every cell whose trial was interrupted, as Optuna retries a failed trial (same params and grid id)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = retried_trials(trials)
-    taken = _finished_cells(study) | {
-        cell for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING) and (cell := _cell(t))
-    }
-    for trial in trials:
-        cell = _cell(trial)
-        if cell in cells and cell not in taken and _state(trial) == "INTERRUPTED" and trial.number not in retried:
-            log.info("re-running interrupted cell %s seed %d (trial %d)", cell[0], cell[1], trial.number)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
-            taken.add(cell)
+    return {cell for t in trials if (cell := _cell(t)) and counts_toward_total(t, retried)}
 
 
 def _run_cells(
@@ -306,7 +274,6 @@ def _run_cells(
     """
     start = time.monotonic()
     while True:
-        _requeue_interrupted(study, cells)
         missing = len(cells - _finished_cells(study))
         done, _ = trial_counts(study)
         remaining = None if timeout_s is None else timeout_s - (time.monotonic() - start)
@@ -320,10 +287,14 @@ def _run_cells(
 def collect_cells(study: optuna.Study, plan: list[PlannedVariant], seeds: tuple[int, ...]) -> list[CellResult]:
     """One result per variant × seed; a cell run more than once keeps its first complete trial."""
     chosen: dict[tuple[str, int], FrozenTrial] = {}
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_trials(trials)
+    for trial in trials:
         cell = _cell(trial)
-        kept = chosen.get(cell) if cell else None
-        if cell and (kept is None or _PREFERENCE.index(_state(trial)) < _PREFERENCE.index(_state(kept))):
+        if cell is None or outcome(trial, retried) in ("retried", "surplus"):  # its retry, or nothing, stands for it
+            continue
+        kept = chosen.get(cell)
+        if kept is None or _PREFERENCE.index(trial.state.name) < _PREFERENCE.index(kept.state.name):
             chosen[cell] = trial
     out = []
     for variant in plan:
@@ -336,7 +307,7 @@ def collect_cells(study: optuna.Study, plan: list[PlannedVariant], seeds: tuple[
             else:
                 accuracy = found.values[0] if found.state == TrialState.COMPLETE else None
                 latency = found.user_attrs.get(LATENCY_MEASURED_ATTR)
-                out.append(CellResult(variant.name, seed, accuracy, latency, _state(found), found.number))
+                out.append(CellResult(variant.name, seed, accuracy, latency, found.state.name, found.number))
     return out
 
 

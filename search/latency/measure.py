@@ -4,7 +4,7 @@ Eager PyTorch at batch 1 on a CPU mostly times Python overhead per op, so the ta
 names its runtime (ONNX Runtime by default), threads, batch size and dtype. After a
 warm-up, calls are timed in chunks until the median's distribution-free 95% confidence
 interval is within ``rel_precision`` of it, or ``time_cap_s`` or ``max_repeats`` is reached
-(:mod:`.latency_stats`). Every result carries the device fingerprint it was taken on.
+(:mod:`.stats`). Every result carries the device fingerprint it was taken on.
 
 Drift control (``reference=True``) interleaves chunks of the candidate with chunks of a
 fixed small reference network (the ``blocknet_separable`` preset at the same input), so

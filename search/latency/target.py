@@ -56,7 +56,7 @@ class LatencyTarget:
         max_repeats: Hard limit on timed calls.
         rel_precision: Stop when the 95% CI half-width of the median is at most this
             fraction of the median (and ``min_time_s`` has passed). Also the tolerance
-            that decides which chunks count as quiet (:mod:`.latency_stats`).
+            that decides which chunks count as quiet (:mod:`.stats`).
         time_cap_s: ... or when this much time has been spent timing.
         min_time_s: Time at least this long (capped by ``time_cap_s``), so the chunks span
             several load phases of a shared machine and the quiet ones can be told apart.

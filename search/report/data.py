@@ -18,8 +18,9 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR
+from blocknas.search.study import ARCH_ATTR, BASELINE_ATTR, retried_trials
 from blocknas.search.study.attrs import OVER_BUDGET_ATTR
+from blocknas.search.study.tally import outcome
 from blocknas.search.tracking.names import FINGERPRINT_ID_TAG, FINGERPRINT_TAG_PREFIX
 
 __all__ = [
@@ -58,16 +59,21 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by outcome: ``complete``, ``over budget``, ``pruned``, ``failed``, ``running``, ``waiting``."""
+    """Trials by outcome: ``complete``, ``over budget``, ``pruned``, ``failed``, then those that do not count
+    toward ``n_trials`` (:mod:`blocknas.search.study.tally`): ``retried`` (failed, their retry counts),
+    ``discarded`` (surplus, never run), ``running``, ``waiting``."""
     counts: Counter[str] = Counter()
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state == TrialState.PRUNED:
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_trials(trials)
+    for trial in trials:
+        where = outcome(trial, retried)
+        if where != "counted":
+            counts["discarded" if where == "surplus" else where] += 1
+        elif trial.state == TrialState.PRUNED:
             counts["over budget" if OVER_BUDGET_ATTR in trial.user_attrs else "pruned"] += 1
-        elif trial.state == TrialState.FAIL:
-            counts["failed"] += 1
         else:
-            counts[trial.state.name.lower()] += 1
-    order = ("complete", "over budget", "pruned", "failed", "running", "waiting")
+            counts["failed" if trial.state == TrialState.FAIL else "complete"] += 1
+    order = ("complete", "over budget", "pruned", "failed", "retried", "discarded", "running", "waiting")
     return {k: counts[k] for k in order if counts[k]}
 
 

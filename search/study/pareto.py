@@ -111,7 +111,7 @@ def front_rows(study: optuna.Study) -> list[FrontRow]:
                 name=f"t{trial.number:04d}_{arch.short_hash()}",
                 accuracy=accuracy,
                 latency_ms=float(trial.user_attrs.get(LATENCY_ATTR, float("nan"))),
-                latency_measured_ms=_measured_latency(trial),
+                latency_measured_ms=float(trial.user_attrs.get(LATENCY_MEASURED_ATTR, float("nan"))),
                 params=cost.params,
                 macs=cost.macs,
                 blocks=" / ".join(s.block for s in arch.stages),
@@ -316,15 +316,6 @@ def draw_front(study: optuna.Study, ax: Any) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
-
-
-def _measured_latency(trial: FrozenTrial) -> float:
-    """The measured p50 of a trial; its ``latency_ms`` when that was measured (older studies)."""
-    if LATENCY_MEASURED_ATTR in trial.user_attrs:
-        return float(trial.user_attrs[LATENCY_MEASURED_ATTR])
-    if LATENCY_PREDICTED_ATTR not in trial.user_attrs:
-        return float(trial.user_attrs.get(LATENCY_ATTR, float("nan")))
-    return float("nan")
 
 
 def _draw_stopped_early(ax: Any, trials: list[FrozenTrial]) -> None:

@@ -3,7 +3,7 @@
 Ctrl-C or SIGTERM (a scheduler's preemption, a chaos test) fails the running trial cleanly;
 without a retry that FAIL would count toward ``n_trials`` and the study would end short of
 good trials. The retry is queued with Optuna's own :class:`~optuna.storages.RetryFailedTrialCallback`
-bookkeeping (``failed_trial``, ``retry_history``), so :func:`~blocknas.search.tracking.retried_trials`
+bookkeeping (``failed_trial``, ``retry_history``), so :func:`~blocknas.search.study.tally.retried_trials`
 and ``trial_counts`` count the retry instead of the interrupted trial, exactly as for a
 trial whose worker was killed.
 """

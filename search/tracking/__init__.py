@@ -5,7 +5,7 @@ The names scripts, benchmarks, tests and the docs import from here; the rest is 
 
 from __future__ import annotations
 
-from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR, WORKER_ATTR, retried_trials
+from .attrs import PARENT_RUN_ATTR, RUN_ID_ATTR, WORKER_ATTR
 from .claims import SETUP_COMPLETE_ATTR, Claim, Claims, FileClaims, Holder, StudyClaims, complete_setup
 from .dashboard import (
     DashboardError,
@@ -65,7 +65,6 @@ __all__ = [
     "open_storage",
     "repair_torn_tail",
     "resolve_tracking_uri",
-    "retried_trials",
     "runs_page_url",
     "start_mlflow_server",
     "stop",

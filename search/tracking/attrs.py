@@ -1,13 +1,9 @@
-"""The study and trial attributes tracking reads and writes, and reading them back.
+"""The study and trial attributes tracking reads and writes.
 
 The keys that only the search itself uses are in :mod:`blocknas.search.study.attrs`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
-
-from optuna.trial import FrozenTrial
 
 __all__ = [
     "PARENT_RUN_ATTR",
@@ -15,7 +11,6 @@ __all__ = [
     "RETRY_HISTORY_ATTR",
     "RUN_ID_ATTR",
     "WORKER_ATTR",
-    "retried_trials",
 ]
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow parent run
@@ -24,7 +19,3 @@ RUN_ID_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow child run
 WORKER_ATTR = "blocknas.worker"  # trial user attr: ``host:pid`` of the worker that ran it
 RETRY_HISTORY_ATTR = "retry_history"  # Optuna's system attr: the trial numbers a retry stands for
 
-
-def retried_trials(trials: Iterable[FrozenTrial]) -> set[int]:
-    """Numbers of the trials that Optuna re-enqueued as a retry (their worker died): their retries count instead."""
-    return {n for t in trials for n in t.system_attrs.get(RETRY_HISTORY_ATTR, ())}

@@ -1,7 +1,7 @@
 """Full training of one architecture: a real budget, augmentation, EMA, checkpoints, resume, MLflow.
 
 The training step, optimizer, schedule and validation are the brief trainer's
-(:mod:`.trainer`); this module adds what a long run needs around them. Reproducibility:
+(:mod:`.brief`); this module adds what a long run needs around them. Reproducibility:
 with the same config, seed and thread count on a CPU, a run killed at any point and
 resumed with ``resume=True`` ends with the same weights as an uninterrupted run, because
 the checkpoint written after every epoch holds every piece of state that moves (weights,
