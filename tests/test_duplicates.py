@@ -71,6 +71,7 @@ def test_two_workers_never_train_one_architecture_twice(tmp_path: Path, monkeypa
     trials = ran(optuna.load_study(study_name="dup", storage=storage).get_trials())
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len(_trained_once(trials)) <= 2
+    assert optuna.get_all_study_names(storage) == ["dup"]  # every training claim deleted once its result was recorded
     # another seed is another key: the same architectures are trained again, once each
     # (in this process: the two workers above already raced for the keys)
     monkeypatch.chdir(tmp_path)

@@ -8,20 +8,19 @@ and counts as a trial: the sampler is told the truth about that point, and a sma
 still ends. (Asking the sampler again inside the trial is not possible define-by-run, and
 pruning the duplicate would burn a trial and hide the value from the sampler.)
 
-Across workers, the trials with one key agree on a single owner with Lamport's bakery
-rule over Optuna trial attributes (plain reads and writes, no compare-and-set needed):
-a trial publishes ``{key, ticket}`` with ticket = 1 + the largest ticket in the study,
-waits while any other RUNNING trial has not published yet (it may be choosing its
-ticket), and the lowest ``(ticket, number)`` among the live trials with its key owns it.
-The others wait for the owner to finish; if it fails (its worker died), the next in line
-trains. A RUNNING trial that never publishes (a dead worker not yet failed) is waited for
-at most ``settle_s``.
+Across workers, the trial about to train claims ``train:<training key>`` with the claim
+primitive (:class:`~blocknas.search.tracking.StudyClaims`, signed with its trial number).
+The first to claim it trains; the others wait for the holder's trial to finish and take its
+recorded result. A holder whose trial failed (its worker died: a dead ``host:pid`` here,
+Optuna's heartbeat failing it elsewhere, or it raised) is taken over: the waiter trains. The
+claim is deleted once the result is recorded (:func:`release_training_claims`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig
-from blocknas.search.tracking import StudyTracker, fail_abandoned_trials
+from blocknas.search.tracking import Holder, StudyClaims, StudyTracker, fail_abandoned_trials, worker_id
 from blocknas.search.tracking.names import DUPLICATE_OF_TAG, STATE_TAG
 
 from .attrs import (
@@ -44,7 +43,7 @@ from .attrs import (
     TRAINING_KEY_ATTR,
 )
 
-__all__ = ["find_original", "take_recorded", "training_key"]
+__all__ = ["find_original", "release_training_claims", "take_recorded", "training_key"]
 
 # what a duplicate copies from its original: the measured or predicted latency, the budget verdict
 _COPIED_ATTRS = (
@@ -56,7 +55,10 @@ _COPIED_ATTRS = (
     OVER_BUDGET_ATTR,
 )
 
-_LIVE = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+_DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+TRAIN_CLAIM = "train:"  # the claim on a training key: ``train:<key>``
+
+log = logging.getLogger(__name__)
 
 
 def training_key(arch: ArchConfig, seed: int, settings: Mapping[str, Any]) -> str:
@@ -65,54 +67,91 @@ def training_key(arch: ArchConfig, seed: int, settings: Mapping[str, Any]) -> st
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def _ticket(trial: FrozenTrial) -> int | None:
-    claim = trial.user_attrs.get(TRAINING_KEY_ATTR)
-    return int(claim["ticket"]) if isinstance(claim, dict) else None
+def _key(trial: FrozenTrial) -> str | None:
+    value = trial.user_attrs.get(TRAINING_KEY_ATTR)
+    return value.get("key") if isinstance(value, dict) else None
 
 
-def find_original(
-    trial: Trial, key: str, *, poll_s: float = 0.5, settle_s: float = 60.0, recover_s: float = 5.0
-) -> FrozenTrial | None:
+def _recorded(trials: list[FrozenTrial], key: str) -> FrozenTrial | None:
+    """The finished trial that trained ``key`` (not a duplicate), or None."""
+    done = [t for t in trials if t.state in _DONE and _key(t) == key and t.user_attrs.get(DUPLICATE_OF_ATTR) is None]
+    return min(done, key=lambda t: t.number, default=None)
+
+
+def _claims(study: optuna.Study) -> StudyClaims:
+    return StudyClaims(study._storage, study.study_name)
+
+
+def find_original(trial: Trial, key: str, *, poll_s: float = 0.5, recover_s: float = 5.0) -> FrozenTrial | None:
     """Claim ``key`` for ``trial``; the finished trial whose result it should take, or None to train.
 
     Args:
         trial: The running trial, about to train.
         key: Its :func:`training_key`.
         poll_s: Seconds between looks at the study while waiting.
-        settle_s: Longest wait for a RUNNING trial that has not published its key.
         recover_s: Seconds between attempts to fail the trials of dead workers while waiting.
 
     Returns:
-        The COMPLETE or PRUNED owner of ``key``, or None if this trial owns it.
+        The COMPLETE or PRUNED trial that trained ``key``, or None if this trial holds the claim.
     """
-    study = trial.study
-    tickets = [t for t in map(_ticket, study.get_trials(deepcopy=False)) if t is not None]
-    mine = (1 + max(tickets, default=0), trial.number)
-    trial.set_user_attr(TRAINING_KEY_ATTR, {"key": key, "ticket": mine[0]})
-    start = last_recovery = time.monotonic()
+    study, claims, name = trial.study, _claims(trial.study), TRAIN_CLAIM + key
+    trial.set_user_attr(TRAINING_KEY_ATTR, {"key": key})
+
+    def gone(holder: Holder) -> bool:  # its trial failed (raised, or failed for a dead worker) or is queued again
+        trials = study.get_trials(deepcopy=False)
+        number = int(holder.note) if holder.note.isdigit() else -1
+        return not 0 <= number < len(trials) or trials[number].state in (TrialState.FAIL, TrialState.WAITING)
+
+    last_recovery, announced = time.monotonic(), None
     while True:
-        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        unsettled = any(t.state == TrialState.RUNNING and _ticket(t) is None for t in others)
-        if not (unsettled and time.monotonic() - start < settle_s):
-            ahead = [
-                t
-                for t in others
-                if t.state in _LIVE
-                and t.user_attrs.get(TRAINING_KEY_ATTR, {}).get("key") == key
-                and (_ticket(t) or 0, t.number) < mine
-            ]
-            if not ahead:
-                if trial.user_attrs.get(DUPLICATE_OF_ATTR) is not None:  # inherited by a retry of a duplicate
-                    trial.set_user_attr(DUPLICATE_OF_ATTR, None)
-                return None
-            owner = min(ahead, key=lambda t: (_ticket(t) or 0, t.number))
-            if owner.state != TrialState.RUNNING:
-                return owner
-        if time.monotonic() - last_recovery >= recover_s:  # a dead owner must fail for the next in line
+        original = _recorded(study.get_trials(deepcopy=False), key)
+        if original is None:
+            claim = claims.claim(
+                name, note=str(trial.number), gone=gone, doing=f"training the key of trial {trial.number}"
+            )
+            if claim.held:
+                original = _recorded(study.get_trials(deepcopy=False), key)  # looked at again, under the claim
+                if original is None:
+                    if trial.user_attrs.get(DUPLICATE_OF_ATTR) is not None:  # inherited by a retry of a duplicate
+                        trial.set_user_attr(DUPLICATE_OF_ATTR, None)
+                    return None
+        if original is not None:
+            if claims.generations(name):  # left by a holder killed after its result was recorded
+                claims.clear(name)
+            return original
+        if claim.holder != announced:
+            log.info(
+                "trial %d waits for trial %s (worker %s): same training key",
+                trial.number,
+                claim.holder.note,
+                claim.holder,
+            )
+            announced = claim.holder
+        if time.monotonic() - last_recovery >= recover_s:  # a dead holder's trial must fail for a takeover
             optuna.storages.fail_stale_trials(study)
             fail_abandoned_trials(study)
             last_recovery = time.monotonic()
         time.sleep(poll_s)
+
+
+def release_training_claims(study: optuna.Study) -> None:
+    """Delete the study's training claims no trial needs: the result is recorded, or this worker's trial ended.
+
+    Run after each trial: a result is recorded when the trial is told, after the objective returns.
+    """
+    claims = _claims(study)
+    keys = claims.keys(TRAIN_CLAIM)
+    if not keys:
+        return
+    trials, me = study.get_trials(deepcopy=False), worker_id()
+    for name in keys:
+        top = claims.top(name)
+        if _recorded(trials, name[len(TRAIN_CLAIM) :]) is not None:
+            claims.clear(name)
+        elif top is not None and top[1].worker == me and top[1].note.isdigit():
+            number = int(top[1].note)
+            if number < len(trials) and trials[number].state.is_finished():
+                claims.release(name, upto=top[0])
 
 
 def take_recorded(

@@ -55,6 +55,8 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 
+from blocknas.search.pause_points import pause_point
+
 from .masking import mask_url
 from .storage import StorageError, _local_pid, _pid_alive, worker_id
 
@@ -161,6 +163,7 @@ class Claims(ABC):
             if holder.worker != me.worker and self._read(self._name(key, generation + 1)) is None:
                 how = "died" if holder.worker and holder.alive() is False else "is gone,"
                 log.warning("worker %s %s %s; taking over", holder, how, doing or f"holding claim {name}")
+            pause_point("claim-takeover")  # a test's race window: judged gone, the next claim not made yet
             below, generation = holder, generation + 1
 
     def release(self, key: str, *, upto: int | None = None) -> None:
