@@ -33,6 +33,7 @@ from blocknas.search.latency import measure_latency
 from blocknas.search.latency_gate import default_gate
 from blocknas.search.pause_points import pause_point
 from blocknas.search.tracking import WORKER_ATTR, mask_url, worker_id
+from blocknas.search.tracking.faults import storage_fault
 from blocknas.search.tracking.names import (
     SCREEN_KEPT_SCORE_TAG,
     SCREEN_POOL_TAG,
@@ -149,7 +150,7 @@ class ScreenedObjective(Objective):
             trial.set_user_attr(FAIL_REASON_ATTR, INTERRUPTED)
             raise
         except Exception as exc:
-            trial.set_user_attr(FAIL_REASON_ATTR, mask_url(f"{type(exc).__name__}: {exc}"))
+            self._screening_failed(trial, exc)
             raise
         kept = _keep(candidates)
         trial.set_user_attr(SCREEN_PROXY_ATTR, proxy)
@@ -162,6 +163,17 @@ class ScreenedObjective(Objective):
             return super().__call__(trial)  # suggests the kept values: the trial's params are what it trains
         finally:
             sampler.forget(trial.number)
+
+    def _screening_failed(self, trial: Trial, exc: Exception) -> None:
+        """Say why the trial failed while screening; a storage fault also queues its retry (as the plain path)."""
+        fault = storage_fault(exc)
+        try:
+            if fault is not None:
+                retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
+            reason = f"StorageFault: {fault}" if fault is not None else f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr(FAIL_REASON_ATTR, mask_url(reason))
+        except Exception as error:  # the store that failed may take no write either
+            log.warning("trial %d: %s; could not record it (%s)", trial.number, exc, error)
 
     def run_labels(self, trial: Trial, arch: ArchConfig) -> tuple[str, dict[str, str]]:
         """The plain labels, and the trial's screening (also on a retry, which inherits it)."""
