@@ -1,4 +1,4 @@
-"""The claim primitive on both backends (an Optuna journal storage, a folder), with real processes,
+"""The claim primitive on both backends (Optuna storage: a journal file, PostgreSQL; a folder), with real processes,
 and the duplicate-training claim built on it."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -23,21 +24,24 @@ from blocknas.search.tracking import Claims, FileClaims, Holder, StudyClaims, op
 CHILD = """
 import sys
 from blocknas.search.tracking import FileClaims, StudyClaims, open_storage
-kind, path = sys.argv[1:3]
-claims = StudyClaims(open_storage(path), "s") if kind == "study" else FileClaims(path)
+kind, path, scope = sys.argv[1:4]
+claims = FileClaims(path) if kind == "file" else StudyClaims(open_storage(path), scope)
 claim = claims.claim("k")
 print("held" if claim.held else f"waiting {claim.holder}")
 """
 
 
-@pytest.fixture(params=["study", "file"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    return request.param, str(tmp_path / ("optuna.journal" if request.param == "study" else "claims"))
+@pytest.fixture(params=["journal", "postgres", "file"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str]:
+    """``(backend, storage URL or folder, study name)``; PostgreSQL's database is shared: a fresh study name."""
+    if request.param == "postgres":
+        return request.param, request.getfixturevalue("postgres_url"), f"s-{uuid.uuid4().hex[:8]}"
+    return request.param, str(tmp_path / ("claims" if request.param == "file" else "optuna.journal")), "s"
 
 
-def _claims(where: tuple[str, str]) -> Claims:
-    kind, path = where
-    return StudyClaims(open_storage(path), "s") if kind == "study" else FileClaims(path)
+def _claims(where: tuple[str, str, str]) -> Claims:
+    kind, path, scope = where
+    return FileClaims(path) if kind == "file" else StudyClaims(open_storage(path), scope)
 
 
 def _sign(claims: Claims, key: str, generation: int, worker: str, note: str = "") -> None:
@@ -56,7 +60,7 @@ def _stopped(process: subprocess.Popen[str]) -> bool:
     return Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
 
 
-def test_one_holder_a_live_one_is_waited_for_a_dead_one_taken_over(where: tuple[str, str]) -> None:
+def test_one_holder_a_live_one_is_waited_for_a_dead_one_taken_over(where: tuple[str, str, str]) -> None:
     claims = _claims(where)
     live = f"{socket.gethostname()}:{os.getppid()}"
     _sign(claims, "a", 0, live)
@@ -72,15 +76,16 @@ def test_one_holder_a_live_one_is_waited_for_a_dead_one_taken_over(where: tuple[
     assert claims.keys() == []
 
 
-def test_another_hosts_holder_is_gone_only_on_the_callers_evidence(where: tuple[str, str]) -> None:
+def test_another_hosts_holder_is_gone_only_on_the_callers_evidence(where: tuple[str, str, str]) -> None:
     claims = _claims(where)
     _sign(claims, "k", 0, "other-host:1", note="7")
     held = claims.claim("k").holder
     assert held is not None and held.note == "7" and held.alive() is None
     assert claims.claim("k", gone=lambda holder: holder.note == "7").held
+    claims.clear("k")
 
 
-def test_a_takeover_of_a_released_chain_is_withdrawn(where: tuple[str, str]) -> None:
+def test_a_takeover_of_a_released_chain_is_withdrawn(where: tuple[str, str, str]) -> None:
     """A taker stops (``$BLOCKNAS_PAUSE_AT=claim-takeover``) between finding claim 0's holder dead and
     making claim 1; meanwhile the chain is released and claim 0 made again by a live process. Continued,
     the taker must not hold claim 1 as well: it withdraws it and waits for the live holder. (Without the
@@ -102,6 +107,7 @@ def test_a_takeover_of_a_released_chain_is_withdrawn(where: tuple[str, str]) -> 
         taker.kill()
     assert out.split() == ["waiting", worker_id()], out
     assert claims.generations("k") == [0]
+    claims.clear("k")
 
 
 def test_a_failed_holders_training_claim_is_taken_over_and_the_result_taken(tmp_path: Path) -> None:

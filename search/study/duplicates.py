@@ -97,10 +97,10 @@ def find_original(trial: Trial, key: str, *, poll_s: float = 0.5, recover_s: flo
     study, claims, name = trial.study, _claims(trial.study), TRAIN_CLAIM + key
     trial.set_user_attr(TRAINING_KEY_ATTR, {"key": key})
 
-    def gone(holder: Holder) -> bool:  # its trial failed (raised, or failed for a dead worker) or is queued again
+    def gone(holder: Holder) -> bool:  # its trial failed: it raised, or its worker died (heartbeat, host:pid)
         trials = study.get_trials(deepcopy=False)
         number = int(holder.note) if holder.note.isdigit() else -1
-        return not 0 <= number < len(trials) or trials[number].state in (TrialState.FAIL, TrialState.WAITING)
+        return not 0 <= number < len(trials) or trials[number].state == TrialState.FAIL
 
     last_recovery, announced = time.monotonic(), None
     while True:
