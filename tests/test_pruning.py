@@ -154,10 +154,18 @@ def test_rungs_in_epochs_and_in_time() -> None:
         ({"objective": "accuracy", "pruner": "pareto_asha"}, "pruner: pareto_asha ranks accuracy against latency"),
         ({"pruner": "pareto_asha", "pruning": {"reduction_factor": 1}}, "pruning.reduction_factor: 1 must be >= 2"),
         ({"pruner": "pareto_asha", "pruning": {"min_epochs": 4}}, "pruning.min_epochs: 4 leaves no rung"),
-        ({"pruner": "median", "pruning": {"min_epochs": 2}}, "pruning: settings for pruner: pareto_asha"),
+        ({"pruner": "none", "pruning": {"min_epochs": 2}}, "pruning: settings for pruner: pareto_asha"),
         ({"pruner": "hyperband"}, "pruner: hyperband cannot prune a multi-objective study"),
+        ({"pruner": "median"}, "pruner: median cannot prune a multi-objective study"),
     ],
-    ids=["single_objective", "eta_below_2", "min_epochs_over_budget", "settings_without_the_pruner", "hyperband_multi"],
+    ids=[
+        "single_objective",
+        "eta_below_2",
+        "min_epochs_over_budget",
+        "settings_without_the_pruner",
+        "hyperband_multi",
+        "median_multi",
+    ],
 )
 def test_bad_settings_exit_2_and_write_nothing(
     settings: dict, message: str, bare_tmp_dir: Path, capsys: pytest.CaptureFixture[str]
@@ -175,6 +183,9 @@ def test_pruning_settings_parse_and_keep_the_old_pruner_strings() -> None:
     assert config.with_overrides(n_trials=3).pruning == config.pruning
     for name in ("median", "hyperband", "none"):
         assert parse(StudyConfig, {"name": "x", "objective": "accuracy", "pruner": name}).pruner == name
+    # auto (the default) is the pruner that can act: median on one objective, none on two
+    assert parse(StudyConfig, {"name": "x", "objective": "accuracy"}).pruner == "median"
+    assert parse(StudyConfig, {"name": "x"}).pruner == "none"
     with pytest.raises(ConfigError, match="latency_tie_rel"):
         PruningConfig(latency_tie_rel=1.5)
 

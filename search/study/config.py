@@ -116,8 +116,10 @@ class StudyConfig(StudyBase):
             this config file or the working directory).
         objective: ``multi`` (accuracy ↑, latency ↓) or ``accuracy`` (single objective,
             latency only as a constraint; Optuna's pruners work).
-        pruner: ``median`` | ``hyperband`` | ``none`` (Optuna's, single objective only) or
-            ``pareto_asha`` (multi objective only: Pareto-aware successive halving).
+        pruner: ``auto`` (default: ``median`` for a single objective, ``none`` for ``multi``),
+            ``median`` | ``hyperband`` (Optuna's, single objective only: refused with ``multi``,
+            where they would stop nothing), ``none``, or ``pareto_asha`` (multi objective only:
+            Pareto-aware successive halving).
         pruning: Settings of ``pareto_asha`` (:class:`PruningConfig`).
         seed: Seed of the sampler and of every trial's training (the same for all trials, so they
             compare fairly); later workers add their pid to the sampler's.
@@ -148,7 +150,7 @@ class StudyConfig(StudyBase):
     objective: Literal["multi", "accuracy"] = "multi"
     constraints: Constraints = Constraints()
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
-    pruner: Literal["median", "hyperband", "none", "pareto_asha"] = "median"
+    pruner: Literal["auto", "median", "hyperband", "none", "pareto_asha"] = "auto"
     pruning: PruningConfig = PruningConfig()
     seed: int = 0
     n_trials: int = 20
@@ -176,18 +178,20 @@ class StudyConfig(StudyBase):
         self._check_pruner()
 
     def _check_pruner(self) -> None:
-        """``pareto_asha`` needs the multi objective and a first rung inside the training budget; ``hyperband``
-        a single objective (it would prune nothing: ``median``, the default, is likewise inert on ``multi``)."""
+        """``auto`` resolves by objective; ``pareto_asha`` needs the multi objective and a first rung inside the
+        training budget; ``median`` and ``hyperband`` a single objective (they would prune nothing on ``multi``)."""
         if self.pruner == "pareto_asha" and self.objective != "multi":
             raise ConfigError(
                 "pareto_asha ranks accuracy against latency and needs objective: multi; a single-objective "
                 "study uses median, hyperband or none",
                 path="pruner",
             )
-        if self.pruner == "hyperband" and self.objective == "multi":
+        if self.pruner == "auto":
+            object.__setattr__(self, "pruner", "median" if self.objective == "accuracy" else "none")
+        if self.pruner in ("median", "hyperband") and self.objective == "multi":
             raise ConfigError(
-                "hyperband cannot prune a multi-objective study (Optuna's pruners need one objective), so it "
-                "would stop nothing; use pareto_asha (Pareto-aware successive halving) or none, or objective: "
+                f"{self.pruner} cannot prune a multi-objective study (Optuna's pruners need one objective), so "
+                "it would stop nothing; use pareto_asha (Pareto-aware successive halving) or none, or objective: "
                 "accuracy",
                 path="pruner",
             )
