@@ -131,3 +131,11 @@ def test_a_failed_holders_training_claim_is_taken_over_and_the_result_taken(tmp_
     original = find_original(third, "k")
     assert original is not None and original.number == waiter.number
     assert optuna.get_all_study_names(storage) == ["s"]
+    # a holder of this host whose process is gone: taken over at once, its trial still RUNNING
+    running = study.ask()
+    _sign(claims, "train:j", 0, _dead_worker(), note=str(running.number))
+    assert find_original(third, "j", poll_s=0.01) is None
+    assert claims.generations("train:j") == [0, 1]
+    study.tell(third, 0.7)
+    release_training_claims(study)
+    assert optuna.get_all_study_names(storage) == ["s"]
