@@ -40,6 +40,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _in_flags(exc: Exception, command: str) -> Exception:
+    """A changed study definition's ways on, worded as this command's flags."""
+    from blocknas.search.study.definition import ChangedDefinition
+
+    if not isinstance(exc, ChangedDefinition):
+        return exc
+    rename = "--name or name:" if command == "ablate" else "--study-name or name:"
+    return exc.worded(rename=rename, override="--allow-changed-definition")
+
+
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
     """The study's config file and the flags that say where the study lives (they override the file)."""
     parser.add_argument("--config", required=True, help="study YAML (e.g. configs/default.yaml)")
@@ -837,7 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fault is None and not isinstance(exc, _user_errors()):
             print(mask_url(traceback.format_exc()), file=sys.stderr)  # a bug: its traceback, but not the secrets
             return 1
-        print(mask_url(f"blocknas {args.command}: error: {fault or exc}"), file=sys.stderr)
+        print(mask_url(f"blocknas {args.command}: error: {fault or _in_flags(exc, args.command)}"), file=sys.stderr)
         return 2
 
 

@@ -27,7 +27,7 @@ from blocknas.search.study import (
     DEFINITION_ATTR,
     DUPLICATE_OF_ATTR,
     SEARCH_DEFINITION_ATTR,
-    definition_diff,
+    definition_changes,
     param_names_for,
 )
 from blocknas.search.tracking.attrs import WORKER_ATTR
@@ -154,10 +154,19 @@ def test_changed_definition_is_refused_with_the_diff(in_tmp_dir: Path, capsys: p
     assert len(_study().trials) == 3
 
 
-def test_definition_diff_names_key_paths() -> None:
-    old = {"settings": {"train": {"epochs": 1}}, "shape": {"stages": 2}}
-    new = {"settings": {"train": {"epochs": 3, "lr": 0.1}}, "shape": {"stages": 2}}
-    assert definition_diff(old, new) == ["train.epochs: 1 -> 3", "train.lr: '<unset>' -> 0.1"]
+def test_definition_changes_name_key_paths_and_tell_unknown_settings() -> None:
+    """The one diff of a stored definition (a search's and an ablation's): each key path with its old and new
+    value; a setting only one side knows is one-sided, a value that became a mapping is not."""
+    old = {"train": {"epochs": 4, "lr": 0.01, "ema": None}, "space": {"stages": 2}}
+    new = {"train": {"epochs": 3, "lr": 0.01, "ema": {"decay": 0.9}, "min_time_s": 0.25}, "space": {"stages": 2}}
+    changes = definition_changes(old, new)
+    assert [str(c) for c in changes] == [
+        "train.ema: None -> '<unset>'",
+        "train.ema.decay: '<unset>' -> 0.9",
+        "train.epochs: 4 -> 3",
+        "train.min_time_s: '<unset>' -> 0.25",
+    ]
+    assert [c.key for c in changes if c.one_sided] == ["train.min_time_s"]
 
 
 def _stopped(process: subprocess.Popen[str]) -> bool:

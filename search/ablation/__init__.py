@@ -6,7 +6,7 @@ The names scripts, benchmarks, tests and the docs import from here; the rest is 
 from __future__ import annotations
 
 from .budget_match import match_width, scale_widths, widths
-from .config import MAX_VARIANTS, AblationConfig, build_variants, definition_changes, load_ablation_config
+from .config import MAX_VARIANTS, AblationConfig, build_variants, load_ablation_config
 from .plan import cost_measure, make_plan
 from .runner import AblationResult, run_ablation
 from .stats import mean_std, paired_difference
@@ -19,7 +19,6 @@ __all__ = [
     "CellResult",
     "build_variants",
     "cost_measure",
-    "definition_changes",
     "factor_rows",
     "load_ablation_config",
     "make_plan",

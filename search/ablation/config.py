@@ -48,7 +48,6 @@ __all__ = [
     "Variant",
     "apply_level",
     "build_variants",
-    "definition_changes",
     "format_level",
     "load_ablation_config",
 ]
@@ -248,7 +247,8 @@ class AblationConfig(StudyBase):
         ``cells`` hashes what decides the variants and seeds (base, factors, design, seeds,
         budget match), ``variants`` the same without the seeds (a resume may add seeds to the
         same variants); ``settings`` keeps data, training and latency target as plain values,
-        so a resume can name a changed setting (see :func:`definition_changes`).
+        so a resume can name a changed setting
+        (see :func:`~blocknas.search.study.definition.definition_changes`).
         """
         plain = self.to_dict()
         variants = self._variants_key(base)
@@ -265,24 +265,6 @@ class AblationConfig(StudyBase):
 
 def _digest(data: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def definition_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """Compare two ``definition()["settings"]``: ``(changed, one_sided)`` key paths.
-
-    ``changed`` lists settings both know with different values (``train.epochs: 4 -> 3``);
-    ``one_sided`` lists keys only one side has: a newer or older blocknas added or removed a
-    setting, whose default then applies.
-    """
-    changed, one_sided = [], []
-    for section in sorted(set(stored) | set(current)):
-        old, new = stored.get(section, {}), current.get(section, {})
-        for key in sorted(set(old) | set(new)):
-            if key not in old or key not in new:
-                one_sided.append(f"{section}.{key}")
-            elif old[key] != new[key]:
-                changed.append(f"{section}.{key}: {old[key]!r} -> {new[key]!r}")
-    return changed, one_sided
 
 
 def load_ablation_config(path: str | Path) -> AblationConfig:

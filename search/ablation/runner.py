@@ -35,12 +35,13 @@ from blocknas.search.study import (
     trial_counts,
 )
 from blocknas.search.study.attrs import FIXED_PARAMS_ATTR
+from blocknas.search.study.definition import RENAME, changed_definition, definition_changes
 from blocknas.search.study.start import open_study_for_run
 from blocknas.search.study.tally import COUNTED_STATES, counts_toward_total, outcome
 from blocknas.search.tracking import KIND_TAG, StudyTracker, mask_config, mask_url
 from blocknas.search.tracking.claims import store_once
 
-from .config import AblationConfig, build_variants, definition_changes, format_level
+from .config import AblationConfig, build_variants, format_level
 from .plan import PlannedVariant, make_plan, plan_from_json, plan_to_json
 from .tables import (
     CellResult,
@@ -53,11 +54,21 @@ from .tables import (
     variants_csv,
 )
 
-__all__ = ["ABLATION_KIND", "AblationObjective", "AblationResult", "collect_cells", "run_ablation"]
+__all__ = [
+    "ABLATION_KIND",
+    "LEVELS_PLOT_FILE",
+    "REPORT_FILE",
+    "AblationObjective",
+    "AblationResult",
+    "collect_cells",
+    "run_ablation",
+]
 
 log = logging.getLogger(__name__)
 
 ABLATION_KIND = "ablation"  # the KIND_TAG of an ablation's MLflow parent run (the report tells it by this)
+REPORT_FILE = "report.md"  # the ablation's report in its report folder (a study report of the ablation embeds it)
+LEVELS_PLOT_FILE = "accuracy_vs_latency.png"  # the report's figure, beside it
 
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
@@ -191,14 +202,13 @@ def _check_definition(
     where = f"study {config.name!r} in {mask_url(config.storage_url)}"
     if not isinstance(stored, dict) or not {"cells", "variants", "seed_batches", "settings"} <= set(stored):
         raise ConfigError(f"{where} exists but is not an ablation; use another name", path="name", source=config.source)
+    changes = definition_changes(stored["settings"], current["settings"])
+    if changed := [c for c in changes if not c.one_sided]:
+        ways_on = f"Restore those settings to resume it, or give the ablation a new name ({RENAME}) to start another"
+        raise changed_definition(where, changed, ways_on, source=config.source)
+    if one_sided := [c for c in changes if c.one_sided]:
+        log.warning("settings known to only one blocknas version, defaults apply: %s", "; ".join(map(str, one_sided)))
     advice = "use another name to start a new ablation, or restore the original config to resume"
-    changed, one_sided = definition_changes(stored["settings"], current["settings"])
-    if changed:
-        raise ConfigError(
-            f"{where} was started with other settings ({'; '.join(changed)}); {advice}", source=config.source
-        )
-    if one_sided:
-        log.warning("settings known to only one blocknas version, defaults apply: %s", ", ".join(one_sided))
     batches = [tuple(b) for b in stored["seed_batches"]]
     if stored["cells"] == current["cells"]:
         return batches
@@ -321,7 +331,7 @@ def _finish(
     folder = config.report_dir
     folder.mkdir(parents=True, exist_ok=True)
     texts = {
-        "report.md": markdown,
+        REPORT_FILE: markdown,
         "factors.csv": factors_csv(tables, metric),
         "variants.csv": variants_csv(plan, cells, metric),
         "cells.csv": cells_csv(cells),
@@ -330,7 +340,7 @@ def _finish(
     for name, text in texts.items():
         (folder / name).write_text(mask_url(text))
         files.append(folder / name)
-    files.append(plot_levels(tables, folder / "accuracy_vs_latency.png", f"{config.name}: accuracy vs latency"))
+    files.append(plot_levels(tables, folder / LEVELS_PLOT_FILE, f"{config.name}: accuracy vs latency"))
     for path in files:
         tracker.log_file(parent, path, "report")
     finished = sum(c.state in DONE for c in cells)

@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from blocknas.search.ablation.runner import ABLATION_KIND
+from blocknas.search.ablation.runner import ABLATION_KIND, LEVELS_PLOT_FILE, REPORT_FILE
 from blocknas.search.latency.measure import LATENCY_P90_METRIC
 from blocknas.search.markdown import md_code, md_link, md_text
 from blocknas.search.study import LATENCY_ATTR, FrontRow, Validation, front_rows, front_trials, rung_table
@@ -70,8 +70,6 @@ log = logging.getLogger(__name__)
 DEFAULT_UI_BASE = "http://127.0.0.1:5000"
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "summary.md"
-# Written by the ablation runner (search/ablation.py) into the same report folder.
-ABLATION_FILES = ("report.md", "accuracy_vs_latency.png")
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,7 @@ def write_report(
     md_path = folder / MARKDOWN_NAME
     md_path.write_text(markdown)
     html_path = folder / HTML_NAME
-    images = {path.name: path for path in [*figures, folder / ABLATION_FILES[1]]}  # only what the report drew
+    images = {path.name: path for path in [*figures, folder / LEVELS_PLOT_FILE]}  # only what the report drew
     html_path.write_text(markdown_to_html(sections, title=f"blocknas report: {study.study_name}", images=images))
     files = [html_path, md_path, *figures]
     if tracker is not None and runs.parent_id:
@@ -194,7 +192,7 @@ def _fetch_ablation_files(folder: Path, tracker: StudyTracker | None, parent_id:
     """Bring the ablation's own report files into ``folder`` from the parent run when not already there."""
     if tracker is None or parent_id is None:
         return
-    for name in ABLATION_FILES:
+    for name in (REPORT_FILE, LEVELS_PLOT_FILE):
         if (folder / name).is_file():
             continue
         try:
@@ -240,7 +238,7 @@ def _sections(
         proxy_section(trials),
         *validation_section(runs.validations),
     ]
-    if _is_ablation(runs) and (folder / ABLATION_FILES[0]).is_file():
+    if _is_ablation(runs) and (folder / REPORT_FILE).is_file():
         sections.append(_ablation_section(folder))
     sections += [_settings_section(study, runs), _fingerprint_section(study, runs)]
     return sections, figures
@@ -421,10 +419,10 @@ def _progress_section(study: optuna.Study, hv: Hypervolume | None) -> str:
 
 def _ablation_section(folder: Path) -> str:
     """The ablation's own report, headings moved one level down, with its figure."""
-    text = (folder / ABLATION_FILES[0]).read_text()
+    text = (folder / REPORT_FILE).read_text()
     demoted = re.sub(r"^(#{1,5}) ", r"#\1 ", text, flags=re.MULTILINE)
     figure = (
-        f"\n![ablation: accuracy vs latency]({ABLATION_FILES[1]})\n" if (folder / ABLATION_FILES[1]).is_file() else ""
+        f"\n![ablation: accuracy vs latency]({LEVELS_PLOT_FILE})\n" if (folder / LEVELS_PLOT_FILE).is_file() else ""
     )
     return demoted.rstrip() + "\n" + figure
 

@@ -23,7 +23,7 @@ from .attrs import (
     TRAINING_KEY_ATTR,
 )
 from .config import Constraints, StudyConfig, load_study_config
-from .definition import definition_diff, definition_settings, param_names_for
+from .definition import definition_changes, definition_settings, param_names_for
 from .objective import Objective
 from .pareto import FrontRow, draw_front, export_front, front_rows, front_trials
 from .pruning import (
@@ -87,7 +87,7 @@ __all__ = [
     "Validation",
     "available_cores",
     "crowding_distances",
-    "definition_diff",
+    "definition_changes",
     "definition_settings",
     "draw_front",
     "export_front",

@@ -24,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -41,11 +42,25 @@ from .attrs import DEFINITION_ATTR as ABLATION_DEFINITION_ATTR
 from .attrs import SEARCH_DEFINITION_ATTR
 from .config import StudyConfig
 
-__all__ = ["check_search_definition", "definition_diff", "definition_settings", "param_names_for", "search_definition"]
+__all__ = [
+    "OVERRIDE",
+    "RENAME",
+    "ChangedDefinition",
+    "SettingChange",
+    "changed_definition",
+    "check_search_definition",
+    "definition_changes",
+    "definition_settings",
+    "param_names_for",
+    "search_definition",
+]
 
 log = logging.getLogger(__name__)
 
-ALLOW_FLAG = "--allow-changed-definition"
+# Placeholders for the ways on that a front end words in its own terms (see :meth:`ChangedDefinition.worded`).
+RENAME = "<rename>"  # how to give the study a new name
+OVERRIDE = "<override>"  # how to continue the study anyway
+_UNSET = "<unset>"
 # training settings that change neither results nor their meaning (threads: only the last bits)
 _NEUTRAL_TRAIN_KEYS = ("threads", "eval_batch_size")
 # where latencies are measured, not what they mean: the device itself is checked by its fingerprint (.device)
@@ -91,16 +106,79 @@ def search_definition(config: StudyConfig, space: SearchSpace) -> dict[str, Any]
     return _json({"settings": settings, "shape": shape, "choices": choices})
 
 
-def definition_diff(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key.path: old -> new`` for every setting or shape value that differs (``<unset>`` if absent)."""
-    old = flatten({"space": stored.get("shape", {}), **stored.get("settings", {})})
-    new = flatten({"space": current.get("shape", {}), **current.get("settings", {})})
-    missing = "<unset>"
+@dataclass(frozen=True)
+class SettingChange:
+    """One key path whose value differs between a stored definition and this run's."""
+
+    key: str
+    old: Any = _UNSET  # _UNSET: only the other side has the key
+    new: Any = _UNSET
+    one_sided: bool = False  # only one side knows the setting: a newer or older blocknas added or removed it
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.old!r} -> {self.new!r}"
+
+
+def definition_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[SettingChange]:
+    """Every key path whose value differs between two definitions (nested plain data), in key order.
+
+    A search compares its settings and space shape, an ablation its settings; both refuse a
+    resume with :func:`changed_definition`. A key absent on one side shows ``<unset>`` there; it is
+    :attr:`~SettingChange.one_sided` unless that side has a key above or below it.
+    """
+    old, new = flatten(stored), flatten(current)
     return [
-        f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}"
+        SettingChange(key, old.get(key, _UNSET), new.get(key, _UNSET), not (_knows(old, key) and _knows(new, key)))
         for key in sorted(set(old) | set(new))
-        if old.get(key, missing) != new.get(key, missing)
+        if old.get(key, _UNSET) != new.get(key, _UNSET)
     ]
+
+
+def _knows(flat: Mapping[str, Any], key: str) -> bool:
+    """Whether ``flat`` has ``key``, or a key above or below it (a value that became a mapping, or stopped being one)."""
+    return any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in flat)
+
+
+class ChangedDefinition(ConfigError):
+    """A study resumed with another definition than the one it stored.
+
+    Its message names the ways on through the :data:`RENAME` and :data:`OVERRIDE` placeholders,
+    in the library's terms by default (``name:``, ``allow_changed_definition=True``); a front end
+    words them in its own with :meth:`worded` (the CLI: its flags).
+    """
+
+    def __init__(
+        self,
+        template: str,
+        *,
+        path: str = "",
+        source: str | None = None,
+        rename: str = "name:",
+        override: str = "allow_changed_definition=True",
+    ) -> None:
+        self.template = template
+        super().__init__(template.replace(RENAME, rename).replace(OVERRIDE, override), path=path, source=source)
+
+    def worded(self, *, rename: str, override: str) -> ChangedDefinition:
+        """The same error with the ways on in other words."""
+        return ChangedDefinition(self.template, path=self.path, source=self.source, rename=rename, override=override)
+
+
+def changed_definition(
+    where: str, changes: Sequence[SettingChange], ways_on: str, *, source: str | None = None
+) -> ChangedDefinition:
+    """The one error for a resume whose definition changed: each key path with its old and new value, then
+    ``ways_on`` (what the user may do; it may hold :data:`RENAME` and :data:`OVERRIDE`)."""
+    return ChangedDefinition(
+        f"{where} was defined with other settings, so its trials would not compare with new ones: "
+        f"{'; '.join(map(str, changes))}. {ways_on}",
+        source=source,
+    )
+
+
+def _compared(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a search definition a resume must keep: its settings and its space's shape (as ``space``)."""
+    return {"space": definition.get("shape", {}), **definition.get("settings", {})}
 
 
 def _digest(choices: list[Any]) -> str:
@@ -156,14 +234,15 @@ def check_search_definition(
         study: The study just created or loaded.
         config: The config being run.
         space: Its space.
-        allow_changed: Continue a study whose settings changed (``--allow-changed-definition``):
-            the change is logged and the stored settings become the current ones.
+        allow_changed: Continue a study whose settings changed: the change is logged and the
+            stored settings become the current ones.
 
     Returns:
         The parameter names to sample with (:func:`param_names_for`).
 
     Raises:
-        ConfigError: The study was defined with other settings or another space shape, or is an ablation.
+        ChangedDefinition: The study was defined with other settings or another space shape.
+        ConfigError: The study is an ablation.
     """
     current = search_definition(config, space)
     where = f"study {config.name!r} in {mask_url(config.storage_url)}"
@@ -171,19 +250,18 @@ def check_search_definition(
     stored = store_once(study, storage, SEARCH_DEFINITION_ATTR, current, unless=(ABLATION_DEFINITION_ATTR,))
     if stored is None:
         raise ConfigError(f"{where} is an ablation, not a search; use another name", path="name", source=config.source)
-    changes = definition_diff(stored, current)
+    changes = definition_changes(_compared(stored), _compared(current))
     if changes and not allow_changed:
-        raise ConfigError(
-            f"{where} was defined with other settings, so its trials would not compare with new ones: "
-            f"{'; '.join(changes)}. Restore those settings to resume it, give the study a new name "
-            f"(--study-name or name:) to start another, or pass {ALLOW_FLAG} to continue it anyway",
-            source=config.source,
+        ways_on = (
+            f"Restore those settings to resume it, give the study a new name ({RENAME}) to start another, "
+            f"or pass {OVERRIDE} to continue it anyway"
         )
+        raise changed_definition(where, changes, ways_on, source=config.source)
     first_seen = stored.get("choices", {})
     grown = {k: v for k, v in current["choices"].items() if k not in first_seen}
     if changes or grown:
         if changes:
-            log.warning("%s continues with changed settings: %s", where, "; ".join(changes))
+            log.warning("%s continues with changed settings: %s", where, "; ".join(map(str, changes)))
         study.set_user_attr(SEARCH_DEFINITION_ATTR, {**current, "choices": {**grown, **first_seen}})
     names = param_names_for(space, first_seen, _used_choices(study))
     if names:

@@ -5,7 +5,7 @@ first worker stores the :class:`~blocknas.search.latency.device.LatencyDevice` (
 agent's address or the table's path, the table's calibration accuracy) as the study user
 attribute :data:`~.attrs.LATENCY_DEVICE_ATTR` and as ``latency.device*`` tags on the parent
 run; the summary and the report name it. A worker or resume whose agent or table is another
-device is refused (exit 2) unless ``--allow-changed-definition``. Local measurements are
+device is refused (exit 2) unless the change is allowed (``allow_changed``). Local measurements are
 recorded but not enforced: workers on several machines are allowed, and the report counts
 the trials per fingerprint.
 """
@@ -17,12 +17,11 @@ from typing import Any
 
 import optuna
 
-from blocknas.blocks import ConfigError
 from blocknas.search.latency.device import LatencyDevice
 from blocknas.search.tracking import StudyTracker, mask_url
 
 from .attrs import LATENCY_DEVICE_ATTR
-from .definition import ALLOW_FLAG
+from .definition import OVERRIDE, ChangedDefinition
 
 __all__ = ["check_device", "device_tags", "device_text", "record_device", "study_device"]
 
@@ -36,16 +35,16 @@ def check_device(study: optuna.Study, device: LatencyDevice, *, allow_changed: b
     """Refuse an agent or table that is another device than the one the study's latencies come from.
 
     Raises:
-        ConfigError: The fingerprints differ (nothing is written), unless ``allow_changed``.
+        ChangedDefinition: The fingerprints differ (nothing is written), unless ``allow_changed``.
     """
     stored = study_device(study)
     if stored is None or allow_changed or device.source == "local" or stored["fingerprint_id"] == device.fingerprint_id:
         return
-    raise ConfigError(
+    raise ChangedDefinition(
         f"study {study.study_name!r} measured its latencies on {stored['fingerprint'].get('cpu_model', '?')} "
         f"(fingerprint {stored['fingerprint_id']}, {stored['source']} {mask_url(stored.get('where', ''))}), but this "
         f"run's {device.source} is {device.name}: its latencies and budget would not compare. Point latency at that "
-        f"device, use another study name, or pass {ALLOW_FLAG}",
+        f"device, use another study name, or pass {OVERRIDE}",
         path=f"latency.{device.source}",
     )
 
