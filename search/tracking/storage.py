@@ -181,6 +181,26 @@ class _LocalLivenessRDBStorage(optuna.storages.RDBStorage):
         stale = super()._get_stale_trial_ids(study_id)
         return [i for i in stale if not _alive_here(self.get_trial(i).user_attrs.get(WORKER_ATTR))]
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Optuna's heartbeat, which a lost database connection does not end.
+
+        Optuna's heartbeat thread calls this with no exception handling of its own: one failed
+        heartbeat (a database restarting, a network blip) killed the thread with a traceback,
+        and the worker trained on unheard, so a worker on another host failed the live trial as
+        stale and trained it again. A failed heartbeat is logged and the next one tried at the
+        next interval; a fault that lasts is the main thread's to report, at its next write.
+        """
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            log.warning("could not record trial %d's heartbeat (%s); trying again", trial_id, _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's first line, with its cause's (Optuna's StorageInternalError says little itself), masked."""
+    text = " ".join(str(e).strip().splitlines()[0] for e in (exc, exc.__cause__) if e is not None and str(e).strip())
+    return mask_url(f"{type(exc).__name__}: {text}")
+
 
 SCHEMA_RACE_ATTEMPTS = 5
 SCHEMA_RACE_WAIT_S = 0.2  # times the attempt, with jitter so the losers do not collide again
