@@ -89,23 +89,11 @@ def rank_agreement(
     Raises:
         ValueError: the two sequences differ in length, or hold fewer than 3 networks.
     """
-    x, y = np.asarray(estimate, dtype=float), np.asarray(truth, dtype=float)
-    if len(x) != len(y) or len(x) < 3:
-        raise ValueError(f"need two equally long sequences of >= 3 values, got {len(x)} and {len(y)}")
-
-    n = len(x)
-    rng = np.random.default_rng(seed)
-    samples = np.vstack([np.arange(n), rng.integers(0, n, (n_boot, n))])  # row 0: the point estimate
-    measures = np.column_stack(
-        [
-            _kendall_tau_b(x[samples], y[samples]),
-            _spearman(x[samples], y[samples]),
-            _top_overlaps(x[samples], y[samples], fraction),
-        ]
+    xs, ys = _resampled(estimate, truth, n_boot=n_boot, seed=seed)
+    tau, rho, overlap = (
+        _interval(values) for values in (_kendall_tau_b(xs, ys), _spearman(xs, ys), _top_overlaps(xs, ys, fraction))
     )
-    low, high = np.percentile(measures[1:], [2.5, 97.5], axis=0)
-    tau, rho, overlap = (Interval(float(p), float(lo), float(hi)) for p, lo, hi in zip(measures[0], low, high))
-    return Agreement(n, tau, rho, overlap, fraction=fraction)
+    return Agreement(xs.shape[1], tau, rho, overlap, fraction=fraction)
 
 
 def matched_tau(
@@ -128,23 +116,12 @@ def matched_tau(
     Raises:
         ValueError: the sequences differ in length, hold fewer than 3 networks, or ``given`` is not positive.
     """
-    x, y, z = (np.asarray(v, dtype=float) for v in (estimate, truth, given))
-    if not len(x) == len(y) == len(z) or len(x) < 3:
-        raise ValueError(f"need three equally long sequences of >= 3 values, got {len(x)}, {len(y)}, {len(z)}")
-    if not np.all(z > 0):
+    if not np.all(np.asarray(given, dtype=float) > 0):
         raise ValueError("given must be positive (it is compared by ratio)")
-    n = len(x)
-    rng = np.random.default_rng(seed)
-    samples = np.vstack([np.arange(n), rng.integers(0, n, (n_boot, n))])  # row 0: the point estimate
-    xs, ys, logs = x[samples], y[samples], np.log(z)[samples]
-    close = np.abs(logs[:, :, None] - logs[:, None, :]) <= math.log1p(tolerance)
-    sx = np.sign(xs[:, :, None] - xs[:, None, :]) * close
-    sy = np.sign(ys[:, :, None] - ys[:, None, :]) * close
-    untied = np.sqrt(np.abs(sx).sum(axis=(1, 2)) * np.abs(sy).sum(axis=(1, 2)))
-    values = np.divide((sx * sy).sum(axis=(1, 2)), untied, out=np.zeros(len(xs)), where=untied > 0)
-    low, high = np.percentile(values[1:], [2.5, 97.5])
-    pairs = int(close[0].sum() - n) // 2
-    return Interval(float(values[0]), float(low), float(high)), pairs
+    xs, ys, logs = _resampled(estimate, truth, np.log(np.asarray(given, dtype=float)), n_boot=n_boot, seed=seed)
+    within = math.log1p(tolerance)
+    pairs = int((np.abs(logs[0, :, None] - logs[0, None, :]) <= within).sum() - logs.shape[1]) // 2
+    return _interval(_kendall_tau_b(xs, ys, near=(logs, within))), pairs
 
 
 def tau_difference(
@@ -163,25 +140,46 @@ def tau_difference(
     Raises:
         ValueError: the sequences differ in length, or hold fewer than 3 networks.
     """
-    x, b, y = (np.asarray(v, dtype=float) for v in (estimate, baseline, truth))
-    if not len(x) == len(b) == len(y) or len(x) < 3:
-        raise ValueError(f"need three equally long sequences of >= 3 values, got {len(x)}, {len(b)}, {len(y)}")
-    n = len(x)
-    rng = np.random.default_rng(seed)
-    samples = np.vstack([np.arange(n), rng.integers(0, n, (n_boot, n))])  # row 0: the point estimate
-    values = _kendall_tau_b(x[samples], y[samples]) - _kendall_tau_b(b[samples], y[samples])
+    xs, bs, ys = _resampled(estimate, baseline, truth, n_boot=n_boot, seed=seed)
+    return _interval(_kendall_tau_b(xs, ys) - _kendall_tau_b(bs, ys))
+
+
+def _resampled(*sequences: Sequence[float], n_boot: int, seed: int) -> list[np.ndarray]:
+    """Each sequence as rows of bootstrap samples over networks, row 0 the sample itself (the point estimate).
+
+    Raises:
+        ValueError: the sequences differ in length, or hold fewer than 3 networks.
+    """
+    arrays = [np.asarray(v, dtype=float) for v in sequences]
+    lengths = [len(a) for a in arrays]
+    if len(set(lengths)) != 1 or lengths[0] < 3:
+        raise ValueError(f"need equally long sequences of >= 3 values, got lengths {lengths}")
+    n = lengths[0]
+    samples = np.vstack([np.arange(n), np.random.default_rng(seed).integers(0, n, (n_boot, n))])
+    return [a[samples] for a in arrays]
+
+
+def _interval(values: np.ndarray) -> Interval:
+    """Row 0 as the point value, the 2.5 and 97.5 percentiles of the other rows as the interval."""
     low, high = np.percentile(values[1:], [2.5, 97.5])
     return Interval(float(values[0]), float(low), float(high))
 
 
-def _kendall_tau_b(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Kendall's τ-b of each row pair (as ``scipy.stats.kendalltau``), 0 where a row is constant."""
+def _kendall_tau_b(xs: np.ndarray, ys: np.ndarray, near: tuple[np.ndarray, float] | None = None) -> np.ndarray:
+    """Kendall's τ-b of each row pair (as ``scipy.stats.kendalltau``), 0 where a row is constant.
+
+    ``near=(zs, within)`` counts only the pairs whose ``zs`` values differ by at most ``within``.
+    """
     chunk = max(1, 4_000_000 // xs.shape[1] ** 2)  # rows at a time: bounded pairwise-sign matrices
     taus = np.zeros(len(xs))
     for start in range(0, len(xs), chunk):
         part = slice(start, start + chunk)
         sx = np.sign(xs[part, :, None] - xs[part, None, :])
         sy = np.sign(ys[part, :, None] - ys[part, None, :])
+        if near is not None:
+            zs, within = near
+            close = np.abs(zs[part, :, None] - zs[part, None, :]) <= within
+            sx, sy = sx * close, sy * close
         untied = np.sqrt(np.abs(sx).sum(axis=(1, 2)) * np.abs(sy).sum(axis=(1, 2)))
         np.divide((sx * sy).sum(axis=(1, 2)), untied, out=taus[part], where=untied > 0)
     return taus
