@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""The sampler, by evidence: tpe, nsga2, random and gp on the default study at equal wall time, by hypervolume.
+"""The sampler, by evidence: tpe, nsga2, random and gp on the default study at equal budget, by hypervolume.
 
-    python benchmarks/samplers.py [--timeout-s 360] [--seeds 5] [--jobs 1] [--samplers tpe nsga2 random gp]
+    python benchmarks/samplers.py [--timeout-s 360 | --n-trials 30] [--seeds 5] [--jobs 1] [--samplers tpe nsga2 random gp]
     python benchmarks/samplers.py --report-only        # the table again from the rows
 
 Each sampler × seed runs the study (``--config``, default ``configs/default.yaml``) in a fresh folder with
 ``sampler`` and ``seed`` set, no trial limit and ``timeout_s`` = ``--timeout-s``: every run gets the same
-wall time (a trial in progress at the timeout still finishes). One JSON line per run is appended to
+wall time (a trial in progress at the timeout still finishes). On a shared machine whose load changes
+during the benchmark, equal wall time is not an equal budget (a run beside a test suite gets a third of
+the trials of one beside nothing): ``--n-trials N`` gives every run the same N trials instead and
+reports each run's wall time. One JSON line per run is appended to
 ``results/samplers.rows.jsonl``: a rerun skips the runs it holds, so a killed benchmark resumes. ``--jobs 2``
 runs two at once (one worker each; the latency gate pauses the other's training while one measures).
 
@@ -35,6 +38,7 @@ from typing import Any
 
 import optuna
 import yaml
+from scipy import stats
 
 from blocknas.blocks import ArchConfig
 from blocknas.search.report import hypervolume_2d, is_feasible
@@ -54,8 +58,13 @@ def git_commit() -> str:
     return (head.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
 
 
-def run_key(row: dict[str, Any]) -> tuple[str, str, int, float]:
-    return row["config"], row["sampler"], int(row["seed"]), float(row["timeout_s"])
+def run_key(row: dict[str, Any]) -> tuple[str, str, int, str]:
+    return row["config"], row["sampler"], int(row["seed"]), budget_of(row)
+
+
+def budget_of(row: dict[str, Any]) -> str:
+    """``30 trials`` (equal trials) or ``360 s`` (equal wall time)."""
+    return f"{row['n_trials']} trials" if row.get("n_trials") else f"{float(row['timeout_s']):g} s"
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -72,8 +81,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run_one(config_path: Path, sampler: str, seed: int, timeout_s: float, work: Path) -> dict[str, Any]:
-    """One study with ``sampler`` and ``seed`` for ``timeout_s``, in a fresh folder; its row."""
+def run_one(
+    config_path: Path, sampler: str, seed: int, timeout_s: float | None, n_trials: int | None, work: Path
+) -> dict[str, Any]:
+    """One study with ``sampler`` and ``seed`` for ``n_trials`` trials or ``timeout_s`` seconds, in a fresh folder."""
     config = load_study_config(config_path)
     name = f"{config.name}-{sampler}-s{seed}"
     folder = work / name
@@ -81,7 +92,12 @@ def run_one(config_path: Path, sampler: str, seed: int, timeout_s: float, work: 
     folder.mkdir(parents=True)
     plain = config.to_dict()
     plain.update(
-        name=name, space=config.space_path(), sampler=sampler, seed=seed, n_trials=MAX_TRIALS, timeout_s=timeout_s
+        name=name,
+        space=config.space_path(),
+        sampler=sampler,
+        seed=seed,
+        n_trials=n_trials or MAX_TRIALS,
+        timeout_s=None if n_trials else timeout_s,
     )
     plain.update(storage=None, tracking_uri=None, runs_dir="runs", export_dir="discovered")
     (folder / "study.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
@@ -104,7 +120,8 @@ def run_one(config_path: Path, sampler: str, seed: int, timeout_s: float, work: 
         "config": _shown(config_path),
         "sampler": sampler,
         "seed": seed,
-        "timeout_s": timeout_s,
+        "timeout_s": None if n_trials else timeout_s,
+        "n_trials": n_trials,
         "wall_s": wall,
         "trials": trial_counts(study)[0],
         "points": [
@@ -120,6 +137,15 @@ def run_one(config_path: Path, sampler: str, seed: int, timeout_s: float, work: 
         "commit": git_commit(),
         "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
     }
+
+
+def _versus(values: list[float], baseline: list[float]) -> str:
+    """Mean difference from the baseline's runs with a Welch 95 % interval (unpaired: seeds share nothing but baselines)."""
+    if len(values) < 2 or len(baseline) < 2:
+        return "—"
+    test = stats.ttest_ind(values, baseline, equal_var=False)
+    low, high = test.confidence_interval(0.95)
+    return f"{statistics.fmean(values) - statistics.fmean(baseline):+.3g} [{low:+.3g}, {high:+.3g}]"
 
 
 def _shown(path: Path) -> str:
@@ -165,23 +191,24 @@ def report(rows: list[dict[str, Any]], truth: dict[str, float], *, truth_path: P
                 "covered": len({p["arch_hash"] for p in r["points"] if p["arch_hash"] in truth}),
                 "networks": len({p["arch_hash"] for p in r["points"]}),
                 "trials": r["trials"],
+                "wall_s": r["wall_s"],
             }
         )
     configs = sorted({r["config"] for r in rows})
-    timeouts = sorted({r["timeout_s"] for r in rows})
+    budgets = sorted({budget_of(r) for r in rows})
     commits = sorted({r["commit"] for r in rows})
     lines = [
         "# Samplers at equal wall time",
         "",
         f"`python benchmarks/samplers.py`: config {', '.join(f'`{c}`' for c in configs)}, "
-        f"{', '.join(f'{t:g}' for t in timeouts)} s of trials per run, one worker per run; commits "
+        f"{', '.join(budgets)} per run, one worker per run; commits "
         f"{', '.join(f'`{c}`' for c in commits)}; {len(rows)} runs. Hypervolume of each run's complete trials "
         f"in (accuracy ↑, latency ↓), reference point accuracy 0 and {reference[1]:.4g} ms "
         f"({REFERENCE_LATENCY_FACTOR} × the slowest latency of any run), in accuracy × ms.",
         "",
-        "| sampler | seeds | trials per run (mean) | hypervolume mean ± sd | min – max "
-        "| ground-truth hypervolume mean (networks covered) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| sampler | seeds | trials per run (mean) | wall s per run (mean) | hypervolume mean ± sd | min – max "
+        "| Δ vs tpe [95 % CI, Welch] | ground-truth hypervolume mean (networks covered) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ranked = sorted(per_sampler.items(), key=lambda kv: -statistics.fmean(x["hv"] for x in kv[1]))
     for sampler, runs in ranked:
@@ -192,7 +219,10 @@ def report(rows: list[dict[str, Any]], truth: dict[str, float], *, truth_path: P
         truth_text = f"{statistics.fmean(truths):.4g} ({covered})" if truths else f"— ({covered})"
         lines.append(
             f"| {sampler} | {len(runs)} | {statistics.fmean(x['trials'] for x in runs):.1f} | "
-            f"{statistics.fmean(hvs):.4g} ± {sd:.2g} | {min(hvs):.4g} – {max(hvs):.4g} | {truth_text} |"
+            f"{statistics.fmean(x['wall_s'] for x in runs):.0f} | "
+            f"{statistics.fmean(hvs):.4g} ± {sd:.2g} | {min(hvs):.4g} – {max(hvs):.4g} | "
+            f"{_versus(hvs, [x['hv'] for x in per_sampler.get('tpe', [])]) if sampler != 'tpe' else '—'} | "
+            f"{truth_text} |"
         )
     lines += ["", "Per run (sampler, seed: hypervolume; ground truth):", ""]
     for sampler, runs in ranked:
@@ -215,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per sampler (default 5)")
     parser.add_argument("--timeout-s", type=float, default=360.0, help="wall time of each run's trials (default 360)")
+    parser.add_argument(
+        "--n-trials", type=int, default=None, help="equal trials instead of equal wall time (e.g. the study's 30)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--rows", default=str(RESULTS / "samplers.rows.jsonl"), help="the runs' JSON lines")
     parser.add_argument("--out", default=str(RESULTS / "samplers.md"), help="the Markdown table")
@@ -223,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="only write the table from the rows")
     args = parser.parse_args(argv)
     rows_path, config_path = Path(args.rows), Path(args.config).resolve()
+    budget = budget_of({"n_trials": args.n_trials, "timeout_s": args.timeout_s})
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         done = {run_key(r) for r in read_rows(rows_path)}
@@ -230,13 +264,13 @@ def main(argv: list[str] | None = None) -> int:
             (sampler, seed)
             for seed in range(args.seeds)
             for sampler in args.samplers
-            if (_shown(config_path), sampler, seed, args.timeout_s) not in done
+            if (_shown(config_path), sampler, seed, budget) not in done
         ]
-        print(f"{len(todo)} runs to do of {args.seeds * len(args.samplers)} ({args.timeout_s:g} s each)", flush=True)
+        print(f"{len(todo)} runs to do of {args.seeds * len(args.samplers)} ({budget} each)", flush=True)
         lock = threading.Lock()
 
         def job(sampler: str, seed: int) -> None:
-            row = run_one(config_path, sampler, seed, args.timeout_s, Path(args.workdir))
+            row = run_one(config_path, sampler, seed, args.timeout_s, args.n_trials, Path(args.workdir))
             with lock, rows_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{sampler} seed {seed}: {row['trials']} trials, {len(row['points'])} complete", flush=True)
@@ -244,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             for future in [pool.submit(job, sampler, seed) for sampler, seed in todo]:
                 future.result()
-    rows = [r for r in read_rows(rows_path) if r["config"] == _shown(config_path) and r["timeout_s"] == args.timeout_s]
+    rows = [r for r in read_rows(rows_path) if r["config"] == _shown(config_path) and budget_of(r) == budget]
     text = report(rows, ground_truth(Path(args.groundtruth)), truth_path=Path(args.groundtruth))
     Path(args.out).write_text(text)
     print(text)
