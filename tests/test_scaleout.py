@@ -352,6 +352,7 @@ def test_interrupt_fails_the_trial_cleanly_and_exits_130(tmp_path: Path, sig: si
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out[-2000:]
     assert "interrupted" in out
+    assert "Traceback" not in out, out[-3000:]  # one line says it: not Optuna's "Trial N failed" traceback
     trials = states(storage, "interrupt")
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]

@@ -34,6 +34,7 @@ from blocknas.search.study import load_study_config, retried_trials, trial_count
 from blocknas.search.tracking import STOPPED_TAG, StudyTracker, diagnose, open_storage
 from blocknas.search.tracking.attrs import PARENT_RUN_ATTR, RUN_ID_ATTR
 from blocknas.search.tracking.fault_proxy import CuttableProxy
+from blocknas.search.tracking.names import TRIAL_NUMBER_TAG
 
 from .conftest import quick_study, seed_mlflow_store
 
@@ -288,3 +289,22 @@ def _heartbeat_of(postgres_url: str, trial_id: int) -> datetime.datetime | None:
     with psycopg.connect(postgres_url) as conn:
         row = conn.execute("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = %s", (trial_id,)).fetchone()
     return None if row is None else row[0]
+
+
+def test_a_run_id_the_study_storage_refuses_leaves_no_running_run(tmp_path: Path, empty_mlflow_store: Path) -> None:
+    """The trial's run created, then the study storage refuses to record its id (a lost database did, between
+    the two: benchmarks/chaos.py's PostgreSQL cut): the run ends KILLED, not RUNNING forever, and the doctor
+    matches it to its failed trial by number. Before, the run stayed RUNNING and the doctor said the trial
+    points to run None."""
+    store = seed_mlflow_store(empty_mlflow_store, tmp_path)
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "runs" / "optuna.journal")), study_name="refused")
+    tracker = StudyTracker(f"sqlite:///{store}", "refused", runs_dir=tmp_path / "runs")
+    parent = tracker.ensure_parent(study, params={})
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)  # its worker's recovery failed it; its writes are refused from now on
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        tracker.start_child(parent, trial, "trial-0000", {TRIAL_NUMBER_TAG: "0"})
+    [run] = tracker.children(parent)
+    assert run.info.status == "KILLED"
+    diagnosis = diagnose(study, tracker)
+    assert diagnosis.ok, diagnosis.problems

@@ -283,11 +283,12 @@ def optimize_until_done(
 
 
 class _NoFaultTracebacks(logging.Filter):
-    """Drops Optuna's "Trial N failed" warning, a traceback, for a trial a storage fault cut short: the worker
-    stops and says it in one paragraph."""
+    """Drops Optuna's "Trial N failed" warning, a traceback, for a trial a storage fault or an interrupt (Ctrl-C,
+    SIGTERM) cut short: the worker stops and says it in one paragraph, or one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and record.exc_info[1] is not None and storage_fault(record.exc_info[1]))
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not (isinstance(exc, KeyboardInterrupt) or storage_fault(exc))
 
 
 def _failed_meanwhile(exc: BaseException | None) -> bool:

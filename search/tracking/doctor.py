@@ -107,7 +107,9 @@ def diagnose(study: optuna.Study, tracker: StudyTracker) -> Diagnosis:
             result.problems.append(f"trial {trial.number} ({trial.state.name}) has {len(runs)} MLflow child runs")
             continue
         run = runs[0]
-        if trial.user_attrs.get(RUN_ID_ATTR) != run.info.run_id:
+        unrecorded = trial.state == TrialState.FAIL and RUN_ID_ATTR not in trial.user_attrs
+        if trial.user_attrs.get(RUN_ID_ATTR) != run.info.run_id and not unrecorded:
+            # (unrecorded: its worker made the run, then lost the study storage or was killed before recording it)
             result.problems.append(
                 f"trial {trial.number} points to run {trial.user_attrs.get(RUN_ID_ATTR)}, child is {run.info.run_id}"
             )

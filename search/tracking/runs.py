@@ -377,7 +377,12 @@ class StudyTracker:
                 **tags,
             },
         )
-        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        try:
+            trial.set_user_attr(RUN_ID_ATTR, run_id)
+        except BaseException:  # the study storage lost or refused: the run would stay RUNNING, found by no one
+            with contextlib.suppress(Exception):
+                self.end_run(run_id, "KILLED")
+            raise
         return run_id
 
     def end_run(self, run_id: str, status: str) -> None:

@@ -193,7 +193,7 @@ class _LocalLivenessRDBStorage(optuna.storages.RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except Exception as exc:
-            log.warning("could not record trial %d's heartbeat (%s); trying again", trial_id, _first_line(exc))
+            log.warning("could not record the heartbeat of trial id %d (%s); trying again", trial_id, _first_line(exc))
 
 
 def _first_line(exc: BaseException) -> str:
