@@ -177,6 +177,37 @@ def test_an_error_ends_the_parent_run_failed(in_tmp_dir: Path, monkeypatch: pyte
     assert "stopped by an error (RuntimeError: the disk is full) at 0/3" in parent.data.tags[STOPPED_TAG]
 
 
+def test_the_summary_prints_names_as_typed(
+    in_tmp_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rich markup in a study name, a folder or an error message is printed as typed: not styled, not a
+    link, and no failed summary over a closing tag that opened nothing."""
+    from rich.console import Console
+
+    from blocknas.search.cli import main
+    from blocknas.search.report import print_search_summary
+    from blocknas.search.study import runner
+
+    monkeypatch.setenv("COLUMNS", "400")  # no line of the summary wrapped
+    name = "[red]x[link=file:passwd]y"  # a study name holds no '/'
+    folder = "[red]x[/red]/[link=file:///etc/passwd]y[/link]"
+    Path("study.yaml").write_text(yaml.safe_dump(quick_study(name, runs_dir=folder, export_dir=folder)))
+    assert main(["search", "--config", "study.yaml", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"Pareto front of {name} (1 trials)" in out
+    assert f"Exported:  {Path(folder, name)}/" in out and f"under {folder}/{name}/report/" in out
+
+    def broken(*args: object, **kwargs: object) -> bool:
+        raise OSError(f"cannot read {folder}/[/]")
+
+    monkeypatch.setattr(runner, "optimize_until_done", broken)
+    assert main(["search", "--config", "study.yaml", "--n-trials", "2", "--no-progress"]) == 1
+    config = parse(StudyConfig, quick_study(name, n_trials=2, runs_dir=folder, export_dir=folder))
+    console = Console(record=True, width=400)
+    print_search_summary(runner.search_result(config), config, console)  # what ``blocknas workers`` prints
+    assert f"stopped by an error (OSError: cannot read {folder}/[/]) at 1/2" in console.export_text()
+
+
 def test_fetch_never_says_nothing_to_fetch_for_missing_data(tmp_path: Path) -> None:
     assert fetch_dataset(DataConfig()) == "digits: built in, no files needed"
     with pytest.raises(DataError, match="does not exist; put your images there"):

@@ -6,15 +6,14 @@ import math
 from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial
-from rich.table import Table
 
 from blocknas.search.markdown import md_code, md_text
 from blocknas.search.study import proxy_correlations
 from blocknas.search.study.screening import ProxyCorrelation, screen_counts
 
-__all__ = ["proxy_rich_table", "proxy_section"]
+__all__ = ["PROXY_HEADERS", "proxy_cells", "proxy_section"]
 
-_HEADERS = ("proxy", "n", "Kendall τ", "p (τ)", "Spearman ρ", "p (ρ)")
+PROXY_HEADERS = ("proxy", "n", "Kendall τ", "p (τ)", "Spearman ρ", "p (ρ)")
 LONGER_TRAINING_NOTE = (
     "τ against longer-training accuracies is not available here: the fidelity benchmark's results hold no "
     "per-architecture proxies; `benchmarks/proxies.py` measures it (benchmarks/results/proxies.md)."
@@ -51,8 +50,8 @@ def proxy_section(trials: Sequence[FrozenTrial]) -> str:
         "Rank correlation of each proxy (computed on the untrained network, one batch) with the brief-training "
         "accuracy, over the complete trials; `params` is the baseline a proxy has to beat. With screening on, the "
         "trained trials are the ones a proxy preferred, so these coefficients are measured on a selected sample.\n",
-        "| " + " | ".join(_HEADERS) + " |",
-        "|---|" + "---:|" * (len(_HEADERS) - 1),
+        "| " + " | ".join(PROXY_HEADERS) + " |",
+        "|---|" + "---:|" * (len(PROXY_HEADERS) - 1),
     ]
     lines += ["| " + " | ".join(map(md_text, _cells(row))) + " |" for row in rows]
     counts = screen_counts(trials)
@@ -66,11 +65,6 @@ def proxy_section(trials: Sequence[FrozenTrial]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def proxy_rich_table(trials: Sequence[FrozenTrial]) -> Table:
-    """The same correlations as a rich table for the terminal."""
-    table = Table(title="Zero-cost proxies vs brief accuracy (complete trials)")
-    for header in _HEADERS:
-        table.add_column(header, justify="left" if header == "proxy" else "right")
-    for row in _rows(trials):
-        table.add_row(*_cells(row))
-    return table
+def proxy_cells(trials: Sequence[FrozenTrial]) -> list[list[str]]:
+    """The same correlations as table cells (columns :data:`PROXY_HEADERS`), for the terminal summary."""
+    return [_cells(row) for row in _rows(trials)]

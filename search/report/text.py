@@ -3,16 +3,20 @@
 Every command the summary prints runs as pasted: it names the study the run used (its config
 file and whatever the run changed from it: study name, storage, tracking URI, runs folder), so
 it finds that study and no other. A password in a URL is shown as ``***``: type it back in.
+
+Everything printed passes through :func:`_plain` (rich ``Text``), never rich markup: brackets in a
+study name, a path or an error message are printed as typed, not read as styles or links.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import shlex
+from collections.abc import Collection, Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from blocknas.search.study import SearchResult, StudyConfig, load_study_config
 from blocknas.search.study.config import default_storage_url
@@ -22,7 +26,7 @@ from blocknas.search.study.pareto import FRONT_COLUMNS, front_cells
 from blocknas.search.tracking import mask_url, resolve_tracking_uri, runs_page_url
 
 from .data import flat_scores
-from .proxies import proxy_rich_table
+from .proxies import PROXY_HEADERS, proxy_cells
 
 __all__ = ["print_search_summary", "study_flags"]
 
@@ -84,35 +88,58 @@ def _reuse_hint(arch: str) -> str:
     return _command("python", "-c", code)
 
 
+def _plain(text: str, style: str = "") -> Text:
+    """``text`` as rich prints it: as typed, in ``style``; never parsed as markup."""
+    return Text(text, style=style)
+
+
+def _table(title: str, headers: Sequence[str], rows: Iterable[Sequence[str]], *, left: Collection[str]) -> Table:
+    """A table of plain text; the columns headed in ``left`` are left-aligned, the others (numbers) right."""
+    table = Table(title=_plain(title))
+    for header in headers:
+        table.add_column(_plain(header), justify="left" if header in left else "right")
+    for cells in rows:
+        table.add_row(*map(_plain, cells))
+    return table
+
+
+def _print_line(console: Console, label: str, text: str, style: str = "") -> None:
+    """One line of the summary: ``label`` (in ``style``) and ``text``. Soft-wrapped: a command, path or URL
+    is never broken across lines (copied from a narrow terminal or a log)."""
+    console.print(Text.assemble(_plain(label, style), _plain(text)), soft_wrap=True)
+
+
 def print_search_summary(result: SearchResult, config: StudyConfig, console: Console | None = None) -> None:
     """Print the front (accuracy, latency, params, MACs, blocks), warnings and the next commands to run."""
     console = console or Console()
     trials = result.study.trials
-    table = Table(title=f"Pareto front of {result.study.study_name} ({len(trials)} trials)")
     columns = [FRONT_COLUMNS[key] for key in ("trial", "accuracy", "latency", "params", "macs", "blocks")]
-    for column in columns:
-        table.add_column(column.header, justify="right" if column.numeric else "left")
-    for cells in front_cells(result.front, columns):
-        table.add_row(*cells)
-    console.print(table)
-    console.print(proxy_rich_table(trials))
+    front = front_cells(result.front, columns)
+    title = f"Pareto front of {result.study.study_name} ({len(trials)} trials)"
+    left = {column.header for column in columns if not column.numeric}
+    console.print(_table(title, [column.header for column in columns], front, left=left))
+    title = "Zero-cost proxies vs brief accuracy (complete trials)"
+    console.print(_table(title, PROXY_HEADERS, proxy_cells(trials), left={"proxy"}))
     flags = study_flags(config)
-    # soft_wrap: a command, path or URL is never broken across lines (copied from a narrow terminal or a log)
-    print_line = functools.partial(console.print, soft_wrap=True, markup=False, highlight=False)
-    print_line(f"MLflow:    {_mlflow_hint(result.tracking_uri, config.name, flags)}")
-    print_line(f"Exported:  {result.export_folder}/ ({len(result.exported)} architectures, front.md, front.csv)")
+    _print_line(console, "MLflow:    ", _mlflow_hint(result.tracking_uri, config.name, flags))
+    _print_line(
+        console,
+        "Exported:  ",
+        f"{result.export_folder}/ ({len(result.exported)} architectures, front.md, front.csv)",
+    )
     if result.exported:
-        print_line(f"Reuse:     {_reuse_hint(str(result.exported[0]))}")
+        _print_line(console, "Reuse:     ", _reuse_hint(str(result.exported[0])))
     report_dir = f"{config.runs_dir}/{config.name}/report/"
-    print_line(f"Report:    {_command('blocknas', 'report', *flags)}   # HTML + Markdown + PNGs under {report_dir}")
+    report = _command("blocknas", "report", *flags)
+    _print_line(console, "Report:    ", f"{report}   # HTML + Markdown + PNGs under {report_dir}")
     resume = _command("blocknas", "search", *study_flags(config, n_trials=True))
-    print_line(f"Resume:    {resume}   # continues study {config.name} in {mask_url(config.storage_url)}")
+    _print_line(console, "Resume:    ", f"{resume}   # continues study {config.name} in {mask_url(config.storage_url)}")
     if (device := study_device(result.study)) is not None:
-        print_line(f"Latency:   {device_text(device, config.constraints.latency_ms)}")
+        _print_line(console, "Latency:   ", device_text(device, config.constraints.latency_ms))
     for warning in _warnings(result):
-        console.print(f"[bold red]Warning:[/] {warning}", highlight=False)
+        _print_line(console, "Warning: ", warning, "bold red")
     if result.ending:
-        console.print(f"[bold yellow]Stopped:[/]   {result.ending} (the Resume command above)", highlight=False)
+        _print_line(console, "Stopped:   ", f"{result.ending} (the Resume command above)", "bold yellow")
 
 
 def _warnings(result: SearchResult) -> list[str]:
