@@ -9,7 +9,11 @@ is scanned for a bare string literal that spells one:
 - any registered name (``latency_ms``, ``accuracy``, ...) where it is used as one: an Optuna
   attribute key (``set_user_attr``, ``user_attrs[...]``, ``.get``, ``in``), an MLflow tag or
   metric key (``tags=``/``metrics=`` dicts, ``set_tag``, ``run.data.tags``/``metrics``) or a
-  list of metric names. Elsewhere a plain word such as ``"arch"`` may mean something else.
+  list of metric names. Elsewhere a plain word such as ``"arch"`` may mean something else;
+- any string literal given as the value of a tag whose values are names too (``STATE_TAG``: its
+  values ``STATE_COMPLETE``, ``STATE_FAILED``, ... live beside it), written or read:
+  ``{STATE_TAG: "failed"}``, ``set_tag(run, STATE_TAG, "failed")``, ``tag_equals(STATE_TAG, "failed")``,
+  ``tags.get(STATE_TAG) == "failed"``, and the literals of a variable that stands there.
 
 The checker is also run on small planted trees, to show that it fails.
 """
@@ -37,6 +41,7 @@ MODULE_PATHS = ("blocknas.blocks.", "blocknas.search", "blocknas.spaces")
 NAME_USES = {"set_user_attr", "set_system_attr", "set_tag", "delete_tag", "get_metric_history", "set_metric_names"}
 NAME_MAPS = {"user_attrs", "system_attrs", "tags", "metrics"}
 NAME_ARGS = {"tags", "metrics"}
+VALUED_TAGS = {"STATE_TAG"}  # tags whose values are shared names too, spelled in the tag's home
 
 
 def registered(root: Path, homes: tuple[str, ...]) -> dict[str, set[str]]:
@@ -95,6 +100,39 @@ def _dict_keys(node: ast.AST) -> Iterator[ast.Constant]:
             yield first
 
 
+def _is_valued_tag(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Name) and node.id in VALUED_TAGS) or (
+        isinstance(node, ast.Attribute) and node.attr in VALUED_TAGS
+    )
+
+
+def _mentions_valued_tag(node: ast.AST) -> bool:
+    return any(_is_valued_tag(n) for n in ast.walk(node))
+
+
+def _tag_values(tree: ast.AST) -> Iterator[ast.Constant]:
+    """The string literals that stand as a valued tag's value: in a dict under the tag, after the tag
+    in a call's arguments (not a ``.get`` default), on the other side of a comparison with the tag's value; through a variable,
+    the literals assigned to it in the module."""
+    assigned: dict[str, list[ast.AST]] = {}
+    values: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    assigned.setdefault(target.id, []).append(node.value)
+        elif isinstance(node, ast.Dict):
+            values += [v for k, v in zip(node.keys, node.values) if k is not None and _is_valued_tag(k)]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) not in ("get", "pop", "setdefault"):
+            tagged = [i for i, arg in enumerate(node.args) if _is_valued_tag(arg)]
+            values += node.args[tagged[0] + 1 :] if tagged else []
+        elif isinstance(node, ast.Compare) and any(_mentions_valued_tag(s) for s in (node.left, *node.comparators)):
+            values += [s for s in (node.left, *node.comparators) if not _mentions_valued_tag(s)]
+    for value in values:
+        for expr in [value, *assigned.get(value.id, ())] if isinstance(value, ast.Name) else [value]:
+            yield from (c for c in ast.walk(expr) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+
+
 def _dotted(text: str, names: dict[str, set[str]]) -> str | None:
     """The registered dotted name or ``blocknas.`` tag ``text`` spells or begins with, if any; inside an
     MLflow filter (``tags.`blocknas.study` = 'x'``), the one between backticks."""
@@ -123,6 +161,8 @@ def bare_spellings(root: Path, folders: tuple[str, ...], homes: tuple[str, ...])
             for node in _used_as_names(tree):
                 if isinstance(node.value, str) and node.value in names and relative not in names[node.value]:
                     found.add((relative, node.lineno, node.value))
+            if relative not in homes:
+                found.update((relative, node.lineno, str(node.value)) for node in _tag_values(tree))
     return [f"{file}:{line}: {name!r}" for file, line, name in sorted(found)]
 
 
@@ -134,6 +174,8 @@ def test_every_home_registers_names() -> None:
     names = registered(ROOT, HOMES)
     expected = {"blocknas.state", "latency.fp.", "latency_ms", "accuracy", "screen.kept_score", "blocknas.kind"}
     assert expected <= set(names)
+    states = {"complete", "pruned", "over_budget", "diverged", "failed", "killed"}  # blocknas.state's values
+    assert all("search/tracking/names.py" in names.get(state, ()) for state in states)
 
 
 HOME = {"pkg/names.py": 'STATE_TAG = "blocknas.state"\nLATENCY_ATTR = "latency_ms"\nFP_TAG = "latency.fp."\n'}
@@ -153,6 +195,14 @@ HOME = {"pkg/names.py": 'STATE_TAG = "blocknas.state"\nLATENCY_ATTR = "latency_m
         'def f(tracker, run_id, x):\n    tracker.log(run_id, metrics={"latency_ms": x})\n',
         'metric_names = ["accuracy", "latency_ms"]\n',
         "def f(study):\n    return f\"tags.`blocknas.study` = '{study}'\"\n",
+        # a value of blocknas.state, written or read
+        "from .names import STATE_TAG\ntags = {STATE_TAG: 'complete'}\n",
+        "def f(log, run, stop):\n    log(run, tags={STATE_TAG: 'killed' if stop else STATE_FAILED})\n",
+        "def f(log, run, over):\n    state = 'over_budget' if over else STATE_PRUNED\n    log(run, tags={STATE_TAG: state})\n",
+        "def f(client, run_id):\n    client.set_tag(run_id, STATE_TAG, 'killed')\n",
+        "def f(study):\n    return tag_equals(STATE_TAG, 'failed')\n",
+        "def f(run):\n    return run.data.tags.get(STATE_TAG, '') == 'failed'\n",
+        "def f(tags):\n    return tags[names.STATE_TAG] in ('failed', STATE_KILLED)\n",
     ],
 )
 def test_the_checker_finds_a_planted_bare_spelling(tmp_path: Path, text: str) -> None:
@@ -165,7 +215,10 @@ def test_the_checker_finds_a_planted_bare_spelling(tmp_path: Path, text: str) ->
 @pytest.mark.parametrize(
     "text",
     [
-        "from .names import LATENCY_ATTR, STATE_TAG\ntags = {STATE_TAG: 'complete'}\n",
+        "from .names import STATE_COMPLETE, STATE_TAG\ntags = {STATE_TAG: STATE_COMPLETE}\n",
+        "def f(client, run_id):\n    client.set_tag(run_id, STATE_TAG, STATE_KILLED)\n",
+        "def f(run):\n    return run.data.tags.get(STATE_TAG, '') in (STATE_FAILED, STATE_KILLED)\n",
+        'counts = {"failed": 0, "complete": 0}\n',  # words that are no tag's value here
         'config = {"latency_ms": 2.0}\n',  # a config key that shares the word, not the attribute
         'import logging\nlog = logging.getLogger("blocknas.search.study")\n',
         'FORMAT = "blocknas.train/1"\n',

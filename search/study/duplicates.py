@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig
 from blocknas.search.tracking import Holder, StudyClaims, StudyTracker, fail_abandoned_trials, worker_id
-from blocknas.search.tracking.names import DUPLICATE_OF_TAG, STATE_TAG
+from blocknas.search.tracking.names import DUPLICATE_OF_TAG, STATE_COMPLETE, STATE_TAG
 
 from .attrs import (
     DUPLICATE_OF_ATTR,
@@ -182,5 +182,5 @@ def take_recorded(
     if original.state == TrialState.PRUNED or original.values is None:
         tracker.log(run_id, tags=tags)
         raise optuna.TrialPruned(f"duplicate of trial {original.number}, which was pruned")
-    tracker.log(run_id, metrics=dict(zip(metric_names, original.values)), tags={**tags, STATE_TAG: "complete"})
+    tracker.log(run_id, metrics=dict(zip(metric_names, original.values)), tags={**tags, STATE_TAG: STATE_COMPLETE})
     return tuple(original.values)

@@ -49,6 +49,12 @@ from blocknas.search.tracking.names import (
     PRUNED_AT_EPOCH_TAG,
     PRUNED_BY_TAG,
     PRUNED_RUNG_TAG,
+    STATE_COMPLETE,
+    STATE_DIVERGED,
+    STATE_FAILED,
+    STATE_KILLED,
+    STATE_OVER_BUDGET,
+    STATE_PRUNED,
     STATE_TAG,
     STUDY_TAG,
     TRAIN_SECONDS_METRIC,
@@ -289,7 +295,7 @@ class Objective:
                 ctx.model, self.data, self.config.train, seed=ctx.seed, on_epoch=on_epoch, progress=self.progress
             )
         except DivergedError:
-            self.tracker.log(ctx.run_id, tags={STATE_TAG: "diverged"})
+            self.tracker.log(ctx.run_id, tags={STATE_TAG: STATE_DIVERGED})
             raise
 
     def _record_result(self, ctx: TrialContext) -> float | tuple[float, ...]:
@@ -305,7 +311,7 @@ class Objective:
         }
         if result.ema_val_accuracy is not None:
             metrics["ema_accuracy"] = result.ema_val_accuracy
-        self.tracker.log(ctx.run_id, metrics=metrics, tags={STATE_TAG: "complete"})
+        self.tracker.log(ctx.run_id, metrics=metrics, tags={STATE_TAG: STATE_COMPLETE})
         ctx.trial.set_user_attr(TRAIN_SECONDS_ATTR, result.train_seconds)
         return (score, ctx.latency_ms) if self.multi else score
 
@@ -326,7 +332,7 @@ class Objective:
 
     def _pruned(self, ctx: TrialContext) -> None:
         """Pruned (over a budget, by the pruner, or as its duplicate's original was): a finished run, tagged so."""
-        state = "over_budget" if OVER_BUDGET_ATTR in ctx.trial.user_attrs else "pruned"
+        state = STATE_OVER_BUDGET if OVER_BUDGET_ATTR in ctx.trial.user_attrs else STATE_PRUNED
         self.tracker.log(ctx.run_id, tags={STATE_TAG: state})
         ctx.status = "FINISHED"
 
@@ -336,7 +342,7 @@ class Objective:
         if interrupted:
             retry_interrupted(ctx.trial)  # before its fail reason: the retry inherits the trial's attributes
         ctx.trial.set_user_attr(FAIL_REASON_ATTR, reason)
-        self.tracker.log(ctx.run_id, tags={STATE_TAG: "killed" if interrupted else "failed", ERROR_TAG: reason})
+        self.tracker.log(ctx.run_id, tags={STATE_TAG: STATE_KILLED if interrupted else STATE_FAILED, ERROR_TAG: reason})
         if not interrupted:
             self.tracker.log_text(ctx.run_id, traceback.format_exc(), "error.txt")
         ctx.status = "KILLED" if interrupted else "FAILED"
@@ -353,7 +359,7 @@ class Objective:
         retry_interrupted(trial)  # before its fail reason: the retry inherits the trial's attributes
         reason = mask_url(f"AgentError: {exc}")
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
-        self.tracker.log(ctx.run_id, tags={STATE_TAG: "failed", ERROR_TAG: reason})
+        self.tracker.log(ctx.run_id, tags={STATE_TAG: STATE_FAILED, ERROR_TAG: reason})
         try:
             AgentClient.for_target(self.config.latency).health()
         except AgentError:
@@ -373,7 +379,7 @@ class Objective:
         try:
             retry_interrupted(ctx.trial)  # before its fail reason: the retry inherits the trial's attributes
             ctx.trial.set_user_attr(FAIL_REASON_ATTR, reason)
-            self.tracker.log(ctx.run_id, tags={STATE_TAG: "killed", ERROR_TAG: reason})
+            self.tracker.log(ctx.run_id, tags={STATE_TAG: STATE_KILLED, ERROR_TAG: reason})
         except Exception as error:
             log.warning("trial %d: %s; could not record it (%s)", ctx.trial.number, fault, error)
 

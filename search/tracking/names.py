@@ -32,10 +32,17 @@ __all__ = [
     "PRUNED_RUNG_TAG",
     "ROLE_TAG",
     "RUN_KEY_TAG",
+    "RUN_STATES",
     "SCREEN_KEPT_SCORE_TAG",
     "SCREEN_POOL_TAG",
     "SCREEN_PROXY_TAG",
     "SCREEN_SCORES_TAG",
+    "STATE_COMPLETE",
+    "STATE_DIVERGED",
+    "STATE_FAILED",
+    "STATE_KILLED",
+    "STATE_OVER_BUDGET",
+    "STATE_PRUNED",
     "STATE_TAG",
     "STOPPED_TAG",
     "STUDY_TAG",
@@ -53,7 +60,7 @@ TRIAL_NUMBER_TAG = "optuna.trial_number"  # a trial's child run: the trial it re
 RUN_KEY_TAG = "blocknas.run_key"  # a trial's child run: the key its creation was retried under (one run per key)
 
 # -- a trial's child run --------------------------------------------------------------------
-STATE_TAG = "blocknas.state"  # how the trial ended: complete, failed, killed, diverged, over_budget, ...
+STATE_TAG = "blocknas.state"  # how the trial ended: one of RUN_STATES
 ERROR_TAG = "blocknas.error"  # why it failed
 ARCH_HASH_TAG = "blocknas.arch_hash"  # the architecture's short hash (also on a full training's run)
 BLOCKS_TAG = "blocknas.blocks"  # the block of each stage, comma-separated
@@ -70,6 +77,15 @@ PRUNED_AT_EPOCH_TAG = "blocknas.pruned_at_epoch"  # the epoch it was stopped aft
 PRUNED_RUNG_TAG = "blocknas.pruned_rung"  # the rung that stopped it
 FINGERPRINT_TAG_PREFIX = "latency.fp."  # + a fingerprint key: the device its latency was measured on
 FINGERPRINT_ID_TAG = "latency.fingerprint_id"  # that fingerprint's short id
+
+# -- the values of STATE_TAG ----------------------------------------------------------------
+STATE_COMPLETE = "complete"  # trained and scored, or took its duplicate's recorded values
+STATE_PRUNED = "pruned"  # stopped early by the pruner (or as its duplicate's original was)
+STATE_OVER_BUDGET = "over_budget"  # rejected before training: over a params, MACs or latency budget
+STATE_DIVERGED = "diverged"  # its training loss went non-finite
+STATE_FAILED = "failed"  # an error; ERROR_TAG says which
+STATE_KILLED = "killed"  # interrupted, cut short by a storage fault, or its worker gone (its trial FAIL)
+RUN_STATES = (STATE_COMPLETE, STATE_PRUNED, STATE_OVER_BUDGET, STATE_DIVERGED, STATE_FAILED, STATE_KILLED)
 
 # -- other runs -----------------------------------------------------------------------------
 STOPPED_TAG = "blocknas.stopped"  # a search's parent run: why the study stopped before its trial count

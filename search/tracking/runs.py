@@ -34,7 +34,7 @@ from blocknas.search.files import file_lock
 from .attrs import PARENT_RUN_ATTR, PARENT_TOKEN_ATTR, RUN_ID_ATTR
 from .faults import StorageFault
 from .masking import mask_url
-from .names import ROLE_TAG, RUN_KEY_TAG, STATE_TAG, STUDY_TAG, TRIAL_NUMBER_TAG, tag_equals
+from .names import ROLE_TAG, RUN_KEY_TAG, STATE_KILLED, STATE_TAG, STUDY_TAG, TRIAL_NUMBER_TAG, tag_equals
 
 __all__ = [
     "RETRY_WINDOW_ENV",
@@ -441,7 +441,7 @@ class StudyTracker:
         if status in agreeing:
             return None
         if state == TrialState.FAIL:
-            self.client.set_tag(run_id, STATE_TAG, "killed")
+            self.client.set_tag(run_id, STATE_TAG, STATE_KILLED)
         if status == "RUNNING":
             self.client.set_terminated(run_id, status=agreeing[0])
         else:  # an ended run keeps its end time
