@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
 import subprocess
 import sys
@@ -537,3 +539,30 @@ def test_mlflow_servers_start_without_mlflows_job_runner(mlflow_server: str) -> 
         _cmdline(c) for s in servers for c in _children(s) if "huey" in _cmdline(c) or "_job_runner" in _cmdline(c)
     ]
     assert not runners, f"MLflow's job runner started beside the server: {runners}"
+
+
+def test_a_surplus_or_interrupted_trial_leaves_no_optuna_traceback() -> None:
+    """Optuna logs "Trial N failed ... because of the following error" with a traceback for any exception out of
+    the objective; the runner drops it for a surplus trial (discarded before it ran: two workers raced for the
+    last trial) and an interrupted one, as for a storage fault: the worker says each in one line (the chaos
+    benchmark found the surplus trial's traceback in a worker's output)."""
+    from blocknas.search.study.runner import SurplusTrial, _NoFaultTracebacks
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
+    logger = logging.getLogger("optuna.study._optimize")
+    logger.addHandler(handler)
+    try:
+        for exc in (SurplusTrial("trial 3 is past n_trials=3"), KeyboardInterrupt("signal 15")):
+
+            def objective(trial: optuna.Trial, exc: BaseException = exc) -> float:
+                raise exc
+
+            with contextlib.suppress(KeyboardInterrupt):
+                optuna.create_study().optimize(objective, n_trials=1, catch=(Exception,))
+    finally:
+        logger.removeHandler(handler)
+    failed = [r for r in records if r.exc_info and r.exc_info[1] is not None]
+    assert [type(r.exc_info[1]) for r in failed] == [SurplusTrial, KeyboardInterrupt]  # type: ignore[index]
+    assert not [r for r in failed if _NoFaultTracebacks().filter(r)]

@@ -284,11 +284,11 @@ def optimize_until_done(
 
 class _NoFaultTracebacks(logging.Filter):
     """Drops Optuna's "Trial N failed" warning, a traceback, for a trial a storage fault or an interrupt (Ctrl-C,
-    SIGTERM) cut short: the worker stops and says it in one paragraph, or one line."""
+    SIGTERM) cut short, or a surplus trial discarded before it ran: the worker says each in one paragraph or line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return exc is None or not (isinstance(exc, KeyboardInterrupt) or storage_fault(exc))
+        return exc is None or not (isinstance(exc, (KeyboardInterrupt, SurplusTrial)) or storage_fault(exc))
 
 
 def _failed_meanwhile(exc: BaseException | None) -> bool:
