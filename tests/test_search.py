@@ -18,6 +18,7 @@ import blocknas.blocks  # noqa: F401  (registers blocknet)
 from blocknas.blocks import ArchConfig, ConfigError, get_block, register_block, resolve_arch
 from blocknas.search.study import load_study_config, open_study, run_search, trial_counts
 from blocknas.search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
+from blocknas.search.tracking.names import STATE_DIVERGED, STATE_TAG
 
 from .conftest import REPO_ROOT
 from .helpers.blocks import ZeroedConv
@@ -121,6 +122,7 @@ def test_diverging_trial_fails_and_study_completes(in_tmp_dir: Path) -> None:
         run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
         assert run.info.status == "FAILED"
         assert "DivergedError" in run.data.tags["blocknas.error"]
+        assert run.data.tags[STATE_TAG] == STATE_DIVERGED  # not overwritten by the generic "failed"
 
 
 def test_baselines_are_enqueued_first(in_tmp_dir: Path, tmp_path: Path) -> None:

@@ -288,15 +288,11 @@ class Objective:
             self._reject_over_budget(ctx.trial, ctx.run_id, {"latency_ms": ctx.latency_ms})
 
     def _train(self, ctx: TrialContext) -> None:
-        """Brief training, each epoch logged and offered to the pruner; a diverged run is tagged ``diverged``."""
+        """Brief training, each epoch logged and offered to the pruner (a diverged run fails, tagged ``diverged``)."""
         on_epoch = functools.partial(self._after_epoch, ctx, self._pareto_rungs(ctx.trial, ctx.latency_ms))
-        try:
-            ctx.result = train_briefly(
-                ctx.model, self.data, self.config.train, seed=ctx.seed, on_epoch=on_epoch, progress=self.progress
-            )
-        except DivergedError:
-            self.tracker.log(ctx.run_id, tags={STATE_TAG: STATE_DIVERGED})
-            raise
+        ctx.result = train_briefly(
+            ctx.model, self.data, self.config.train, seed=ctx.seed, on_epoch=on_epoch, progress=self.progress
+        )
 
     def _record_result(self, ctx: TrialContext) -> float | tuple[float, ...]:
         """Log the trained network's score, raw accuracy, loss and training time; the trial's objective values."""
@@ -342,7 +338,8 @@ class Objective:
         if interrupted:
             retry_interrupted(ctx.trial)  # before its fail reason: the retry inherits the trial's attributes
         ctx.trial.set_user_attr(FAIL_REASON_ATTR, reason)
-        self.tracker.log(ctx.run_id, tags={STATE_TAG: STATE_KILLED if interrupted else STATE_FAILED, ERROR_TAG: reason})
+        state = STATE_KILLED if interrupted else STATE_DIVERGED if isinstance(exc, DivergedError) else STATE_FAILED
+        self.tracker.log(ctx.run_id, tags={STATE_TAG: state, ERROR_TAG: reason})
         if not interrupted:
             self.tracker.log_text(ctx.run_id, traceback.format_exc(), "error.txt")
         ctx.status = "KILLED" if interrupted else "FAILED"
