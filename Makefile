@@ -24,7 +24,7 @@ test: install
 # torch/torchvision are reused, not installed twice, and pip installs only what the minimums change.
 VENV_MIN ?= .venv-min
 MIN_PINNED := optuna mlflow timm
-MIN_TESTS := tests/test_search.py tests/test_blocknet.py tests/test_reuse.py
+MIN_TESTS := tests/search/study/test_search.py tests/blocks/test_blocknet.py tests/search/training/test_reuse.py
 PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
 MIN_SELECT := end_to_end or over_budget or test_blocknet or logged_to_mlflow or through_timm
 test-min: install

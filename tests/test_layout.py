@@ -248,3 +248,26 @@ def test_the_test_import_check_catches_a_planted_import(tmp_path: Path, text: st
     (tmp_path / "helpers" / "configs.py").write_text("")
     (tmp_path / "test_b.py").write_text(text)
     assert imports_of_test_modules(tmp_path) == [f"test_b.py:{line} imports a test module"]
+
+
+def misplaced_tests(tests: Path, root: Path) -> list[str]:
+    """Test modules whose folder under ``tests/`` is not a package folder of the same path under ``root``.
+
+    Tests of one package live in ``tests/<its path>/`` (``tests/search/study/`` for
+    ``search/study/``); only project-wide checks (layout, names, docs, public API) sit in ``tests/``.
+    """
+    return [
+        str(path.relative_to(tests))
+        for path in sorted(tests.rglob("test_*.py"))
+        if path.parent != tests and not (root / path.parent.relative_to(tests) / "__init__.py").is_file()
+    ]
+
+
+def test_tests_are_laid_out_like_the_package(tmp_path: Path) -> None:
+    assert misplaced_tests(ROOT / "tests", ROOT) == []
+    (tmp_path / "search" / "study").mkdir(parents=True)
+    (tmp_path / "search" / "study" / "__init__.py").write_text("")
+    for folder in ("tests/search/study", "tests/search/nowhere"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "test_x.py").write_text("")
+    assert misplaced_tests(tmp_path / "tests", tmp_path) == ["search/nowhere/test_x.py"]

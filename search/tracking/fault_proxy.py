@@ -1,5 +1,5 @@
 """A TCP proxy that can cut a database off from the processes using it, as a network outage or a
-database restart looks to them: what ``tests/test_storage_faults.py`` and ``benchmarks/chaos.py``
+database restart looks to them: what ``tests/search/tracking/test_storage_faults.py`` and ``benchmarks/chaos.py``
 put between real ``blocknas`` workers and PostgreSQL. No part of a search uses it.
 """
 

@@ -1,0 +1,228 @@
+"""Cheap estimates and their agreement with the truth; the ground-truth table's rows and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from blocknas.search.training.estimators import (
+    fit_ranker,
+    matched_tau,
+    rank_agreement,
+    tau_difference,
+    top_overlap,
+    training_speed_estimate,
+)
+from tests.conftest import REPO_ROOT, load_benchmark
+
+
+def test_training_speed_estimate_is_minus_the_sum_of_the_losses() -> None:
+    assert training_speed_estimate([2.0, 1.5, 0.5]) == -4.0
+    # the faster learner (lower losses throughout) gets the higher estimate
+    assert training_speed_estimate([1.0, 0.5]) > training_speed_estimate([1.2, 0.6])
+
+
+@pytest.mark.parametrize("losses", [[], [1.0, math.nan], [math.inf]])
+def test_training_speed_estimate_refuses_no_or_non_finite_losses(losses: list[float]) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        training_speed_estimate(losses)
+
+
+def test_top_overlap_counts_the_shared_best() -> None:
+    truth = list(range(20))  # best two: 19, 18
+    assert top_overlap(truth, truth, 0.1) == 1.0
+    estimate = [*range(18), -1, 100]  # finds 19, misses 18
+    assert top_overlap(estimate, truth, 0.1) == 0.5
+
+
+def test_rank_agreement_of_a_perfect_and_a_reversed_estimate() -> None:
+    truth = np.linspace(0.7, 0.9, 30)
+    same = rank_agreement(truth * 2, truth, n_boot=200)
+    assert same.tau.value == pytest.approx(1.0) and same.tau.low == pytest.approx(1.0)
+    assert same.overlap.value == 1.0
+    reversed_ = rank_agreement(-truth, truth, n_boot=200)
+    assert reversed_.tau.value == pytest.approx(-1.0) and reversed_.rho.high == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match=">= 3"):
+        rank_agreement([1.0, 2.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_rank_agreement_point_values_equal_scipys(ties: bool) -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 4, 40).astype(float) if ties else rng.normal(size=40)
+    estimate = np.round(truth + rng.normal(size=40), 0 if ties else 6)
+    agreement = rank_agreement(estimate, truth, n_boot=50)
+    assert agreement.tau.value == pytest.approx(stats.kendalltau(estimate, truth)[0], abs=1e-12)
+    assert agreement.rho.value == pytest.approx(stats.spearmanr(estimate, truth)[0], abs=1e-12)
+    assert agreement.overlap.value == top_overlap(estimate, truth)
+    assert agreement.tau.low <= agreement.tau.value <= agreement.tau.high
+
+
+def test_fitted_ranker_recovers_a_planted_signal() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(80, 6))
+    signal = features[:, 2]
+    noisy_target = signal + rng.normal(scale=0.5, size=80)  # what a study sees: the signal plus trial noise
+    predicted = fit_ranker(features, noisy_target)
+    ranked = rank_agreement(predicted, signal, n_boot=200)
+    assert ranked.tau.value > 0.7
+    # the out-of-fold prediction ranks the signal better than the noisy target it was fitted on
+    assert ranked.tau.value > rank_agreement(noisy_target, signal, n_boot=200).tau.value
+
+
+def test_fitted_ranker_on_pure_noise_reports_no_agreement() -> None:
+    rng = np.random.default_rng(1)
+    features, target = rng.normal(size=(80, 6)), rng.normal(size=80)
+    truth = rng.normal(size=80)  # the networks' real accuracy: unrelated to features and noisy scores alike
+    ranked = rank_agreement(fit_ranker(features, target), truth, n_boot=200)
+    assert abs(ranked.tau.value) < 0.2
+    assert ranked.tau.low < 0 < ranked.tau.high
+
+
+# -- benchmarks/groundtruth.py ----------------------------------------------------------------------------
+
+
+def _row(arch_hash: str, seed: int = 0, epochs: int = 3) -> dict:
+    return {
+        "arch_hash": arch_hash,
+        "arch": "stages: []\n",
+        "seed": seed,
+        "params": 1000,
+        "macs": 10_000,
+        "latency_ms": 0.1,
+        "val_acc_curve": [0.5] * epochs,
+        "train_loss_curve": [1.0] * epochs,
+        "estimates": {"default": 0.4},
+        "budget": {"epochs": epochs},
+    }
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_groundtruth_rows_are_validated_on_load(tmp_path: Path) -> None:
+    gt = load_benchmark("groundtruth")
+    rows = tmp_path / "rows.jsonl"
+    _write(rows, [_row("aaaa"), _row("bbbb")])
+    assert [r["arch_hash"] for r in gt.read_rows(rows)] == ["aaaa", "bbbb"]
+    missing = _row("cccc")
+    del missing["estimates"]
+    _write(rows, [_row("aaaa"), missing])
+    with pytest.raises(gt.RowError, match=r"rows\.jsonl:2 \(cccc\): missing estimates"):
+        gt.read_rows(rows)
+    short = _row("dddd")
+    short["val_acc_curve"] = [0.5, 0.6]
+    _write(rows, [short])
+    with pytest.raises(gt.RowError, match=r":1 \(dddd\): val_acc_curve has 2 values, expected one per epoch \(3\)"):
+        gt.read_rows(rows)
+    with pytest.raises(gt.RowError, match="expected one per epoch \\(10\\)"):
+        _write(rows, [_row("eeee")])
+        gt.read_rows(rows, epochs=10)
+    rows.write_text('{"arch_hash": "ffff"\n')
+    with pytest.raises(gt.RowError, match=":1: not a JSON object"):
+        gt.read_rows(rows)
+
+
+def test_groundtruth_resumes_without_retraining_a_finished_row(tmp_path: Path, monkeypatch) -> None:
+    gt = load_benchmark("groundtruth")
+    config = str(REPO_ROOT / "configs" / "default.yaml")
+    study = gt.load_study_config(config)
+    all_jobs = gt.jobs(study, 2, 1, None)
+    assert [j.source for j in all_jobs][-3:] == ["random:0", "random:1", "random:0"]  # the second seed last here
+    # 5 presets + the seed question's 4 blocks × 2 seeds + 2 samples + 1 second seed
+    assert len({j.key for j in all_jobs}) == len(all_jobs) == 16
+    assert [j.key for j in gt.jobs(study, 2, 1, None)] == [j.key for j in all_jobs]  # fixed by its seeds
+    rows = tmp_path / "rows.jsonl"
+    _write(rows, [_row(h, s, epochs=10) for h, s in (j.key for j in all_jobs)])
+    before = rows.read_text()
+
+    def must_not_train(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished row was trained again")
+
+    monkeypatch.setattr(gt, "run_job", must_not_train)
+    for shard in (0, 1):
+        argv = ["collect", "--config", config, "--n-random", "2", "--second-seed", "1", "--rows", str(rows)]
+        assert gt.main([*argv, "--shard", str(shard), "--shards", "2"]) == 0
+    assert rows.read_text() == before
+
+
+def test_peers_cifar_resnets_have_the_papers_sizes() -> None:
+    import torch
+
+    peers = load_benchmark("peers")
+    sizes = {d: sum(p.numel() for p in peers.cifar_resnet(d).parameters()) for d in (8, 20)}
+    assert 0.07e6 < sizes[8] < 0.09e6 and 0.26e6 < sizes[20] < 0.28e6  # He et al.: ResNet-20 0.27M
+    assert peers.cifar_resnet(8)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="6n\\+2"):
+        peers.cifar_resnet(10)
+
+
+def test_matched_tau_counts_only_pairs_of_similar_latency() -> None:
+    latency = [1.0, 1.05, 5.0, 5.2, 20.0]
+    truth = [0.1, 0.2, 0.5, 0.4, 0.9]
+    # agrees on the pair (1.0, 1.05) and disagrees on (5.0, 5.2); the far pairs do not count
+    estimate = [1.0, 2.0, 3.0, 4.0, -100.0]
+    tau, pairs = matched_tau(estimate, truth, latency, tolerance=0.1, n_boot=20)
+    assert pairs == 2 and tau.value == 0.0
+    tau, pairs = matched_tau([1.0, 2.0, 4.0, 3.0, -100.0], truth, latency, tolerance=0.1, n_boot=20)
+    assert tau.value == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        matched_tau(estimate, truth, [0.0, *latency[1:]])
+
+
+def test_an_estimate_that_only_tracks_latency_ranks_nothing_at_equal_latency() -> None:
+    rng = np.random.default_rng(0)
+    latency = rng.uniform(1, 10, 60)
+    quality = rng.normal(size=60)
+    truth = latency + quality  # bigger is better, and something else matters too
+    size_only = latency + rng.normal(scale=0.3, size=60)  # size, measured with a little noise
+    assert rank_agreement(size_only, truth, n_boot=200).tau.value > 0.5
+    blind, _ = matched_tau(size_only, truth, latency, n_boot=300)
+    assert blind.low < 0 < blind.high
+    seeing, _ = matched_tau(quality, truth, latency, n_boot=300)
+    assert seeing.low > 0.3
+
+
+def test_tau_difference_is_paired() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=40)
+    same = tau_difference(truth + 1, truth * 3, truth, n_boot=200)  # both rank perfectly: no difference at all
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    noisy = truth + rng.normal(scale=2.0, size=40)
+    better = tau_difference(truth, noisy, truth, n_boot=300)
+    assert better.value == pytest.approx(1 - stats.kendalltau(noisy, truth).statistic)
+    assert better.low > 0
+    with pytest.raises(ValueError, match="equally long"):
+        tau_difference([1.0, 2.0, 3.0], [1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_groundtruth_answers_the_seed_question_from_its_rows() -> None:
+    gt = load_benchmark("groundtruth")
+    jobs = gt.seed_question_jobs()
+    assert sorted({j.source for j in jobs}) == [
+        "seed_blocks:block=inverted_residual",
+        "seed_blocks:block=reversed",
+        "seed_blocks:block=separable",
+        "seed_blocks:block=standard",
+    ]
+    params = {j.arch.params() for j in jobs}
+    assert max(params) / min(params) < 1.1  # matched on parameters, as the ablation plans them
+    planted = {"standard": 0.80, "separable": 0.83, "reversed": 0.84, "inverted_residual": 0.82}
+    rows = []
+    for job in jobs:
+        row = _row(job.arch.short_hash(), job.seed, epochs=10)
+        row["val_acc_curve"][-1] = planted[job.source.removeprefix("seed_blocks:block=")] + job.seed / 1000
+        rows.append(row)
+    question = gt.seed_question([*rows, _row("other", 0, epochs=10)])
+    assert question["truth"]["reversed"] == {0: 0.84, 1: 0.841}
+    text = "\n".join(gt.render_seed_question({"seed_question": question}))
+    assert "| reversed − standard | 2 | +4.00 [+4.00, +4.00]" in text
+    assert "Brief budget" in text
