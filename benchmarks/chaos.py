@@ -501,14 +501,19 @@ def run_chaos(
     result.exits = fleet.exit_codes
     result.exit_2_causes = fleet.exit_2_causes
     traced = [log for log in sorted(set(fleet.logs.values())) if "Traceback" in log.read_text(errors="replace")]
-    crashed = sorted(set(fleet.crashed) | set(traced))
-    if crashed:
+    if fleet.crashed:
         unexpected = {code: n for code, n in fleet.exit_codes.items() if code not in (0, -sig, 130, 2)}
-        logs = ", ".join(p.name for p in crashed)
-        tails = "".join(f"\n--- {p.name} (last lines) ---\n{_tail(p)}" for p in crashed)
+        if fleet.exit_2_causes.get("other"):
+            unexpected[2] = fleet.exit_2_causes["other"]
         result.problems.append(
-            f"workers exited with a status no signal or outage explains ({unexpected}, exit 2 causes "
-            f"{dict(fleet.exit_2_causes)}) or printed a traceback; logs in {folder}: {logs}{tails}"
+            f"workers exited with a status no signal or outage explains {unexpected}; logs in {folder}: "
+            + ", ".join(p.name for p in fleet.crashed)
+            + "".join(f"\n--- {p.name} (last lines) ---\n{_tail(p)}" for p in fleet.crashed)
+        )
+    if traced:
+        result.problems.append(
+            f"a traceback in {', '.join(p.name for p in traced)} (in {folder})"
+            + "".join(f"\n--- {p.name} (last lines) ---\n{_tail(p)}" for p in traced)
         )
     return result
 
