@@ -64,8 +64,15 @@ def mask_url(text: str) -> str:
 
 
 def _mask_known(text: str) -> str:
+    """Every known secret that stands as a token of its own in ``text`` (not glued to letters or digits).
+
+    A remembered piece of a password (``long`` from ``Qx/7@long``) must not eat the same letters
+    inside an ordinary word: ``longer`` in a JSON key or ``standard`` in an ``arch.yaml`` would turn
+    an artifact into one nobody can read back. Where a secret appears (``:Qx/7@long@``, ``"long"``,
+    ``password=long&``) a non-alphanumeric character or the text's end bounds it.
+    """
     for secret in sorted(_known_secrets(), key=len, reverse=True):
-        text = text.replace(secret, MASK)
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", MASK, text)
     return text
 
 

@@ -9,6 +9,7 @@ report and the exported front files.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -22,8 +23,20 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from blocknas.search.cli import main
-from blocknas.search.tracking import mask_config, mask_log_records, mask_url, masked_yaml, open_storage
+from blocknas.search.tracking import mask_config, mask_log_records, mask_url, masked_yaml, masking, open_storage
 from tests.conftest import quick_run, quick_study, require_service
+
+
+@pytest.fixture(autouse=True)
+def forget_learned_secrets() -> Iterator[None]:
+    """The secrets a test teaches ``mask_url`` stay with that test, not with whatever runs next in
+    this process (a remembered ``long`` once hid the ``long`` of a JSON key in another test's run)."""
+    learned = set(masking._seen)
+    yield
+    with masking._seen_lock:
+        masking._seen.clear()
+        masking._seen.update(learned)
+
 
 # -- the masking function ---------------------------------------------------------------
 
@@ -110,6 +123,13 @@ def test_urls_inside_free_text_and_secrets_seen_before_are_masked() -> None:
 def test_percent_decoded_password_is_masked_in_later_text() -> None:
     mask_url("mysql+pymysql://u:Qx%2F7%40long@h/db")
     assert mask_url("access denied for password Qx/7@long") == "access denied for password ***"
+
+
+def test_a_remembered_secret_leaves_the_same_letters_inside_other_words_alone() -> None:
+    mask_url("mysql+pymysql://u:Qx%2F7%40long@h/db")  # remembers the pieces a driver may show: "long" among them
+    document = json.dumps({"longer": {"epochs": 2}, "block": "standard", "note": "headlong"})
+    assert json.loads(mask_url(document)) == {"longer": {"epochs": 2}, "block": "standard", "note": "headlong"}
+    assert mask_url('host "long" and password=long&x') == 'host "***" and password=***&x'
 
 
 @pytest.mark.parametrize("variable", ["MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"])
