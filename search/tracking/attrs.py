@@ -18,4 +18,3 @@ PARENT_TOKEN_ATTR = "blocknas.parent_token"  # study user attr and parent-run ta
 RUN_ID_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow child run
 WORKER_ATTR = "blocknas.worker"  # trial user attr: ``host:pid`` of the worker that ran it
 RETRY_HISTORY_ATTR = "retry_history"  # Optuna's system attr: the trial numbers a retry stands for
-
