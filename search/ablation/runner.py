@@ -36,6 +36,7 @@ from blocknas.search.study import (
 )
 from blocknas.search.study.attrs import FIXED_PARAMS_ATTR
 from blocknas.search.study.definition import RENAME, changed_definition, definition_changes
+from blocknas.search.study.runner import end_parent_after, storage_faults_named
 from blocknas.search.study.start import open_study_for_run
 from blocknas.search.study.tally import COUNTED_STATES, counts_toward_total, outcome
 from blocknas.search.tracking import KIND_TAG, StudyTracker, mask_config, mask_url
@@ -127,7 +128,17 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     The base architecture, the factors and levels, and the dataset are checked before
     anything is written. The report goes to ``<runs_dir>/<name>/report/`` and onto the
     MLflow parent run.
+
+    A store that cannot be written or reached (a full disk, a forbidden folder, a lost database
+    connection) raises :class:`~blocknas.search.tracking.faults.StorageFault`, one paragraph
+    naming it, and ends the parent run FAILED saying why; the cell it cut short is retried by the next run.
     """
+    with storage_faults_named(config):
+        return _run_ablation(config, progress=progress)
+
+
+def _run_ablation(config: AblationConfig, *, progress: bool) -> AblationResult:
+    """:func:`run_ablation` without turning storage faults into one paragraph."""
     base = config.base_arch()
     build_variants(config, base)  # every factor and level checked before anything is written
     study_config = _study_config(config)
@@ -149,17 +160,21 @@ def run_ablation(config: AblationConfig, *, progress: bool = True) -> AblationRe
     plan = plan_from_json(study.user_attrs[PLAN_ATTR])
     trained = {v.name: v for v in plan if v.trained}
     deadline = None if config.timeout_s is None else time.monotonic() + config.timeout_s
-    for batch, seeds in enumerate(seed_batches):  # the first run's seeds, then each resume's added ones
-        name = seed_param(batch)
-        # the grid is shuffled by its seed: every worker and resume must use the same one to agree on cell ids
-        study.sampler = optuna.samplers.GridSampler({VARIANT_PARAM: list(trained), name: list(seeds)}, seed=0)
-        objective = AblationObjective(
-            study_config, None, run.data, tracker, parent, progress=progress, variants=trained, seeds=seeds,
-            seed_param=name,
-        )  # fmt: skip
-        cells = {(variant, seed) for variant in trained for seed in seeds}
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        _run_cells(study, objective, cells, timeout_s=remaining, progress=progress)
+    try:
+        for batch, seeds in enumerate(seed_batches):  # the first run's seeds, then each resume's added ones
+            name = seed_param(batch)
+            # the grid is shuffled by its seed: every worker and resume must use the same one to agree on cell ids
+            study.sampler = optuna.samplers.GridSampler({VARIANT_PARAM: list(trained), name: list(seeds)}, seed=0)
+            objective = AblationObjective(
+                study_config, None, run.data, tracker, parent, progress=progress, variants=trained, seeds=seeds,
+                seed_param=name,
+            )  # fmt: skip
+            cells = {(variant, seed) for variant in trained for seed in seeds}
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            _run_cells(study, objective, cells, timeout_s=remaining, progress=progress)
+    except BaseException as exc:  # a storage fault, an interrupt: the parent run ends saying why (the search's way)
+        end_parent_after(exc, study, tracker, parent, len(trained) * sum(map(len, seed_batches)))
+        raise
     return _finish(study, config, plan, tracker, parent)
 
 

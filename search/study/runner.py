@@ -3,10 +3,11 @@ the study-wide total is reached, then export the Pareto front."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from blocknas.search.tracking.storage import load_study
 from blocknas.spaces import SearchSpace
 
 from .attrs import ARCH_ATTR, BASELINE_ATTR, SURPLUS_ATTR
-from .config import StudyConfig
+from .config import StudyBase, StudyConfig
 from .definition import check_search_definition
 from .device import check_device, record_device
 from .duplicates import release_training_claims
@@ -47,10 +48,12 @@ from .tally import past_total, trial_counts
 __all__ = [
     "SearchResult",
     "SurplusTrial",
+    "end_parent_after",
     "ending_text",
     "optimize_until_done",
     "run_search",
     "search_result",
+    "storage_faults_named",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,20 +119,25 @@ def run_search(
     database connection) raises :class:`~blocknas.search.tracking.faults.StorageFault`, one
     paragraph naming it; the trial it cut short is retried by the next run.
     """
-    try:
+    with storage_faults_named(config):
         return _run_search(
             config, progress=progress, allow_changed_definition=allow_changed_definition, on_ready=on_ready
         )
+
+
+@contextlib.contextmanager
+def storage_faults_named(config: StudyBase) -> Iterator[None]:
+    """Raise an exception that stands for a storage fault as its
+    :class:`~blocknas.search.tracking.faults.StorageFault` paragraph, naming the study's storage and
+    tracking store where a database reports it without a path (a search's and an ablation's run)."""
+    try:
+        yield
     except Exception as exc:
-        fault = storage_fault(exc, stores=_stores(config))
+        stores = config.storage_url, resolve_tracking_uri(config.tracking_uri, config.runs_dir)
+        fault = storage_fault(exc, stores=stores)
         if fault is None or fault is exc:
             raise
         raise fault from exc
-
-
-def _stores(config: StudyConfig) -> tuple[str, ...]:
-    """The storage and tracking URLs a study writes to (named when a database reports a fault without a path)."""
-    return config.storage_url, resolve_tracking_uri(config.tracking_uri, config.runs_dir)
 
 
 def _run_search(
@@ -170,7 +178,6 @@ def _run_search(
         set_up=lambda: _enqueue_baselines(study, baselines),
     )
     record_device(study, tracker, parent, device)
-    _clear_ending(tracker, parent)
     predictor = None
     if config.latency.mode == "predicted":
         from blocknas.search.latency import LatencyPredictor
@@ -194,7 +201,7 @@ def _run_search(
             study, objective, n_trials=config.n_trials, timeout_s=config.timeout_s, progress=progress
         )
     except BaseException as exc:
-        _end_parent_after(exc, study, tracker, parent, config.n_trials)
+        end_parent_after(exc, study, tracker, parent, config.n_trials)
         raise
     ending = "timeout" if timed_out else None
     return _finish(study, config, tracker, parent, ending, Preprocessing.of(run.data))
@@ -312,12 +319,6 @@ def _progress_postfix(study: optuna.Study) -> dict[str, str]:
     return {"best_acc": f"{best.accuracy:.3f}", "front": str(len(rows))}
 
 
-def _clear_ending(tracker: StudyTracker, parent: str) -> None:
-    """A resumed study's parent run is running again: an earlier ending no longer holds."""
-    if STOPPED_TAG in tracker.client.get_run(parent).data.tags:
-        tracker.client.delete_tag(parent, STOPPED_TAG)
-
-
 def _end_parent(study: optuna.Study, tracker: StudyTracker, parent: str, n_trials: int, stopped_by: str | None) -> None:
     """End the parent run when no worker runs a trial any more: FINISHED at the total, else KILLED (a timeout,
     an interrupt) or FAILED (an error) with the reason in :data:`STOPPED_TAG`. While another worker still
@@ -337,10 +338,11 @@ def _end_parent(study: optuna.Study, tracker: StudyTracker, parent: str, n_trial
     log.warning("study %s %s", study.study_name, reason)
 
 
-def _end_parent_after(
+def end_parent_after(
     exc: BaseException, study: optuna.Study, tracker: StudyTracker, parent: str, n_trials: int
 ) -> None:
-    """:func:`_end_parent` for a worker leaving on ``exc``; a failure to do so is logged, never raised over ``exc``.
+    """:func:`_end_parent` for a worker (of a search or an ablation) leaving on ``exc``, its study short of
+    ``n_trials`` counted trials; a failure to do so is logged, never raised over ``exc``.
 
     A storage fault names itself in the reason; when it keeps the study's trials from being counted
     (a lost database), the parent run is ended FAILED with that reason all the same.

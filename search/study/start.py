@@ -17,6 +17,7 @@ from blocknas.search.data import DataError, DataSplit
 from blocknas.search.data.splits import load_data_for
 from blocknas.search.pause_points import pause_point
 from blocknas.search.tracking import (
+    STOPPED_TAG,
     StudyTracker,
     TrackingError,
     complete_setup,
@@ -176,6 +177,8 @@ class StudyRun:
 
         complete_setup(study, self.storage, steps)
         parent = tracker.ensure_parent(study, params={})  # stored by now: only reopened
+        if STOPPED_TAG in tracker.client.get_run(parent).data.tags:  # running again: an earlier ending no longer holds
+            tracker.client.delete_tag(parent, STOPPED_TAG)
         fail_abandoned_trials(study)
         tracker.close_orphans(study)
         return tracker, parent

@@ -36,6 +36,7 @@ from blocknas.search.tracking.attrs import PARENT_RUN_ATTR, RUN_ID_ATTR
 from blocknas.search.tracking.fault_proxy import CuttableProxy
 from blocknas.search.tracking.names import TRIAL_NUMBER_TAG
 from tests.conftest import quick_study, seed_mlflow_store
+from tests.helpers.configs import ablation
 
 
 def write_config(folder: Path, name: str, **overrides: object) -> Path:
@@ -65,10 +66,10 @@ def search(folder: Path, config: Path, *args: str, max_file_bytes: int | None = 
     return done.returncode, done.stdout
 
 
-def assert_one_paragraph(out: str, *words: str) -> None:
+def assert_one_paragraph(out: str, *words: str, command: str = "search") -> None:
     """Exit 2's message: no traceback, and the error names what the user must know."""
     assert "Traceback" not in out and "Should not reach" not in out, out[-3000:]
-    error = next((line for line in out.splitlines() if line.startswith("blocknas search: error:")), None)
+    error = next((line for line in out.splitlines() if line.startswith(f"blocknas {command}: error:")), None)
     assert error is not None, out[-3000:]
     for word in words:
         assert word in error, error
@@ -242,6 +243,77 @@ def test_a_lost_database_connection_mid_trial_exits_2_and_a_rerun_retries_the_tr
     study = assert_finished_exactly(config, postgres_url, 3)
     for old in before:
         assert study.trials[old.number].values == old.values
+
+
+def test_a_lost_database_connection_mid_cell_ends_the_ablation_saying_why(
+    mlflow_store: Path, postgres_url: str
+) -> None:
+    """``blocknas ablate`` on PostgreSQL cut off while its second cell trains: exit 2 in one paragraph naming the
+    database, the cut cell failed and retried (or left RUNNING for the next run's recovery), the parent run
+    FAILED saying why; the rerun trains every cell exactly once and the doctor finds Optuna and MLflow agree."""
+    folder = mlflow_store.parent.parent
+    name = f"lost-db-ablation-{uuid.uuid4().hex[:8]}"
+    config = folder / f"{name}.yaml"
+    settings = ablation(name=name, train={"epochs": 16, "batch_size": 64}, heartbeat_interval_s=2).to_dict()
+    config.write_text(yaml.safe_dump(settings))
+    proxy = CuttableProxy(("127.0.0.1", 5432))
+    via_proxy = postgres_url.replace(":5432/", f":{proxy.port}/")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
+    command = [sys.executable, "-m", "blocknas.search.cli", "ablate", "--config", str(config), "--no-progress"]
+    try:
+        proc = subprocess.Popen(
+            [*command, "--storage", via_proxy], cwd=folder, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, preexec_fn=_limited(None),
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:  # a finished cell, and the next one training
+            trials = _trials_of(name, postgres_url)
+            if any(t.state == TrialState.COMPLETE for t in trials) and any(
+                t.state == TrialState.RUNNING and RUN_ID_ATTR in t.user_attrs for t in trials
+            ):
+                break
+            time.sleep(0.3)
+        before = [t for t in _trials_of(name, postgres_url) if t.state == TrialState.COMPLETE]
+        assert before, "a cell finished before the cut"
+        [cut] = [t.number for t in _trials_of(name, postgres_url) if t.state == TrialState.RUNNING]
+        proxy.cut()
+        out, _ = proc.communicate(timeout=120)
+        proxy.restore()
+        assert proc.returncode == 2, out[-3000:]
+        assert_one_paragraph(out, "lost the connection to", f"127.0.0.1:{proxy.port}/test", command="ablate")
+        study = optuna.load_study(study_name=name, storage=open_storage(postgres_url))
+        parent = MlflowClient(f"sqlite:///{mlflow_store}").get_run(study.user_attrs[PARENT_RUN_ATTR])
+        assert parent.info.status == "FAILED", "the parent run ends, saying why"
+        assert "lost the connection" in parent.data.tags[STOPPED_TAG]
+        cut_trial = study.trials[cut]
+        assert cut_trial.state == TrialState.RUNNING or (
+            cut_trial.state == TrialState.FAIL and cut in retried_trials(study.trials)
+        ), "the cut cell is queued for retry, or left for the next run's recovery"
+
+        done = subprocess.run(
+            [*command, "--storage", via_proxy], cwd=folder, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=600, preexec_fn=_limited(None),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:]
+        assert "incomplete" not in done.stdout, done.stdout[-3000:]
+    finally:
+        proxy.close()
+    study = optuna.load_study(study_name=name, storage=open_storage(postgres_url))
+    trials = study.trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    retried = retried_trials(trials)
+    assert all(t.number in retried for t in trials if t.state == TrialState.FAIL), "a cut cell is retried"
+    cells = [(t.params["variant"], t.params["seed"]) for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(cells) == sorted((v, s) for v in ("block=separable", "block=standard") for s in (0, 1)), (
+        "every cell trained exactly once"
+    )
+    for old in before:
+        assert study.trials[old.number].values == old.values
+    tracker = StudyTracker(f"sqlite:///{mlflow_store}", name)
+    parent = tracker.client.get_run(study.user_attrs[PARENT_RUN_ATTR])
+    assert parent.info.status == "FINISHED" and STOPPED_TAG not in parent.data.tags, "the rerun's ending holds"
+    diagnosis = diagnose(study, tracker)
+    assert diagnosis.ok, diagnosis.problems
 
 
 def _trials_of(name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
