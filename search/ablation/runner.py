@@ -36,7 +36,7 @@ from blocknas.search.study import (
 )
 from blocknas.search.study.attrs import FIXED_PARAMS_ATTR
 from blocknas.search.study.definition import RENAME, changed_definition, definition_changes
-from blocknas.search.study.runner import end_parent_after, storage_faults_named
+from blocknas.search.study.runner import end_parent, end_parent_after, storage_faults_named
 from blocknas.search.study.start import open_study_for_run
 from blocknas.search.study.tally import COUNTED_STATES, counts_toward_total, outcome
 from blocknas.search.tracking import KIND_TAG, StudyTracker, mask_config, mask_url
@@ -175,7 +175,8 @@ def _run_ablation(config: AblationConfig, *, progress: bool) -> AblationResult:
     except BaseException as exc:  # a storage fault, an interrupt: the parent run ends saying why (the search's way)
         end_parent_after(exc, study, tracker, parent, len(trained) * sum(map(len, seed_batches)))
         raise
-    return _finish(study, config, plan, tracker, parent)
+    timed_out = deadline is not None and time.monotonic() >= deadline
+    return _finish(study, config, plan, tracker, parent, stopped_by="timeout" if timed_out else None)
 
 
 def seed_param(batch: int) -> str:
@@ -337,7 +338,13 @@ def collect_cells(study: optuna.Study, plan: list[PlannedVariant], seeds: tuple[
 
 
 def _finish(
-    study: optuna.Study, config: AblationConfig, plan: list[PlannedVariant], tracker: StudyTracker, parent: str
+    study: optuna.Study,
+    config: AblationConfig,
+    plan: list[PlannedVariant],
+    tracker: StudyTracker,
+    parent: str,
+    *,
+    stopped_by: str | None = None,
 ) -> AblationResult:
     cells = collect_cells(study, plan, config.seed_list)
     tables = {factor: factor_rows(config, plan, cells, factor) for factor in config.factors}
@@ -365,6 +372,8 @@ def _finish(
     result = AblationResult(study, plan, cells, tables, markdown, files, parent, tracker.tracking_uri)
     if result.complete and trial_counts(study)[1] == 0:
         tracker.finish_parent(parent)
+    elif not result.complete and stopped_by is not None:  # short of its cells: the parent says why, as a search's
+        end_parent(study, tracker, parent, trial_counts(study)[0] + wanted - finished, stopped_by)
     return result
 
 

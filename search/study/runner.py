@@ -319,7 +319,7 @@ def _progress_postfix(study: optuna.Study) -> dict[str, str]:
     return {"best_acc": f"{best.accuracy:.3f}", "front": str(len(rows))}
 
 
-def _end_parent(study: optuna.Study, tracker: StudyTracker, parent: str, n_trials: int, stopped_by: str | None) -> None:
+def end_parent(study: optuna.Study, tracker: StudyTracker, parent: str, n_trials: int, stopped_by: str | None) -> None:
     """End the parent run when no worker runs a trial any more: FINISHED at the total, else KILLED (a timeout,
     an interrupt) or FAILED (an error) with the reason in :data:`STOPPED_TAG`. While another worker still
     runs a trial the run stays RUNNING: the last worker to stop ends it (a trial of this worker's that a
@@ -341,7 +341,7 @@ def _end_parent(study: optuna.Study, tracker: StudyTracker, parent: str, n_trial
 def end_parent_after(
     exc: BaseException, study: optuna.Study, tracker: StudyTracker, parent: str, n_trials: int
 ) -> None:
-    """:func:`_end_parent` for a worker (of a search or an ablation) leaving on ``exc``, its study short of
+    """:func:`end_parent` for a worker (of a search or an ablation) leaving on ``exc``, its study short of
     ``n_trials`` counted trials; a failure to do so is logged, never raised over ``exc``.
 
     A storage fault names itself in the reason; when it keeps the study's trials from being counted
@@ -356,7 +356,7 @@ def end_parent_after(
         why = f"an error ({type(exc).__name__}: {exc})"
     try:
         try:
-            _end_parent(study, tracker, parent, n_trials, why)
+            end_parent(study, tracker, parent, n_trials, why)
         except Exception as error:
             if fault is None or storage_fault(error) is None:
                 raise
@@ -384,7 +384,7 @@ def _finish(
     done, _ = trial_counts(study)
     tracker.log(parent, metrics={"n_trials_done": done, "front_size": len(rows)})
     tracker.close_orphans(study)
-    _end_parent(study, tracker, parent, config.n_trials, stopped_by)
+    end_parent(study, tracker, parent, config.n_trials, stopped_by)
     ending = ending_text(stopped_by or "the worker's exit", done, config.n_trials) if done < config.n_trials else None
     return SearchResult(study, rows, exported, parent, tracker.tracking_uri, folder, ending)
 

@@ -283,6 +283,20 @@ def test_ablation_end_to_end_and_resume(in_tmp_dir: Path) -> None:
     assert len(resumed.study.trials) == 4
     assert resumed.parent_run_id == parent_id and len(children(client, parent_id)) == 4
 
+
+def test_an_ablation_stopped_by_its_timeout_ends_its_parent_run_saying_why(in_tmp_dir: Path) -> None:
+    """As a search's does: KILLED with the reason in blocknas.stopped, and a rerun finishes and reopens it."""
+    stopped = run_ablation(ablation(timeout_s=1e-6), progress=False)  # past its deadline before the first cell
+    assert not stopped.complete
+    client = MlflowClient(stopped.tracking_uri)
+    parent = client.get_run(stopped.parent_run_id)
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["blocknas.stopped"].startswith("stopped by timeout at 0/")
+    resumed = run_ablation(ablation(), progress=False)
+    assert resumed.complete and resumed.parent_run_id == stopped.parent_run_id
+    parent = client.get_run(resumed.parent_run_id)
+    assert parent.info.status == "FINISHED" and "blocknas.stopped" not in parent.data.tags
+
     with pytest.raises(ConfigError, match=r"started with other variants or seeds .*it has seeds \[0, 1\]"):
         run_ablation(ablation(seeds=[1]), progress=False)  # a seed removed
     with pytest.raises(ConfigError, match="started with other variants or seeds"):
