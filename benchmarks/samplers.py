@@ -176,7 +176,7 @@ def read_truth_rows(path: Path) -> list[dict[str, Any]]:
 def report(rows: list[dict[str, Any]], truth: dict[str, float], *, truth_path: Path) -> str:
     """The Markdown table: hypervolume per sampler over seeds, by the runs' own scores and by ground truth."""
     if not rows:
-        return "# Samplers at equal wall time\n\nNo runs yet.\n"
+        return "# Samplers at an equal budget\n\nNo runs yet.\n"
     slowest = max((p["latency_ms"] for r in rows for p in r["points"]), default=0.0)
     reference = (0.0, REFERENCE_LATENCY_FACTOR * slowest)
     per_sampler: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -198,7 +198,7 @@ def report(rows: list[dict[str, Any]], truth: dict[str, float], *, truth_path: P
     budgets = sorted({budget_of(r) for r in rows})
     commits = sorted({r["commit"] for r in rows})
     lines = [
-        "# Samplers at equal wall time",
+        f"# Samplers at an equal budget ({', '.join(budgets)} per run)",
         "",
         f"`python benchmarks/samplers.py`: config {', '.join(f'`{c}`' for c in configs)}, "
         f"{', '.join(budgets)} per run, one worker per run; commits "
