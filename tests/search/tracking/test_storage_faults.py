@@ -209,20 +209,7 @@ def test_a_lost_database_connection_mid_trial_exits_2_and_a_rerun_retries_the_tr
     proxy = CuttableProxy(("127.0.0.1", 5432))
     via_proxy = postgres_url.replace(":5432/", f":{proxy.port}/")
     try:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
-        command = [sys.executable, "-m", "blocknas.search.cli", "search", "--config", str(config), "--no-progress"]
-        proc = subprocess.Popen(
-            [*command, "--storage", via_proxy], cwd=folder, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, preexec_fn=_limited(None),
-        )  # fmt: skip
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:  # a finished trial, and the next one training
-            trials = _trials_of(name, postgres_url)
-            if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                t.state == TrialState.RUNNING and RUN_ID_ATTR in t.user_attrs for t in trials
-            ):
-                break
-            time.sleep(0.3)
+        proc = _start_until_mid_trial("search", config, folder, via_proxy, name, postgres_url)
         before = [t for t in _trials_of(name, postgres_url) if t.state == TrialState.COMPLETE]
         assert before, "a trial finished before the cut"
         proxy.cut()
@@ -245,6 +232,28 @@ def test_a_lost_database_connection_mid_trial_exits_2_and_a_rerun_retries_the_tr
         assert study.trials[old.number].values == old.values
 
 
+def _start_until_mid_trial(
+    command: str, config: Path, folder: Path, storage: str, name: str, postgres_url: str
+) -> subprocess.Popen[str]:
+    """``blocknas <command>`` on ``storage`` (one thread), returned once a trial (a cell) finished and the next
+    one is training with its MLflow run, or the process ended, or 300 s passed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
+    argv = [sys.executable, "-m", "blocknas.search.cli", command, "--config", str(config), "--no-progress"]
+    proc = subprocess.Popen(
+        [*argv, "--storage", storage], cwd=folder, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, preexec_fn=_limited(None),
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        trials = _trials_of(name, postgres_url)
+        if any(t.state == TrialState.COMPLETE for t in trials) and any(
+            t.state == TrialState.RUNNING and RUN_ID_ATTR in t.user_attrs for t in trials
+        ):
+            break
+        time.sleep(0.3)
+    return proc
+
+
 def test_a_lost_database_connection_mid_cell_ends_the_ablation_saying_why(
     mlflow_store: Path, postgres_url: str
 ) -> None:
@@ -258,21 +267,8 @@ def test_a_lost_database_connection_mid_cell_ends_the_ablation_saying_why(
     config.write_text(yaml.safe_dump(settings))
     proxy = CuttableProxy(("127.0.0.1", 5432))
     via_proxy = postgres_url.replace(":5432/", f":{proxy.port}/")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
-    command = [sys.executable, "-m", "blocknas.search.cli", "ablate", "--config", str(config), "--no-progress"]
     try:
-        proc = subprocess.Popen(
-            [*command, "--storage", via_proxy], cwd=folder, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, preexec_fn=_limited(None),
-        )  # fmt: skip
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:  # a finished cell, and the next one training
-            trials = _trials_of(name, postgres_url)
-            if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                t.state == TrialState.RUNNING and RUN_ID_ATTR in t.user_attrs for t in trials
-            ):
-                break
-            time.sleep(0.3)
+        proc = _start_until_mid_trial("ablate", config, folder, via_proxy, name, postgres_url)
         before = [t for t in _trials_of(name, postgres_url) if t.state == TrialState.COMPLETE]
         assert before, "a cell finished before the cut"
         [cut] = [t.number for t in _trials_of(name, postgres_url) if t.state == TrialState.RUNNING]
@@ -290,6 +286,8 @@ def test_a_lost_database_connection_mid_cell_ends_the_ablation_saying_why(
             cut_trial.state == TrialState.FAIL and cut in retried_trials(study.trials)
         ), "the cut cell is queued for retry, or left for the next run's recovery"
 
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOCKNAS_THREADS": "1"}
+        command = [sys.executable, "-m", "blocknas.search.cli", "ablate", "--config", str(config), "--no-progress"]
         done = subprocess.run(
             [*command, "--storage", via_proxy], cwd=folder, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, timeout=600, preexec_fn=_limited(None),
