@@ -417,7 +417,71 @@ def analyse(rows: list[dict[str, Any]], fraction: float, n_boot: int) -> dict[st
         "truth_seconds_median": statistics.median(r["truth_seconds"] for r in rows),
         "commits": sorted({r.get("commit", "unknown") for r in rows}),
         "seed_question": seed_question(rows),
+        "choice": choose_score(table),
     }
+
+
+# What each estimate is called in a study's ``score:`` option, where a trial can already compute it.
+SCORE_OPTIONS = {"default": "accuracy", "default_ema": "ema_accuracy"}
+RULE_FAILURES = {
+    "cheap_enough": "cost (more wall time per network than `default`)",
+    "ranks_better": "the paired difference (its interval reaches 0 or below)",
+    "not_just_size": "τ at equal latency (below `default`'s)",
+}
+# The issue's goal for the default study's trial score.
+GOAL_TAU, GOAL_OVERLAP = 0.6, 0.5
+
+
+def choose_score(estimators: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The default score by the rule fixed before the table was read (docs/explanations/proxies.md).
+
+    An estimate replaces ``default`` only if (1) its median cost per network is at most ``default``'s,
+    (2) its paired τ − τ(default) interval lies above 0 and (3) its τ at equal latency is at least
+    ``default``'s. Of several, the highest paired difference wins; with none, ``default`` stays.
+    """
+    base = estimators["default"]
+    verdicts = {}
+    for name, e in estimators.items():
+        if name == "default":
+            continue
+        cost_ok = e["seconds_median"] is not None and e["seconds_median"] <= base["seconds_median"]
+        verdicts[name] = {
+            "cheap_enough": cost_ok,
+            "ranks_better": e["tau_minus_default"]["low"] > 0,
+            "not_just_size": e["tau_at_equal_latency"]["value"] >= base["tau_at_equal_latency"]["value"],
+        }
+    passing = [n for n, v in verdicts.items() if all(v.values())]
+    winner = max(passing, key=lambda n: estimators[n]["tau_minus_default"]["value"], default="default")
+    chosen = estimators[winner]
+    return {
+        "winner": winner,
+        "score_option": SCORE_OPTIONS.get(winner),
+        "passing": passing,
+        "verdicts": verdicts,
+        "meets_goal": chosen["tau"]["value"] >= GOAL_TAU and chosen["overlap"]["value"] >= GOAL_OVERLAP,
+    }
+
+
+def render_choice(choice: dict[str, Any], estimators: dict[str, dict[str, Any]]) -> list[str]:
+    """The rule's verdict as Markdown: the winner, and what kept each near miss out."""
+    winner = choice["winner"]
+    e = estimators[winner]
+    option = f"`score: {choice['score_option']}`" if choice["score_option"] else "no `score:` option yet"
+    lines = [
+        "\n## The default score, by the rule fixed before the table was read\n",
+        "An estimate replaces `default` only if it costs no more per network, its paired τ − τ(`default`) "
+        "interval lies above 0, and its τ at equal latency is at least `default`'s "
+        "(`docs/explanations/proxies.md`).\n",
+        f"- **Chosen: `{winner}`** ({option}): τ {e['tau']['value']:+.2f} [{e['tau']['low']:+.2f}, "
+        f"{e['tau']['high']:+.2f}], top overlap {e['overlap']['value']:.0%}; the goal (τ ≥ {GOAL_TAU}, overlap ≥ "
+        f"{GOAL_OVERLAP:.0%}) is {'met' if choice['meets_goal'] else 'not met'}.",
+        f"- Passing all three: {', '.join(f'`{n}`' for n in choice['passing']) or 'none'}.",
+    ]
+    near = [n for n, v in choice["verdicts"].items() if sum(v.values()) == 2]
+    for name in sorted(near, key=lambda n: -estimators[n]["tau_minus_default"]["value"]):
+        failed = next(k for k, ok in choice["verdicts"][name].items() if not ok)
+        lines.append(f"- `{name}` fails only on {RULE_FAILURES[failed]}.")
+    return lines
 
 
 def _cost(row: dict[str, Any], name: str) -> float | None:
@@ -561,6 +625,7 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"[{noise['default']['tau']['low']:+.2f}, {noise['default']['tau']['high']:+.2f}], mean |Δ| "
             f"{noise['default_abs_diff_pp']:.2f} pp.",
         ]
+    lines += render_choice(result["choice"], est)
     lines += render_seed_question(result)
     lines += ["\n## How early the ground-truth curve ranks networks (epoch k vs the last epoch)\n"]
     lines += ["| epoch | τ | top overlap |", "|---:|---|---|"]

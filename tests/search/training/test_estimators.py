@@ -226,3 +226,39 @@ def test_groundtruth_answers_the_seed_question_from_its_rows() -> None:
     text = "\n".join(gt.render_seed_question({"seed_question": question}))
     assert "| reversed − standard | 2 | +4.00 [+4.00, +4.00]" in text
     assert "Brief budget" in text
+
+
+def _estimate(tau: float, diff_low: float, at_equal_latency: float, seconds: float | None, overlap: float = 0.3):
+    interval = lambda v, low=None: {"value": v, "low": v - 0.1 if low is None else low, "high": v + 0.1}  # noqa: E731
+    return {
+        "tau": interval(tau),
+        "tau_minus_default": interval(diff_low + 0.1, diff_low),
+        "tau_at_equal_latency": interval(at_equal_latency),
+        "overlap": interval(overlap),
+        "seconds_median": seconds,
+    }
+
+
+def test_groundtruth_chooses_the_default_score_by_its_rule() -> None:
+    gt = load_benchmark("groundtruth")
+    estimators = {
+        "default": _estimate(0.42, 0.0, 0.40, 30.0),
+        "macs": _estimate(0.65, 0.05, 0.10, 0.0),  # ranks better, but only by size
+        "slow": _estimate(0.70, 0.20, 0.60, 60.0),  # better, but twice the cost
+        "noisy": _estimate(0.50, -0.05, 0.50, 10.0),  # interval of the difference covers 0
+        "default_ema": _estimate(0.62, 0.02, 0.45, 30.0, overlap=0.6),
+        "proxy.x": _estimate(0.55, 0.01, 0.41, 0.2),
+    }
+    choice = gt.choose_score(estimators)
+    assert sorted(choice["passing"]) == ["default_ema", "proxy.x"]
+    assert choice["winner"] == "default_ema"  # the higher paired difference
+    assert choice["score_option"] == "ema_accuracy"
+    assert choice["meets_goal"]
+    text = "\n".join(gt.render_choice(choice, estimators))
+    assert "**Chosen: `default_ema`** (`score: ema_accuracy`)" in text
+    assert "`macs` fails only on τ at equal latency" in text and "`slow` fails only on cost" in text
+
+    del estimators["default_ema"], estimators["proxy.x"]
+    nothing = gt.choose_score(estimators)
+    assert nothing["winner"] == "default" and nothing["score_option"] == "accuracy"
+    assert not nothing["meets_goal"]
