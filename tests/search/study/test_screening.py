@@ -155,6 +155,14 @@ def _search(root: Path, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, cwd=root, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _wait_until_paused(worker: subprocess.Popen[str], timeout_s: float = 180) -> None:
+    """Until ``worker`` stops itself at its pause point (it must not exit or take longer than ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while not _stopped(worker):
+        assert worker.poll() is None and time.monotonic() < deadline, "never reached its pause point"
+        time.sleep(0.1)
+
+
 def test_sigterm_while_screening_fails_the_one_trial_and_a_rerun_retries_it(
     in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -167,10 +175,7 @@ def test_sigterm_while_screening_fails_the_one_trial_and_a_rerun_retries_it(
     (in_tmp_dir / "s.yaml").write_text(yaml.safe_dump(study))
     worker = _search(in_tmp_dir, **{PAUSE_ENV: "screen-candidate"})
     try:
-        deadline = time.monotonic() + 180
-        while not _stopped(worker):
-            assert worker.poll() is None and time.monotonic() < deadline, "never reached its pause point"
-            time.sleep(0.1)
+        _wait_until_paused(worker)
         os.kill(worker.pid, signal.SIGTERM)  # pending while stopped, delivered on SIGCONT
     finally:
         os.kill(worker.pid, signal.SIGCONT)
@@ -208,10 +213,7 @@ def test_the_study_timeout_is_checked_between_candidates(in_tmp_dir: Path) -> No
     (in_tmp_dir / "s.yaml").write_text(yaml.safe_dump(study))
     worker = _search(in_tmp_dir, **{PAUSE_ENV: "screen-candidate"})
     try:
-        deadline = time.monotonic() + 180
-        while not _stopped(worker):
-            assert worker.poll() is None and time.monotonic() < deadline, "never reached its pause point"
-            time.sleep(0.1)
+        _wait_until_paused(worker)
         time.sleep(timeout_s + 1)  # stopped: the timeout, counted from before the pool, passes meanwhile
     finally:
         os.kill(worker.pid, signal.SIGCONT)
