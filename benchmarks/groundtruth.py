@@ -10,14 +10,17 @@ brief recipe at about the same cost, the training speed estimate, EMA weights, t
 count, MACs and every zero-cost proxy. One JSON line per network and seed in
 ``results/groundtruth.rows.jsonl``; ``table`` then scores every estimate against the table.
 
-    python benchmarks/groundtruth.py collect --shard 0 --shards 2 &     # two cores: two shards
-    python benchmarks/groundtruth.py collect --shard 1 --shards 2
-    python benchmarks/groundtruth.py table                               # results/groundtruth.md, .json
-    python benchmarks/groundtruth.py collect --n-random 120 ...           # grow it: finished rows are kept
+    python benchmarks/groundtruth.py collect &      # two cores: the same command twice
+    python benchmarks/groundtruth.py collect
+    python benchmarks/groundtruth.py table          # results/groundtruth.md, .json
+    python benchmarks/groundtruth.py collect --n-random 120 ...   # grow it: finished rows are kept
 
 The job list is fixed by its seeds (presets, then uniform samples of the space within the default
-study's budget, a second seed for some), so every shard and every resume agrees on it; a job whose
-(arch_hash, seed) row exists is skipped, so a killed shard resumes where it stopped.
+study's budget, a second seed for some), so every process and every resume agrees on it. A process
+takes the next job whose (arch_hash, seed) has no row and no live claim (a claim file beside the
+rows, :class:`~blocknas.search.tracking.claims.FileClaims`, taken over from a dead process), so any
+number of processes on a shared folder split the work and a killed one resumes where it stopped.
+``--shard K --shards N`` splits the list statically instead (machines without a shared folder).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from blocknas.search.ablation import load_ablation_config, make_plan
 from blocknas.search.data import DataConfig, load_data
 from blocknas.search.latency import measure_latency
 from blocknas.search.study import StudyConfig, load_study_config
+from blocknas.search.tracking.claims import FileClaims
 from blocknas.search.training import (
     AugmentConfig,
     EmaConfig,
@@ -182,6 +186,11 @@ def read_rows(path: Path, *, epochs: int | None = None) -> list[dict[str, Any]]:
                 )
         rows.append(row)
     return rows
+
+
+def finished(path: Path, epochs: int) -> set[tuple[str, int]]:
+    """The (arch_hash, seed) of every row in the table."""
+    return {(r["arch_hash"], r["seed"]) for r in read_rows(path, epochs=epochs)}
 
 
 def append_row(row: dict[str, Any], path: Path) -> None:
@@ -338,13 +347,19 @@ def collect(args: argparse.Namespace) -> int:
         for i, j in enumerate(jobs(study, args.n_random, args.second_seed, args.front))
         if i % args.shards == args.shard
     ]
+    claims = FileClaims(args.rows.with_name(args.rows.stem + ".claims"))
     for n, job in enumerate(mine, 1):
-        done = {(r["arch_hash"], r["seed"]) for r in read_rows(args.rows, epochs=args.epochs)}
-        if job.key in done:
-            continue
-        start = time.perf_counter()
-        row = run_job(job, study, truth, commit)
-        append_row(row, args.rows)
+        key = f"{job.key[0]}-seed{job.key[1]}"
+        if job.key in finished(args.rows, args.epochs) or not claims.claim(key, note=job.source).held:
+            continue  # trained, or being trained by another process
+        try:
+            if job.key in finished(args.rows, args.epochs):  # finished between the look and the claim
+                continue
+            start = time.perf_counter()
+            row = run_job(job, study, truth, commit)
+            append_row(row, args.rows)
+        finally:
+            claims.release(key)
         print(
             f"shard {args.shard} job {n}/{len(mine)} {job.source} seed {job.seed}: truth "
             f"{row['val_acc_curve'][-1]:.4f}, default {row['estimates']['default']:.4f}, "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +264,29 @@ def test_groundtruth_chooses_the_default_score_by_its_rule() -> None:
     nothing = gt.choose_score(estimators)
     assert nothing["winner"] == "default" and nothing["score_option"] == "accuracy"
     assert not nothing["meets_goal"]
+
+
+def test_groundtruth_skips_a_job_a_live_process_claims_and_takes_a_dead_ones(tmp_path: Path, monkeypatch) -> None:
+    """Processes split the job list by claims: a job claimed by a live process is left to it, one
+    claimed by a dead process is taken over, and every claim is released once its row is written."""
+    gt = load_benchmark("groundtruth")
+    config = str(REPO_ROOT / "configs" / "default.yaml")
+    study = gt.load_study_config(config)
+    all_jobs = gt.jobs(study, 1, 0, None)
+    rows = tmp_path / "rows.jsonl"
+    *earlier, live, dead = all_jobs  # the first ones finished, the last two claimed by other processes
+    _write(rows, [_row(h, s, epochs=10) for h, s in (j.key for j in earlier)])
+    claims_dir = tmp_path / "rows.claims"
+    for job, holder in ((live, f"{socket.gethostname()}:{os.getppid()}"), (dead, f"{socket.gethostname()}:999999999")):
+        claims_dir.mkdir(exist_ok=True)
+        (claims_dir / f"{job.key[0]}-seed{job.key[1]}.0.claim").write_text(f"{holder} abcd1234 {job.source}")
+    trained = []
+
+    def fake_train(job, *args: object) -> dict:
+        trained.append(job.source)
+        return _row(job.key[0], job.key[1], epochs=10)
+
+    monkeypatch.setattr(gt, "run_job", fake_train)
+    assert gt.main(["collect", "--config", config, "--n-random", "1", "--second-seed", "0", "--rows", str(rows)]) == 0
+    assert trained == [dead.source], "the live process's job was left to it, the dead one's taken over"
+    assert sorted(p.name for p in claims_dir.iterdir()) == [f"{live.key[0]}-seed{live.key[1]}.0.claim"]
