@@ -160,11 +160,12 @@ def read_rows(path: Path, *, epochs: int | None = None) -> list[dict[str, Any]]:
     """The table's rows, each checked: every required key, curves of one value per epoch.
 
     Raises:
-        RowError: a line that is not JSON, misses a key or has a curve of the wrong length (named by line).
+        RowError: a line that is not JSON, misses a key, has a curve of the wrong length or repeats an
+            (arch_hash, seed) of an earlier line (named by line).
     """
     if not path.exists():
         return []
-    rows = []
+    rows, seen = [], {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -184,6 +185,10 @@ def read_rows(path: Path, *, epochs: int | None = None) -> list[dict[str, Any]]:
                     f"{where} ({row['arch_hash']}): {key} has {len(curve) if isinstance(curve, list) else curve!r} "
                     f"values, expected one per epoch ({want})"
                 )
+        key = (row["arch_hash"], row["seed"])
+        if key in seen:
+            raise RowError(f"{where} ({row['arch_hash']}): seed {row['seed']} again (first at line {seen[key]})")
+        seen[key] = number
         rows.append(row)
     return rows
 

@@ -131,6 +131,9 @@ def test_groundtruth_rows_are_validated_on_load(tmp_path: Path) -> None:
     rows.write_text('{"arch_hash": "ffff"\n')
     with pytest.raises(gt.RowError, match=":1: not a JSON object"):
         gt.read_rows(rows)
+    _write(rows, [_row("aaaa"), _row("aaaa", seed=1), _row("aaaa")])
+    with pytest.raises(gt.RowError, match=r":3 \(aaaa\): seed 0 again \(first at line 1\)"):
+        gt.read_rows(rows)
 
 
 def test_groundtruth_resumes_without_retraining_a_finished_row(tmp_path: Path, monkeypatch) -> None:
