@@ -254,7 +254,7 @@ def test_groundtruth_chooses_the_default_score_by_its_rule() -> None:
         "default_ema": _estimate(0.62, 0.02, 0.45, 30.0, overlap=0.6),
         "proxy.x": _estimate(0.55, 0.01, 0.41, 0.2),
     }
-    choice = gt.choose_score(estimators)
+    choice = gt.choose_score(estimators, 60, 15)
     assert sorted(choice["passing"]) == ["default_ema", "proxy.x"]
     assert choice["winner"] == "default_ema"  # the higher paired difference
     assert choice["score_option"] == "ema_accuracy"
@@ -264,9 +264,14 @@ def test_groundtruth_chooses_the_default_score_by_its_rule() -> None:
     assert "`macs` fails only on τ at equal latency" in text and "`slow` fails only on cost" in text
 
     del estimators["default_ema"], estimators["proxy.x"]
-    nothing = gt.choose_score(estimators)
+    nothing = gt.choose_score(estimators, 60, 15)
     assert nothing["winner"] == "default" and nothing["score_option"] == "accuracy"
-    assert not nothing["meets_goal"]
+    assert not nothing["meets_goal"] and nothing["final"]
+    early = gt.choose_score(estimators, 59, 15)
+    assert not early["final"]
+    assert "**Provisional**: the table holds 59 networks, 15 with a second seed" in "\n".join(
+        gt.render_choice(early, estimators)
+    )
 
 
 def test_groundtruth_skips_a_job_a_live_process_claims_and_takes_a_dead_ones(tmp_path: Path, monkeypatch) -> None:
