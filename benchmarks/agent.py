@@ -161,8 +161,8 @@ def report(args: argparse.Namespace, s: dict[str, Any]) -> str:
         f"benchmark process pinned to the same core, never at the same time as the agent's. Device: {fp['cpu_model']}, "
         f"onnxruntime {fp['onnxruntime']}.",
         "",
-        f"**Load**: the machine has {os.cpu_count()} cores and was busy with other work (other engineers' test "
-        f"suites and a long benchmark); 1-minute load average at start, between the parts and at the end: {loads}.",
+        f"**Load**: the machine has {os.cpu_count()} cores; 1-minute load average at start, between the parts and "
+        f"at the end: {loads} (the benchmark itself keeps about one core busy).",
         "",
         "## Results",
         "",
