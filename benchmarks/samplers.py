@@ -41,6 +41,7 @@ import yaml
 from scipy import stats
 
 from blocknas.blocks import ArchConfig
+from blocknas.search.ablation import paired_difference
 from blocknas.search.report import hypervolume_2d, is_feasible
 from blocknas.search.study import ARCH_ATTR, DUPLICATE_OF_ATTR, MAX_TRIALS, load_study_config, trial_counts
 from blocknas.search.tracking import open_storage
@@ -154,13 +155,10 @@ def _paired(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
     Runs of one seed draw the same random start-up trials (TPE and GP start with the seed's random
     draws) and ran side by side, so their hypervolumes move together; pairing removes that shared part.
     """
-    by_seed = {x["seed"]: x["hv"] for x in baseline}
-    diffs = [x["hv"] - by_seed[x["seed"]] for x in runs if x["seed"] in by_seed]
-    if len(diffs) < 2:
+    diff = paired_difference({x["seed"]: x["hv"] for x in runs}, {x["seed"]: x["hv"] for x in baseline})
+    if not diff.has_interval:
         return "—"
-    mean, sem = statistics.fmean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
-    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sem
-    return f"{mean:+.3g} [{mean - half:+.3g}, {mean + half:+.3g}]"
+    return f"{diff.mean:+.3g} [{diff.low:+.3g}, {diff.high:+.3g}]"
 
 
 def _shown(path: Path) -> str:
