@@ -123,6 +123,11 @@ class Job:
     def key(self) -> tuple[str, int]:
         return self.arch.short_hash(), self.seed
 
+    @property
+    def claim_key(self) -> str:
+        """The key a process claims while it trains this job (a file name in the claims folder)."""
+        return f"{self.arch.short_hash()}-seed{self.seed}"
+
 
 def seed_question_jobs() -> list[Job]:
     """The seed question's variants (standard, separable, reversed, inverted residual at matched params), each seed."""
@@ -354,8 +359,7 @@ def collect(args: argparse.Namespace) -> int:
     ]
     claims = FileClaims(args.rows.with_name(args.rows.stem + ".claims"))
     for n, job in enumerate(mine, 1):
-        key = f"{job.key[0]}-seed{job.key[1]}"
-        if job.key in finished(args.rows, args.epochs) or not claims.claim(key, note=job.source).held:
+        if job.key in finished(args.rows, args.epochs) or not claims.claim(job.claim_key, note=job.source).held:
             continue  # trained, or being trained by another process
         try:
             if job.key in finished(args.rows, args.epochs):  # finished between the look and the claim
@@ -364,7 +368,7 @@ def collect(args: argparse.Namespace) -> int:
             row = run_job(job, study, truth, commit)
             append_row(row, args.rows)
         finally:
-            claims.release(key)
+            claims.release(job.claim_key)
         print(
             f"shard {args.shard} job {n}/{len(mine)} {job.source} seed {job.seed}: truth "
             f"{row['val_acc_curve'][-1]:.4f}, default {row['estimates']['default']:.4f}, "

@@ -287,7 +287,7 @@ def test_groundtruth_skips_a_job_a_live_process_claims_and_takes_a_dead_ones(tmp
     claims_dir = tmp_path / "rows.claims"
     for job, holder in ((live, f"{socket.gethostname()}:{os.getppid()}"), (dead, f"{socket.gethostname()}:999999999")):
         claims_dir.mkdir(exist_ok=True)
-        (claims_dir / f"{job.key[0]}-seed{job.key[1]}.0.claim").write_text(f"{holder} abcd1234 {job.source}")
+        (claims_dir / f"{job.claim_key}.0.claim").write_text(f"{holder} abcd1234 {job.source}")
     trained = []
 
     def fake_train(job, *args: object) -> dict:
@@ -297,4 +297,4 @@ def test_groundtruth_skips_a_job_a_live_process_claims_and_takes_a_dead_ones(tmp
     monkeypatch.setattr(gt, "run_job", fake_train)
     assert gt.main(["collect", "--config", config, "--n-random", "1", "--second-seed", "0", "--rows", str(rows)]) == 0
     assert trained == [dead.source], "the live process's job was left to it, the dead one's taken over"
-    assert sorted(p.name for p in claims_dir.iterdir()) == [f"{live.key[0]}-seed{live.key[1]}.0.claim"]
+    assert sorted(p.name for p in claims_dir.iterdir()) == [f"{live.claim_key}.0.claim"]
