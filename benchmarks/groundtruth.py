@@ -12,6 +12,7 @@ count, MACs and every zero-cost proxy. One JSON line per network and seed in
 
     python benchmarks/groundtruth.py collect &      # two cores: the same command twice
     python benchmarks/groundtruth.py collect
+    python benchmarks/groundtruth.py latency        # once, on a quiet machine: results/groundtruth.latency.json
     python benchmarks/groundtruth.py table          # results/groundtruth.md, .json
     python benchmarks/groundtruth.py collect --n-random 120 ...   # grow it: finished rows are kept
 
@@ -21,12 +22,18 @@ takes the next job whose (arch_hash, seed) has no row and no live claim (a claim
 rows, :class:`~blocknas.search.tracking.claims.FileClaims`, taken over from a dead process), so any
 number of processes on a shared folder split the work and a killed one resumes where it stopped.
 ``--shard K --shards N`` splits the list statically instead (machines without a shared folder).
+
+A row's ``latency_ms`` is measured while the row's process shares the machine with other trainers,
+so one graph can read 0.08 ms in one row and 0.24 ms in another. ``latency`` measures every network
+of the table again in one process on an otherwise idle machine (``--rounds`` passes, round robin,
+the median kept); ``table`` then uses those latencies for τ at equal latency, and says which it used.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -34,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +86,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SEED_QUESTION = Path(__file__).resolve().parent.parent / "configs" / "ablations" / "seed_blocks.yaml"
 SEED_QUESTION_SEEDS = (0, 1)
 ROWS = RESULTS / "groundtruth.rows.jsonl"
+QUIET_LATENCY = RESULTS / "groundtruth.latency.json"
 REQUIRED = (
     "arch_hash",
     "arch",
@@ -404,7 +413,9 @@ def zero_cost_features(row: dict[str, Any]) -> list[float]:
     return [*arch_features(row), *(float(np.log1p(abs(v))) for v in proxies)]
 
 
-def analyse(rows: list[dict[str, Any]], fraction: float, n_boot: int) -> dict[str, Any]:
+def analyse(
+    rows: list[dict[str, Any]], fraction: float, n_boot: int, *, latency_file: Path = QUIET_LATENCY
+) -> dict[str, Any]:
     """Every estimate's agreement with the truth (final EMA accuracy, seed 0), costs and noise floors."""
     first = [r for r in rows if r["seed"] == 0]
     truth = [r["val_acc_curve"][-1] for r in first]
@@ -418,7 +429,7 @@ def analyse(rows: list[dict[str, Any]], fraction: float, n_boot: int) -> dict[st
         (a + b) / 2 for a, b in zip(_zscores(estimates["ranker(zero-cost+brief)"]), _zscores(brief))
     ]
     per_network_s = {name: [_cost(r, name) for r in first] for name in estimates}
-    latency = [r["latency_ms"] for r in first]
+    latency, latency_source = latencies(first, latency_file)
     table = {}
     for name, values in estimates.items():
         agreement = rank_agreement(values, truth, fraction=fraction, n_boot=n_boot)
@@ -435,6 +446,7 @@ def analyse(rows: list[dict[str, Any]], fraction: float, n_boot: int) -> dict[st
         "n_rows": len(rows),
         "estimators": table,
         "equal_latency_pairs": matched_tau(truth, truth, latency, n_boot=1)[1],
+        "latency_source": latency_source,
         "noise": noise,
         "rungs": rung_agreement(first, n_boot),
         "truth_range": [min(truth), max(truth)],
@@ -652,7 +664,8 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         "(an interval above 0 says the estimate ranks better than the default score). *τ at equal latency* is "
         f"Kendall's τ over the {result['equal_latency_pairs']} pairs of networks whose latencies are within 15 % of "
         "each other: how an estimate orders networks that a multi-objective search cannot tell apart by latency; "
-        "an estimate that only tracks network size is near 0 there however high its plain τ.",
+        "an estimate that only tracks network size is near 0 there however high its plain τ. "
+        + result.get("latency_source", ""),
     ]
     noise = result["noise"]
     if noise.get("n", 0) >= 3:
@@ -675,12 +688,77 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_round_robin(
+    models: Mapping[str, Callable[[], torch.nn.Module]], input_shape: tuple[int, int, int], target: Any, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Each model's latency, ``rounds`` times round robin (so a burst of load touches every model alike).
+
+    Returns, per key, the median p50 (``latency_ms``), every round's p50 and the device fingerprint.
+    """
+    samples: dict[str, list[float]] = {key: [] for key in models}
+    fingerprints: dict[str, str] = {}
+    for _ in range(rounds):
+        for key, build in models.items():
+            result = measure_latency(build().eval(), input_shape, target)
+            samples[key].append(result.p50_ms)
+            fingerprints[key] = result.fingerprint_id
+    return {
+        key: {"latency_ms": statistics.median(v), "samples_ms": v, "fingerprint": fingerprints[key]}
+        for key, v in samples.items()
+    }
+
+
+def remeasure_latency(args: argparse.Namespace) -> int:
+    """Every network of the table measured again, in this one process, ``--rounds`` times round robin."""
+    study = load_study_config(args.config)
+    target = dataclasses.replace(study.latency, threads=1, runtime="onnxruntime")
+    torch.set_num_threads(1)
+    archs = {r["arch_hash"]: ArchConfig.from_dict(yaml.safe_load(r["arch"])) for r in read_rows(args.rows)}
+    shapes = {(a.in_chans, *a.input_size) for a in archs.values()}
+    if len(shapes) != 1:
+        raise RowError(f"{args.rows}: networks of several input shapes {sorted(shapes)}; one pass needs one")
+    load_before = os.getloadavg()
+    factories = {h: functools.partial(timm.create_model, "blocknet", arch=a) for h, a in archs.items()}
+    networks = measure_round_robin(factories, shapes.pop(), target, args.rounds)
+    out = {
+        "commit": git_commit(),
+        "host": platform.node(),
+        "rounds": args.rounds,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "networks": networks,
+    }
+    args.latency.write_text(json.dumps(out, indent=1))
+    print(
+        f"wrote {args.latency}: {len(archs)} networks, load {load_before[0]:.1f} before, {out['load_after'][0]:.1f} after"
+    )
+    return 0
+
+
+def latencies(rows: list[dict[str, Any]], path: Path) -> tuple[list[float], str]:
+    """Each row's latency for τ at equal latency: the quiet pass's when it covers every row, else the row's own.
+
+    Returns the latencies and a sentence saying which were used.
+    """
+    quiet = json.loads(path.read_text()) if path.is_file() else None
+    if quiet and all(r["arch_hash"] in quiet["networks"] for r in rows):
+        load = quiet["load_before"][0]
+        return [quiet["networks"][r["arch_hash"]]["latency_ms"] for r in rows], (
+            f"Latencies: one quiet pass over every network (`groundtruth.py latency`, commit {quiet['commit']}, "
+            f"median of {quiet['rounds']} round-robin measurements, 1-min load {load:.1f} before it)."
+        )
+    return [r["latency_ms"] for r in rows], (
+        "Latencies: each row's own, measured beside other trainers (no quiet pass covers every network: "
+        "run `groundtruth.py latency` on an idle machine)."
+    )
+
+
 def table(args: argparse.Namespace) -> int:
     rows = read_rows(args.rows, epochs=args.epochs)
     if sum(r["seed"] == 0 for r in rows) < 5:
         print(f"{args.rows} holds {len(rows)} rows: run `collect` first", file=sys.stderr)
         return 2
-    result = analyse(rows, args.fraction, args.n_boot)
+    result = analyse(rows, args.fraction, args.n_boot, latency_file=args.latency)
     (RESULTS / "groundtruth.json").write_text(json.dumps(result, indent=1))
     out = RESULTS / "groundtruth.md"
     out.write_text(render(result, args))
@@ -690,7 +768,7 @@ def table(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=("collect", "table"))
+    parser.add_argument("part", choices=("collect", "latency", "table"))
     parser.add_argument("--config", default="configs/default.yaml", help="the study whose space and score are judged")
     parser.add_argument("--n-random", type=int, default=60, help="uniform samples of the space")
     parser.add_argument(
@@ -707,11 +785,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=Path, default=ROWS, help="the table (JSON lines), shared by all shards")
     parser.add_argument("--fraction", type=float, default=0.1, help="top share for the overlap")
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--latency", type=Path, default=QUIET_LATENCY, help="the quiet pass's latencies (JSON)")
+    parser.add_argument("--rounds", type=int, default=5, help="`latency`: measurements of each network")
     args = parser.parse_args(argv)
     if not 0 <= args.shard < args.shards:
         parser.error(f"--shard must be in [0, --shards={args.shards})")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    return collect(args) if args.part == "collect" else table(args)
+    parts = {"collect": collect, "latency": remeasure_latency, "table": table}
+    return parts[args.part](args)
 
 
 if __name__ == "__main__":

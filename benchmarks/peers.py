@@ -15,20 +15,35 @@ and which peers a found network dominates.
     python benchmarks/peers.py --epochs 2 --seeds 1 --models lcnet_050 --no-found   # a quick look
 
 Results: ``benchmarks/results/peers.md`` (and ``.json``), rewritten after every network.
+
+At the ground-truth budget (``--recipe groundtruth``) every network and seed is one JSON line in
+``--rows`` (default ``results/peers_groundtruth.rows.jsonl``), so the run resumes where it stopped and
+several processes split it by claims (the same command twice on two cores). A found network the
+ground-truth table already trained at the same seed and budget is read from the table, not trained
+again. Latencies measured beside other trainers are not comparable, so ``--latency-pass`` measures
+every network once more, round robin in one process on an idle machine, and the report uses that.
+
+    python benchmarks/peers.py --recipe groundtruth --epochs 10 --max-train-samples 10000 --seeds 1 &
+    python benchmarks/peers.py --recipe groundtruth --epochs 10 --max-train-samples 10000 --seeds 1
+    python benchmarks/peers.py --recipe groundtruth --epochs 10 --max-train-samples 10000 --seeds 1 --latency-pass
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -36,10 +51,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import blocknas.blocks  # noqa: F401  (registers the blocknet models)
+from blocknas.blocks import ArchConfig
 from blocknas.search.data import load_data
 from blocknas.search.latency import LatencyTarget, measure_latency
 from blocknas.search.report.data import hypervolume_2d
 from blocknas.search.study import StudyConfig, load_study_config
+from blocknas.search.tracking.claims import FileClaims
 from blocknas.search.training import TrainConfig, seed_everything, train_briefly
 
 log = logging.getLogger("peers")
@@ -140,30 +157,86 @@ def count_macs(model: torch.nn.Module) -> int:
     return counter.get_total_flops() // 2
 
 
-def evaluate(
-    name: str, arch: Path | None, config: StudyConfig, train: TrainConfig, seeds: list[int], recipe: str = "brief"
-) -> Row:
-    """Measure ``name`` and train it once per seed with ``recipe``: ``brief`` (the study's trainer and data) or
-    ``groundtruth`` (``benchmarks/groundtruth.py``'s: ``blocknas train``'s recipe with EMA, its data and epochs)."""
+def train_once(
+    name: str, arch: Path | None, config: StudyConfig, train: TrainConfig, seed: int, recipe: str = "brief"
+) -> dict[str, Any]:
+    """Measure ``name`` and train it with ``seed`` and ``recipe``: ``brief`` (the study's trainer and data) or
+    ``groundtruth`` (``benchmarks/groundtruth.py``'s: ``blocknas train``'s recipe with EMA, its data and epochs).
+    One record: what the network is and costs, and the accuracy it reached."""
     model = build(name, arch)
-    row = Row(name, arch is not None, sum(p.numel() for p in model.parameters()), count_macs(model))
-    row.latency_ms = measure_latency(model.eval(), INPUT, TARGET).p50_ms
+    record: dict[str, Any] = {
+        "name": name,
+        "found": arch is not None,
+        "seed": seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": count_macs(model),
+        "latency_ms": measure_latency(model.eval(), INPUT, TARGET).p50_ms,
+        **budget(config, train, recipe),
+    }
     data_config = config.data
     if recipe == "groundtruth":
         truth = _groundtruth().truth_config(train.epochs, config.data.max_train_samples or 10_000)
         data_config, train = truth.data, truth.train
     data = load_data(data_config, input_size=INPUT[1:], in_chans=INPUT[0])
     start = time.perf_counter()
-    for seed in seeds:
-        seed_everything(seed)
-        if recipe == "groundtruth":
-            curve = _groundtruth().train_model(build(name, arch), data, data_config, train, seed, augment=True)
-            row.accuracy[seed] = curve[-1]["ema_val_accuracy"]
-        else:
-            row.accuracy[seed] = train_briefly(build(name, arch), data, train, seed=seed).val_accuracy
-        log.info("%s seed %d: %.4f", name, seed, row.accuracy[seed])
-    row.train_seconds = time.perf_counter() - start
-    return row
+    seed_everything(seed)
+    if recipe == "groundtruth":
+        curve = _groundtruth().train_model(build(name, arch), data, data_config, train, seed, augment=True)
+        record["accuracy"] = curve[-1]["ema_val_accuracy"]
+    else:
+        record["accuracy"] = train_briefly(build(name, arch), data, train, seed=seed).val_accuracy
+    record["train_seconds"] = time.perf_counter() - start
+    log.info("%s seed %d: %.4f", name, seed, record["accuracy"])
+    return record
+
+
+def budget(config: StudyConfig, train: TrainConfig, recipe: str) -> dict[str, Any]:
+    """What makes two records comparable: the recipe, its epochs and training images."""
+    return {"recipe": recipe, "epochs": train.epochs, "train_images": config.data.max_train_samples}
+
+
+def from_table(table: Path, arch: Path, seed: int, config: StudyConfig, train: TrainConfig) -> dict[str, Any] | None:
+    """A found network's record from the ground-truth table, when the table trained it at this seed and budget."""
+    if not table.is_file():
+        return None
+    wanted = ArchConfig.from_yaml(arch).short_hash()
+    for row in _groundtruth().read_rows(table):
+        same_budget = row["budget"]["epochs"] == train.epochs
+        same_budget &= row["budget"]["train_images"] == (config.data.max_train_samples or 10_000)
+        if row["arch_hash"] == wanted and row["seed"] == seed and same_budget:
+            return {
+                "name": arch.stem,
+                "found": True,
+                "seed": seed,
+                "params": row["params"],
+                "macs": row["macs"],
+                "latency_ms": row["latency_ms"],
+                **budget(config, train, "groundtruth"),
+                "accuracy": row["val_acc_curve"][-1],
+                "train_seconds": row["truth_seconds"],
+                "from_table": f"{table.name} ({row['arch_hash']}, seed {seed})",
+            }
+    return None
+
+
+def read_records(path: Path | None, want: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records in ``path`` trained at the budget ``want`` (others are another run's)."""
+    if path is None or not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if all(r.get(k) == v for k, v in want.items())]
+
+
+def to_rows(records: list[dict[str, Any]], latency: dict[str, float] | None = None) -> list[Row]:
+    """One :class:`Row` per network, its seeds gathered; ``latency`` (a quiet pass) replaces the records'."""
+    rows: dict[str, Row] = {}
+    for r in records:
+        row = rows.setdefault(r["name"], Row(r["name"], r["found"], r["params"], r["macs"], r["latency_ms"]))
+        row.accuracy[r["seed"]] = r["accuracy"]
+        row.train_seconds += r["train_seconds"]
+        if latency and r["name"] in latency:
+            row.latency_ms = latency[r["name"]]
+    return list(rows.values())
 
 
 def _groundtruth():  # type: ignore[no-untyped-def]
@@ -274,7 +347,10 @@ def write(rows: list[Row], config: StudyConfig, train: TrainConfig, note: str, o
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/default.yaml", help="the study's config (data, training recipe)")
-    parser.add_argument("--front", help="folder of the front's t*.yaml (default configs/discovered/<study>)")
+    parser.add_argument(
+        "--front",
+        help="folder of the front's t*.yaml (default configs/discovered/<study>; groundtruth recipe: the table's front)",
+    )
     parser.add_argument("--epochs", type=int, default=6, help="epochs for every network")
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..n-1 for every network")
     parser.add_argument("--models", default=",".join(PEERS), help="comma-separated timm model names")
@@ -287,9 +363,17 @@ def main(argv: list[str] | None = None) -> int:
         help="brief: the study's own trainer and data; groundtruth: groundtruth.py's recipe (blocknas train's, "
         "EMA, all 10,000 test images; --epochs and --max-train-samples set its budget, e.g. 10 and 10000)",
     )
-    parser.add_argument("--out", default=str(RESULTS / "peers.md"))
+    parser.add_argument("--rows", help="records, one per network and seed (JSON lines): the run resumes from them")
+    parser.add_argument(
+        "--table",
+        default=str(RESULTS / "groundtruth.rows.jsonl"),
+        help="groundtruth recipe: found networks the ground-truth table trained at this budget are read from it",
+    )
+    parser.add_argument("--latency-pass", action="store_true", help="measure every network of --rows again, quietly")
+    parser.add_argument("--out", default=None, help="the report (default results/peers.md, peers_groundtruth.md)")
     parser.add_argument("--note", default="", help="a line about the setup, written into the results")
     args = parser.parse_args(argv)
+    args.out = args.out or str(RESULTS / ("peers_groundtruth.md" if args.recipe == "groundtruth" else "peers.md"))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
 
@@ -299,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
             config, data=dataclasses.replace(config.data, max_train_samples=args.max_train_samples)
         )
     train = dataclasses.replace(config.train, epochs=args.epochs, time_budget_s=None, threads=1)
-    front_dir = Path(args.front or Path("configs/discovered") / config.name)
+    default_front = (
+        RESULTS / "groundtruth_front" if args.recipe == "groundtruth" else Path("configs/discovered") / config.name
+    )
+    front_dir = Path(args.front or default_front)
     found = [] if args.no_found else sorted(front_dir.glob("t*.yaml"))
     if not args.no_found and not found:
         sys.exit(f"no t*.yaml in {front_dir}; run `make search` first (or pass --front / --no-found)")
@@ -314,20 +401,71 @@ def main(argv: list[str] | None = None) -> int:
             f"{config.data.max_train_samples or 10_000:,} training images; the recipe line above is the brief one. "
             + args.note
         )
-    rows: list[Row] = []
+    want = budget(config, train, args.recipe)
+    rows_path = Path(args.rows) if args.rows else None
+    if rows_path is None and args.recipe == "groundtruth":
+        rows_path = RESULTS / "peers_groundtruth.rows.jsonl"
+    latency_path = rows_path.with_name(rows_path.stem + ".latency.json") if rows_path else None
+    if args.latency_pass:
+        if rows_path is None or latency_path is None:
+            sys.exit("--latency-pass measures the networks of --rows; pass --rows")
+        return latency_pass(todo, read_records(rows_path, want), latency_path)
+    claims = FileClaims(rows_path.with_name(rows_path.stem + ".claims")) if rows_path else None
+    records = read_records(rows_path, want)
     start = time.perf_counter()
     for i, (name, arch) in enumerate(todo):
-        rows.append(evaluate(name, arch, config, train, list(range(args.seeds)), args.recipe))
-        log.info(
-            "%d/%d %s: %.4f ± %.4f, %.3f ms", i + 1, len(todo), name, rows[-1].mean, rows[-1].std, rows[-1].latency_ms
-        )
+        for seed in range(args.seeds):
+            if any(r["name"] == name and r["seed"] == seed for r in records):
+                continue
+            key = f"{name}-seed{seed}"
+            if claims is not None and not claims.claim(key, note=args.recipe).held:
+                continue  # another process trains it
+            try:
+                records = read_records(rows_path, want) if rows_path else records
+                if any(r["name"] == name and r["seed"] == seed for r in records):
+                    continue  # finished between the look and the claim
+                record = None
+                if arch is not None and args.recipe == "groundtruth":
+                    record = from_table(Path(args.table), arch, seed, config, train)
+                if record is None:
+                    record = train_once(name, arch, config, train, seed, args.recipe)
+                record.update(commit=commit, host=platform.node())
+                if rows_path is not None:
+                    with rows_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                records.append(record)
+            finally:
+                if claims is not None:
+                    claims.release(key)
+        log.info("%d/%d %s done", i + 1, len(todo), name)
+        rows = to_rows(records, quiet_latencies(latency_path))
         note = (
-            f"{len(rows)} of {len(todo)} networks done; {time.perf_counter() - start:.0f} s on {platform.machine()} "
-            f"(commit {commit or 'unknown'}). {args.note}".strip()
+            f"{len(rows)} of {len(todo)} networks trained; {time.perf_counter() - start:.0f} s this run on "
+            f"{platform.machine()} (commit {commit or 'unknown'}). {args.note}".strip()
         )
         write(rows, config, train, note, Path(args.out))
     print(Path(args.out).read_text())
     return 0
+
+
+def latency_pass(todo: Sequence[tuple[str, Path | None]], records: list[dict[str, Any]], out: Path) -> int:
+    """Every network with a record measured again, round robin in this one process: ``out`` (JSON)."""
+    names = {r["name"] for r in records}
+    factories = {name: functools.partial(build, name, arch) for name, arch in todo if name in names}
+    load_before = os.getloadavg()
+    networks = _groundtruth().measure_round_robin(factories, INPUT, TARGET, rounds=5)
+    out.write_text(
+        json.dumps({"load_before": load_before, "load_after": os.getloadavg(), "networks": networks}, indent=1)
+    )
+    print(f"wrote {out}: {len(networks)} networks, 1-min load {load_before[0]:.1f} before")
+    return 0
+
+
+def quiet_latencies(path: Path | None) -> dict[str, float] | None:
+    """The latency pass's medians by network, if it ran."""
+    if path is None or not path.is_file():
+        return None
+    return {name: n["latency_ms"] for name, n in json.loads(path.read_text())["networks"].items()}
 
 
 if __name__ == "__main__":

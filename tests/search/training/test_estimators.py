@@ -298,3 +298,61 @@ def test_groundtruth_skips_a_job_a_live_process_claims_and_takes_a_dead_ones(tmp
     assert gt.main(["collect", "--config", config, "--n-random", "1", "--second-seed", "0", "--rows", str(rows)]) == 0
     assert trained == [dead.source], "the live process's job was left to it, the dead one's taken over"
     assert sorted(p.name for p in claims_dir.iterdir()) == [f"{live.claim_key}.0.claim"]
+
+
+def test_groundtruth_latency_pass_measures_every_network_and_the_table_uses_it(tmp_path: Path) -> None:
+    """The quiet pass: a real ONNX Runtime measurement per network; the table uses it only when it covers all."""
+    from blocknas.blocks import resolve_arch
+
+    gt = load_benchmark("groundtruth")
+    archs = [resolve_arch("blocknet_separable"), resolve_arch("blocknet_reversed")]
+    rows = [{**_row(a.short_hash(), epochs=10), "arch": a.to_yaml(), "latency_ms": 9.0} for a in archs]
+    rows_path, out = tmp_path / "rows.jsonl", tmp_path / "latency.json"
+    _write(rows_path, rows)
+    argv = ["latency", "--rows", str(rows_path), "--latency", str(out), "--rounds", "2"]
+    assert gt.main([*argv, "--config", str(REPO_ROOT / "configs" / "default.yaml")]) == 0
+    quiet = json.loads(out.read_text())
+    assert set(quiet["networks"]) == {a.short_hash() for a in archs}
+    for network in quiet["networks"].values():
+        assert len(network["samples_ms"]) == 2 and 0 < network["latency_ms"] < 9.0
+    used, says = gt.latencies(rows, out)
+    assert used == [quiet["networks"][a.short_hash()]["latency_ms"] for a in archs] and "quiet pass" in says
+    unseen = [*rows, {**_row("ffff"), "latency_ms": 3.0}]
+    used, says = gt.latencies(unseen, out)
+    assert used == [9.0, 9.0, 3.0] and "each row's own" in says
+
+
+def test_peers_resume_from_their_records_and_read_found_networks_from_the_table(tmp_path: Path, monkeypatch) -> None:
+    """A record per network and seed: a second run trains nothing; a found network the table holds is not trained."""
+    from blocknas.blocks import resolve_arch
+
+    peers = load_benchmark("peers")
+    records, out = tmp_path / "peers.rows.jsonl", tmp_path / "peers.md"
+    base = ["--config", str(REPO_ROOT / "configs" / "tiny.yaml"), "--epochs", "1", "--max-train-samples", "64"]
+    base += ["--seeds", "1", "--rows", str(records), "--out", str(out)]
+    assert peers.main([*base, "--no-found", "--models", "cifar_resnet8"]) == 0  # real training, brief recipe
+    [first] = [json.loads(line) for line in records.read_text().splitlines()]
+    assert first["name"] == "cifar_resnet8" and first["seed"] == 0 and 0 <= first["accuracy"] <= 1
+    assert "cifar_resnet8" in out.read_text()
+
+    def must_not_train(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished network was trained again")
+
+    monkeypatch.setattr(peers, "train_once", must_not_train)
+    before = records.read_text()
+    assert peers.main([*base, "--no-found", "--models", "cifar_resnet8"]) == 0
+    assert records.read_text() == before
+    # The ground-truth recipe: a found network the table trained at this seed and budget is read from it.
+    front = tmp_path / "front"
+    front.mkdir()
+    arch = resolve_arch("blocknet_separable")
+    (front / "t0000_x.yaml").write_text(arch.to_yaml())
+    row = {**_row(arch.short_hash(), epochs=1), "arch": arch.to_yaml(), "truth_seconds": 5.0}
+    row["budget"] = {"epochs": 1, "train_images": 64}
+    row["val_acc_curve"] = [0.87]
+    table = tmp_path / "table.jsonl"
+    _write(table, [row])
+    argv = [*base, "--recipe", "groundtruth", "--front", str(front), "--models", "", "--table", str(table)]
+    assert peers.main(argv) == 0
+    from_table = json.loads(records.read_text().splitlines()[-1])
+    assert from_table["name"] == "t0000_x" and from_table["accuracy"] == 0.87 and "from_table" in from_table
