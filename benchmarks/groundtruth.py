@@ -32,6 +32,7 @@ the median kept); ``table`` then uses those latencies for τ at equal latency, a
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import functools
 import json
@@ -54,7 +55,7 @@ import yaml
 
 import blocknas.blocks  # noqa: F401  (registers the blocknet models)
 from blocknas.blocks import ArchConfig, resolve_arch
-from blocknas.search.ablation import load_ablation_config, make_plan
+from blocknas.search.ablation import load_ablation_config, make_plan, scale_widths
 from blocknas.search.data import DataConfig, load_data
 from blocknas.search.latency import measure_latency
 from blocknas.search.study import StudyConfig, load_study_config
@@ -85,6 +86,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # ground-truth budget beside its brief-budget answer in results/seed_blocks.md.
 SEED_QUESTION = Path(__file__).resolve().parent.parent / "configs" / "ablations" / "seed_blocks.yaml"
 SEED_QUESTION_SEEDS = (0, 1)
+# The same four blocks at matched latency: the widths the brief-budget ablation (seed_blocks_latency.yaml) chose.
+SEED_QUESTION_LATENCY = RESULTS / "seed_blocks" / "latency" / "variants.csv"
 ROWS = RESULTS / "groundtruth.rows.jsonl"
 QUIET_LATENCY = RESULTS / "groundtruth.latency.json"
 REQUIRED = (
@@ -145,6 +148,30 @@ def seed_question_jobs() -> list[Job]:
     return [Job(v.arch, seed, f"seed_blocks:{v.name}") for seed in SEED_QUESTION_SEEDS for v in plan]
 
 
+def latency_matched_jobs(variants_csv: Path = SEED_QUESTION_LATENCY) -> list[Job]:
+    """The seed question's variants at matched latency, each seed: the widths the brief-budget ablation chose.
+
+    Matching on latency measures this machine, so the plan is not made again here: each variant is the base
+    skeleton with its block, scaled by the width multiplier recorded in ``variants_csv``, and must hash to the
+    architecture recorded there.
+
+    Raises:
+        ValueError: a rebuilt variant does not hash to the recorded architecture.
+    """
+    base = load_ablation_config(SEED_QUESTION).base_arch().to_dict()
+    jobs = []
+    with variants_csv.open(newline="") as f:
+        for variant in csv.DictReader(f):
+            plain = {**base, "stages": [{**s, "block": variant["block"]} for s in base["stages"]]}
+            arch = scale_widths(ArchConfig.from_dict(plain), float(variant["width_multiplier"]))
+            if arch.short_hash() != variant["arch_hash"]:
+                raise ValueError(
+                    f"{variants_csv}: {variant['variant']} rebuilds as {arch.short_hash()}, not {variant['arch_hash']}"
+                )
+            jobs.append((arch, variant["variant"]))
+    return [Job(arch, seed, f"seed_blocks_latency:{name}") for seed in SEED_QUESTION_SEEDS for arch, name in jobs]
+
+
 def jobs(config: StudyConfig, n_random: int, second_seed: int, front_dir: Path | None) -> list[Job]:
     """Every job, in a fixed order: presets, the study's front, uniform samples; then a second seed of the first ones."""
     space = SearchSpace.load(config.space_path())
@@ -162,8 +189,8 @@ def jobs(config: StudyConfig, n_random: int, second_seed: int, front_dir: Path |
             randoms.append(Job(arch, 0, f"random:{len(randoms)}"))
     again = [dataclasses.replace(j, seed=1) for j in randoms[:second_seed]]
     # The second seeds come early enough to finish in a short run: after the presets, the seed
-    # question and 25 samples.
-    ordered = first + seed_question_jobs() + randoms[:25] + again + randoms[25:]
+    # question and 25 samples; then the seed question at matched latency.
+    ordered = first + seed_question_jobs() + randoms[:25] + again + latency_matched_jobs() + randoms[25:]
     unique: dict[tuple[str, int], Job] = {}
     for job in ordered:
         unique.setdefault(job.key, job)

@@ -141,9 +141,12 @@ def test_groundtruth_resumes_without_retraining_a_finished_row(tmp_path: Path, m
     config = str(REPO_ROOT / "configs" / "default.yaml")
     study = gt.load_study_config(config)
     all_jobs = gt.jobs(study, 2, 1, None)
-    assert [j.source for j in all_jobs][-3:] == ["random:0", "random:1", "random:0"]  # the second seed last here
-    # 5 presets + the seed question's 4 blocks × 2 seeds + 2 samples + 1 second seed
-    assert len({j.key for j in all_jobs}) == len(all_jobs) == 16
+    sources = [j.source for j in all_jobs]
+    assert sources[-7:-4] == ["random:0", "random:1", "random:0"]  # the second seed before the latency-matched
+    assert all(s.startswith("seed_blocks_latency:") for s in sources[-4:])
+    # 5 presets + the seed question's 4 blocks × 2 seeds + 2 samples + 1 second seed + 2 latency-matched blocks
+    # × 2 seeds (standard and separable match the same width at both budgets: already listed)
+    assert len({j.key for j in all_jobs}) == len(all_jobs) == 20
     assert [j.key for j in gt.jobs(study, 2, 1, None)] == [j.key for j in all_jobs]  # fixed by its seeds
     rows = tmp_path / "rows.jsonl"
     _write(rows, [_row(h, s, epochs=10) for h, s in (j.key for j in all_jobs)])
@@ -356,3 +359,14 @@ def test_peers_resume_from_their_records_and_read_found_networks_from_the_table(
     assert peers.main(argv) == 0
     from_table = json.loads(records.read_text().splitlines()[-1])
     assert from_table["name"] == "t0000_x" and from_table["accuracy"] == 0.87 and "from_table" in from_table
+
+
+def test_groundtruth_latency_matched_jobs_rebuild_the_recorded_architectures(tmp_path: Path) -> None:
+    gt = load_benchmark("groundtruth")
+    jobs = gt.latency_matched_jobs()
+    assert {j.seed for j in jobs} == set(gt.SEED_QUESTION_SEEDS) and len(jobs) == 8
+    recorded = gt.SEED_QUESTION_LATENCY.read_text()
+    wrong = tmp_path / "variants.csv"
+    wrong.write_text(recorded.replace("2d99076e", "00000000"))
+    with pytest.raises(ValueError, match="block=reversed rebuilds as 2d99076e, not 00000000"):
+        gt.latency_matched_jobs(wrong)
