@@ -611,44 +611,58 @@ def rung_agreement(rows: list[dict[str, Any]], n_boot: int) -> list[dict[str, An
 
 
 def seed_question(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The seed question's accuracy per block and seed at both budgets: the ground truth from these rows,
-    the brief budget from the ablation's own cells (``results/seed_blocks/params*``)."""
+    """The seed question's accuracy per block and seed at both budgets, for each matching (``params``, ``latency``):
+    the ground truth from these rows, the brief budget from the ablation's own cells (``results/seed_blocks/``)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from seed_blocks import accuracies, read_cells
 
-    level_of = {job.arch.short_hash(): job.source.removeprefix("seed_blocks:block=") for job in seed_question_jobs()}
-    truth: dict[str, dict[int, float]] = {}
-    for r in rows:
-        if r["arch_hash"] in level_of:
-            truth.setdefault(level_of[r["arch_hash"]], {})[r["seed"]] = r["val_acc_curve"][-1]
-    cells = [RESULTS / "seed_blocks" / name / "cells.csv" for name in ("params", "params_seeds_12_20")]
-    brief = accuracies(read_cells([c for c in cells if c.is_file()]))
-    return {"truth": truth, "brief": brief, "arch_hashes": level_of}
+    plans = {
+        "params": (seed_question_jobs(), ("params", "params_seeds_12_20")),
+        "latency": (latency_matched_jobs(), ("latency",)),
+    }
+    out: dict[str, Any] = {}
+    for matching, (jobs, brief_runs) in plans.items():
+        level_of = {j.arch.short_hash(): j.source.rsplit("block=", 1)[1] for j in jobs}
+        truth: dict[str, dict[int, float]] = {}
+        for r in rows:
+            if r["arch_hash"] in level_of:
+                truth.setdefault(level_of[r["arch_hash"]], {})[r["seed"]] = r["val_acc_curve"][-1]
+        cells = [RESULTS / "seed_blocks" / name / "cells.csv" for name in brief_runs]
+        brief = accuracies(read_cells([c for c in cells if c.is_file()]))
+        out[matching] = {"truth": truth, "brief": brief, "arch_hashes": level_of}
+    return out
 
 
 def render_seed_question(result: dict[str, Any]) -> list[str]:
-    """Both budgets' tables side by side (one after the other), Student-t intervals over paired seeds."""
+    """Both budgets' tables side by side (one after the other), for each matching; Student-t intervals over
+    paired seeds."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from seed_blocks import table as seed_table
 
-    question = result["seed_question"]
-    truth = {level: {int(k): v for k, v in by_seed.items()} for level, by_seed in question["truth"].items()}
-    brief = {level: {int(k): v for k, v in by_seed.items()} for level, by_seed in question["brief"].items()}
-    if not truth:
-        return []
-    n_seeds = max(len(by_seed) for by_seed in truth.values())
-    return [
-        "\n## The seed question at the ground-truth budget (four blocks, widths matched on parameters)\n",
-        "`configs/ablations/seed_blocks.yaml`'s plan (the same four architectures, arch hashes "
-        f"{', '.join(f'`{h}`' for h in question['arch_hashes'])}), trained with the ground-truth recipe, "
-        f"{n_seeds} seed(s) so far; the brief-budget answer is the ablation's own cells "
-        "(`results/seed_blocks.md`). Intervals: Student-t 95 % over seeds, paired by seed; with 2 seeds an "
-        "interval is 12.7 standard errors wide, so read the ground-truth side as a direction, not an answer.\n",
-        "### Ground-truth budget (10 epochs, 10,000 images, augmentation, EMA)\n",
-        *seed_table(truth, 0.5),
-        "\n### Brief budget (2 epochs, 2,000 images: the default study's)\n",
-        *seed_table(brief, 0.5),
-    ]
+    lines = []
+    sources = {
+        "params": "`configs/ablations/seed_blocks.yaml`'s plan",
+        "latency": "`configs/ablations/seed_blocks_latency.yaml`'s widths as its brief-budget run chose them "
+        "(`results/seed_blocks/latency/variants.csv`: the inverted residual stayed 9.5 % faster than the target)",
+    }
+    for matching, question in result["seed_question"].items():
+        truth = {level: {int(k): v for k, v in by_seed.items()} for level, by_seed in question["truth"].items()}
+        brief = {level: {int(k): v for k, v in by_seed.items()} for level, by_seed in question["brief"].items()}
+        if not truth:
+            continue
+        n_seeds = max(len(by_seed) for by_seed in truth.values())
+        lines += [
+            f"\n## The seed question at the ground-truth budget (four blocks, widths matched on {matching})\n",
+            f"{sources[matching]} (arch hashes {', '.join(f'`{h}`' for h in question['arch_hashes'])}), trained "
+            f"with the ground-truth recipe, {n_seeds} seed(s) so far; the brief-budget answer is the ablation's own "
+            "cells (`results/seed_blocks*.md`). Intervals: Student-t 95 % over seeds, paired by seed; with 2 seeds "
+            "an interval is 12.7 standard errors wide, so read the ground-truth side as a direction, not an answer.\n",
+            "### Ground-truth budget (10 epochs, 10,000 images, augmentation, EMA)\n",
+            *seed_table(truth, 0.5),
+            "\n### Brief budget (2 epochs, 2,000 images: the default study's)\n",
+            *seed_table(brief, 0.5),
+        ]
+    return lines
 
 
 def render(result: dict[str, Any], args: argparse.Namespace) -> str:

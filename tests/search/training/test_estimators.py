@@ -230,10 +230,12 @@ def test_groundtruth_answers_the_seed_question_from_its_rows() -> None:
         row["val_acc_curve"][-1] = planted[job.source.removeprefix("seed_blocks:block=")] + job.seed / 1000
         rows.append(row)
     question = gt.seed_question([*rows, _row("other", 0, epochs=10)])
-    assert question["truth"]["reversed"] == {0: 0.84, 1: 0.841}
+    assert question["params"]["truth"]["reversed"] == {0: 0.84, 1: 0.841}
+    # standard and separable are the same networks in both matchings; the others are not in these rows
+    assert question["latency"]["truth"] == {"standard": {0: 0.80, 1: 0.801}, "separable": {0: 0.83, 1: 0.831}}
     text = "\n".join(gt.render_seed_question({"seed_question": question}))
     assert "| reversed − standard | 2 | +4.00 [+4.00, +4.00]" in text
-    assert "Brief budget" in text
+    assert "matched on params" in text and "matched on latency" in text and "Brief budget" in text
 
 
 def _estimate(tau: float, diff_low: float, at_equal_latency: float, seconds: float | None, overlap: float = 0.3):
