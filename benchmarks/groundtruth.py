@@ -457,6 +457,7 @@ def analyse(
     ]
     per_network_s = {name: [_cost(r, name) for r in first] for name in estimates}
     latency, latency_source = latencies(first, latency_file)
+    own = [r["latency_ms"] for r in first]
     table = {}
     for name, values in estimates.items():
         agreement = rank_agreement(values, truth, fraction=fraction, n_boot=n_boot)
@@ -467,7 +468,12 @@ def analyse(
             "tau_minus_default": dataclasses.asdict(tau_difference(values, brief, truth, n_boot=n_boot)),
             "seconds_median": statistics.median(costs) if costs else None,
         }
+        if latency != own:  # the rows' own latencies, for comparison with the quiet pass's
+            table[name]["tau_at_equal_own_latency"] = dataclasses.asdict(
+                matched_tau(values, truth, own, n_boot=n_boot)[0]
+            )
     noise = noise_floors(rows, n_boot)
+    with_own = {n: {**e, "tau_at_equal_latency": e.get("tau_at_equal_own_latency")} for n, e in table.items()}
     return {
         "n_networks": len(first),
         "n_rows": len(rows),
@@ -482,6 +488,7 @@ def analyse(
         "commits": sorted({r.get("commit", "unknown") for r in rows}),
         "seed_question": seed_question(rows),
         "choice": choose_score(table, len(first), noise["n"]),
+        "choice_with_own_latency": (choose_score(with_own, len(first), noise["n"]) if latency != own else None),
     }
 
 
@@ -720,6 +727,13 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"{noise['default_abs_diff_pp']:.2f} pp.",
         ]
     lines += render_choice(result["choice"], est)
+    other = result.get("choice_with_own_latency")
+    if other:
+        lines.append(
+            f"- With the rows' own latencies (measured beside other trainers) instead of the quiet pass's, the rule "
+            f"would pick `{other['winner']}` (passing all three: "
+            f"{', '.join(f'`{n}`' for n in other['passing']) or 'none'})."
+        )
     lines += render_seed_question(result)
     lines += ["\n## How early the ground-truth curve ranks networks (epoch k vs the last epoch)\n"]
     lines += ["| epoch | τ | top overlap |", "|---:|---|---|"]
