@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         default=str(RESULTS / "groundtruth.rows.jsonl"),
         help="groundtruth recipe: found networks the ground-truth table trained at this budget are read from it",
     )
-    parser.add_argument("--latency-pass", action="store_true", help="measure every network of --rows again, quietly")
+    parser.add_argument(
+        "--latency-pass", action="store_true", help="measure every network of --rows again, quietly, and report"
+    )
     parser.add_argument("--out", default=None, help="the report (default results/peers.md, peers_groundtruth.md)")
     parser.add_argument("--note", default="", help="a line about the setup, written into the results")
     args = parser.parse_args(argv)
@@ -409,7 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency_pass:
         if rows_path is None or latency_path is None:
             sys.exit("--latency-pass measures the networks of --rows; pass --rows")
-        return latency_pass(todo, read_records(rows_path, want), latency_path)
+        records = read_records(rows_path, want)
+        latency_pass(todo, records, latency_path)
+        note = f"{len(to_rows(records))} of {len(todo)} networks trained (commit {commit or 'unknown'}). {args.note}"
+        write(to_rows(records, quiet_latencies(latency_path)), config, train, note.strip(), Path(args.out))
+        print(Path(args.out).read_text())
+        return 0
     claims = FileClaims(rows_path.with_name(rows_path.stem + ".claims")) if rows_path else None
     records = read_records(rows_path, want)
     start = time.perf_counter()
@@ -448,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def latency_pass(todo: Sequence[tuple[str, Path | None]], records: list[dict[str, Any]], out: Path) -> int:
+def latency_pass(todo: Sequence[tuple[str, Path | None]], records: list[dict[str, Any]], out: Path) -> None:
     """Every network with a record measured again, round robin in this one process: ``out`` (JSON)."""
     names = {r["name"] for r in records}
     factories = {name: functools.partial(build, name, arch) for name, arch in todo if name in names}
@@ -458,7 +465,6 @@ def latency_pass(todo: Sequence[tuple[str, Path | None]], records: list[dict[str
         json.dumps({"load_before": load_before, "load_after": os.getloadavg(), "networks": networks}, indent=1)
     )
     print(f"wrote {out}: {len(networks)} networks, 1-min load {load_before[0]:.1f} before")
-    return 0
 
 
 def quiet_latencies(path: Path | None) -> dict[str, float] | None:
