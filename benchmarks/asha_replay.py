@@ -48,12 +48,13 @@ class Network:
     epoch_s: float
 
 
-def networks_of(rows: list[dict[str, Any]]) -> list[Network]:
-    """The seed-0 rows as replay networks."""
+def networks_of(rows: list[dict[str, Any]], latency_ms: list[float] | None = None) -> list[Network]:
+    """The seed-0 rows as replay networks; ``latency_ms`` (one per seed-0 row) replaces the rows' own."""
+    first = [r for r in rows if r["seed"] == 0]
+    latency = latency_ms or [r["latency_ms"] for r in first]
     return [
-        Network(tuple(r["val_acc_curve"]), float(r["latency_ms"]), r["truth_seconds"] / len(r["val_acc_curve"]))
-        for r in rows
-        if r["seed"] == 0
+        Network(tuple(r["val_acc_curve"]), float(ms), r["truth_seconds"] / len(r["val_acc_curve"]))
+        for r, ms in zip(first, latency, strict=True)
     ]
 
 
@@ -143,19 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=Path, default=RESULTS / "groundtruth.rows.jsonl")
     parser.add_argument("--orders", type=int, default=200, help="random network orders per setting")
     parser.add_argument("--out", type=Path, default=RESULTS / "asha_replay.md")
+    parser.add_argument("--latency", type=Path, default=None, help="quiet latencies (groundtruth.py latency)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from groundtruth import read_rows
+    from groundtruth import QUIET_LATENCY, latencies, read_rows
 
     rows = read_rows(args.rows)
-    networks = networks_of(rows)
+    latency_ms, latency_source = latencies([r for r in rows if r["seed"] == 0], args.latency or QUIET_LATENCY)
+    networks = networks_of(rows, latency_ms)
     if len(networks) < 5:
         print(f"{args.rows} holds {len(networks)} seed-0 networks: run groundtruth.py collect first", file=sys.stderr)
         return 2
     settings = [(1, 2), (1, 3), (2, 2), (3, 3)]
     results = [replay(networks, PruningConfig(min_epochs=m, reduction_factor=eta), args.orders) for m, eta in settings]
     commits = sorted({r.get("commit", "unknown") for r in rows})
-    args.out.write_text(render(results, len(networks), commits))
+    args.out.write_text(render(results, len(networks), commits) + "\n" + latency_source + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"n_networks": len(networks), "settings": results}, indent=1))
     print(f"wrote {args.out}; median ratios {[round(r['ratio_median'], 2) for r in results]}")
     return 0
