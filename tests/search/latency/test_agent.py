@@ -342,7 +342,15 @@ def test_a_search_on_the_agent_survives_the_agent_being_killed(tmp_path: Path, i
     for trial in (t for t in trials if t.state == TrialState.COMPLETE):
         assert trial.user_attrs[FINGERPRINT_ATTR] == device["fingerprint_id"], "every candidate measured there"
         tags = client.get_run(trial.user_attrs[RUN_ID_ATTR]).data.tags
-        assert tags["latency.fp.cpu_model"] == device["fingerprint"]["cpu_model"] and "latency.fp.torch" not in tags
+        seen = [
+            (t.number, t.state.name, t.user_attrs.get(RUN_ID_ATTR), t.system_attrs.get("failed_trial")) for t in trials
+        ]
+        assert tags.get("latency.fp.cpu_model") == device["fingerprint"]["cpu_model"], (
+            trial.number,
+            seen,
+            sorted(tags),
+        )
+        assert "latency.fp.torch" not in tags
 
 
 def _never_answers() -> tuple[socket.socket, str]:
