@@ -29,8 +29,14 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from blocknas.blocks import ArchConfig
-from blocknas.search.tracking import Holder, StudyClaims, StudyTracker, fail_abandoned_trials, worker_id
-from blocknas.search.tracking.names import DUPLICATE_OF_TAG, STATE_COMPLETE, STATE_TAG
+from blocknas.search.tracking import RUN_ID_ATTR, Holder, StudyClaims, StudyTracker, fail_abandoned_trials, worker_id
+from blocknas.search.tracking.names import (
+    DUPLICATE_OF_TAG,
+    FINGERPRINT_ID_TAG,
+    FINGERPRINT_TAG_PREFIX,
+    STATE_COMPLETE,
+    STATE_TAG,
+)
 
 from .attrs import (
     DUPLICATE_OF_ATTR,
@@ -178,9 +184,18 @@ def take_recorded(
             trial.set_user_attr(key, original.user_attrs[key])
     for key, value in original.constraints.items():
         trial.set_constraint(key, value)
-    tags = {DUPLICATE_OF_TAG: str(original.number)}
+    tags = {DUPLICATE_OF_TAG: str(original.number), **_device_tags(tracker, original)}
     if original.state == TrialState.PRUNED or original.values is None:
         tracker.log(run_id, tags=tags)
         raise optuna.TrialPruned(f"duplicate of trial {original.number}, which was pruned")
     tracker.log(run_id, metrics=dict(zip(metric_names, original.values)), tags={**tags, STATE_TAG: STATE_COMPLETE})
     return tuple(original.values)
+
+
+def _device_tags(tracker: StudyTracker, original: FrozenTrial) -> dict[str, str]:
+    """The original run's device fingerprint tags: a duplicate's latency was measured where the original's was."""
+    run_id = original.user_attrs.get(RUN_ID_ATTR)
+    if run_id is None:
+        return {}
+    tags = tracker.run_tags(run_id)
+    return {k: v for k, v in tags.items() if k.startswith(FINGERPRINT_TAG_PREFIX) or k == FINGERPRINT_ID_TAG}

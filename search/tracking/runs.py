@@ -413,6 +413,10 @@ class StudyTracker:
                 ),
             )
 
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """The tags of run ``run_id``."""
+        return dict(self._retrying(f"reading run {run_id}", lambda: self.client.get_run(run_id).data.tags))
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._retrying(f"logging {artifact_file}", lambda: self.client.log_text(run_id, mask_url(text), artifact_file))
 

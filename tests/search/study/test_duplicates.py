@@ -20,7 +20,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from blocknas.search.cli import main
-from blocknas.search.study import ARCH_ATTR, DUPLICATE_OF_ATTR, TRAINING_KEY_ATTR
+from blocknas.search.study import ARCH_ATTR, DUPLICATE_OF_ATTR, FINGERPRINT_ATTR, TRAINING_KEY_ATTR
 from blocknas.search.tracking import RUN_ID_ATTR
 from tests.conftest import ran
 from tests.helpers.configs import GROW_CONFIG as CONFIG
@@ -88,4 +88,7 @@ def test_two_workers_never_train_one_architecture_twice(tmp_path: Path, monkeypa
         assert run.data.tags.get("blocknas.duplicate_of") == (
             str(t.user_attrs[DUPLICATE_OF_ATTR]) if DUPLICATE_OF_ATTR in t.user_attrs else None
         )
+        # a duplicate's run names the device its (copied) latency was measured on, as the original's does
+        tags = run.data.tags
+        assert tags.get("latency.fp.cpu_model") and tags["latency.fingerprint_id"] == t.user_attrs[FINGERPRINT_ATTR]
         assert run.data.metrics["accuracy"] == t.values[0]
