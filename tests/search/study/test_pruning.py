@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import uuid
@@ -355,3 +356,43 @@ def test_asha_replay_pays_where_early_epochs_rank_like_the_last() -> None:
     assert good["ratio_median"] < 0.8
     assert bad["ratio_median"] > 1.0  # it stops the networks that make the front
     assert good["reached"] > bad["reached"]
+
+
+MULTIFIDELITY_TINY = [
+    *("--data digits --space tiny --max-train-samples 300 --max-val-samples 200 --epochs 2 --min-epochs 1").split(),
+    *("--eta 2 --seeds 1 --arms tpe,tpe+asha --target plain --budget-s 3").split(),
+]
+
+
+def test_multifidelity_runs_both_arms_once_and_resumes_with_what_is_left(tmp_path: Path) -> None:
+    bench = load_benchmark("multifidelity")
+    out, workdir = tmp_path / "mf.md", tmp_path / "wd"
+    argv = [*MULTIFIDELITY_TINY, "--workdir", str(workdir), "--out", str(out)]
+    assert bench.main(argv) == 0
+    report = out.read_text()
+    assert "| tpe | 0 |" in report and "| tpe+asha | 0 |" in report and "ratio to plain" in report
+    runs = {r["arm"]: r for r in json.loads(out.with_suffix(".json").read_text())["runs"]}
+    assert set(runs) == {"tpe", "tpe+asha"} and all(r["complete"] for r in runs.values())
+    clocks = [point[0] for point in runs["tpe"]["complete"]]
+    assert clocks == sorted(clocks) and clocks[0] > 0  # trial time, in trial order
+
+    args = bench.parse_args(argv)
+    config = bench.study_config(args, "tpe", 0, 3.0, workdir)
+    before = len(bench.load_run(config).trials)
+    assert bench.main(argv) == 0  # both runs are done: nothing trains again
+    assert len(bench.load_run(config).trials) == before
+
+    kept = bench.load_run(config).trials
+    bench.run_arm(args, "tpe", 0, 6.0, workdir)  # a run cut short resumes with what is left of its budget
+    trials = bench.load_run(config).trials
+    assert len(trials) > before and trials[:before] == kept
+    spent, added = (sum(bench.trial_seconds(t) for t in part) for part in (kept, trials[before:]))
+    assert 0 < added <= 6.0 - spent + max(bench.trial_seconds(t) for t in trials)  # not a fresh 6 s
+
+
+def test_multifidelity_refuses_bad_arms() -> None:
+    bench = load_benchmark("multifidelity")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--arms", "tpe,hyperband"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--arms", "tpe+asha", "--target", "plain"])
