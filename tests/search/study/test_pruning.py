@@ -371,6 +371,7 @@ def test_multifidelity_runs_both_arms_once_and_resumes_with_what_is_left(tmp_pat
     assert bench.main(argv) == 0
     report = out.read_text()
     assert "| tpe | 0 |" in report and "| tpe+asha | 0 |" in report and "ratio to plain" in report
+    assert "## Replay on the plain run's own curves" in report  # the replay's prediction beside the real run
     runs = {r["arm"]: r for r in json.loads(out.with_suffix(".json").read_text())["runs"]}
     assert set(runs) == {"tpe", "tpe+asha"} and all(r["complete"] for r in runs.values())
     clocks = [point[0] for point in runs["tpe"]["complete"]]
