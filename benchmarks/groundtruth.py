@@ -466,6 +466,7 @@ def analyse(
             **dataclasses.asdict(agreement),
             "tau_at_equal_latency": dataclasses.asdict(matched_tau(values, truth, latency, n_boot=n_boot)[0]),
             "tau_minus_default": dataclasses.asdict(tau_difference(values, brief, truth, n_boot=n_boot)),
+            "tau_minus_params": dataclasses.asdict(tau_difference(values, estimates["params"], truth, n_boot=n_boot)),
             "seconds_median": statistics.median(costs) if costs else None,
         }
         if latency != own:  # the rows' own latencies, for comparison with the quiet pass's
@@ -672,6 +673,18 @@ def render_seed_question(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def beat_params_line(estimators: dict[str, dict[str, Any]]) -> str:
+    """Which estimates rank better than the parameter count, paired (the proxies' and rankers' old question)."""
+    better = [
+        n for n, e in estimators.items() if n not in ("params", "proxy.params") and e["tau_minus_params"]["low"] > 0
+    ]
+    return (
+        "**Better than `params`** (paired τ − τ(`params`) interval above 0): "
+        + (", ".join(f"`{n}`" for n in sorted(better)) if better else "none")
+        + ". The rest, every proxy and fitted ranker included, are not shown to rank better than the parameter count."
+    )
+
+
 def render(result: dict[str, Any], args: argparse.Namespace) -> str:
     est = result["estimators"]
     lines = [
@@ -684,18 +697,19 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"official test images after the last epoch: {result['truth_range'][0]:.4f}–{result['truth_range'][1]:.4f} "
         f"(sd {result['truth_sd'] * 100:.2f} pp), median {result['truth_seconds_median']:.0f} s a network.\n",
         f"## Estimates against the truth (bootstrap 95 % intervals over networks; top {args.fraction:.0%} overlap)\n",
-        "| estimate | Kendall τ | τ − τ(`default`), paired | τ at equal latency | Spearman ρ | top overlap "
-        "| s per network (median) |",
-        "|---|---|---|---|---|---|---:|",
+        "| estimate | Kendall τ | τ − τ(`default`), paired | τ − τ(`params`), paired | τ at equal latency "
+        "| Spearman ρ | top overlap | s per network (median) |",
+        "|---|---|---|---|---|---|---|---:|",
     ]
     for name, e in sorted(est.items(), key=lambda item: -item[1]["tau"]["value"]):
         cost = "—" if e["seconds_median"] is None else f"{e['seconds_median']:.1f}"
-        tau, diff, partial, rho, ov = (
-            e[k] for k in ("tau", "tau_minus_default", "tau_at_equal_latency", "rho", "overlap")
+        tau, diff, vs_params, partial, rho, ov = (
+            e[k] for k in ("tau", "tau_minus_default", "tau_minus_params", "tau_at_equal_latency", "rho", "overlap")
         )
         lines.append(
             f"| `{name}` | {tau['value']:+.2f} [{tau['low']:+.2f}, {tau['high']:+.2f}] | "
             f"{diff['value']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] | "
+            f"{vs_params['value']:+.2f} [{vs_params['low']:+.2f}, {vs_params['high']:+.2f}] | "
             f"{partial['value']:+.2f} [{partial['low']:+.2f}, {partial['high']:+.2f}] | "
             f"{rho['value']:+.2f} [{rho['low']:+.2f}, {rho['high']:+.2f}] | "
             f"{ov['value']:.0%} [{ov['low']:.0%}, {ov['high']:.0%}] | {cost} |"
@@ -709,11 +723,14 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         "proxies on the untrained network; `ranker(...)` ridge regression fitted on the networks' own `default` "
         "scores, 5-fold out-of-fold predictions (what a study could fit on its own completed trials). "
         "*τ − τ(`default`)* is the difference from the default score's τ over the same bootstrap samples "
-        "(an interval above 0 says the estimate ranks better than the default score). *τ at equal latency* is "
+        "(an interval above 0 says the estimate ranks better than the default score); *τ − τ(`params`)* the same "
+        "against the parameter count. *τ at equal latency* is "
         f"Kendall's τ over the {result['equal_latency_pairs']} pairs of networks whose latencies are within 15 % of "
         "each other: how an estimate orders networks that a multi-objective search cannot tell apart by latency; "
         "an estimate that only tracks network size is near 0 there however high its plain τ. "
         + result.get("latency_source", ""),
+        "",
+        beat_params_line(est),
     ]
     noise = result["noise"]
     if noise.get("n", 0) >= 3:

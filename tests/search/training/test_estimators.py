@@ -279,6 +279,17 @@ def test_groundtruth_chooses_the_default_score_by_its_rule() -> None:
     )
 
 
+def test_groundtruth_names_the_estimates_that_beat_params_paired() -> None:
+    gt = load_benchmark("groundtruth")
+    estimators = {
+        name: {"tau_minus_params": {"value": low + 0.1, "low": low, "high": low + 0.2}}
+        for name, low in (("params", 0.0), ("proxy.params", 0.0), ("proxy.good", 0.01), ("proxy.close", -0.01))
+    }
+    assert "interval above 0): `proxy.good`." in gt.beat_params_line(estimators)
+    del estimators["proxy.good"]
+    assert "interval above 0): none." in gt.beat_params_line(estimators)
+
+
 def test_groundtruth_skips_a_job_a_live_process_claims_and_takes_a_dead_ones(tmp_path: Path, monkeypatch) -> None:
     """Processes split the job list by claims: a job claimed by a live process is left to it, one
     claimed by a dead process is taken over, and every claim is released once its row is written."""
