@@ -278,6 +278,12 @@ def cli_reference() -> str:
     return "\n".join(lines + _command_section("blocknas", build_parser())) + "\n"
 
 
+def _writer(stem: str) -> str | None:
+    """The benchmark script that writes ``results/<stem>.md``: ``multifidelity_groundtruth`` → ``multifidelity``."""
+    scripts = [p.stem for p in RESULTS.parent.glob("*.py") if stem == p.stem or stem.startswith(f"{p.stem}_")]
+    return max(scripts, key=len, default=None)
+
+
 def benchmark_pages() -> dict[str, str]:
     """``benchmarks/<name>.md`` for every ``benchmarks/results/<name>.md`` (the overview, ``index.md``, is written by hand)."""
     pages: dict[str, str] = {}
@@ -285,7 +291,9 @@ def benchmark_pages() -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
         if not text.startswith("# "):
             text = f"# {path.stem}\n\n{text}"
-        note = f"\n\n*Rendered from `benchmarks/results/{path.name}`, as `benchmarks/{path.stem}.py` wrote it.*\n"
+        script = _writer(path.stem)
+        wrote = f", as `benchmarks/{script}.py` wrote it" if script else ""
+        note = f"\n\n*Rendered from `benchmarks/results/{path.name}`{wrote}.*\n"
         pages[f"benchmarks/{path.stem}.md"] = text.rstrip() + note
     return pages
 
