@@ -85,7 +85,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # The seed question's four blocks, widths matched on parameters (the ablation's own plan): at the
 # ground-truth budget beside its brief-budget answer in results/seed_blocks.md.
 SEED_QUESTION = Path(__file__).resolve().parent.parent / "configs" / "ablations" / "seed_blocks.yaml"
-SEED_QUESTION_SEEDS = (0, 1)
+SEED_QUESTION_SEEDS = (0, 1, 2)
 # The same four blocks at matched latency: the widths the brief-budget ablation (seed_blocks_latency.yaml) chose.
 SEED_QUESTION_LATENCY = RESULTS / "seed_blocks" / "latency" / "variants.csv"
 ROWS = RESULTS / "groundtruth.rows.jsonl"

@@ -142,11 +142,13 @@ def test_groundtruth_resumes_without_retraining_a_finished_row(tmp_path: Path, m
     study = gt.load_study_config(config)
     all_jobs = gt.jobs(study, 2, 1, None)
     sources = [j.source for j in all_jobs]
-    assert sources[-7:-4] == ["random:0", "random:1", "random:0"]  # the second seed before the latency-matched
-    assert all(s.startswith("seed_blocks_latency:") for s in sources[-4:])
-    # 5 presets + the seed question's 4 blocks × 2 seeds + 2 samples + 1 second seed + 2 latency-matched blocks
-    # × 2 seeds (standard and separable match the same width at both budgets: already listed)
-    assert len({j.key for j in all_jobs}) == len(all_jobs) == 20
+    n_seeds = len(gt.SEED_QUESTION_SEEDS)
+    latency_matched = 2 * n_seeds
+    assert sources[-latency_matched - 3 : -latency_matched] == ["random:0", "random:1", "random:0"]  # second seed first
+    assert all(s.startswith("seed_blocks_latency:") for s in sources[-latency_matched:])
+    # 5 presets + the seed question's 4 blocks per seed + 2 samples + 1 second seed + 2 latency-matched blocks
+    # per seed (standard and separable match the same width at both budgets: already listed)
+    assert len({j.key for j in all_jobs}) == len(all_jobs) == 5 + 4 * n_seeds + 2 + 1 + latency_matched
     assert [j.key for j in gt.jobs(study, 2, 1, None)] == [j.key for j in all_jobs]  # fixed by its seeds
     rows = tmp_path / "rows.jsonl"
     _write(rows, [_row(h, s, epochs=10) for h, s in (j.key for j in all_jobs)])
@@ -230,11 +232,15 @@ def test_groundtruth_answers_the_seed_question_from_its_rows() -> None:
         row["val_acc_curve"][-1] = planted[job.source.removeprefix("seed_blocks:block=")] + job.seed / 1000
         rows.append(row)
     question = gt.seed_question([*rows, _row("other", 0, epochs=10)])
-    assert question["params"]["truth"]["reversed"] == {0: 0.84, 1: 0.841}
+    seeds = gt.SEED_QUESTION_SEEDS
+    assert question["params"]["truth"]["reversed"] == {s: 0.84 + s / 1000 for s in seeds}
     # standard and separable are the same networks in both matchings; the others are not in these rows
-    assert question["latency"]["truth"] == {"standard": {0: 0.80, 1: 0.801}, "separable": {0: 0.83, 1: 0.831}}
+    assert question["latency"]["truth"] == {
+        "standard": {s: 0.80 + s / 1000 for s in seeds},
+        "separable": {s: 0.83 + s / 1000 for s in seeds},
+    }
     text = "\n".join(gt.render_seed_question({"seed_question": question}))
-    assert "| reversed − standard | 2 | +4.00 [+4.00, +4.00]" in text
+    assert f"| reversed − standard | {len(seeds)} | +4.00 [+4.00, +4.00]" in text
     assert "matched on params" in text and "matched on latency" in text and "Brief budget" in text
 
 
@@ -383,7 +389,7 @@ def test_peers_resume_from_their_records_and_read_found_networks_from_the_table(
 def test_groundtruth_latency_matched_jobs_rebuild_the_recorded_architectures(tmp_path: Path) -> None:
     gt = load_benchmark("groundtruth")
     jobs = gt.latency_matched_jobs()
-    assert {j.seed for j in jobs} == set(gt.SEED_QUESTION_SEEDS) and len(jobs) == 8
+    assert {j.seed for j in jobs} == set(gt.SEED_QUESTION_SEEDS) and len(jobs) == 4 * len(gt.SEED_QUESTION_SEEDS)
     recorded = gt.SEED_QUESTION_LATENCY.read_text()
     wrong = tmp_path / "variants.csv"
     wrong.write_text(recorded.replace("2d99076e", "00000000"))
