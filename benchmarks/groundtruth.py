@@ -52,6 +52,7 @@ import optuna
 import timm
 import torch
 import yaml
+from scipy import stats
 
 import blocknas.blocks  # noqa: F401  (registers the blocknet models)
 from blocknas.blocks import ArchConfig, resolve_arch
@@ -663,8 +664,9 @@ def render_seed_question(result: dict[str, Any]) -> list[str]:
             f"\n## The seed question at the ground-truth budget (four blocks, widths matched on {matching})\n",
             f"{sources[matching]} (arch hashes {', '.join(f'`{h}`' for h in question['arch_hashes'])}), trained "
             f"with the ground-truth recipe, {n_seeds} seed(s) so far; the brief-budget answer is the ablation's own "
-            "cells (`results/seed_blocks*.md`). Intervals: Student-t 95 % over seeds, paired by seed; with 2 seeds "
-            "an interval is 12.7 standard errors wide, so read the ground-truth side as a direction, not an answer.\n",
+            "cells (`results/seed_blocks*.md`). Intervals: Student-t 95 % over seeds, paired by seed; with "
+            f"{n_seeds} seeds an interval is {2 * stats.t.ppf(0.975, max(n_seeds - 1, 1)):.1f} standard errors wide, "
+            "so read a ground-truth interval that excludes 0 as a direction, not a settled size.\n",
             "### Ground-truth budget (10 epochs, 10,000 images, augmentation, EMA)\n",
             *seed_table(truth, 0.5),
             "\n### Brief budget (2 epochs, 2,000 images: the default study's)\n",
