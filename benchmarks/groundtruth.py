@@ -782,30 +782,49 @@ def measure_round_robin(
     }
 
 
-def remeasure_latency(args: argparse.Namespace) -> int:
-    """Every network of the table measured again, in this one process, ``--rounds`` times round robin."""
-    study = load_study_config(args.config)
-    target = dataclasses.replace(study.latency, threads=1, runtime="onnxruntime")
-    torch.set_num_threads(1)
-    archs = {r["arch_hash"]: ArchConfig.from_dict(yaml.safe_load(r["arch"])) for r in read_rows(args.rows)}
-    shapes = {(a.in_chans, *a.input_size) for a in archs.values()}
-    if len(shapes) != 1:
-        raise RowError(f"{args.rows}: networks of several input shapes {sorted(shapes)}; one pass needs one")
+def write_round_robin(
+    models: Mapping[str, Callable[[], torch.nn.Module]],
+    input_shape: tuple[int, int, int],
+    target: Any,
+    rounds: int,
+    out: Path,
+) -> dict[str, Any]:
+    """:func:`measure_round_robin`, written to ``out`` (JSON) with the commit, host and the load before and after."""
     load_before = os.getloadavg()
-    factories = {h: functools.partial(timm.create_model, "blocknet", arch=a) for h, a in archs.items()}
-    networks = measure_round_robin(factories, shapes.pop(), target, args.rounds)
-    out = {
+    networks = measure_round_robin(models, input_shape, target, rounds)
+    record = {
         "commit": git_commit(),
         "host": platform.node(),
-        "rounds": args.rounds,
+        "rounds": rounds,
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "networks": networks,
     }
-    args.latency.write_text(json.dumps(out, indent=1))
-    print(
-        f"wrote {args.latency}: {len(archs)} networks, load {load_before[0]:.1f} before, {out['load_after'][0]:.1f} after"
-    )
+    out.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def quiet_pass(archs: Mapping[str, ArchConfig], latency: Any, rounds: int, out: Path) -> dict[str, Any]:
+    """blocknet ``archs`` (one input shape) measured again in this one process, one thread on ONNX Runtime."""
+    shapes = {(a.in_chans, *a.input_size) for a in archs.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"networks of several input shapes {sorted(shapes)}; one pass needs one")
+    torch.set_num_threads(1)
+    factories = {h: functools.partial(timm.create_model, "blocknet", arch=a) for h, a in archs.items()}
+    target = dataclasses.replace(latency, threads=1, runtime="onnxruntime")
+    return write_round_robin(factories, shapes.pop(), target, rounds, out)
+
+
+def remeasure_latency(args: argparse.Namespace) -> int:
+    """Every network of the table measured again, in this one process, ``--rounds`` times round robin."""
+    study = load_study_config(args.config)
+    archs = {r["arch_hash"]: ArchConfig.from_dict(yaml.safe_load(r["arch"])) for r in read_rows(args.rows)}
+    try:
+        record = quiet_pass(archs, study.latency, args.rounds, args.latency)
+    except ValueError as exc:
+        raise RowError(f"{args.rows}: {exc}") from None
+    before, after = record["load_before"][0], record["load_after"][0]
+    print(f"wrote {args.latency}: {len(archs)} networks, load {before:.1f} before, {after:.1f} after")
     return 0
 
 

@@ -52,11 +52,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import math
-import os
 import platform
 import statistics
 import sys
@@ -66,8 +64,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import timm
-import torch
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
@@ -272,20 +268,9 @@ def latency_pass(runs: list[Run], config: StudyConfig, out: Path) -> dict[str, f
     import groundtruth
 
     archs = {h: ArchConfig.from_dict(a) for r in runs for h, a in r.archs.items()}
-    shapes = {(a.in_chans, *a.input_size) for a in archs.values()}
-    if len(shapes) != 1:
-        raise ValueError(f"networks of several input shapes {sorted(shapes)}; one pass needs one")
-    input_shape = shapes.pop()
-    factories = {h: functools.partial(timm.create_model, "blocknet", arch=a) for h, a in archs.items()}
-    target = dataclasses.replace(config.latency, threads=1, runtime="onnxruntime")
-    torch.set_num_threads(1)
-    load_before = os.getloadavg()
-    networks = groundtruth.measure_round_robin(factories, input_shape, target, LATENCY_ROUNDS)
-    out.write_text(
-        json.dumps({"load_before": load_before, "load_after": os.getloadavg(), "networks": networks}, indent=1)
-    )
-    log.info("latency pass: %d networks, 1-min load %.1f before", len(networks), load_before[0])
-    return {h: n["latency_ms"] for h, n in networks.items()}
+    record = groundtruth.quiet_pass(archs, config.latency, LATENCY_ROUNDS, out)
+    log.info("latency pass: %d networks, 1-min load %.1f before", len(archs), record["load_before"][0])
+    return {h: n["latency_ms"] for h, n in record["networks"].items()}
 
 
 def _fmt(value: float | None, unit: str = "") -> str:

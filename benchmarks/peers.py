@@ -35,7 +35,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import platform
 import subprocess
 import sys
@@ -459,12 +458,8 @@ def latency_pass(todo: Sequence[tuple[str, Path | None]], records: list[dict[str
     """Every network with a record measured again, round robin in this one process: ``out`` (JSON)."""
     names = {r["name"] for r in records}
     factories = {name: functools.partial(build, name, arch) for name, arch in todo if name in names}
-    load_before = os.getloadavg()
-    networks = _groundtruth().measure_round_robin(factories, INPUT, TARGET, rounds=5)
-    out.write_text(
-        json.dumps({"load_before": load_before, "load_after": os.getloadavg(), "networks": networks}, indent=1)
-    )
-    print(f"wrote {out}: {len(networks)} networks, 1-min load {load_before[0]:.1f} before")
+    record = _groundtruth().write_round_robin(factories, INPUT, TARGET, 5, out)
+    print(f"wrote {out}: {len(record['networks'])} networks, 1-min load {record['load_before'][0]:.1f} before")
 
 
 def quiet_latencies(path: Path | None) -> dict[str, float] | None:
