@@ -193,6 +193,11 @@ def trial_seconds(trial: FrozenTrial) -> float:
     return (trial.datetime_complete - trial.datetime_start).total_seconds()
 
 
+def spent_s(study: optuna.Study) -> float:
+    """The trial time a run has used: the sum of its trials' durations."""
+    return sum(trial_seconds(t) for t in study.get_trials(deepcopy=False))
+
+
 def load_run(config: StudyConfig) -> optuna.Study | None:
     """The run's study, if a process has started it."""
     try:
@@ -205,13 +210,13 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, budget_s: float, fold
     """Run (or resume) one arm's search until its trials have used ``budget_s``; mark its study done."""
     config = study_config(args, arm, seed, budget_s, folder)
     study = load_run(config)
-    spent = sum(trial_seconds(t) for t in study.get_trials(deepcopy=False)) if study else 0.0
+    spent = spent_s(study) if study else 0.0
     log.info("arm %s, seed %d: %.0f s (%.0f s spent before)", arm, seed, budget_s, spent)
     if spent < budget_s:
         run_search(dataclasses.replace(config, timeout_s=budget_s - spent), progress=False)
     study = load_run(config)
     assert study is not None
-    study.set_user_attr(DONE_ATTR, sum(trial_seconds(t) for t in study.get_trials(deepcopy=False)))
+    study.set_user_attr(DONE_ATTR, spent_s(study))
 
 
 def read_run(args: argparse.Namespace, arm: str, seed: int, budget_s: float, folder: Path) -> Run:
